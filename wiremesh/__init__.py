@@ -1,0 +1,1 @@
+"""wiremesh: a WireGuard mesh overlay."""

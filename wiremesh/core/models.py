@@ -1,0 +1,91 @@
+"""Pure data model of a mesh: what the store holds, as the compiler sees it.
+
+Everything here is immutable and hashable so snapshots can be shared between the
+compiler, the netmap differ and tests without defensive copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Proto = Literal["all", "tcp", "udp", "icmp"]
+PROTOS: tuple[Proto, ...] = ("all", "tcp", "udp", "icmp")
+
+
+@dataclass(frozen=True, order=True)
+class PortRange:
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.start <= self.end <= 65535):
+            raise ValueError(f"bad port range {self.start}-{self.end}: need 1 <= start <= end <= 65535")
+
+    def __str__(self) -> str:
+        return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+
+    @classmethod
+    def parse(cls, text: str | int) -> PortRange:
+        """Parse `22`, `"22"` or `"8000-8100"`; raises ValueError naming the bad text."""
+        if isinstance(text, int) and not isinstance(text, bool):
+            return cls(text, text)
+        s = str(text).strip()
+        try:
+            if "-" in s:
+                a, b = s.split("-", 1)
+                return cls(int(a), int(b))
+            return cls(int(s), int(s))
+        except ValueError as e:
+            if "port range" in str(e):
+                raise
+            raise ValueError(f"bad port {text!r}: expected N or N-M with 1..65535") from None
+
+    def contains(self, port: int) -> bool:
+        return self.start <= port <= self.end
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    id: int
+    name: str
+    public_key: str
+    overlay_ip: str
+    endpoints: tuple[str, ...] = ()
+    listen_port: int = 51820
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    sources: tuple[str, ...]
+    destinations: tuple[str, ...]
+    protocol: Proto = "all"
+    ports: tuple[PortRange, ...] = ()  # empty = every port (or n/a for icmp/all)
+    bidirectional: bool = False
+    enabled: bool = True
+    # Routes (by name) this policy opens to its sources, in addition to peer groups.
+    destination_routes: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    prefix: str
+    router_group: str
+    metric: int = 100
+    # Per-router metric overrides, by peer name; lower wins.
+    router_metrics: tuple[tuple[str, int], ...] = ()
+    masquerade: bool = True
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class MeshState:
+    """A consistent snapshot of everything the compiler needs."""
+
+    peers: dict[int, PeerInfo] = field(default_factory=dict)
+    groups: dict[str, frozenset[int]] = field(default_factory=dict)
+    policies: tuple[Policy, ...] = ()
+    routes: tuple[Route, ...] = ()

@@ -1,0 +1,76 @@
+"""WireGuard key pairs: X25519, base64 as `wg` prints them, hex as UAPI wants them."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+
+class BadKey(ValueError):
+    pass
+
+
+def decode_key(b64: str) -> bytes:
+    """Decode a base64 WireGuard key; raises BadKey with the reason."""
+    if not isinstance(b64, str) or len(b64) != 44 or not b64.endswith("="):
+        raise BadKey("a WireGuard key is 44 characters of base64 ending in '='")
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadKey("not valid base64") from None
+    if len(raw) != 32:
+        raise BadKey("a WireGuard key decodes to 32 bytes")
+    return raw
+
+
+def validate_public_key(b64: str) -> str:
+    raw = decode_key(b64)
+    if raw == bytes(32):
+        raise BadKey("the all-zero key is not a valid public key")
+    return b64
+
+
+def encode_key(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def key_to_hex(b64: str) -> str:
+    return decode_key(b64).hex()
+
+
+def hex_to_key(hx: str) -> str:
+    return encode_key(bytes.fromhex(hx))
+
+
+def generate_private_key() -> str:
+    return encode_key(X25519PrivateKey.generate().private_bytes_raw())
+
+
+def public_key_of(private_b64: str) -> str:
+    priv = X25519PrivateKey.from_private_bytes(decode_key(private_b64))
+    return encode_key(priv.public_key().public_bytes_raw())
+
+
+def write_private_key(path: Path, private_b64: str) -> None:
+    """Write a private key readable only by its owner, never briefly world-readable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, (private_b64 + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def load_or_create_private_key(path: Path) -> str:
+    if path.exists():
+        key = path.read_text().strip()
+        decode_key(key)
+        return key
+    key = generate_private_key()
+    write_private_key(path, key)
+    return key
