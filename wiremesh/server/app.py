@@ -1,0 +1,58 @@
+"""The ASGI app: stateless over its store, so several replicas can share one database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from wiremesh.server import errors, metrics, routes_admin, routes_agent
+from wiremesh.server.hub import NetmapHub
+from wiremesh.store.db import make_engine, migrate
+from wiremesh.store.repo import Store
+
+
+def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
+               poll_interval: float = 1.0) -> FastAPI:
+    """`on_admin_token` receives the initial admin token when the store was empty."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(db_url)
+        await migrate(engine)
+        store = Store(engine)
+        token = await store.bootstrap()
+        if token is not None and on_admin_token is not None:
+            on_admin_token(token)
+        hub = NetmapHub(store)
+        await hub.refresh()
+        app.state.store, app.state.hub = store, hub
+        task = asyncio.create_task(hub.run(poll_interval))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await engine.dispose()
+
+    app = FastAPI(title="wiremesh", version="0.1.0", lifespan=lifespan,
+                  description="Control plane of a WireGuard mesh overlay.")
+    errors.install(app)
+    app.include_router(routes_admin.router)
+    app.include_router(routes_agent.router)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, int]:
+        return {"revision": app.state.hub.revision, "streams": app.state.hub.streams}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        metrics.REVISION.set(app.state.hub.revision)
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,136 @@
+"""Admin API: setup keys, peers and groups."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, Depends, Request
+
+from wiremesh.server.auth import admin_actor
+from wiremesh.server.schemas import (
+    GroupCreate,
+    GroupOut,
+    MemberRef,
+    PeerOut,
+    PeerRename,
+    SetupKeyCreate,
+    SetupKeyOut,
+)
+from wiremesh.store.repo import ALL_GROUP, Store, StoreError, _aware, now
+from wiremesh.store.tables import Peer, SetupKey
+
+router = APIRouter(prefix="/api/v1")
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def _key_out(k: SetupKey, plaintext: str | None = None) -> SetupKeyOut:
+    exp = _aware(k.expires_at)
+    valid = not k.revoked and (exp is None or exp > now()) and (
+        not k.usage_limit or k.used_count < k.usage_limit)
+    return SetupKeyOut(
+        id=k.id, name=k.name, prefix=k.key_prefix, reusable=k.reusable,
+        usage_limit=k.usage_limit, used_count=k.used_count, expires_at=exp,
+        revoked=k.revoked, valid=valid, auto_groups=list(k.auto_groups), key=plaintext,
+    )
+
+
+@router.post("/setup-keys", status_code=201, response_model=SetupKeyOut)
+async def create_setup_key(body: SetupKeyCreate, request: Request,
+                           actor: str = Depends(admin_actor)) -> SetupKeyOut:
+    if not body.reusable and body.usage_limit > 1:
+        raise StoreError("a one-off key is used once; set reusable for a limit", "usage_limit")
+    row, key = await _store(request).create_setup_key(
+        actor, body.name, body.reusable, body.usage_limit,
+        timedelta(seconds=body.expires_in_s) if body.expires_in_s else None, body.auto_groups,
+    )
+    return _key_out(row, key)
+
+
+@router.get("/setup-keys", response_model=list[SetupKeyOut])
+async def list_setup_keys(request: Request, _: str = Depends(admin_actor)) -> list[SetupKeyOut]:
+    return [_key_out(k) for k in await _store(request).list_setup_keys()]
+
+
+@router.delete("/setup-keys/{key_id}", response_model=SetupKeyOut)
+async def revoke_setup_key(key_id: int, request: Request,
+                           actor: str = Depends(admin_actor)) -> SetupKeyOut:
+    return _key_out(await _store(request).revoke_setup_key(actor, key_id))
+
+
+def _peer_out(request: Request, p: Peer, groups: dict[int, list[str]]) -> PeerOut:
+    return PeerOut(
+        id=p.id, name=p.name, public_key=p.public_key, overlay_ip=p.overlay_ip,
+        endpoints=list(p.endpoints), listen_port=p.listen_port,
+        groups=sorted([ALL_GROUP, *groups.get(p.id, [])]), created_at=_aware(p.created_at),
+        last_seen=_aware(p.last_seen), connected=p.id in request.app.state.hub._waiters,
+    )
+
+
+@router.get("/peers", response_model=list[PeerOut])
+async def list_peers(request: Request, _: str = Depends(admin_actor)) -> list[PeerOut]:
+    store = _store(request)
+    groups = await store.peer_groups()
+    return [_peer_out(request, p, groups) for p in await store.list_peers()]
+
+
+@router.get("/peers/{ref}", response_model=PeerOut)
+async def get_peer(ref: str, request: Request, _: str = Depends(admin_actor)) -> PeerOut:
+    store = _store(request)
+    return _peer_out(request, await store.get_peer(ref), await store.peer_groups())
+
+
+@router.patch("/peers/{ref}", response_model=PeerOut)
+async def rename_peer(ref: str, body: PeerRename, request: Request,
+                      actor: str = Depends(admin_actor)) -> PeerOut:
+    store = _store(request)
+    peer = await store.rename_peer(actor, ref, body.name)
+    request.app.state.hub.poke()
+    return _peer_out(request, peer, await store.peer_groups())
+
+
+@router.delete("/peers/{ref}", status_code=204)
+async def delete_peer(ref: str, request: Request, actor: str = Depends(admin_actor)) -> None:
+    await _store(request).delete_peer(actor, ref)
+    request.app.state.hub.poke()
+
+
+@router.get("/groups", response_model=list[GroupOut])
+async def list_groups(request: Request, _: str = Depends(admin_actor)) -> list[GroupOut]:
+    store = _store(request)
+    everyone = sorted(p.name for p in await store.list_peers())
+    groups = [GroupOut(name=ALL_GROUP, members=everyone, builtin=True)]
+    groups += [GroupOut(name=g, members=m) for g, m in (await store.list_groups()).items()]
+    return groups
+
+
+@router.post("/groups", status_code=201, response_model=GroupOut)
+async def create_group(body: GroupCreate, request: Request,
+                       actor: str = Depends(admin_actor)) -> GroupOut:
+    await _store(request).create_group(actor, body.name, body.members)
+    request.app.state.hub.poke()
+    return GroupOut(name=body.name, members=(await _store(request).list_groups())[body.name])
+
+
+@router.post("/groups/{name}/members", response_model=GroupOut)
+async def add_member(name: str, body: MemberRef, request: Request,
+                     actor: str = Depends(admin_actor)) -> GroupOut:
+    await _store(request).set_membership(actor, name, body.peer, True)
+    request.app.state.hub.poke()
+    return GroupOut(name=name, members=(await _store(request).list_groups())[name])
+
+
+@router.delete("/groups/{name}/members/{peer}", response_model=GroupOut)
+async def remove_member(name: str, peer: str, request: Request,
+                        actor: str = Depends(admin_actor)) -> GroupOut:
+    await _store(request).set_membership(actor, name, peer, False)
+    request.app.state.hub.poke()
+    return GroupOut(name=name, members=(await _store(request).list_groups())[name])
+
+
+@router.delete("/groups/{name}", status_code=204)
+async def delete_group(name: str, request: Request, actor: str = Depends(admin_actor)) -> None:
+    await _store(request).delete_group(actor, name)
+    request.app.state.hub.poke()

@@ -1,0 +1,101 @@
+"""Agent API: enrolment, endpoint reports and the netmap stream (NDJSON, one object a line).
+
+Stream messages: `{"type": "full", "netmap": {...}}`, `{"type": "delta", "delta": {...}}`,
+`{"type": "ping", "version": v}` (keepalive) and `{"type": "deleted"}` when the peer is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from wiremesh.core.ipam import OVERLAY_NET
+from wiremesh.core.netmap import Netmap, delta_to_json, diff, netmap_to_json
+from wiremesh.server import metrics
+from wiremesh.server.auth import current_peer
+from wiremesh.server.hub import NetmapHub
+from wiremesh.server.schemas import EndpointReport, EnrollRequest, EnrollResponse
+from wiremesh.store.tables import Peer
+
+router = APIRouter(prefix="/api/v1")
+KEEPALIVE_S = 15.0
+
+
+def _observed(request: Request, endpoints: list[str]) -> list[str]:
+    """Reported endpoints plus the address the request came from (first-hop reflexive)."""
+    out = list(endpoints)
+    host = request.client.host if request.client else None
+    if host and host not in {e.split(":")[0].strip("[]") for e in out}:
+        out.append(host)
+    return out
+
+
+@router.post("/enroll", status_code=201, response_model=EnrollResponse)
+async def enroll(body: EnrollRequest, request: Request) -> EnrollResponse:
+    store = request.app.state.store
+    got = await store.enroll(body.setup_key, body.public_key, body.hostname, body.listen_port,
+                             _observed(request, body.endpoints))
+    metrics.ENROLMENTS.inc()
+    request.app.state.hub.poke()
+    return EnrollResponse(peer_id=got.peer.id, name=got.peer.name,
+                          overlay_ip=got.peer.overlay_ip,
+                          overlay_prefix_len=OVERLAY_NET.prefixlen, token=got.token)
+
+
+@router.put("/agent/endpoints", status_code=204)
+async def report_endpoints(body: EndpointReport, request: Request,
+                           peer: Peer = Depends(current_peer)) -> None:
+    changed = await request.app.state.store.report_endpoints(
+        peer.id, _observed(request, body.endpoints), body.listen_port)
+    if changed:
+        request.app.state.hub.poke()
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+
+
+async def _stream(hub: NetmapHub, peer_id: int, since: int) -> AsyncIterator[bytes]:
+    ev = hub.subscribe(peer_id)
+    metrics.STREAMS.inc()
+    try:
+        if peer_id not in hub.current:
+            await hub.refresh()  # enrolled through another replica a moment ago
+        sent: Netmap | None = hub.base_for(peer_id, since) if since else None
+        while True:
+            cur = hub.current.get(peer_id)
+            if cur is None:
+                yield _line({"type": "deleted"})
+                return
+            if sent is None:
+                yield _line({"type": "full", "netmap": netmap_to_json(cur)})
+                metrics.PUSHES.labels("full").inc()
+            elif sent.version != cur.version:
+                yield _line({"type": "delta", "delta": delta_to_json(diff(sent, cur))})
+                metrics.PUSHES.labels("delta").inc()
+            else:
+                yield _line({"type": "ping", "version": cur.version})
+            sent = cur
+            ev.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), KEEPALIVE_S)
+    finally:
+        hub.unsubscribe(peer_id, ev)
+        metrics.STREAMS.dec()
+
+
+@router.get("/agent/netmap")
+async def netmap_stream(
+    request: Request,
+    since: int = Query(0, ge=0, description="netmap version the agent holds (0 = none)"),
+    peer: Peer = Depends(current_peer),
+) -> StreamingResponse:
+    return StreamingResponse(_stream(request.app.state.hub, peer.id, since),
+                             media_type="application/x-ndjson",
+                             headers={"Cache-Control": "no-store"})

@@ -1,0 +1,128 @@
+"""Request and response bodies of the HTTP API (pydantic v2 validates every field)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from wiremesh.wg.keys import BadKey, validate_public_key
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+Name = Annotated[str, Field(pattern=NAME_RE, description="letters, digits, '.', '_', '-'")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_endpoint(e: str) -> str:
+    """`IP`, `IP:PORT` or `[IPv6]:PORT`."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([0-9.]+):(\d+)|([0-9A-Fa-f:.]+)", e)
+    if not m:
+        raise ValueError(f"bad endpoint {e!r}: expected IP, IP:PORT or [IPv6]:PORT")
+    host = m.group(1) or m.group(3) or m.group(5)
+    port = m.group(2) or m.group(4)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"bad endpoint {e!r}: {host!r} is not an IP address") from None
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ValueError(f"bad endpoint {e!r}: port out of range")
+    return e
+
+
+class EnrollRequest(Strict):
+    setup_key: str = Field(min_length=1, max_length=200)
+    public_key: str
+    hostname: Name
+    listen_port: int = Field(51820, ge=1, le=65535)
+    endpoints: list[str] = Field(default_factory=list, max_length=16)
+
+    @field_validator("public_key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        try:
+            return validate_public_key(v)
+        except BadKey as e:
+            raise ValueError(f"malformed public key: {e}") from None
+
+    @field_validator("endpoints")
+    @classmethod
+    def _eps(cls, v: list[str]) -> list[str]:
+        return [_check_endpoint(e) for e in v]
+
+
+class EnrollResponse(BaseModel):
+    peer_id: int
+    name: str
+    overlay_ip: str
+    overlay_prefix_len: int
+    token: str
+
+
+class EndpointReport(Strict):
+    listen_port: int = Field(ge=1, le=65535)
+    endpoints: list[str] = Field(default_factory=list, max_length=16)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _eps(cls, v: list[str]) -> list[str]:
+        return [_check_endpoint(e) for e in v]
+
+
+class SetupKeyCreate(Strict):
+    name: Name
+    reusable: bool = False
+    usage_limit: int = Field(0, ge=0, description="0 = unlimited (reusable keys only)")
+    expires_in_s: int | None = Field(None, gt=0, description="seconds until expiry; none = never")
+    auto_groups: list[Name] = Field(default_factory=list)
+
+
+class SetupKeyOut(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    reusable: bool
+    usage_limit: int
+    used_count: int
+    expires_at: datetime | None
+    revoked: bool
+    valid: bool
+    auto_groups: list[str]
+    key: str | None = None  # only in the answer to create, never again
+
+
+class PeerOut(BaseModel):
+    id: int
+    name: str
+    public_key: str
+    overlay_ip: str
+    endpoints: list[str]
+    listen_port: int
+    groups: list[str]
+    created_at: datetime
+    last_seen: datetime | None
+    connected: bool
+
+
+class PeerRename(Strict):
+    name: Name
+
+
+class GroupCreate(Strict):
+    name: Name
+    members: list[str] = Field(default_factory=list)
+
+
+class GroupOut(BaseModel):
+    name: str
+    members: list[str]
+    builtin: bool = False
+
+
+class MemberRef(Strict):
+    peer: str = Field(min_length=1, max_length=128, description="peer name or id")

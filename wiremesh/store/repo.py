@@ -1,0 +1,520 @@
+"""Repository over the store: every write is one transaction, and every write that can change
+a netmap bumps the `revision` counter in that same transaction so replicas see it."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from wiremesh.core.ipam import IpamExhausted, address_at, next_free_index
+from wiremesh.core.models import MeshState, PeerInfo, Policy, PortRange, Route
+from wiremesh.store.tables import (
+    AdminToken,
+    AuditEntry,
+    Group,
+    GroupMember,
+    Meta,
+    Peer,
+    PolicyRow,
+    RouteRow,
+    SetupKey,
+)
+
+ALL_GROUP = "all"  # implicit: every peer is a member; it cannot be edited
+DEFAULT_POLICY = Policy(name="default", sources=(ALL_GROUP,), destinations=(ALL_GROUP,),
+                        description="all peers reach all peers")
+
+
+class StoreError(Exception):
+    status = 400
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFound(StoreError):
+    status = 404
+
+
+class Conflict(StoreError):
+    status = 409
+
+
+class Refused(StoreError):
+    status = 403
+
+
+def hash_secret(secret: str) -> str:
+    # Secrets are 256-bit random tokens, so a plain SHA-256 (not a password KDF) is enough.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back naive; they were stored as UTC.
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    peer: Peer
+    token: str
+
+
+def policy_from_row(r: PolicyRow) -> Policy:
+    return Policy(
+        name=r.name, sources=tuple(r.sources), destinations=tuple(r.destinations),
+        protocol=r.protocol,  # type: ignore[arg-type]
+        ports=tuple(PortRange.parse(p) for p in r.ports), bidirectional=r.bidirectional,
+        enabled=r.enabled, destination_routes=tuple(r.destination_routes),
+        description=r.description,
+    )
+
+
+def policy_to_row_values(p: Policy) -> dict[str, Any]:
+    return dict(
+        name=p.name, description=p.description, enabled=p.enabled, sources=list(p.sources),
+        destinations=list(p.destinations), destination_routes=list(p.destination_routes),
+        protocol=p.protocol, ports=[str(x) for x in p.ports], bidirectional=p.bidirectional,
+    )
+
+
+def route_from_row(r: RouteRow) -> Route:
+    return Route(
+        name=r.name, prefix=r.prefix, router_group=r.router_group, metric=r.metric,
+        router_metrics=tuple(sorted(r.router_metrics.items())), masquerade=r.masquerade,
+        enabled=r.enabled,
+    )
+
+
+def route_to_row_values(r: Route) -> dict[str, Any]:
+    return dict(name=r.name, prefix=r.prefix, router_group=r.router_group, metric=r.metric,
+                router_metrics=dict(r.router_metrics), masquerade=r.masquerade,
+                enabled=r.enabled)
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessions() as s, s.begin():
+            yield s
+
+    # --- counters ------------------------------------------------------------------------
+
+    async def _counter(self, s: AsyncSession, key: str) -> int:
+        v = await s.scalar(select(Meta.value).where(Meta.key == key))
+        return int(v or 0)
+
+    async def _bump(self, s: AsyncSession) -> int:
+        rev = await self._counter(s, "revision") + 1
+        await s.execute(update(Meta).where(Meta.key == "revision").values(value=rev))
+        return rev
+
+    async def revision(self) -> int:
+        async with self.sessions() as s:
+            return await self._counter(s, "revision")
+
+    async def audit(self, s: AsyncSession, actor: str, action: str, **detail: Any) -> None:
+        s.add(AuditEntry(at=now(), actor=actor, action=action, detail=detail))
+
+    # --- bootstrap and admin auth ----------------------------------------------------------
+
+    async def bootstrap(self) -> str | None:
+        """First start on an empty store: seed counters and the default policy, and return a
+        new admin token (shown once). Later starts return None."""
+        async with self.tx() as s:
+            if await s.scalar(select(func.count()).select_from(Meta)):
+                return None
+            s.add_all([Meta(key="revision", value=1), Meta(key="ipam_next", value=1)])
+            s.add(PolicyRow(**policy_to_row_values(DEFAULT_POLICY)))
+            token = new_secret("wma")
+            s.add(AdminToken(name="initial", token_hash=hash_secret(token), created_at=now()))
+            await self.audit(s, "system", "bootstrap")
+            return token
+
+    async def admin_for_token(self, token: str) -> str | None:
+        h = hash_secret(token)
+        async with self.sessions() as s:
+            row = await s.scalar(select(AdminToken).where(AdminToken.token_hash == h))
+        if row is None or not secrets.compare_digest(row.token_hash, h):
+            return None
+        return f"admin:{row.name}"
+
+    # --- setup keys --------------------------------------------------------------------------
+
+    async def create_setup_key(
+        self, actor: str, name: str, reusable: bool, usage_limit: int,
+        expires_in: timedelta | None, auto_groups: list[str],
+    ) -> tuple[SetupKey, str]:
+        key = new_secret("wmk")
+        async with self.tx() as s:
+            for g in auto_groups:
+                await self._group(s, g, field="auto_groups")
+            row = SetupKey(
+                name=name, key_hash=hash_secret(key), key_prefix=key[:10], reusable=reusable,
+                usage_limit=usage_limit if reusable else 1, used_count=0,
+                expires_at=now() + expires_in if expires_in else None, revoked=False,
+                auto_groups=auto_groups, created_at=now(),
+            )
+            s.add(row)
+            await s.flush()
+            await self.audit(s, actor, "setup_key.create", id=row.id, name=name)
+        return row, key
+
+    async def list_setup_keys(self) -> list[SetupKey]:
+        async with self.sessions() as s:
+            return list(await s.scalars(select(SetupKey).order_by(SetupKey.id)))
+
+    async def revoke_setup_key(self, actor: str, key_id: int) -> SetupKey:
+        async with self.tx() as s:
+            row = await s.get(SetupKey, key_id)
+            if row is None:
+                raise NotFound(f"no setup key with id {key_id}", "id")
+            row.revoked = True
+            await self.audit(s, actor, "setup_key.revoke", id=key_id)
+            return row
+
+    # --- enrolment and peer credentials -----------------------------------------------------
+
+    async def enroll(
+        self, setup_key: str, public_key: str, hostname: str, listen_port: int,
+        endpoints: list[str],
+    ) -> Enrolled:
+        h = hash_secret(setup_key)
+        token = new_secret("wmp")
+        async with self.tx() as s:
+            key = await s.scalar(select(SetupKey).where(SetupKey.key_hash == h).with_for_update())
+            if key is None or not secrets.compare_digest(key.key_hash, h):
+                raise Refused("setup key is not valid", "setup_key")
+            if key.revoked:
+                raise Refused("setup key has been revoked", "setup_key")
+            exp = _aware(key.expires_at)
+            if exp is not None and exp <= now():
+                raise Refused("setup key has expired", "setup_key")
+            if key.usage_limit and key.used_count >= key.usage_limit:
+                raise Refused("setup key is used up", "setup_key")
+            if await s.scalar(select(Peer.id).where(Peer.public_key == public_key)):
+                raise Conflict("a peer with this public key is already enrolled", "public_key")
+            key.used_count += 1
+            ip = await self._allocate_ip(s)
+            peer = Peer(
+                name=await self._unique_name(s, hostname), public_key=public_key,
+                overlay_ip=ip, endpoints=endpoints, listen_port=listen_port,
+                token_hash=hash_secret(token), setup_key_id=key.id, created_at=now(),
+                last_seen=now(),
+            )
+            s.add(peer)
+            await s.flush()
+            for g in key.auto_groups:
+                grp = await s.scalar(select(Group).where(Group.name == g))
+                if grp is not None:
+                    s.add(GroupMember(group_id=grp.id, peer_id=peer.id))
+            await self._bump(s)
+            await self.audit(s, f"peer:{peer.name}", "peer.enroll", id=peer.id,
+                             setup_key_id=key.id)
+        return Enrolled(peer, token)
+
+    async def _allocate_ip(self, s: AsyncSession) -> str:
+        # A monotonic cursor means an address is never handed out twice while its peer
+        # exists, and deleted peers' addresses are only reused after the space wraps around.
+        cursor = await self._counter(s, "ipam_next")
+        used = set(await s.scalars(select(Peer.overlay_ip)))
+        try:
+            idx = next_free_index(cursor, used)
+        except IpamExhausted as e:
+            raise Conflict(str(e)) from None
+        await s.execute(update(Meta).where(Meta.key == "ipam_next").values(value=idx + 1))
+        return address_at(idx)
+
+    async def _unique_name(self, s: AsyncSession, hostname: str) -> str:
+        taken = set(await s.scalars(select(Peer.name).where(Peer.name.like(f"{hostname}%"))))
+        if hostname not in taken:
+            return hostname
+        n = 2
+        while f"{hostname}-{n}" in taken:
+            n += 1
+        return f"{hostname}-{n}"
+
+    async def peer_for_token(self, token: str) -> Peer | None:
+        h = hash_secret(token)
+        async with self.sessions() as s:
+            row = await s.scalar(select(Peer).where(Peer.token_hash == h))
+        if row is None or not secrets.compare_digest(row.token_hash, h):
+            return None
+        return row
+
+    async def report_endpoints(self, peer_id: int, endpoints: list[str], listen_port: int) -> bool:
+        """Record what the agent reported; returns True when netmaps must change."""
+        async with self.tx() as s:
+            peer = await s.get(Peer, peer_id)
+            if peer is None:
+                raise NotFound(f"no peer with id {peer_id}")
+            peer.last_seen = now()
+            if peer.endpoints == endpoints and peer.listen_port == listen_port:
+                return False
+            peer.endpoints, peer.listen_port = endpoints, listen_port
+            await self._bump(s)
+            return True
+
+    # --- peers ------------------------------------------------------------------------------
+
+    async def list_peers(self) -> list[Peer]:
+        async with self.sessions() as s:
+            return list(await s.scalars(select(Peer).order_by(Peer.id)))
+
+    async def peer_groups(self) -> dict[int, list[str]]:
+        async with self.sessions() as s:
+            rows = await s.execute(
+                select(GroupMember.peer_id, Group.name)
+                .join(Group, Group.id == GroupMember.group_id)
+            )
+            out: dict[int, list[str]] = {}
+            for pid, name in rows:
+                out.setdefault(pid, []).append(name)
+            return out
+
+    async def get_peer(self, ref: str | int) -> Peer:
+        async with self.sessions() as s:
+            return await self._peer(s, ref)
+
+    async def _peer(self, s: AsyncSession, ref: str | int, field: str = "peer") -> Peer:
+        """A peer by id or by name."""
+        row = None
+        if isinstance(ref, int) or str(ref).isdigit():
+            row = await s.get(Peer, int(ref))
+        if row is None:
+            row = await s.scalar(select(Peer).where(Peer.name == str(ref)))
+        if row is None:
+            raise NotFound(f"no peer {ref!r}", field)
+        return row
+
+    async def rename_peer(self, actor: str, ref: str | int, name: str) -> Peer:
+        try:
+            async with self.tx() as s:
+                peer = await self._peer(s, ref)
+                old = peer.name
+                peer.name = name
+                await s.flush()
+                await self._bump(s)
+                await self.audit(s, actor, "peer.rename", id=peer.id, old=old, new=name)
+                return peer
+        except IntegrityError:
+            raise Conflict(f"a peer named {name!r} already exists", "name") from None
+
+    async def delete_peer(self, actor: str, ref: str | int) -> Peer:
+        async with self.tx() as s:
+            peer = await self._peer(s, ref)
+            await s.execute(delete(GroupMember).where(GroupMember.peer_id == peer.id))
+            await s.delete(peer)
+            await self._bump(s)
+            await self.audit(s, actor, "peer.delete", id=peer.id, name=peer.name)
+            return peer
+
+    # --- groups -----------------------------------------------------------------------------
+
+    async def _group(self, s: AsyncSession, name: str, field: str = "group") -> Group:
+        row = await s.scalar(select(Group).where(Group.name == name))
+        if row is None:
+            raise NotFound(f"no group {name!r}", field)
+        return row
+
+    async def create_group(self, actor: str, name: str, members: list[str]) -> Group:
+        if name == ALL_GROUP:
+            raise Conflict(f"{ALL_GROUP!r} is built in", "name")
+        try:
+            async with self.tx() as s:
+                grp = Group(name=name)
+                s.add(grp)
+                await s.flush()
+                for m in members:
+                    peer = await self._peer(s, m, field="members")
+                    s.add(GroupMember(group_id=grp.id, peer_id=peer.id))
+                await self._bump(s)
+                await self.audit(s, actor, "group.create", name=name, members=members)
+                return grp
+        except IntegrityError:
+            raise Conflict(f"group {name!r} already exists", "name") from None
+
+    async def list_groups(self) -> dict[str, list[str]]:
+        async with self.sessions() as s:
+            out: dict[str, list[str]] = {
+                g: [] for g in await s.scalars(select(Group.name).order_by(Group.name))
+            }
+            rows = await s.execute(
+                select(Group.name, Peer.name)
+                .join(GroupMember, GroupMember.group_id == Group.id)
+                .join(Peer, Peer.id == GroupMember.peer_id)
+                .order_by(Peer.name)
+            )
+            for g, p in rows:
+                out[g].append(p)
+            return out
+
+    async def set_membership(self, actor: str, group: str, peer_ref: str, member: bool) -> None:
+        if group == ALL_GROUP:
+            raise Conflict(f"{ALL_GROUP!r} always holds every peer", "group")
+        async with self.tx() as s:
+            grp = await self._group(s, group)
+            peer = await self._peer(s, peer_ref)
+            exists = await s.get(GroupMember, (grp.id, peer.id))
+            if member and exists is None:
+                s.add(GroupMember(group_id=grp.id, peer_id=peer.id))
+            elif not member and exists is not None:
+                await s.delete(exists)
+            else:
+                return
+            await self._bump(s)
+            await self.audit(s, actor, "group.add" if member else "group.remove",
+                             group=group, peer=peer.name)
+
+    async def delete_group(self, actor: str, name: str) -> None:
+        async with self.tx() as s:
+            grp = await self._group(s, name)
+            users = [
+                p.name for p in await s.scalars(select(PolicyRow))
+                if name in p.sources or name in p.destinations
+            ] + [r.name for r in await s.scalars(select(RouteRow)) if r.router_group == name]
+            if users:
+                raise Conflict(f"group {name!r} is used by {', '.join(sorted(users))}", "name")
+            await s.delete(grp)
+            await self._bump(s)
+            await self.audit(s, actor, "group.delete", name=name)
+
+    # --- policies and routes ----------------------------------------------------------------
+
+    async def list_policies(self) -> list[Policy]:
+        async with self.sessions() as s:
+            return [policy_from_row(r) for r in await s.scalars(select(PolicyRow).order_by(
+                PolicyRow.name))]
+
+    async def list_routes(self) -> list[Route]:
+        async with self.sessions() as s:
+            return [route_from_row(r) for r in await s.scalars(select(RouteRow).order_by(
+                RouteRow.name))]
+
+    async def replace_policy(
+        self, actor: str, groups: dict[str, list[str]], policies: list[Policy],
+        routes: list[Route] | None, source: str,
+    ) -> int:
+        """Replace groups, policies (and routes when given) in one transaction."""
+        async with self.tx() as s:
+            peers = {p.name: p.id for p in await s.scalars(select(Peer))}
+            existing = {g.name: g for g in await s.scalars(select(Group))}
+            for name, grp in existing.items():
+                if name not in groups:
+                    await s.delete(grp)
+            await s.flush()
+            for name, members in groups.items():
+                grp = existing.get(name)
+                if grp is None:
+                    grp = Group(name=name)
+                    s.add(grp)
+                    await s.flush()
+                await s.execute(delete(GroupMember).where(GroupMember.group_id == grp.id))
+                for m in sorted(set(members)):
+                    if m not in peers:
+                        raise NotFound(f"no peer named {m!r}", f"groups.{name}")
+                    s.add(GroupMember(group_id=grp.id, peer_id=peers[m]))
+            await s.execute(delete(PolicyRow))
+            s.add_all(PolicyRow(**policy_to_row_values(p)) for p in policies)
+            if routes is not None:
+                await s.execute(delete(RouteRow))
+                s.add_all(RouteRow(**route_to_row_values(r)) for r in routes)
+            rev = await self._bump(s)
+            await self.audit(s, actor, "policy.apply", source=source,
+                             policies=[p.name for p in policies], groups=sorted(groups))
+            return rev
+
+    async def upsert_route(self, actor: str, route: Route) -> None:
+        async with self.tx() as s:
+            row = await s.scalar(select(RouteRow).where(RouteRow.name == route.name))
+            if row is None:
+                s.add(RouteRow(**route_to_row_values(route)))
+            else:
+                for k, v in route_to_row_values(route).items():
+                    setattr(row, k, v)
+            await self._bump(s)
+            await self.audit(s, actor, "route.upsert", name=route.name, prefix=route.prefix)
+
+    async def delete_route(self, actor: str, name: str) -> None:
+        async with self.tx() as s:
+            row = await s.scalar(select(RouteRow).where(RouteRow.name == name))
+            if row is None:
+                raise NotFound(f"no route {name!r}", "name")
+            await s.delete(row)
+            await self._bump(s)
+            await self.audit(s, actor, "route.delete", name=name)
+
+    async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+        async with self.sessions() as s:
+            return list(await s.scalars(
+                select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)))
+
+    # --- snapshot for the compiler ----------------------------------------------------------
+
+    async def load_state(self) -> tuple[int, MeshState]:
+        """One consistent snapshot (single transaction) and the revision it reflects."""
+        async with self.tx() as s:
+            rev = await self._counter(s, "revision")
+            peers = {
+                p.id: PeerInfo(p.id, p.name, p.public_key, p.overlay_ip,
+                               tuple(_endpoints_with_port(p.endpoints, p.listen_port)),
+                               p.listen_port)
+                for p in await s.scalars(select(Peer))
+            }
+            groups: dict[str, set[int]] = {
+                g: set() for g in await s.scalars(select(Group.name))
+            }
+            rows = await s.execute(
+                select(Group.name, GroupMember.peer_id)
+                .join(GroupMember, GroupMember.group_id == Group.id)
+            )
+            for g, pid in rows:
+                groups[g].add(pid)
+            frozen = {g: frozenset(m) for g, m in groups.items()}
+            frozen[ALL_GROUP] = frozenset(peers)
+            policies = tuple(policy_from_row(r) for r in await s.scalars(
+                select(PolicyRow).order_by(PolicyRow.name)))
+            routes = tuple(route_from_row(r) for r in await s.scalars(
+                select(RouteRow).order_by(RouteRow.name)))
+        return rev, MeshState(peers=peers, groups=frozen, policies=policies, routes=routes)
+
+
+def _endpoints_with_port(endpoints: list[str], port: int) -> list[str]:
+    """Endpoints are stored as reported; a bare address gets the peer's listen port."""
+    out = []
+    for e in endpoints:
+        try:
+            ip = ipaddress.ip_address(e)
+        except ValueError:
+            out.append(e)
+            continue
+        out.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+    return out
+
+
+__all__ = ["ALL_GROUP", "Conflict", "NotFound", "Refused", "Store", "StoreError"]

@@ -1,0 +1,109 @@
+"""SQLAlchemy 2 tables. The schema itself is owned by alembic migrations (store/migrations)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Counters: `revision` (bumped by every change that can alter a netmap), `ipam_next`."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class AdminToken(Base):
+    __tablename__ = "admin_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SetupKey(Base):
+    __tablename__ = "setup_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    reusable: Mapped[bool] = mapped_column(default=False)
+    usage_limit: Mapped[int] = mapped_column(Integer, default=0)  # 0 = unlimited
+    used_count: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked: Mapped[bool] = mapped_column(default=False)
+    auto_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Peer(Base):
+    __tablename__ = "peers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    public_key: Mapped[str] = mapped_column(String(44), unique=True)
+    overlay_ip: Mapped[str] = mapped_column(String(45), unique=True)
+    endpoints: Mapped[list[str]] = mapped_column(JSON, default=list)
+    listen_port: Mapped[int] = mapped_column(Integer, default=51820)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    setup_key_id: Mapped[int | None] = mapped_column(ForeignKey("setup_keys.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Group(Base):
+    __tablename__ = "groups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+    group_id: Mapped[int] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    peer_id: Mapped[int] = mapped_column(
+        ForeignKey("peers.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class PolicyRow(Base):
+    __tablename__ = "policies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    enabled: Mapped[bool] = mapped_column(default=True)
+    sources: Mapped[list[str]] = mapped_column(JSON, default=list)
+    destinations: Mapped[list[str]] = mapped_column(JSON, default=list)
+    destination_routes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    protocol: Mapped[str] = mapped_column(String(8), default="all")
+    ports: Mapped[list[str]] = mapped_column(JSON, default=list)
+    bidirectional: Mapped[bool] = mapped_column(default=False)
+
+
+class RouteRow(Base):
+    __tablename__ = "routes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    prefix: Mapped[str] = mapped_column(String(64))
+    router_group: Mapped[str] = mapped_column(String(128))
+    metric: Mapped[int] = mapped_column(Integer, default=100)
+    router_metrics: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    masquerade: Mapped[bool] = mapped_column(default=True)
+    enabled: Mapped[bool] = mapped_column(default=True)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
