@@ -1,0 +1,236 @@
+"""Which router peer holds each routed prefix: the client's failover state machine.
+
+Pure: no sockets, no clock. Every call takes `now` (seconds on any monotonic clock) so tests can
+drive time by hand and the agent feeds it `time.monotonic()`.
+
+Health of a router comes from probes through the tunnel: a router is declared dead when a probe
+sent to it has gone unanswered for `dead_after` (so nothing is judged while nothing is sent), or
+when its WireGuard handshake is older than `handshake_max_age`. A dead router that answers again
+must stay healthy for `recover_after` before it counts as up, so a flapping router can't pull
+traffic back and forth.
+
+Per prefix, the active router moves only when
+- it is dead: to the best candidate by (health, metric) that is not dead, at once (no dwell:
+  staying on a dead router is a black hole), and nowhere if all are dead;
+- it is no longer a candidate (netmap update): to the best remaining candidate, at once;
+- `failback == "preferred"`, the last switch is at least `min_dwell` old and a candidate with a
+  better metric has been up for `failback_after`: back to that candidate.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Literal
+
+from wiremesh.core.netmap import RouteEntry
+
+Failback = Literal["never", "preferred"]
+FAILBACK_MODES: tuple[Failback, ...] = ("never", "preferred")
+
+# Probes still waiting for an answer, per router. Old entries are dropped only once they have
+# already caused a missed deadline, so the bound never hides a dead router.
+_MAX_OUTSTANDING = 256
+
+
+@dataclass(frozen=True)
+class FailoverConfig:
+    dead_after: float = 0.35
+    recover_after: float = 2.0
+    min_dwell: float = 2.0
+    failback: Failback = "preferred"
+    failback_after: float = 10.0
+    # WireGuard's Reject-After-Time: past it no data can pass on the session.
+    handshake_max_age: float = 180.0
+
+    def __post_init__(self) -> None:
+        for name in ("dead_after", "recover_after", "min_dwell", "failback_after",
+                     "handshake_max_age"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
+        if self.dead_after == 0:
+            raise ValueError("dead_after: must be > 0")
+        if self.failback not in FAILBACK_MODES:
+            raise ValueError(f"failback: must be one of {', '.join(FAILBACK_MODES)}, "
+                             f"got {self.failback!r}")
+
+
+class Health(IntEnum):
+    """Ordered best first: failover picks the lowest value, then the lowest metric."""
+
+    UP = 0
+    RECOVERING = 1  # was dead, answers again, not yet for `recover_after`
+    UNKNOWN = 2  # never judged (just added, nothing sent or answered yet)
+    DOWN = 3
+
+
+@dataclass
+class _Router:
+    outstanding: deque[float] = field(default_factory=deque)  # send times, oldest first
+    healthy_since: float | None = None  # start of the current unbroken run of answers
+    down: bool = False  # declared dead and not yet recovered
+    stale_handshake: bool = False
+    health: Health = Health.UNKNOWN
+
+    def refresh(self, now: float, cfg: FailoverConfig) -> None:
+        missed = bool(self.outstanding) and now - self.outstanding[0] >= cfg.dead_after
+        if missed or self.stale_handshake:
+            self.healthy_since = None
+            self.down = True
+        elif (self.down and self.healthy_since is not None
+              and now - self.healthy_since >= cfg.recover_after):
+            self.down = False
+        if self.down:
+            self.health = Health.DOWN if self.healthy_since is None else Health.RECOVERING
+        else:
+            self.health = Health.UNKNOWN if self.healthy_since is None else Health.UP
+
+
+@dataclass
+class _Prefix:
+    candidates: tuple[tuple[str, int], ...]  # (router key, metric), best metric first
+    active: str | None = None
+    switched_at: float = float("-inf")
+
+
+def merge_candidates(routes: Iterable[RouteEntry]) -> dict[str, tuple[tuple[str, int], ...]]:
+    """Prefix -> candidates by metric; routes sharing a prefix pool their routers (best metric
+    of a router wins), ties broken by key so every client orders them the same way."""
+    best: dict[str, dict[str, int]] = {}
+    for r in routes:
+        per = best.setdefault(r.prefix, {})
+        for key, metric in r.routers:
+            per[key] = min(metric, per.get(key, metric))
+    return {
+        prefix: tuple(sorted(per.items(), key=lambda km: (km[1], km[0])))
+        for prefix, per in best.items()
+    }
+
+
+class FailoverMachine:
+    def __init__(self, config: FailoverConfig | None = None) -> None:
+        self.config = config or FailoverConfig()
+        self._routers: dict[str, _Router] = {}
+        self._prefixes: dict[str, _Prefix] = {}
+
+    # --- observations --------------------------------------------------------------------
+
+    def probe_sent(self, key: str, now: float) -> None:
+        r = self._routers.get(key)
+        if r is None:
+            return
+        r.outstanding.append(now)
+        if len(r.outstanding) > _MAX_OUTSTANDING:
+            r.refresh(now, self.config)
+            if r.health is Health.DOWN:
+                r.outstanding.popleft()
+
+    def probe_reply(self, key: str, sent_at: float, now: float) -> None:
+        r = self._routers.get(key)
+        if r is None:
+            return
+        while r.outstanding and r.outstanding[0] <= sent_at:
+            r.outstanding.popleft()
+        if r.healthy_since is None:
+            r.healthy_since = now
+
+    def handshake_age(self, key: str, age: float | None, now: float) -> None:
+        """`age` in seconds since the last WireGuard handshake, None if there was none yet
+        (that alone says nothing: the first probe starts the handshake)."""
+        r = self._routers.get(key)
+        if r is None:
+            return
+        r.stale_handshake = age is not None and age > self.config.handshake_max_age
+
+    # --- netmap ----------------------------------------------------------------------------
+
+    def set_routes(self, routes: Iterable[RouteEntry], now: float) -> dict[str, str | None]:
+        """Replace the routes; returns the prefixes whose active router changed (None = the
+        prefix is gone or has no candidate left)."""
+        wanted = merge_candidates(routes)
+        keys = {k for cands in wanted.values() for k, _ in cands}
+        self._routers = {k: self._routers.get(k) or _Router() for k in keys}
+        for r in self._routers.values():
+            r.refresh(now, self.config)
+        changes: dict[str, str | None] = {}
+        for prefix in list(self._prefixes):
+            if prefix not in wanted:
+                del self._prefixes[prefix]
+                changes[prefix] = None
+        for prefix, cands in wanted.items():
+            p = self._prefixes.setdefault(prefix, _Prefix(cands))
+            p.candidates = cands
+            if all(k != p.active for k, _ in cands):
+                self._switch(p, prefix, self._best(cands), now, changes)
+        changes.update(self._evaluate(now))
+        return changes
+
+    # --- decisions -------------------------------------------------------------------------
+
+    def tick(self, now: float) -> dict[str, str | None]:
+        """Re-judge every router and prefix; returns the prefixes whose active router changed."""
+        for r in self._routers.values():
+            r.refresh(now, self.config)
+        return self._evaluate(now)
+
+    def active(self, prefix: str) -> str | None:
+        p = self._prefixes.get(prefix)
+        return p.active if p else None
+
+    def actives(self) -> dict[str, str | None]:
+        return {prefix: p.active for prefix, p in self._prefixes.items()}
+
+    def health(self, key: str) -> Health | None:
+        """As of the last `tick`/`set_routes`; None for a router no route names."""
+        r = self._routers.get(key)
+        return r.health if r else None
+
+    def routers(self) -> tuple[str, ...]:
+        """Every candidate router of any prefix: the ones to probe."""
+        return tuple(sorted(self._routers))
+
+    def _rank(self, key: str, metric: int) -> tuple[int, int]:
+        return (self._routers[key].health, metric)
+
+    def _best(self, cands: tuple[tuple[str, int], ...]) -> str | None:
+        if not cands:
+            return None
+        return min(cands, key=lambda km: self._rank(*km))[0]
+
+    def _switch(self, p: _Prefix, prefix: str, to: str | None, now: float,
+                changes: dict[str, str | None]) -> None:
+        if to == p.active:
+            return
+        p.active = to
+        p.switched_at = now
+        changes[prefix] = to
+
+    def _evaluate(self, now: float) -> dict[str, str | None]:
+        changes: dict[str, str | None] = {}
+        cfg = self.config
+        for prefix, p in self._prefixes.items():
+            if p.active is None:
+                continue
+            health = self._routers[p.active].health
+            if health is Health.DOWN:
+                others = [km for km in p.candidates if km[0] != p.active]
+                best = self._best(tuple(others))
+                if best is not None and self._routers[best].health is not Health.DOWN:
+                    self._switch(p, prefix, best, now, changes)
+                continue
+            if cfg.failback != "preferred" or now - p.switched_at < cfg.min_dwell:
+                continue
+            metric = dict(p.candidates)[p.active]
+            for key, m in p.candidates:  # best metric first
+                if m >= metric:
+                    break
+                r = self._routers[key]
+                if (r.health is Health.UP and r.healthy_since is not None
+                        and now - r.healthy_since >= cfg.failback_after):
+                    self._switch(p, prefix, key, now, changes)
+                    break
+        return changes
+
