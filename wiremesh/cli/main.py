@@ -12,3 +12,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+from wiremesh.cli import admin, agent, server  # noqa: E402  (commands attach to `app`)
+
+app.command("server")(server.server)
+app.command("up")(agent.up)
+app.command("agent")(agent.agent)
+app.add_typer(admin.keys_app, name="keys")
+app.add_typer(admin.peers_app, name="peers")
+app.add_typer(admin.groups_app, name="groups")

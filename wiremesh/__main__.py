@@ -1,0 +1,3 @@
+from wiremesh.cli.main import app
+
+app()

@@ -1,0 +1,68 @@
+"""The agent's side of the control-plane HTTP API (httpx)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+# A stream idle longer than three server keepalives is dead (NAT dropped it, server gone).
+STREAM_READ_TIMEOUT = 45.0
+
+
+class ServerRefused(RuntimeError):
+    """The server answered with an error that retrying will not fix."""
+
+
+class PeerDeleted(RuntimeError):
+    pass
+
+
+def _problem(r: httpx.Response) -> str:
+    try:
+        body = r.json()
+        return str(body.get("detail") or body.get("title") or r.text)
+    except ValueError:
+        return r.text.strip() or f"HTTP {r.status_code}"
+
+
+async def enroll(server: str, body: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=server, timeout=timeout) as c:
+        r = await c.post("/api/v1/enroll", json=body)
+    if r.status_code != 201:
+        raise ServerRefused(f"enrolment refused ({r.status_code}): {_problem(r)}")
+    return r.json()
+
+
+class ServerClient:
+    def __init__(self, server: str, token: str) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=server, headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT),
+        )
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    def _check(self, r: httpx.Response) -> None:
+        if r.status_code == 401:
+            raise PeerDeleted(f"server no longer accepts this peer: {_problem(r)}")
+        if r.status_code >= 400:
+            raise ServerRefused(f"server answered {r.status_code}: {_problem(r)}")
+
+    async def report_endpoints(self, listen_port: int, endpoints: list[str]) -> None:
+        r = await self.http.put("/api/v1/agent/endpoints",
+                                json={"listen_port": listen_port, "endpoints": endpoints})
+        self._check(r)
+
+    async def netmap_stream(self, since: int) -> AsyncIterator[dict[str, Any]]:
+        async with self.http.stream("GET", "/api/v1/agent/netmap",
+                                    params={"since": since}) as r:
+            if r.status_code >= 400:
+                await r.aread()
+                self._check(r)
+            async for line in r.aiter_lines():
+                if line.strip():
+                    yield json.loads(line)

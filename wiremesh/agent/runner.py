@@ -1,0 +1,161 @@
+"""The agent's life: enrol once, then keep the data plane in step with the netmap stream.
+
+The data plane is rebuilt from the saved netmap before the server is contacted, and keeps
+enforcing it for as long as the server stays unreachable: no single point of failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from wiremesh.agent import state as statefile
+from wiremesh.agent.client import PeerDeleted, ServerClient, ServerRefused, enroll
+from wiremesh.agent.dataplane import DataPlane, make_backend
+from wiremesh.agent.state import AgentConfig, AgentState
+from wiremesh.core.netmap import (
+    DeltaMismatch,
+    Netmap,
+    apply_delta,
+    delta_from_json,
+    netmap_from_json,
+)
+from wiremesh.wg.keys import load_or_create_private_key, public_key_of
+
+log = logging.getLogger("wiremesh.agent")
+
+
+class ResyncNeeded(Exception):
+    pass
+
+
+async def enroll_peer(
+    state_dir: Path, server: str, setup_key: str, name: str | None, interface: str,
+    listen_port: int, endpoints: list[str],
+) -> AgentState:
+    """Generate (or reuse) the key pair locally, enrol with the public key, save the state."""
+    private = load_or_create_private_key(statefile.private_key_path(state_dir))
+    body = {
+        "setup_key": setup_key,
+        "public_key": public_key_of(private),
+        "hostname": name or socket.gethostname().split(".")[0],
+        "listen_port": listen_port,
+        "endpoints": endpoints,
+    }
+    got = await enroll(server, body)
+    cfg = AgentConfig(
+        server=server, peer_id=got["peer_id"], name=got["name"], token=got["token"],
+        overlay_ip=got["overlay_ip"], overlay_prefix_len=got["overlay_prefix_len"],
+        interface=interface, listen_port=listen_port, endpoints=endpoints,
+    )
+    st = AgentState(cfg)
+    statefile.save(state_dir, st)
+    log.info("enrolled as %s overlay_ip=%s", cfg.name, cfg.overlay_ip)
+    return st
+
+
+def next_netmap(held: Netmap | None, msg: dict[str, Any]) -> Netmap | None:
+    """The netmap after a stream message (None = nothing changed)."""
+    kind = msg.get("type")
+    if kind == "full":
+        return netmap_from_json(msg["netmap"])
+    if kind == "delta":
+        if held is None:
+            raise ResyncNeeded("delta without a base")
+        try:
+            return apply_delta(held, delta_from_json(msg["delta"]))
+        except DeltaMismatch as e:
+            raise ResyncNeeded(str(e)) from None
+    if kind == "deleted":
+        raise PeerDeleted("this peer was deleted on the server")
+    return None
+
+
+class Agent:
+    def __init__(self, state_dir: Path, backend: str = "auto") -> None:
+        self.state_dir = state_dir
+        self.state = statefile.load(state_dir)
+        self.private_key = load_or_create_private_key(statefile.private_key_path(state_dir))
+        self.backend_kind = backend
+        self.dataplane: DataPlane | None = None
+        self.want_full = False
+
+    def _apply(self, netmap: Netmap) -> None:
+        assert self.dataplane is not None
+        self.dataplane.apply(netmap)
+        self.state.netmap = netmap
+        statefile.save(self.state_dir, self.state)
+
+    async def _follow(self, client: ServerClient) -> None:
+        cfg = self.state.config
+        await client.report_endpoints(cfg.listen_port, cfg.endpoints)
+        since = self.state.netmap.version if self.state.netmap and not self.want_full else 0
+        async for msg in client.netmap_stream(since):
+            new = next_netmap(self.state.netmap, msg)
+            if new is not None:
+                self.want_full = False
+                self._apply(new)
+
+    async def run(self) -> None:
+        cfg = self.state.config
+        self.dataplane = DataPlane(make_backend(self.backend_kind, cfg.interface), cfg,
+                                   self.private_key)
+        try:
+            self.dataplane.start()
+            if self.state.netmap is not None:
+                log.info("rebuilding from saved netmap version=%d", self.state.netmap.version)
+                self.dataplane.apply(self.state.netmap)
+            client = ServerClient(cfg.server, cfg.token)
+            backoff = 0.5
+            try:
+                while True:
+                    try:
+                        await self._follow(client)
+                        backoff = 0.5
+                    except ResyncNeeded as e:
+                        # Keep enforcing what we hold while asking for a full map.
+                        log.warning("netmap resync: %s", e)
+                        self.want_full = True
+                        continue
+                    except (httpx.HTTPError, OSError, ServerRefused, ValueError) as e:
+                        log.warning("server unreachable (%s); keeping netmap version=%s",
+                                    e.__class__.__name__,
+                                    self.state.netmap.version if self.state.netmap else None)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            finally:
+                await client.close()
+        finally:
+            self.dataplane.close()
+
+
+def run_forever(state_dir: Path, backend: str = "auto") -> int:
+    """Run until SIGINT/SIGTERM; returns the process exit code."""
+    agent = Agent(state_dir, backend)
+
+    async def main() -> int:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await agent.run()
+        except asyncio.CancelledError:
+            log.info("stopping")
+            return 0
+        except PeerDeleted as e:
+            log.error("%s; stopping", e)
+            return 3
+        return 0
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(main())
+    return 0

@@ -1,0 +1,79 @@
+"""The agent's saved state: credentials, overlay address and the last netmap (file 0600).
+
+Written atomically (temp file + rename) so a crash mid-write never leaves a torn state file
+that would stop the agent from rebuilding the mesh while the server is down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from wiremesh.core.netmap import Netmap, netmap_from_json, netmap_to_json
+
+DEFAULT_STATE_DIR = Path("/var/lib/wiremesh")
+
+
+class StateError(RuntimeError):
+    pass
+
+
+@dataclass
+class AgentConfig:
+    server: str
+    peer_id: int
+    name: str
+    token: str
+    overlay_ip: str
+    overlay_prefix_len: int
+    interface: str
+    listen_port: int
+    endpoints: list[str]
+
+
+@dataclass
+class AgentState:
+    config: AgentConfig
+    netmap: Netmap | None = None
+
+
+def _paths(state_dir: Path) -> tuple[Path, Path]:
+    return state_dir / "state.json", state_dir / "private.key"
+
+
+def private_key_path(state_dir: Path) -> Path:
+    return _paths(state_dir)[1]
+
+
+def write_private_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(state_dir: Path, state: AgentState) -> None:
+    data: dict[str, Any] = {"config": asdict(state.config)}
+    if state.netmap is not None:
+        data["netmap"] = netmap_to_json(state.netmap)
+    write_private_json(_paths(state_dir)[0], data)
+
+
+def load(state_dir: Path) -> AgentState:
+    path = _paths(state_dir)[0]
+    try:
+        data = json.loads(path.read_text())
+        cfg = AgentConfig(**data["config"])
+        nm = netmap_from_json(data["netmap"]) if "netmap" in data else None
+    except FileNotFoundError:
+        raise StateError(f"no saved state in {state_dir}; enrol first with `wiremesh up`") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise StateError(f"saved state {path} is unreadable: {e}") from None
+    return AgentState(cfg, nm)

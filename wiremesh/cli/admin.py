@@ -1,0 +1,150 @@
+"""Admin commands over the HTTP API: setup keys, peers and groups."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from wiremesh.cli.common import Api, JsonOpt, ServerOpt, TokenOpt, console, print_json
+
+keys_app = typer.Typer(help="Setup keys: create, list, revoke.", no_args_is_help=True)
+peers_app = typer.Typer(help="Peers: list, show, rename, delete.", no_args_is_help=True)
+groups_app = typer.Typer(help="Groups: create, list, add/remove members, delete.",
+                         no_args_is_help=True)
+
+
+def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*["" if v is None else str(v) for v in r])
+    console.print(t)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Argument(..., help="A name for the key"),
+    reusable: bool = typer.Option(False, "--reusable", help="Usable by several peers"),
+    usage_limit: int = typer.Option(0, "--usage-limit", min=0,
+                                    help="Max enrolments (reusable keys; 0 = unlimited)"),
+    expires_in: int | None = typer.Option(None, "--expires-in", min=1,
+                                          help="Seconds until the key expires"),
+    group: list[str] = typer.Option([], "--group", help="Auto-group for enrolled peers"),
+    server: str | None = ServerOpt, token: str | None = TokenOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Create a setup key; its secret is shown only now."""
+    k = Api(server, token).call("POST", "/setup-keys", json={
+        "name": name, "reusable": reusable, "usage_limit": usage_limit,
+        "expires_in_s": expires_in, "auto_groups": group})
+    if as_json:
+        print_json(k)
+    else:
+        console.print(f"setup key [bold]{k['name']}[/] (id {k['id']}): {k['key']}",
+                      highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
+              as_json: bool = JsonOpt) -> None:
+    """List setup keys (secrets are never shown again, only their prefix)."""
+    keys = Api(server, token).call("GET", "/setup-keys")
+    if as_json:
+        print_json(keys)
+        return
+    _table("setup keys", ["id", "name", "prefix", "reusable", "used", "limit", "expires",
+                          "valid", "groups"],
+           [[k["id"], k["name"], k["prefix"], k["reusable"], k["used_count"],
+             k["usage_limit"] or "-", k["expires_at"] or "never", k["valid"],
+             ",".join(k["auto_groups"])] for k in keys])
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int = typer.Argument(..., help="Setup key id"),
+                server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+    """Revoke a setup key; enrolled peers stay."""
+    Api(server, token).call("DELETE", f"/setup-keys/{key_id}")
+    console.print(f"revoked setup key {key_id}")
+
+
+@peers_app.command("list")
+def peers_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
+               as_json: bool = JsonOpt) -> None:
+    """List peers."""
+    peers = Api(server, token).call("GET", "/peers")
+    if as_json:
+        print_json(peers)
+        return
+    _table("peers", ["id", "name", "overlay ip", "endpoints", "groups", "connected"],
+           [[p["id"], p["name"], p["overlay_ip"], ",".join(p["endpoints"]),
+             ",".join(p["groups"]), p["connected"]] for p in peers])
+
+
+@peers_app.command("show")
+def peers_show(peer: str = typer.Argument(..., help="Peer name or id"),
+               server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+    """Show one peer as JSON."""
+    print_json(Api(server, token).call("GET", f"/peers/{peer}"))
+
+
+@peers_app.command("rename")
+def peers_rename(peer: str = typer.Argument(..., help="Peer name or id"),
+                 new_name: str = typer.Argument(..., help="New name"),
+                 server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+    """Rename a peer."""
+    p = Api(server, token).call("PATCH", f"/peers/{peer}", json={"name": new_name})
+    console.print(f"peer {p['id']} is now {p['name']}")
+
+
+@peers_app.command("delete")
+def peers_delete(peer: str = typer.Argument(..., help="Peer name or id"),
+                 server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+    """Delete a peer: it disappears from every other peer's netmap."""
+    Api(server, token).call("DELETE", f"/peers/{peer}")
+    console.print(f"deleted peer {peer}")
+
+
+@groups_app.command("list")
+def groups_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
+                as_json: bool = JsonOpt) -> None:
+    """List groups and their members."""
+    groups = Api(server, token).call("GET", "/groups")
+    if as_json:
+        print_json(groups)
+        return
+    _table("groups", ["name", "members"],
+           [[g["name"] + (" (built in)" if g["builtin"] else ""), ", ".join(g["members"])]
+            for g in groups])
+
+
+@groups_app.command("create")
+def groups_create(name: str = typer.Argument(...),
+                  member: list[str] = typer.Option([], "--member", help="Peer name; repeatable"),
+                  server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+    """Create a group."""
+    Api(server, token).call("POST", "/groups", json={"name": name, "members": member})
+    console.print(f"created group {name}")
+
+
+@groups_app.command("add")
+def groups_add(group: str = typer.Argument(...), peer: str = typer.Argument(...),
+               server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+    """Add a peer to a group."""
+    Api(server, token).call("POST", f"/groups/{group}/members", json={"peer": peer})
+    console.print(f"added {peer} to {group}")
+
+
+@groups_app.command("remove")
+def groups_remove(group: str = typer.Argument(...), peer: str = typer.Argument(...),
+                  server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+    """Remove a peer from a group."""
+    Api(server, token).call("DELETE", f"/groups/{group}/members/{peer}")
+    console.print(f"removed {peer} from {group}")
+
+
+@groups_app.command("delete")
+def groups_delete(name: str = typer.Argument(...), server: str | None = ServerOpt,
+                  token: str | None = TokenOpt) -> None:
+    """Delete a group (refused while a policy or route uses it)."""
+    Api(server, token).call("DELETE", f"/groups/{name}")
+    console.print(f"deleted group {name}")

@@ -1,0 +1,76 @@
+"""`wiremesh up` (enrol and run) and `wiremesh agent` (run from saved state)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import typer
+
+from wiremesh.agent import state as statefile
+from wiremesh.agent.client import ServerRefused
+from wiremesh.cli.common import fail, setup_logging
+
+StateDirOpt = typer.Option(statefile.DEFAULT_STATE_DIR, "--state-dir",
+                           help="Where the key pair and saved state live")
+BackendOpt = typer.Option("auto", "--wg-backend",
+                          help="auto (kernel if present, else wireguard-go), kernel or userspace")
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in ("auto", "kernel", "userspace"):
+        fail(f"--wg-backend {backend!r}: choose auto, kernel or userspace")
+    return backend
+
+
+def up(
+    server: str = typer.Option(..., "--server", envvar="WIREMESH_SERVER", help="Server URL"),
+    setup_key: str = typer.Option(..., "--setup-key", envvar="WIREMESH_SETUP_KEY",
+                                  help="Setup key from `wiremesh keys create`"),
+    name: str | None = typer.Option(None, "--name", help="Peer name (default: hostname)"),
+    interface: str = typer.Option("wm0", "--interface", help="WireGuard interface name"),
+    listen_port: int = typer.Option(51820, "--listen-port", min=1, max=65535,
+                                    help="WireGuard UDP port"),
+    endpoint: list[str] = typer.Option([], "--endpoint",
+                                       help="Address peers can reach us at (IP or IP:PORT); "
+                                       "repeatable; the server adds the address it sees"),
+    state_dir: Path = StateDirOpt,
+    backend: str = BackendOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Enrol this machine (if not enrolled yet) and run the agent."""
+    from wiremesh.agent.runner import enroll_peer, run_forever
+
+    setup_logging(verbose)
+    _check_backend(backend)
+    if len(interface) > 15:
+        fail(f"--interface {interface!r}: at most 15 characters")
+    try:
+        st = statefile.load(state_dir)
+        if st.config.server != server:
+            fail(f"{state_dir} holds an enrolment with {st.config.server}; "
+                 "use another --state-dir")
+    except statefile.StateError:
+        try:
+            asyncio.run(enroll_peer(state_dir, server, setup_key, name, interface,
+                                    listen_port, endpoint))
+        except ServerRefused as e:
+            fail(str(e))
+        except (OSError, httpx.HTTPError) as e:
+            fail(f"cannot reach the server at {server}: {e}")
+    raise typer.Exit(run_forever(state_dir, backend))
+
+
+def agent(state_dir: Path = StateDirOpt, backend: str = BackendOpt,
+          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run the agent from saved state (works while the server is down)."""
+    from wiremesh.agent.runner import run_forever
+
+    setup_logging(verbose)
+    _check_backend(backend)
+    try:
+        statefile.load(state_dir)
+    except statefile.StateError as e:
+        fail(str(e))
+    raise typer.Exit(run_forever(state_dir, backend))

@@ -1,0 +1,69 @@
+"""Shared CLI plumbing: admin API access, errors as one line with exit code 2, --json output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+ServerOpt = typer.Option(
+    None, "--server", envvar="WIREMESH_SERVER", help="Server URL, e.g. http://192.0.2.1:8080"
+)
+TokenOpt = typer.Option(
+    None, "--token", envvar="WIREMESH_TOKEN",
+    help="Admin token (printed at the server's first start)",
+)
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, default=str) + "\n")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+class Api:
+    """Admin calls against a server; every failure becomes one clear line and exit code 2."""
+
+    def __init__(self, server: str | None, token: str | None) -> None:
+        server = server or os.environ.get("WIREMESH_SERVER")
+        if not server:
+            fail("no server given: use --server URL or set WIREMESH_SERVER")
+        if not token:
+            fail("no admin token given: use --token or set WIREMESH_TOKEN")
+        self.http = httpx.Client(base_url=server, timeout=30.0,
+                                 headers={"Authorization": f"Bearer {token}"})
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self.http.request(method, f"/api/v1{path}", **kw)
+        except httpx.HTTPError as e:
+            fail(f"cannot reach the server at {self.http.base_url}: {e}")
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                msg = body.get("detail") or body.get("title")
+            except ValueError:
+                msg = r.text
+            fail(f"{msg} (HTTP {r.status_code})")
+        return r.json() if r.content else None

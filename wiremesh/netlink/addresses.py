@@ -1,0 +1,27 @@
+"""Interface addresses and link state in the current network namespace (pyroute2)."""
+
+from __future__ import annotations
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+
+def ensure_address(ifname: str, address: str, prefix_len: int) -> None:
+    """Give `ifname` exactly this address (idempotent) and bring it up."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise RuntimeError(f"no interface {ifname}")
+        i = idx[0]
+        have = {
+            (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=i, family=2)
+        }
+        for addr, plen in have - {(address, prefix_len)}:
+            ipr.addr("del", index=i, address=addr, prefixlen=plen)
+        if (address, prefix_len) not in have:
+            try:
+                ipr.addr("add", index=i, address=address, prefixlen=prefix_len)
+            except NetlinkError as e:
+                if e.code != 17:  # EEXIST: raced with ourselves, fine
+                    raise
+        ipr.link("set", index=i, state="up")
