@@ -87,9 +87,10 @@ class Agent:
         self.dataplane: DataPlane | None = None
         self.want_full = False
 
-    def _apply(self, netmap: Netmap) -> None:
+    async def _apply(self, netmap: Netmap) -> None:
         assert self.dataplane is not None
-        self.dataplane.apply(netmap)
+        # pyroute2's sync API runs its own event loop: keep netlink work off ours.
+        await asyncio.to_thread(self.dataplane.apply, netmap)
         self.state.netmap = netmap
         statefile.save(self.state_dir, self.state)
 
@@ -101,17 +102,17 @@ class Agent:
             new = next_netmap(self.state.netmap, msg)
             if new is not None:
                 self.want_full = False
-                self._apply(new)
+                await self._apply(new)
 
     async def run(self) -> None:
         cfg = self.state.config
-        self.dataplane = DataPlane(make_backend(self.backend_kind, cfg.interface), cfg,
-                                   self.private_key)
+        backend = await asyncio.to_thread(make_backend, self.backend_kind, cfg.interface)
+        self.dataplane = DataPlane(backend, cfg, self.private_key)
         try:
-            self.dataplane.start()
+            await asyncio.to_thread(self.dataplane.start)
             if self.state.netmap is not None:
                 log.info("rebuilding from saved netmap version=%d", self.state.netmap.version)
-                self.dataplane.apply(self.state.netmap)
+                await asyncio.to_thread(self.dataplane.apply, self.state.netmap)
             client = ServerClient(cfg.server, cfg.token)
             backoff = 0.5
             try:
@@ -133,7 +134,7 @@ class Agent:
             finally:
                 await client.close()
         finally:
-            self.dataplane.close()
+            await asyncio.to_thread(self.dataplane.close)
 
 
 def run_forever(state_dir: Path, backend: str = "auto") -> int:

@@ -21,3 +21,7 @@ app.command("agent")(agent.agent)
 app.add_typer(admin.keys_app, name="keys")
 app.add_typer(admin.peers_app, name="peers")
 app.add_typer(admin.groups_app, name="groups")
+
+from wiremesh.cli import lab  # noqa: E402
+
+app.add_typer(lab.app, name="lab")

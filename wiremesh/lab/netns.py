@@ -8,6 +8,7 @@ every namespace before deleting it (that includes wireguard-go children of agent
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import secrets
@@ -185,20 +186,16 @@ class Lab:
         for h in self.hosts.values():
             for p in h.procs:
                 if p.poll() is None:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.killpg(p.pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
         deadline = time.monotonic() + 5
         for h in self.hosts.values():
             for p in h.procs:
                 try:
                     p.wait(max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.killpg(p.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                     p.wait()
         for ns in reversed(self.namespaces):
             delete_namespace(ns)
@@ -220,10 +217,8 @@ def kill_namespace_processes(ns: str) -> None:
     pids = [int(x) for x in res.stdout.split()]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
             time.sleep(0.02)

@@ -1,0 +1,61 @@
+"""`wiremesh lab`: throw-away networks in namespaces with a real server and real agents."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import typer
+from rich.console import Console
+
+from wiremesh.cli.common import JsonOpt, console, fail, print_json
+from wiremesh.lab.netns import LabError, clean_leftovers, missing_requirements
+
+app = typer.Typer(help="Lab: build a mesh in network namespaces and run scenarios (root).",
+                  no_args_is_help=True)
+
+
+def _prepare() -> None:
+    missing = missing_requirements()
+    if missing:
+        fail(f"the lab needs {', '.join(missing)} (run as root after `make install`)")
+    # SIGTERM unwinds like Ctrl-C so every namespace and process is torn down.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+@app.command("demo")
+def demo(
+    agents: int = typer.Option(5, "--agents", min=2, max=40, help="Number of agent hosts"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Mesh N agents, ping every ordered pair; stop the server, restart an agent, ping again.
+
+    With --json the last line is one JSON object with the figures.
+    """
+    from wiremesh.lab.demo import run_demo
+
+    _prepare()
+    out = Console(stderr=True) if as_json else console
+    try:
+        result = run_demo(agents, out)
+    except LabError as e:
+        fail(str(e), code=1)
+    except KeyboardInterrupt:
+        fail("interrupted; the lab was torn down", code=130)
+    if as_json:
+        print_json(result)
+    ok = result["pairs_ok"] == result["pairs_total"] == result["pairs_ok_server_down"]
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command("clean")
+def clean(prefix: str = typer.Option("wm", "--prefix", help="Name prefix of lab runs")) -> None:
+    """Remove namespaces, processes and sockets left by crashed lab runs."""
+    if not prefix.startswith("wm"):
+        fail("--prefix must start with 'wm' (lab names always do)")
+    removed = clean_leftovers(prefix)
+    for r in removed:
+        console.print(f"removed {r}")
+    console.print(f"{len(removed)} leftovers removed")
+    sys.exit(0)

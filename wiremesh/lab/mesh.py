@@ -1,0 +1,210 @@
+"""A lab mesh: one server host and agent hosts on an underlay switch, all real processes.
+
+Admin calls go through the real CLI run inside the server's namespace, so the lab exercises
+exactly what an operator would type.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wiremesh.lab.netns import Host, Lab, LabError
+from wiremesh.wg.uapi import UapiClient
+
+SERVER_PORT = 8080
+UNDERLAY = "192.0.2.0/24"
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.05):
+    """Poll `pred` until true; raises LabError naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if pred():
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wiremesh_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "wiremesh", *args]
+
+
+@dataclass
+class LabAgent:
+    name: str
+    host: Host
+    ifname: str
+    state_dir: Path
+    proc: subprocess.Popen | None = None
+    overlay_ip: str | None = None
+
+    def wg_peers(self) -> dict[str, Any]:
+        try:
+            return UapiClient(self.ifname).get().peers
+        except Exception:
+            return {}
+
+
+@dataclass
+class MeshLab:
+    lab: Lab
+    server: Host
+    agents: dict[str, LabAgent] = field(default_factory=dict)
+    server_proc: subprocess.Popen | None = None
+    admin_token: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.server.ip}:{SERVER_PORT}"
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.lab.log_dir}/server.db"
+
+    def log(self, name: str) -> Path:
+        return self.lab.log_dir / f"{name}.log"
+
+    # --- server -------------------------------------------------------------------------------
+
+    def start_server(self, timeout: float = 30) -> None:
+        token_file = self.lab.log_dir / "admin.token"
+        self.server_proc = self.server.popen(
+            wiremesh_cmd("server", "--db", self.db_url,
+                         "--listen", f"{self.server.ip}:{SERVER_PORT}",
+                         "--admin-token-file", str(token_file)),
+            log=self.log("server"))
+        wait_until(lambda: self._server_healthy(), timeout, "the server to answer")
+        if not self.admin_token:
+            self.admin_token = token_file.read_text().strip()
+
+    def _server_healthy(self) -> bool:
+        if self.server_proc is not None and self.server_proc.poll() is not None:
+            raise LabError(f"server exited: {self.tail('server')}")
+        code = ("import urllib.request,sys;"
+                f"urllib.request.urlopen('{self.url}/healthz',timeout=1)")
+        return self.server.run([sys.executable, "-c", code], check=False).returncode == 0
+
+    def stop_server(self) -> None:
+        stop(self.server_proc)
+        self.server_proc = None
+
+    def admin(self, *args: str) -> Any:
+        """Run `wiremesh ARGS --json` against the server; returns the parsed JSON."""
+        res = self.server.run(
+            wiremesh_cmd(*args, "--server", self.url, "--token", self.admin_token, "--json"),
+            check=False, timeout=60)
+        if res.returncode != 0:
+            raise LabError(f"wiremesh {' '.join(args)} failed: {res.stderr.strip()}")
+        return json.loads(res.stdout.strip().splitlines()[-1]) if res.stdout.strip() else None
+
+    def admin_text(self, *args: str) -> str:
+        res = self.server.run(
+            wiremesh_cmd(*args, "--server", self.url, "--token", self.admin_token),
+            check=False, timeout=60)
+        if res.returncode != 0:
+            raise LabError(f"wiremesh {' '.join(args)} failed: {res.stderr.strip()}")
+        return res.stdout
+
+    # --- agents -------------------------------------------------------------------------------
+
+    def add_agent(self, name: str, switch_name: str = "u") -> LabAgent:
+        host = self.lab.add_host(name)
+        self.lab.connect(host, self.lab.switches[switch_name])
+        idx = len(self.agents) + 1
+        a = LabAgent(name, host, self.lab.name(f"w{idx}"), self.lab.log_dir / f"state-{name}")
+        self.agents[name] = a
+        return a
+
+    def start_agent(self, a: LabAgent, setup_key: str | None = None) -> None:
+        """`wiremesh up` with a setup key (first start) or `wiremesh agent` (saved state)."""
+        common = ["--state-dir", str(a.state_dir), "--wg-backend", "userspace"]
+        if setup_key:
+            argv = wiremesh_cmd("up", "--server", self.url, "--setup-key", setup_key,
+                                "--name", a.name, "--interface", a.ifname, *common)
+        else:
+            argv = wiremesh_cmd("agent", *common)
+        a.proc = a.host.popen(argv, log=self.log(a.name))
+
+    def stop_agent(self, a: LabAgent) -> None:
+        stop(a.proc)
+        a.proc = None
+
+    def agent_alive(self, a: LabAgent) -> bool:
+        if a.proc is not None and a.proc.poll() is not None:
+            raise LabError(f"agent {a.name} exited ({a.proc.returncode}): {self.tail(a.name)}")
+        return True
+
+    def wait_agents_configured(self, agents: Iterable[LabAgent], expect_peers: int,
+                               timeout: float = 60) -> None:
+        agents = list(agents)
+
+        def ready() -> bool:
+            return all(self.agent_alive(a) and len(a.wg_peers()) >= expect_peers
+                       for a in agents)
+
+        wait_until(ready, timeout, f"agents to configure {expect_peers} WireGuard peers")
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log(name).read_text().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 10) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def build_mesh(lab: Lab, agent_names: Iterable[str]) -> MeshLab:
+    sw = lab.add_switch("u", UNDERLAY)
+    server = lab.add_host("srv")
+    lab.connect(server, sw)
+    mesh = MeshLab(lab, server)
+    for name in agent_names:
+        mesh.add_agent(name)
+    return mesh
+
+
+def ping_pairs(pairs: list[tuple[Host, str]], deadline_s: float,
+               per_ping_s: float = 1.0) -> dict[tuple[str, str], float | None]:
+    """Ping every (host, address) concurrently, retrying failures until the deadline.
+    Returns the round-trip time in ms per (host name, address), None where it never answered."""
+    result: dict[tuple[str, str], float | None] = {(h.name, ip): None for h, ip in pairs}
+    pending = list(pairs)
+    deadline = time.monotonic() + deadline_s
+    while pending:
+        procs = [(h, ip, subprocess.Popen(
+            h.cmd(["ping", "-n", "-c", "1", "-W", str(per_ping_s), ip]),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)) for h, ip in pending]
+        pending = []
+        for h, ip, p in procs:
+            out, _ = p.communicate()
+            if p.returncode == 0:
+                result[(h.name, ip)] = _rtt_ms(out)
+            else:
+                pending.append((h, ip))
+        if pending and time.monotonic() > deadline:
+            break
+    return result
+
+
+def _rtt_ms(ping_output: str) -> float:
+    for line in ping_output.splitlines():
+        if "time=" in line:
+            return float(line.split("time=")[1].split()[0])
+    return 0.0
