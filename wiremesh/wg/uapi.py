@@ -128,7 +128,9 @@ def _wireguard_go_binary() -> str:
 class WireguardGoBackend:
     """Runs a wireguard-go process for one interface in the current network namespace."""
 
-    def __init__(self, ifname: str, socket_dir: Path = SOCKET_DIR, start_timeout: float = 10.0):
+    def __init__(self, ifname: str, socket_dir: Path = SOCKET_DIR, start_timeout: float = 10.0,
+                 netns: str | None = None):
+        """`netns`: start the process in that named network namespace instead of ours."""
         if len(ifname) > 15:
             raise WgError(f"interface name {ifname!r} is longer than 15 characters")
         self.ifname = ifname
@@ -137,8 +139,9 @@ class WireguardGoBackend:
         if self.client.path.exists():
             # A leftover from a crashed run would shadow the new process's socket.
             self.client.path.unlink()
+        in_ns = ["ip", "netns", "exec", netns] if netns else []
         self.proc = subprocess.Popen(
-            [_wireguard_go_binary(), "-f", ifname],
+            [*in_ns, _wireguard_go_binary(), "-f", ifname],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
