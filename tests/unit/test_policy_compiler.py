@@ -1,0 +1,270 @@
+"""The policy compiler: full compile against a naive oracle, incremental == full, and the
+safety properties (nothing outside a policy's groups/proto/ports; removal never adds)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_policy_oracle import members, oracle_netmaps
+
+from wiremesh.core.models import PROTOS, MeshState, PeerInfo, Policy, PortRange, Route
+from wiremesh.core.netmap import ForwardRule, InboundRule, RouteEntry
+from wiremesh.core.policy import PolicyCompiler, compile_netmaps
+
+GROUPS = ("g0", "g1", "g2", "g3")
+ROUTES = ("r0", "r1")
+
+
+def peer(i: int, endpoint: str = "", name: str | None = None, ip: int | None = None) -> PeerInfo:
+    return PeerInfo(i, name or f"p{i}", f"key{i}", f"100.64.0.{ip or i}",
+                    (endpoint,) if endpoint else ())
+
+
+def mesh(n: int, groups: dict[str, set[int]] | None = None, policies=(), routes=()) -> MeshState:
+    return MeshState({i: peer(i) for i in range(1, n + 1)},
+                     {g: frozenset(m) for g, m in (groups or {}).items()},
+                     tuple(policies), tuple(routes))
+
+
+# --- strategies ---------------------------------------------------------------------------
+
+peer_ids = st.integers(1, 9)
+ports = st.lists(st.builds(lambda a, b: PortRange(min(a, b), max(a, b)),
+                           st.integers(1, 100), st.integers(1, 100)), max_size=2).map(tuple)
+
+
+@st.composite
+def policies(draw, name: str) -> Policy:
+    proto = draw(st.sampled_from(PROTOS))
+    return Policy(
+        name=name,
+        sources=tuple(draw(st.lists(st.sampled_from((*GROUPS, "all", "ghost")), min_size=1,
+                                    max_size=2))),
+        destinations=tuple(draw(st.lists(st.sampled_from((*GROUPS, "all")), max_size=2))),
+        protocol=proto,
+        ports=draw(ports) if proto in ("tcp", "udp") else (),
+        bidirectional=draw(st.booleans()),
+        enabled=draw(st.booleans().map(lambda b: b or draw(st.booleans()))),
+        destination_routes=tuple(draw(st.lists(st.sampled_from((*ROUTES, "nowhere")),
+                                               max_size=2, unique=True))),
+    )
+
+
+@st.composite
+def routes(draw, name: str) -> Route:
+    return Route(name, f"198.18.{ROUTES.index(name)}.0/24",
+                 draw(st.sampled_from((*GROUPS, "all"))), draw(st.sampled_from((10, 100))),
+                 draw(st.sampled_from(((), (("p1", 5),), (("p2", 200),)))),
+                 draw(st.booleans()), draw(st.booleans()))
+
+
+@st.composite
+def states(draw) -> MeshState:
+    ids = draw(st.sets(peer_ids, max_size=8))
+    groups = {g: frozenset(draw(st.sets(st.integers(1, 10), max_size=5)))
+              for g in draw(st.sets(st.sampled_from(GROUPS)))}
+    pols = tuple(draw(policies(f"pol{i}")) for i in range(draw(st.integers(0, 5))))
+    rts = tuple(draw(routes(r)) for r in draw(st.sets(st.sampled_from(ROUTES))))
+    return MeshState({i: peer(i) for i in ids}, groups, pols, rts)
+
+
+@st.composite
+def change(draw, state: MeshState) -> tuple[str, object, MeshState]:
+    """One fine-grained change: (method name, argument, resulting state)."""
+    kind = draw(st.sampled_from(("peer", "unpeer", "group", "ungroup", "policy", "unpolicy",
+                                 "route", "unroute")))
+    if kind == "peer":
+        i = draw(peer_ids)
+        p = peer(i, draw(st.sampled_from(("", "192.0.2.1:51820"))),
+                 draw(st.sampled_from((None, "renamed", "p1"))), draw(st.sampled_from((None, 50))))
+        if any(q.overlay_ip == p.overlay_ip for q in state.peers.values() if q.id != i):
+            p = peer(i)
+        return "upsert_peer", p, dataclasses.replace(state, peers={**state.peers, i: p})
+    if kind == "unpeer" and state.peers:
+        i = draw(st.sampled_from(sorted(state.peers)))
+        return "remove_peer", i, dataclasses.replace(
+            state, peers={k: v for k, v in state.peers.items() if k != i})
+    if kind == "group":
+        g, m = draw(st.sampled_from(GROUPS)), frozenset(draw(st.sets(st.integers(1, 10))))
+        return "set_group", (g, m), dataclasses.replace(state, groups={**state.groups, g: m})
+    if kind == "ungroup" and state.groups:
+        g = draw(st.sampled_from(sorted(state.groups)))
+        return "remove_group", g, dataclasses.replace(
+            state, groups={k: v for k, v in state.groups.items() if k != g})
+    if kind == "policy":
+        p = draw(policies(f"pol{draw(st.integers(0, 6))}"))
+        pols = [q for q in state.policies if q.name != p.name] + [p]
+        return "upsert_policy", p, dataclasses.replace(state, policies=tuple(pols))
+    if kind == "unpolicy" and state.policies:
+        name = draw(st.sampled_from([p.name for p in state.policies]))
+        return "remove_policy", name, dataclasses.replace(
+            state, policies=tuple(p for p in state.policies if p.name != name))
+    if kind == "route":
+        r = draw(routes(draw(st.sampled_from(ROUTES))))
+        rts = [q for q in state.routes if q.name != r.name] + [r]
+        return "upsert_route", r, dataclasses.replace(state, routes=tuple(rts))
+    if kind == "unroute" and state.routes:
+        name = draw(st.sampled_from([r.name for r in state.routes]))
+        return "remove_route", name, dataclasses.replace(
+            state, routes=tuple(r for r in state.routes if r.name != name))
+    return "update", state, state
+
+
+# --- the compiler against the oracle -------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(states())
+def test_full_compile_matches_oracle(state: MeshState) -> None:
+    assert compile_netmaps(state) == oracle_netmaps(state)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_incremental_equals_full(data) -> None:
+    state = data.draw(states())
+    fine, diffed = PolicyCompiler(state), PolicyCompiler(state)
+    for _ in range(data.draw(st.integers(1, 8))):
+        method, arg, new = data.draw(change(state))
+        before = dict(fine.netmaps)
+        if method == "update":
+            changed = fine.update(new)
+        else:
+            changed = getattr(fine, method)(*(arg if method == "set_group" else (arg,)))
+        expected = oracle_netmaps(new)
+        assert dict(fine.netmaps) == expected, method
+        # The reported set is exactly the peers whose netmap differs (or vanished).
+        assert changed == {k for k in before.keys() | expected.keys()
+                           if before.get(k) != expected.get(k)}
+        assert diffed.update(new) == changed
+        assert dict(diffed.netmaps) == expected
+        assert diffed.state().policies == new.policies
+        state = new
+
+
+# --- safety properties ---------------------------------------------------------------------
+
+
+def _allows(rule: InboundRule, proto: str, port: int | None) -> bool:
+    if rule.proto not in ("all", proto):
+        return False
+    return port is None or not rule.ports or any(r.contains(port) for r in rule.ports)
+
+
+@settings(max_examples=200, deadline=None)
+@given(states())
+def test_every_rule_is_backed_by_a_policy(state: MeshState) -> None:
+    """An inbound rule at d from s exists only if some enabled policy has s in its sources and
+    d in its destinations (or the reverse when bidirectional) with that exact proto/ports."""
+    ip_to_id = {p.overlay_ip: pid for pid, p in state.peers.items()}
+    for d, nm in compile_netmaps(state).items():
+        for rule in nm.inbound:
+            s = ip_to_id[rule.src]
+            assert s != d
+            assert any(
+                p.enabled and p.protocol == rule.proto and p.ports == rule.ports and (
+                    (s in members(state, p.sources) and d in members(state, p.destinations))
+                    or (p.bidirectional and d in members(state, p.sources)
+                        and s in members(state, p.destinations)))
+                for p in state.policies)
+        for fr in nm.forward:
+            s = ip_to_id[fr.src]
+            assert any(p.enabled and s in members(state, p.sources) and p.protocol == fr.proto
+                       for p in state.policies)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_removing_a_policy_never_adds_reachability(data) -> None:
+    state = data.draw(states())
+    if not state.policies:
+        return
+    victim = data.draw(st.sampled_from([p.name for p in state.policies]))
+    c = PolicyCompiler(state)
+    before = dict(c.netmaps)
+    c.remove_policy(victim)
+    for pid, nm in c.netmaps.items():
+        old = before[pid]
+        assert nm.inbound <= old.inbound
+        assert nm.forward <= old.forward
+        assert nm.peers.keys() <= old.peers.keys()
+        assert nm.routes.keys() <= old.routes.keys()
+        assert nm.masquerade <= old.masquerade
+
+
+# --- worked examples -----------------------------------------------------------------------
+
+
+def test_default_policy_connects_everyone() -> None:
+    default = Policy(name="default", sources=("all",), destinations=("all",), protocol="all")
+    nms = compile_netmaps(mesh(3, policies=[default]))
+    assert set(nms[1].peers) == {"key2", "key3"}
+    assert nms[1].inbound == {InboundRule("100.64.0.2", "all"), InboundRule("100.64.0.3", "all")}
+
+
+def test_no_policy_means_nobody_knows_anybody() -> None:
+    nms = compile_netmaps(mesh(3))
+    assert all(not nm.peers and not nm.inbound for nm in nms.values())
+
+
+def test_one_way_policy_opens_only_the_destination() -> None:
+    ssh = Policy("ssh", ("devs",), ("servers",), "tcp", (PortRange(22, 22),))
+    nms = compile_netmaps(mesh(3, {"devs": {1}, "servers": {2}}, [ssh]))
+    assert nms[2].inbound == {InboundRule("100.64.0.1", "tcp", (PortRange(22, 22),))}
+    assert nms[1].inbound == frozenset()
+    assert set(nms[1].peers) == {"key2"} and set(nms[2].peers) == {"key1"}
+    assert not nms[3].peers
+
+
+def test_bidirectional_policy_opens_both_ways() -> None:
+    p = Policy("chat", ("a",), ("b",), "udp", (PortRange(5000, 5010),), bidirectional=True)
+    nms = compile_netmaps(mesh(2, {"a": {1}, "b": {2}}, [p]))
+    assert nms[1].inbound == {InboundRule("100.64.0.2", "udp", (PortRange(5000, 5010),))}
+    assert nms[2].inbound == {InboundRule("100.64.0.1", "udp", (PortRange(5000, 5010),))}
+
+
+def test_route_gives_sources_entries_and_routers_forward_rules() -> None:
+    route = Route("lab", "198.18.1.0/24", "routers", metric=100, router_metrics=(("p3", 50),))
+    p = Policy("use-lab", ("devs",), (), "tcp", (PortRange(80, 80),), destination_routes=("lab",))
+    nms = compile_netmaps(mesh(3, {"devs": {1}, "routers": {2, 3}}, [p], [route]))
+    assert nms[1].routes == {"lab": RouteEntry("lab", "198.18.1.0/24",
+                                               (("key3", 50), ("key2", 100)))}
+    for r in (2, 3):
+        assert nms[r].forward == {ForwardRule("100.64.0.1", "198.18.1.0/24", "tcp",
+                                              (PortRange(80, 80),))}
+        assert nms[r].masquerade == {"198.18.1.0/24"}
+        assert "key1" in nms[r].peers
+    assert set(nms[1].peers) == {"key2", "key3"}
+
+
+def test_router_using_its_own_route_sees_only_the_other_routers() -> None:
+    route = Route("lab", "198.18.1.0/24", "routers")
+    p = Policy("use-lab", ("routers",), (), destination_routes=("lab",))
+    nms = compile_netmaps(mesh(2, {"routers": {1, 2}}, [p], [route]))
+    assert nms[1].routes["lab"].routers == (("key2", 100),)
+    solo = compile_netmaps(mesh(1, {"routers": {1}}, [p], [route]))
+    assert solo[1].routes == {} and solo[1].forward == frozenset()
+
+
+def test_one_peer_joining_a_small_group_touches_only_its_counterparts() -> None:
+    state = mesh(200, {f"t{i}": set(range(10 * i + 1, 10 * i + 11)) for i in range(20)},
+                 [Policy(f"p{i}", (f"t{i}",), (f"t{(i + 1) % 20}",), "tcp") for i in range(20)])
+    c = PolicyCompiler(state)
+    changed = c.set_group("t0", set(range(1, 11)) | {150})
+    # 150 itself, t1 (its new destinations) and t19 (whose destination t0 is)
+    assert changed == {150} | set(range(11, 21)) | set(range(191, 201))
+    assert dict(c.netmaps) == oracle_netmaps(c.state())
+
+
+def test_duplicate_names_are_refused() -> None:
+    p = Policy("same", ("all",), ("all",))
+    with pytest.raises(ValueError, match="duplicate policy name 'same'"):
+        PolicyCompiler(mesh(1, policies=[p, p]))
+
+
+def test_all_group_cannot_be_edited() -> None:
+    with pytest.raises(ValueError, match="built in"):
+        PolicyCompiler(mesh(1)).set_group("all", {1})
