@@ -1,0 +1,196 @@
+"""`wiremesh gateway`: the JIT gateway - keys, bulk import of known peers, and the daemon."""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from wiremesh.cli.common import JsonOpt, console, err_console, fail, print_json, setup_logging
+from wiremesh.gateway.admission import AdmissionLimits
+from wiremesh.gateway.store import KnownPeerStore, StoreError, parse_peer_line
+from wiremesh.wg.backend import WgError
+from wiremesh.wg.keys import BadKey, decode_key, generate_private_key, public_key_of
+from wiremesh.wg.keys import write_private_key as save_private_key
+
+app = typer.Typer(
+    help="JIT gateway: a WireGuard endpoint for hundreds of thousands of known peers that "
+    "installs each one on its first handshake and evicts it when idle.",
+    no_args_is_help=True,
+)
+
+DbOpt = typer.Option(..., "--db", help="SQLite file of known peers (created by `import`)")
+
+
+@app.command("keygen")
+def keygen(
+    out: Path = typer.Option(..., "--out", help="Where to write the private key (mode 0600)"),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing key file"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create the gateway's key pair; prints the public key clients must be configured with."""
+    if out.exists() and not force:
+        fail(f"--out: {out} exists (use --force to replace it)")
+    key = generate_private_key()
+    try:
+        save_private_key(out, key)
+    except OSError as e:
+        fail(f"--out: cannot write {out}: {e.strerror}")
+    pub = public_key_of(key)
+    if as_json:
+        print_json({"private_key_file": str(out), "public_key": pub})
+    else:
+        console.print(pub)
+
+
+def _rows(f: BinaryIO, progress: Progress, task: object) -> Iterator[tuple[bytes, str]]:
+    pending = 0
+    for n, raw in enumerate(f, 1):
+        pending += len(raw)
+        if pending >= 1 << 20:
+            progress.advance(task, pending)  # type: ignore[arg-type]
+            pending = 0
+        try:
+            line = raw.decode()
+        except UnicodeDecodeError:
+            raise StoreError(f"line {n}: not UTF-8 text") from None
+        row = parse_peer_line(line, n)
+        if row is not None:
+            yield row
+    progress.advance(task, pending)  # type: ignore[arg-type]
+
+
+@app.command("import")
+def import_peers(
+    file: Path = typer.Argument(..., help="One peer a line: '<base64 public key> <ip/len>[,...]'"),
+    db: Path = DbOpt,
+    replace: bool = typer.Option(False, "--replace", help="Drop every known peer first"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Bulk-load known peers into the store, all or nothing, with a progress bar on stderr."""
+    try:
+        size = file.stat().st_size
+        f = file.open("rb")
+    except OSError as e:
+        fail(f"FILE: cannot read {file}: {e.strerror}")
+    started = time.monotonic()
+    try:
+        store = KnownPeerStore(db)
+    except StoreError as e:
+        fail(f"--db: {e}")
+    columns = (TextColumn("importing"), BarColumn(), TextColumn("{task.fields[peers]} peers"),
+               TimeElapsedColumn())
+    try:
+        with f, Progress(*columns, console=err_console, transient=True) as progress:
+            task = progress.add_task("import", total=size, peers=0)
+            count = store.import_peers(
+                _rows(f, progress, task), replace=replace,
+                on_batch=lambda n: progress.update(task, peers=n),
+            )
+        total = store.count()
+    except StoreError as e:
+        fail(f"FILE: {e}")
+    finally:
+        store.close()
+    result = {"imported": count, "known_peers": total,
+              "seconds": round(time.monotonic() - started, 2)}
+    if as_json:
+        print_json(result)
+    else:
+        console.print(f"imported {count} peers in {result['seconds']} s; "
+                      f"{total} known peers in {db}")
+
+
+def _read_private_key(path: Path) -> str:
+    try:
+        key = path.read_text().strip()
+        decode_key(key)
+    except OSError as e:
+        fail(f"--private-key-file: cannot read {path}: {e.strerror}")
+    except BadKey as e:
+        fail(f"--private-key-file: {e}")
+    return key
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        fail(f"--metrics-listen: expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@app.command("run")
+def run(
+    private_key_file: Path = typer.Option(..., "--private-key-file",
+                                          help="The gateway's private key (see `keygen`)"),
+    db: Path = DbOpt,
+    address: str = typer.Option(..., "--address",
+                                help="Overlay address of the gateway, e.g. 100.64.0.1/10"),
+    ifname: str = typer.Option("wmgw0", "--ifname", help="WireGuard interface name"),
+    listen_port: int = typer.Option(51820, "--listen-port", min=1, max=65535),
+    ttl: float = typer.Option(300.0, "--ttl", min=0.1, help="Evict peers idle this many seconds"),
+    max_active: int = typer.Option(100_000, "--max-active", min=1,
+                                   help="Most peers installed at once (LRU beyond)"),
+    poll_interval: float | None = typer.Option(
+        None, "--poll-interval", min=0.05, help="Status poll period [default: TTL/4, 0.25-30 s]"),
+    capture_interface: str | None = typer.Option(
+        None, "--capture-interface", help="Sniff only this interface [default: all]"),
+    metrics_listen: str | None = typer.Option(
+        None, "--metrics-listen", help="Serve Prometheus /metrics on HOST:PORT"),
+    rate_per_source: float = typer.Option(20.0, "--rate-per-source", min=0.01,
+                                          help="Handshakes/s allowed per source IP (IPv6 /64)"),
+    burst_per_source: float = typer.Option(40.0, "--burst-per-source", min=1.0),
+    sources_tracked: int = typer.Option(65_536, "--sources-tracked", min=1,
+                                        help="Size of the per-source token-bucket table"),
+    negative_cache: int = typer.Option(65_536, "--negative-cache", min=1,
+                                       help="Unknown keys / refused handshakes remembered"),
+    as_json: bool = JsonOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the gateway until SIGINT/SIGTERM (root). Prints a ready line when serving."""
+    from wiremesh.gateway.service import GatewayConfig, run_gateway
+
+    key = _read_private_key(private_key_file)
+    if not db.exists():
+        fail(f"--db: {db} does not exist (fill it with `wiremesh gateway import`)")
+    try:
+        ipaddress.ip_interface(address)
+    except ValueError:
+        fail(f"--address: not an address with prefix length: {address!r}")
+    if len(ifname) > 15:
+        fail("--ifname: at most 15 characters")
+    cfg = GatewayConfig(
+        private_key=key, db=db, address=address, ifname=ifname, listen_port=listen_port,
+        ttl=ttl, max_active=max_active, poll_interval=poll_interval,
+        capture_ifname=capture_interface,
+        metrics_listen=_parse_listen(metrics_listen) if metrics_listen else None,
+        limits=AdmissionLimits(rate_per_source=rate_per_source,
+                               burst_per_source=burst_per_source,
+                               sources_tracked=sources_tracked,
+                               negative_cache_size=negative_cache),
+    )
+    setup_logging(verbose)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def ready(info: dict) -> None:
+        if as_json:
+            print_json(info)
+        else:
+            console.print(f"gateway {info['public_key']} serving {info['known_peers']} known "
+                          f"peers on {info['ifname']} port {info['listen_port']}")
+        sys.stdout.flush()
+
+    try:
+        run_gateway(cfg, stop, on_ready=ready)
+    except (StoreError, WgError, OSError) as e:
+        fail(str(e), code=1)

@@ -1,0 +1,134 @@
+"""Decide what one sniffed handshake initiation means: install a peer, note activity, or drop.
+
+The checks run cheapest first, so what a stranger can make the gateway spend is bounded:
+  1. shape (148 bytes, type 1)                       - free
+  2. mac1 keyed by the gateway's public key           - one BLAKE2s; random floods stop here
+  3. per-source token bucket                          - a dict operation
+  4. negative cache of handshakes already refused     - replayed junk costs no DH
+  5. first DH: decrypt the initiator's static key, look it up (negative cache, then SQLite)
+  6. second DH: decrypt the TAI64N timestamp; only this proves the sender holds the key
+  7. replay: the timestamp must be newer than the newest accepted for that key
+Every table touched before step 6 is a bounded LRU (see ratelimit.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from wiremesh.gateway import noise
+from wiremesh.gateway.ratelimit import ExpiringLru, TokenBucketTable
+from wiremesh.gateway.store import KnownPeerStore
+
+
+@dataclass(frozen=True)
+class Install:
+    public_key: bytes
+    allowed_ips: tuple[str, ...]
+    endpoint: str
+    sniffed_at: float
+
+
+@dataclass(frozen=True)
+class Seen:
+    """An authenticated initiation from a peer that is already installed."""
+
+    public_key: bytes
+    at: float
+
+
+@dataclass(frozen=True)
+class Drop:
+    reason: str
+
+
+Verdict = Install | Seen | Drop
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    rate_per_source: float = 20.0
+    burst_per_source: float = 40.0
+    sources_tracked: int = 65_536
+    negative_cache_size: int = 65_536
+    negative_cache_ttl: float = 60.0
+    # Accepted timestamps are written to the store in batches, at least this often.
+    timestamp_flush_interval: float = 0.5
+
+
+def source_key(addr: bytes) -> bytes:
+    """Rate-limit identity: an IPv4 address, or an IPv6 /64 (one subscriber's usual share)."""
+    return addr if len(addr) == 4 else addr[:8]
+
+
+def format_endpoint(addr: bytes, port: int) -> str:
+    ip = ipaddress.ip_address(addr)
+    return f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}"
+
+
+class Admission:
+    def __init__(
+        self,
+        responder: noise.Responder,
+        store: KnownPeerStore,
+        is_active: Callable[[bytes], bool],
+        limits: AdmissionLimits = AdmissionLimits(),
+    ) -> None:
+        self.responder = responder
+        self.store = store
+        self.is_active = is_active
+        self.limits = limits
+        self.buckets = TokenBucketTable(
+            limits.rate_per_source, limits.burst_per_source, limits.sources_tracked
+        )
+        self.refused = ExpiringLru(limits.negative_cache_size, limits.negative_cache_ttl)
+        self.unknown_keys = ExpiringLru(limits.negative_cache_size, limits.negative_cache_ttl)
+        self._stamps: dict[bytes, bytes] = {}
+        self._last_flush = 0.0
+
+    def handle(self, payload: bytes, src_addr: bytes, src_port: int, now: float) -> Verdict:
+        try:
+            msg = noise.parse_initiation(payload)
+        except noise.MalformedPacket:
+            return Drop("malformed")
+        if not self.responder.check_mac1(payload):
+            return Drop("bad_mac1")
+        if not self.buckets.allow(source_key(src_addr), now):
+            return Drop("rate_limited")
+        handshake_id = payload[8:88]  # ephemeral + encrypted static: unique per attempt
+        if self.refused.fresh(handshake_id, now):
+            return Drop("refused_again")
+        try:
+            pending = self.responder.open_static(msg)
+        except noise.DecryptFailed:
+            self.refused.add(handshake_id, now)
+            return Drop("decrypt")
+        key = pending.initiator_static
+        known = None if self.unknown_keys.fresh(key, now) else self.store.lookup(key)
+        if known is None:
+            self.unknown_keys.add(key, now)
+            self.refused.add(handshake_id, now)
+            return Drop("unknown_key")
+        try:
+            ts = self.responder.open_timestamp(pending)
+        except noise.DecryptFailed:
+            self.refused.add(handshake_id, now)
+            return Drop("decrypt")
+        newest = max(self._stamps.get(key, b""), known.last_timestamp or b"")
+        if ts <= newest:
+            return Drop("replay")
+        self._stamps[key] = ts
+        if self.is_active(key):
+            return Seen(key, now)
+        return Install(key, known.allowed_ips, format_endpoint(src_addr, src_port), now)
+
+    def maybe_flush(self, now: float) -> None:
+        """Persist accepted timestamps; call between packets (cheap when nothing is due)."""
+        if self._stamps and now - self._last_flush >= self.limits.timestamp_flush_interval:
+            self.flush(now)
+
+    def flush(self, now: float) -> None:
+        self.store.record_timestamps(self._stamps)
+        self._stamps = {}
+        self._last_flush = now

@@ -1,0 +1,51 @@
+"""Prometheus metrics of one gateway, in a registry of its own (several gateways per test)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+DROP_REASONS = (
+    "malformed", "bad_mac1", "rate_limited", "refused_again", "decrypt", "unknown_key",
+    "replay", "queue_full",
+)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.initiations = Counter(
+            "wiremesh_gateway_initiations", "Handshake initiations sniffed", registry=r)
+        self.dropped = Counter(
+            "wiremesh_gateway_dropped", "Initiations dropped, by reason", ["reason"], registry=r)
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason)
+        self.installed = Counter(
+            "wiremesh_gateway_installed", "Peers installed just in time", registry=r)
+        self.evicted = Counter(
+            "wiremesh_gateway_evicted", "Peers removed, by reason (ttl, cap)", ["reason"],
+            registry=r)
+        for reason in ("ttl", "cap"):
+            self.evicted.labels(reason)
+        self.active = Gauge(
+            "wiremesh_gateway_active_peers", "Peers currently installed in WireGuard", registry=r)
+        self.known = Gauge(
+            "wiremesh_gateway_known_peers", "Peers in the store at start", registry=r)
+        self.uapi_errors = Counter(
+            "wiremesh_gateway_uapi_errors", "Failed WireGuard UAPI writes", registry=r)
+        self.install_latency = Histogram(
+            "wiremesh_gateway_install_seconds", "From sniffed initiation to peer installed",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=r)
+
+        self._server: object | None = None
+
+    def serve(self, host: str, port: int) -> None:
+        """Expose /metrics over HTTP from a daemon thread."""
+        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()  # type: ignore[attr-defined]
+            self._server.server_close()  # type: ignore[attr-defined]
+            self._server = None

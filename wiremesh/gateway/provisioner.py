@@ -1,0 +1,122 @@
+"""The one writer to wireguard-go: installs, activity and evictions, batched into UAPI writes.
+
+The sniffer and the status poller post messages; this thread drains whatever has queued up
+and applies it in one `set=1` write, so a burst of 10,000 handshakes costs a handful of writes
+and a lone handshake is written the moment it arrives (no batching delay when idle).
+
+Making the client's handshake complete at once: by the time the gateway has decrypted the
+initiation, wireguard-go has already dropped it (the peer was unknown), and the client would
+only retry after its 5 s rekey timeout. So each new peer is installed with the endpoint the
+initiation came from and a persistent keepalive, immediately followed - in the same write - by
+the same peer with the keepalive off. Switching the keepalive on makes wireguard-go send a
+keepalive right away, which needs a session, so the gateway initiates the handshake itself;
+the client answers, the gateway's queued keepalive confirms the session, and the client's
+staged packets flow: one round trip after the install instead of five seconds. Switching it
+off again leaves no periodic traffic that would keep an idle peer from being evicted.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from wiremesh.gateway.admission import Install, Seen
+from wiremesh.gateway.evictor import ActiveSet, StatusSnapshot
+from wiremesh.gateway.metrics import GatewayMetrics
+from wiremesh.wg.backend import WgBackend, WgError, WgPeerConfig
+from wiremesh.wg.keys import encode_key
+
+log = logging.getLogger("wiremesh.gateway")
+
+KICK_KEEPALIVE_S = 25
+Message = Install | Seen | StatusSnapshot
+
+
+def install_configs(installs: list[Install]) -> list[WgPeerConfig]:
+    """Two UAPI blocks per peer: keepalive on (kicks a handshake), then off."""
+    out = []
+    for ins in installs:
+        key = encode_key(ins.public_key)
+        out.append(WgPeerConfig(key, ins.allowed_ips, ins.endpoint, KICK_KEEPALIVE_S))
+        out.append(WgPeerConfig(key, ins.allowed_ips, ins.endpoint, 0))
+    return out
+
+
+class Provisioner:
+    def __init__(self, backend: WgBackend, active: ActiveSet, metrics: GatewayMetrics,
+                 queue_size: int = 65_536, max_batch: int = 8192) -> None:
+        self.backend = backend
+        self.active = active
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.inbox: queue.Queue[Message] = queue.Queue(queue_size)
+        self._retry_removals: list[bytes] = []
+
+    def is_active(self, key: bytes) -> bool:
+        return key in self.active
+
+    def submit(self, msg: Message) -> bool:
+        """Non-blocking; False when the queue is full (the caller counts a drop)."""
+        try:
+            self.inbox.put_nowait(msg)
+        except queue.Full:
+            return False
+        return True
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                batch = [self.inbox.get(timeout=0.2)]
+            except queue.Empty:
+                continue
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            self.apply(batch)
+
+    def apply(self, batch: list[Message]) -> None:
+        now = time.time()
+        installs: list[Install] = []
+        idle: list[bytes] = []
+        for msg in batch:
+            if isinstance(msg, Install):
+                installs.append(msg)
+            elif isinstance(msg, Seen):
+                self.active.touch(msg.public_key, msg.at)
+            else:
+                self.active.observe(msg)
+                idle += self.active.take_idle(now)
+        new, capped = self.active.admit(installs, now)
+        removals = self._retry_removals + idle + capped
+        if not (new or removals):
+            return
+        started = time.monotonic()
+        try:
+            self.backend.set_peers(install_configs(new), [encode_key(k) for k in removals])
+        except WgError as e:
+            # wireguard-go applies a write line by line, so part of it may have landed:
+            # forget the installs (the clients' retries bring them back) and remove again
+            # next time (removing an absent peer is a no-op).
+            for ins in new:
+                self.active.peers.pop(ins.public_key, None)
+            self._retry_removals = removals
+            self.metrics.uapi_errors.inc()
+            self.metrics.active.set(len(self.active))
+            log.error("event=uapi_write_failed installs=%d removals=%d error=%s",
+                      len(new), len(removals), e)
+            return
+        self._retry_removals = []
+        done = time.time()
+        for ins in new:
+            self.metrics.install_latency.observe(max(0.0, done - ins.sniffed_at))
+        self.metrics.installed.inc(len(new))
+        self.metrics.evicted.labels("ttl").inc(len(idle))
+        self.metrics.evicted.labels("cap").inc(len(capped))
+        self.metrics.active.set(len(self.active))
+        log.info("event=uapi_write installed=%d evicted_ttl=%d evicted_cap=%d active=%d ms=%.1f",
+                 len(new), len(idle), len(capped), len(self.active),
+                 (time.monotonic() - started) * 1000)

@@ -1,0 +1,63 @@
+"""Bounded per-source state: token buckets and negative caches that never outgrow their cap.
+
+A stranger chooses how many source addresses and keys it sends from, so every table keyed by
+what a stranger sends is an LRU with a fixed number of entries: a flood churns the table
+instead of growing it. The price of churn is that an evicted source comes back with a full
+bucket; the cap is sized so that legitimate sources are not pushed out by a normal day.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+
+
+class ExpiringLru:
+    """A set of at most `capacity` members, each forgotten `ttl` seconds after it was added.
+
+    The expiry lets a negative answer ("unknown key") change once the store learns the key.
+    """
+
+    def __init__(self, capacity: int, ttl: float) -> None:
+        if capacity < 1 or ttl <= 0:
+            raise ValueError("capacity must be at least 1 and ttl positive")
+        self.capacity = capacity
+        self.ttl = ttl
+        self._items: OrderedDict[Hashable, float] = OrderedDict()
+
+    def add(self, item: Hashable, now: float) -> None:
+        self._items.pop(item, None)
+        self._items[item] = now
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def fresh(self, item: Hashable, now: float) -> bool:
+        added = self._items.get(item)
+        return added is not None and now - added < self.ttl
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class TokenBucketTable:
+    """Per-source token buckets: `rate` tokens/s up to `burst`, at most `capacity` sources."""
+
+    def __init__(self, rate: float, burst: float, capacity: int) -> None:
+        if rate <= 0 or burst < 1 or capacity < 1:
+            raise ValueError("rate must be > 0, burst >= 1 and capacity >= 1")
+        self.rate = rate
+        self.burst = burst
+        self.capacity = capacity
+        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
+
+    def allow(self, source: Hashable, now: float) -> bool:
+        tokens, last = self._buckets.pop(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        ok = tokens >= 1.0
+        self._buckets[source] = (tokens - 1.0 if ok else tokens, now)
+        if len(self._buckets) > self.capacity:
+            self._buckets.popitem(last=False)
+        return ok
+
+    def __len__(self) -> int:
+        return len(self._buckets)

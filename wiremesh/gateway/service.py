@@ -1,0 +1,112 @@
+"""A running JIT gateway: wireguard-go device, tap, admission, provisioner, poller, metrics.
+
+Threads: the caller's thread sniffs and admits (all the per-packet crypto), one thread writes
+to wireguard-go, one polls its status. They share nothing but a queue and the active set.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wiremesh.gateway.admission import Admission, AdmissionLimits, Drop
+from wiremesh.gateway.evictor import ActiveSet, StatusPoller
+from wiremesh.gateway.metrics import GatewayMetrics
+from wiremesh.gateway.noise import Responder
+from wiremesh.gateway.provisioner import Provisioner
+from wiremesh.gateway.sniffer import InitiationTap
+from wiremesh.gateway.store import KnownPeerStore
+from wiremesh.netlink.addresses import ensure_address
+from wiremesh.wg.keys import decode_key, public_key_of
+from wiremesh.wg.uapi import WireguardGoBackend
+
+log = logging.getLogger("wiremesh.gateway")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    private_key: str  # base64
+    db: Path
+    address: str  # the gateway's overlay address with prefix, e.g. 100.64.0.1/10
+    ifname: str = "wmgw0"
+    listen_port: int = 51820
+    ttl: float = 300.0
+    max_active: int = 100_000
+    poll_interval: float | None = None  # default: a quarter of the TTL, within [0.25, 30] s
+    capture_ifname: str | None = None  # None = every interface of the namespace
+    metrics_listen: tuple[str, int] | None = None
+    limits: AdmissionLimits = field(default_factory=AdmissionLimits)
+
+    @property
+    def effective_poll_interval(self) -> float:
+        if self.poll_interval is not None:
+            return self.poll_interval
+        return min(30.0, max(0.25, self.ttl / 4))
+
+
+def run_gateway(cfg: GatewayConfig, stop: threading.Event,
+                on_ready: Callable[[dict], None] | None = None) -> None:
+    """Serve until `stop` is set; tears everything down on the way out."""
+    iface = ipaddress.ip_interface(cfg.address)
+    metrics = GatewayMetrics()
+    store = KnownPeerStore(cfg.db)
+    known = store.count()
+    metrics.known.set(known)
+    backend = WireguardGoBackend(cfg.ifname)
+    threads: list[threading.Thread] = []
+    tap = admission = None
+    try:
+        backend.set_device(cfg.private_key, cfg.listen_port)
+        backend.set_peers([], [], replace_all=True)
+        ensure_address(cfg.ifname, str(iface.ip), iface.network.prefixlen)
+        tap = InitiationTap(cfg.listen_port, cfg.capture_ifname)
+        active = ActiveSet(cfg.ttl, cfg.max_active)
+        prov = Provisioner(backend, active, metrics)
+        poller = StatusPoller(backend, prov.submit, cfg.effective_poll_interval)
+        admission = Admission(Responder(decode_key(cfg.private_key)), store, prov.is_active,
+                              cfg.limits)
+        for target in (prov.run, poller.run):
+            t = threading.Thread(target=target, args=(stop,), daemon=True)
+            t.start()
+            threads.append(t)
+        if cfg.metrics_listen:
+            metrics.serve(*cfg.metrics_listen)
+        ready = {"event": "ready", "public_key": public_key_of(cfg.private_key),
+                 "ifname": cfg.ifname, "listen_port": cfg.listen_port,
+                 "known_peers": known}
+        log.info("%s", json.dumps(ready))
+        if on_ready:
+            on_ready(ready)
+        _sniff_loop(tap, admission, prov, metrics, stop)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        if admission is not None:
+            admission.flush(time.time())
+        if tap is not None:
+            tap.close()
+        backend.close()
+        store.close()
+        metrics.close()
+
+
+def _sniff_loop(tap: InitiationTap, admission: Admission, prov: Provisioner,
+                metrics: GatewayMetrics, stop: threading.Event) -> None:
+    dropped = metrics.dropped
+    while not stop.is_set():
+        captured = tap.read(0.2)
+        metrics.initiations.inc(len(captured))
+        for cap in captured:
+            verdict = admission.handle(cap.payload, cap.src_addr, cap.src_port, time.time())
+            if isinstance(verdict, Drop):
+                dropped.labels(verdict.reason).inc()
+            elif not prov.submit(verdict):
+                dropped.labels("queue_full").inc()
+        admission.maybe_flush(time.time())

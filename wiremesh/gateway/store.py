@@ -1,0 +1,149 @@
+"""The gateway's known peers: public key -> allowed IPs, in a local SQLite file.
+
+A gateway answers for hundreds of thousands of peers but holds only the active few in
+WireGuard; the rest live here, one indexed row each, looked up on every authenticated
+handshake. The row also keeps the newest TAI64N timestamp accepted for the key, so replay
+protection survives restarts and costs no memory per known peer.
+
+Import file format, one peer a line (blank lines and `#` comments skipped):
+    <base64 public key> <allowed ip>[,<allowed ip>...]
+"""
+
+from __future__ import annotations
+
+import binascii
+import ipaddress
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS known_peers (
+    public_key BLOB PRIMARY KEY,
+    allowed_ips TEXT NOT NULL,
+    last_ts BLOB
+) WITHOUT ROWID
+"""
+
+
+class StoreError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class KnownPeer:
+    allowed_ips: tuple[str, ...]
+    last_timestamp: bytes | None  # newest accepted TAI64N, None = never seen
+
+
+def parse_peer_line(line: str, lineno: int) -> tuple[bytes, str] | None:
+    """One import line -> (raw key, normalised allowed IPs); None for blanks and comments."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    fields = text.split()
+    if len(fields) != 2:
+        raise StoreError(f"line {lineno}: expected '<public key> <allowed ips>', got {text[:60]!r}")
+    key_text, ips_text = fields
+    try:
+        key = binascii.a2b_base64(key_text, strict_mode=True)
+    except binascii.Error:
+        key = b""
+    if len(key) != 32 or key == bytes(32):
+        raise StoreError(f"line {lineno}: public key: not a WireGuard key: {key_text[:50]!r}")
+    try:
+        nets = [str(ipaddress.ip_network(ip, strict=False)) for ip in ips_text.split(",")]
+    except ValueError as e:
+        raise StoreError(f"line {lineno}: allowed ips: {e}") from None
+    return key, ",".join(nets)
+
+
+def parse_peer_lines(lines: Iterable[str]) -> Iterator[tuple[bytes, str]]:
+    for n, line in enumerate(lines, 1):
+        row = parse_peer_line(line, n)
+        if row is not None:
+            yield row
+
+
+class KnownPeerStore:
+    """One connection; use one store object per thread (SQLite in WAL mode allows that)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
+            self.db.execute(_SCHEMA)
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as e:
+            raise StoreError(f"{path}: cannot open peer store: {e}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def import_peers(
+        self,
+        rows: Iterable[tuple[bytes, str]],
+        *,
+        replace: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+        batch: int = 20_000,
+    ) -> int:
+        """Upsert all rows in one transaction (all or nothing); returns the number of rows."""
+        total = 0
+        cur = self.db.cursor()
+        cur.execute("BEGIN")
+        try:
+            if replace:
+                cur.execute("DELETE FROM known_peers")
+            chunk: list[tuple[bytes, str]] = []
+            for row in rows:
+                chunk.append(row)
+                if len(chunk) >= batch:
+                    total += self._upsert(cur, chunk)
+                    if on_batch:
+                        on_batch(total)
+                    chunk = []
+            total += self._upsert(cur, chunk)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return total
+
+    @staticmethod
+    def _upsert(cur: sqlite3.Cursor, chunk: list[tuple[bytes, str]]) -> int:
+        # Re-importing keeps the replay timestamp: a peer's identity did not change.
+        cur.executemany(
+            "INSERT INTO known_peers(public_key, allowed_ips) VALUES (?, ?) "
+            "ON CONFLICT(public_key) DO UPDATE SET allowed_ips = excluded.allowed_ips",
+            chunk,
+        )
+        return len(chunk)
+
+    def lookup(self, public_key: bytes) -> KnownPeer | None:
+        row = self.db.execute(
+            "SELECT allowed_ips, last_ts FROM known_peers WHERE public_key = ?", (public_key,)
+        ).fetchone()
+        if row is None:
+            return None
+        return KnownPeer(tuple(row[0].split(",")), row[1])
+
+    def record_timestamps(self, stamps: dict[bytes, bytes]) -> None:
+        if not stamps:
+            return
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "UPDATE known_peers SET last_ts = ? WHERE public_key = ?",
+            [(ts, key) for key, ts in stamps.items()],
+        )
+        self.db.execute("COMMIT")
+
+    def count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM known_peers").fetchone()[0]
