@@ -25,3 +25,7 @@ app.add_typer(admin.groups_app, name="groups")
 from wiremesh.cli import lab  # noqa: E402
 
 app.add_typer(lab.app, name="lab")
+
+from wiremesh.cli import gateway  # noqa: E402
+
+app.add_typer(gateway.app, name="gateway")
