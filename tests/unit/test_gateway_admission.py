@@ -1,0 +1,158 @@
+"""Admission of sniffed initiations: install, activity, replay, strangers and floods."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wiremesh.gateway import noise
+from wiremesh.gateway.admission import Admission, AdmissionLimits, Drop, Install, Seen
+from wiremesh.gateway.store import KnownPeerStore
+
+GW_PRIV = bytes(range(10, 42))
+CLIENT_PRIV = bytes(range(50, 82))
+SRC = bytes([198, 51, 100, 7])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> KnownPeerStore:
+    s = KnownPeerStore(tmp_path / "peers.db")
+    s.import_peers([(noise.public_key(CLIENT_PRIV), "100.64.0.2/32")])
+    yield s
+    s.close()
+
+
+def make(store: KnownPeerStore, active: set[bytes] | None = None, **limits: float) -> Admission:
+    act = active if active is not None else set()
+    return Admission(noise.Responder(GW_PRIV), store, act.__contains__, AdmissionLimits(**limits))
+
+
+def initiation(priv: bytes = CLIENT_PRIV, at: float = 1000.0) -> bytes:
+    return noise.create_initiation(priv, noise.public_key(GW_PRIV), timestamp=noise.tai64n(at))
+
+
+def test_known_key_installs_with_source_endpoint(store: KnownPeerStore) -> None:
+    v = make(store).handle(initiation(), SRC, 40000, now=1.0)
+    assert v == Install(noise.public_key(CLIENT_PRIV), ("100.64.0.2/32",), "198.51.100.7:40000",
+                        1.0)
+
+
+def test_ipv6_endpoint_is_bracketed(store: KnownPeerStore) -> None:
+    src = bytes.fromhex("fd000000000000000000000000000001")
+    v = make(store).handle(initiation(), src, 51000, now=1.0)
+    assert isinstance(v, Install) and v.endpoint == "[fd00::1]:51000"
+
+
+def test_replayed_or_older_timestamp_is_dropped(store: KnownPeerStore) -> None:
+    adm = make(store)
+    packet = initiation(at=1000.0)
+    assert isinstance(adm.handle(packet, SRC, 1, now=1.0), Install)
+    assert adm.handle(packet, SRC, 1, now=2.0) == Drop("replay")
+    assert adm.handle(initiation(at=999.0), SRC, 1, now=3.0) == Drop("replay")
+    assert isinstance(adm.handle(initiation(at=1001.0), SRC, 1, now=4.0), Install)
+
+
+def test_replay_protection_survives_restart(store: KnownPeerStore) -> None:
+    packet = initiation(at=1000.0)
+    first = make(store)
+    first.handle(packet, SRC, 1, now=1.0)
+    first.flush(now=1.0)
+    assert make(store).handle(packet, SRC, 1, now=2.0) == Drop("replay")
+
+
+def test_active_peer_is_only_seen(store: KnownPeerStore) -> None:
+    key = noise.public_key(CLIENT_PRIV)
+    assert make(store, active={key}).handle(initiation(), SRC, 1, now=5.0) == Seen(key, 5.0)
+
+
+def test_unknown_key_dropped_and_its_replay_skips_the_dh(store: KnownPeerStore) -> None:
+    adm = make(store)
+    stranger = initiation(priv=bytes(range(90, 122)))
+    assert adm.handle(stranger, SRC, 1, now=1.0) == Drop("unknown_key")
+    assert adm.handle(stranger, SRC, 1, now=1.1) == Drop("refused_again")
+
+
+def test_negative_cache_expires_so_later_imports_count(store: KnownPeerStore) -> None:
+    adm = make(store, negative_cache_ttl=10.0)
+    late = bytes(range(90, 122))
+    assert adm.handle(initiation(priv=late, at=1.0), SRC, 1, now=1.0) == Drop("unknown_key")
+    store.import_peers([(noise.public_key(late), "100.64.0.9/32")])
+    assert adm.handle(initiation(priv=late, at=2.0), SRC, 1, now=2.0) == Drop("unknown_key")
+    assert isinstance(adm.handle(initiation(priv=late, at=3.0), SRC, 1, now=12.0), Install)
+
+
+def test_bad_mac1_and_malformed(store: KnownPeerStore) -> None:
+    adm = make(store)
+    other_gateway = noise.create_initiation(CLIENT_PRIV, noise.public_key(bytes(range(32))))
+    assert adm.handle(other_gateway, SRC, 1, now=1.0) == Drop("bad_mac1")
+    assert adm.handle(b"\x04" + bytes(147), SRC, 1, now=1.0) == Drop("malformed")
+
+
+def test_impostor_knowing_only_the_public_key_is_refused(store: KnownPeerStore) -> None:
+    # Anyone can encrypt a known public key to the gateway; only the holder of its private key
+    # can produce the timestamp's key (static-static DH). The impostor uses its own instead.
+    impostor = bytes(range(100, 132))
+    gw_pub = noise.public_key(GW_PRIV)
+    eph = bytes(range(140, 172))
+    c, h = noise._initial_state(gw_pub)
+    c = noise.kdf1(c, noise.public_key(eph))
+    h = noise.blake2s_hash(h, noise.public_key(eph))
+    c, k = noise.kdf2(c, noise.dh(eph, gw_pub))
+    enc_static = noise._seal(k, noise.public_key(CLIENT_PRIV), h)
+    h = noise.blake2s_hash(h, enc_static)
+    _, k = noise.kdf2(c, noise.dh(impostor, gw_pub))
+    body = (b"\x01\x00\x00\x00" + bytes(4) + noise.public_key(eph) + enc_static
+            + noise._seal(k, noise.tai64n(5.0), h))
+    packet = body + noise.mac(noise.mac1_key(gw_pub), body) + bytes(16)
+    assert make(store).handle(packet, SRC, 1, now=1.0) == Drop("decrypt")
+
+
+def test_rate_limit_is_per_source(store: KnownPeerStore) -> None:
+    adm = make(store, rate_per_source=1.0, burst_per_source=2.0)
+    stranger = bytes(range(90, 122))
+    verdicts = [adm.handle(initiation(priv=stranger, at=i), SRC, 1, now=0.0) for i in range(4)]
+    assert [v.reason for v in verdicts] == ["unknown_key", "unknown_key", "rate_limited",
+                                            "rate_limited"]
+    assert isinstance(adm.handle(initiation(), bytes([198, 51, 100, 8]), 1, now=0.0), Install)
+
+
+def test_flood_from_many_sources_keeps_tables_bounded(store: KnownPeerStore) -> None:
+    adm = make(store, sources_tracked=64, negative_cache_size=32)
+    gw_pub = noise.public_key(GW_PRIV)
+    for i in range(400):
+        packet = noise.create_initiation(os.urandom(32), gw_pub)
+        assert adm.handle(packet, i.to_bytes(4, "big"), 1, now=i / 1000).reason == "unknown_key"
+    assert len(adm.buckets) == 64
+    assert len(adm.refused) == 32 and len(adm.unknown_keys) == 32
+    # ...and a known peer still gets in at once.
+    assert isinstance(adm.handle(initiation(), SRC, 1, now=1.0), Install)
+
+
+@pytest.fixture(scope="module")
+def fuzz_store(tmp_path_factory: pytest.TempPathFactory) -> KnownPeerStore:
+    s = KnownPeerStore(tmp_path_factory.mktemp("fuzz") / "peers.db")
+    s.import_peers([(noise.public_key(CLIENT_PRIV), "100.64.0.2/32")])
+    yield s
+    s.close()
+
+
+def _with_valid_mac1(body: bytes) -> bytes:
+    body = b"\x01\x00\x00\x00" + body
+    return body + noise.mac(noise.mac1_key(noise.public_key(GW_PRIV)), body) + bytes(16)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.one_of(
+    st.binary(max_size=200),
+    st.binary(min_size=144, max_size=144).map(lambda b: b"\x01\x00\x00\x00" + b),
+    st.binary(min_size=112, max_size=112).map(_with_valid_mac1),
+), addr=st.one_of(st.binary(min_size=4, max_size=4), st.binary(min_size=16, max_size=16)),
+   port=st.integers(0, 65535))
+def test_fuzz_handle_never_raises(fuzz_store: KnownPeerStore, payload: bytes, addr: bytes,
+                                  port: int) -> None:
+    v = make(fuzz_store).handle(payload, addr, port, now=0.0)
+    assert isinstance(v, Drop)

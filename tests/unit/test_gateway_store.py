@@ -1,0 +1,74 @@
+"""The known-peer store: import parsing, upserts, lookups and persisted replay timestamps."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from wiremesh.gateway.store import KnownPeerStore, StoreError, parse_peer_line, parse_peer_lines
+
+KEY_A = bytes(range(1, 33))
+KEY_B = bytes(range(2, 34))
+B64_A = base64.b64encode(KEY_A).decode()
+B64_B = base64.b64encode(KEY_B).decode()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> KnownPeerStore:
+    s = KnownPeerStore(tmp_path / "peers.db")
+    yield s
+    s.close()
+
+
+def test_parse_line_normalises_networks() -> None:
+    assert parse_peer_line(f"  {B64_A}  100.64.0.9/32,fd00::1:5/64 ", 1) == (
+        KEY_A, "100.64.0.9/32,fd00::/64")
+    assert parse_peer_line("# comment", 2) is None
+    assert parse_peer_line("   ", 3) is None
+
+
+@pytest.mark.parametrize(("line", "field"), [
+    ("abc 100.64.0.1/32", "line 4: public key"),
+    (f"{base64.b64encode(bytes(32)).decode()} 100.64.0.1/32", "line 4: public key"),
+    (f"{B64_A} 100.64.0.300/32", "line 4: allowed ips"),
+    (f"{B64_A}", "line 4: expected"),
+    (f"{B64_A} 100.64.0.1/32 extra", "line 4: expected"),
+])
+def test_parse_line_errors_name_line_and_field(line: str, field: str) -> None:
+    with pytest.raises(StoreError, match=field):
+        parse_peer_line(line, 4)
+
+
+def test_import_lookup_and_upsert_keeps_timestamp(store: KnownPeerStore) -> None:
+    rows = parse_peer_lines([f"{B64_A} 100.64.0.2/32", f"{B64_B} 100.64.0.3/32,198.18.0.0/24"])
+    assert store.import_peers(rows) == 2
+    assert store.lookup(KEY_B).allowed_ips == ("100.64.0.3/32", "198.18.0.0/24")
+    assert store.lookup(bytes(32)) is None
+    store.record_timestamps({KEY_A: b"\x40" + bytes(11)})
+    store.import_peers(parse_peer_lines([f"{B64_A} 100.64.0.7/32"]))
+    a = store.lookup(KEY_A)
+    assert a.allowed_ips == ("100.64.0.7/32",)
+    assert a.last_timestamp == b"\x40" + bytes(11)
+    assert store.count() == 2
+
+
+def test_import_is_all_or_nothing(store: KnownPeerStore) -> None:
+    store.import_peers(parse_peer_lines([f"{B64_A} 100.64.0.2/32"]))
+    with pytest.raises(StoreError, match="line 2"):
+        store.import_peers(parse_peer_lines([f"{B64_B} 100.64.0.3/32", "junk"]), replace=True)
+    assert store.count() == 1 and store.lookup(KEY_A) is not None
+
+
+def test_replace_drops_previous_peers(store: KnownPeerStore) -> None:
+    store.import_peers(parse_peer_lines([f"{B64_A} 100.64.0.2/32"]))
+    store.import_peers(parse_peer_lines([f"{B64_B} 100.64.0.3/32"]), replace=True)
+    assert store.lookup(KEY_A) is None and store.count() == 1
+
+
+def test_batches_report_progress(store: KnownPeerStore) -> None:
+    seen: list[int] = []
+    rows = ((i.to_bytes(32, "big"), "100.64.0.2/32") for i in range(1, 2501))
+    assert store.import_peers(rows, on_batch=seen.append, batch=1000) == 2500
+    assert seen == [1000, 2000]
