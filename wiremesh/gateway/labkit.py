@@ -68,7 +68,7 @@ def parse_ping_ms(output: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def start_client(lab: Lab, host: Host, ifname: str, private_key: str, overlay: str,
+def start_client(host: Host, ifname: str, private_key: str, overlay: str,
                  gateway_public: str, gateway_ip: str) -> WgClient:
     wg = WireguardGoBackend(ifname, netns=host.ns)
     wg.set_device(private_key, 0)
