@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -131,8 +132,16 @@ def test_strangers_garbage_and_replays_are_dropped_and_counted(env: Env) -> None
                             gw.public_key)
         ms = client.ping_ms(timeout_s=8)
         assert ms is not None and ms < 1000, ms
+
+        # The guard kept every initiation it did not admit away from wireguard-go, and lets
+        # the installed client's endpoint through.
+        table = env.gateway_host.run(["nft", "list", "table", "inet", "wiremesh_gateway"]).stdout
+        drops = re.search(r"counter packets (\d+)", table)
+        assert drops and int(drops.group(1)) >= 501, table
+        assert "198.51.100.10 . " in table
     finally:
         gw.stop()
+    assert "wiremesh_gateway" not in env.gateway_host.run(["nft", "list", "tables"]).stdout
 
 
 def test_our_initiator_is_answered_by_real_wireguard_go(env: Env) -> None:

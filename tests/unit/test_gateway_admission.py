@@ -66,7 +66,8 @@ def test_replay_protection_survives_restart(store: KnownPeerStore) -> None:
 
 def test_active_peer_is_only_seen(store: KnownPeerStore) -> None:
     key = noise.public_key(CLIENT_PRIV)
-    assert make(store, active={key}).handle(initiation(), SRC, 1, now=5.0) == Seen(key, 5.0)
+    assert make(store, active={key}).handle(initiation(), SRC, 1, now=5.0) == Seen(
+        key, 5.0, "198.51.100.7:1")
 
 
 def test_unknown_key_dropped_and_its_replay_skips_the_dh(store: KnownPeerStore) -> None:

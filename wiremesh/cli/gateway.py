@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from wiremesh.cli.common import JsonOpt, console, err_console, fail, print_json, setup_logging
 from wiremesh.gateway.admission import AdmissionLimits
+from wiremesh.gateway.guard import GuardError
 from wiremesh.gateway.store import KnownPeerStore, StoreError, parse_peer_line
 from wiremesh.wg.backend import WgError
 from wiremesh.wg.keys import BadKey, decode_key, generate_private_key, public_key_of
@@ -152,6 +153,9 @@ def run(
                                         help="Size of the per-source token-bucket table"),
     negative_cache: int = typer.Option(65_536, "--negative-cache", min=1,
                                        help="Unknown keys / refused handshakes remembered"),
+    guard: bool = typer.Option(
+        True, "--guard/--no-guard",
+        help="nftables rule so wireguard-go only receives initiations the gateway admitted"),
     as_json: bool = JsonOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -171,7 +175,7 @@ def run(
         private_key=key, db=db, address=address, ifname=ifname, listen_port=listen_port,
         ttl=ttl, max_active=max_active, poll_interval=poll_interval,
         capture_ifname=capture_interface,
-        metrics_listen=_parse_listen(metrics_listen) if metrics_listen else None,
+        metrics_listen=_parse_listen(metrics_listen) if metrics_listen else None, guard=guard,
         limits=AdmissionLimits(rate_per_source=rate_per_source,
                                burst_per_source=burst_per_source,
                                sources_tracked=sources_tracked,
@@ -192,5 +196,5 @@ def run(
 
     try:
         run_gateway(cfg, stop, on_ready=ready)
-    except (StoreError, WgError, OSError) as e:
+    except (StoreError, WgError, GuardError, OSError) as e:
         fail(str(e), code=1)

@@ -36,6 +36,7 @@ class Seen:
 
     public_key: bytes
     at: float
+    endpoint: str
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,10 @@ class Admission:
         if ts <= newest:
             return Drop("replay")
         self._stamps[key] = ts
+        endpoint = format_endpoint(src_addr, src_port)
         if self.is_active(key):
-            return Seen(key, now)
-        return Install(key, known.allowed_ips, format_endpoint(src_addr, src_port), now)
+            return Seen(key, now, endpoint)
+        return Install(key, known.allowed_ips, endpoint, now)
 
     def maybe_flush(self, now: float) -> None:
         """Persist accepted timestamps; call between packets (cheap when nothing is due)."""

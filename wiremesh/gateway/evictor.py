@@ -25,6 +25,7 @@ log = logging.getLogger("wiremesh.gateway")
 @dataclass
 class ActivePeer:
     allowed_ips: tuple[str, ...]
+    endpoint: str
     last_activity: float
     rx_bytes: int = 0
 
@@ -69,13 +70,20 @@ class ActiveSet:
                 self.touch(key, snapshot.at)
             self.touch(key, status.last_handshake)
 
-    def take_idle(self, now: float) -> list[bytes]:
-        idle = [k for k, p in self.peers.items() if now - p.last_activity > self.ttl]
-        for k in idle:
-            del self.peers[k]
-        return idle
+    def relocate(self, key: bytes, endpoint: str) -> str | None:
+        """Record a new endpoint for an installed peer; returns the old one if it changed."""
+        peer = self.peers.get(key)
+        if peer is None or peer.endpoint == endpoint:
+            return None
+        old, peer.endpoint = peer.endpoint, endpoint
+        return old
 
-    def admit(self, installs: list[Install], now: float) -> tuple[list[Install], list[bytes]]:
+    def take_idle(self, now: float) -> dict[bytes, ActivePeer]:
+        idle = [k for k, p in self.peers.items() if now - p.last_activity > self.ttl]
+        return {k: self.peers.pop(k) for k in idle}
+
+    def admit(self, installs: list[Install],
+              now: float) -> tuple[list[Install], dict[bytes, ActivePeer]]:
         """Add new peers (deduplicated); returns them and the peers pushed out by the cap."""
         fresh: dict[bytes, Install] = {}
         for ins in installs:
@@ -83,13 +91,13 @@ class ActiveSet:
                 fresh[ins.public_key] = ins
         new = list(fresh.values())[: self.max_active]
         overflow = len(self.peers) + len(new) - self.max_active
-        victims = []
+        victims = {}
         while overflow > 0:
-            key, _ = self.peers.popitem(last=False)
-            victims.append(key)
+            key, peer = self.peers.popitem(last=False)
+            victims[key] = peer
             overflow -= 1
         for ins in new:
-            self.peers[ins.public_key] = ActivePeer(ins.allowed_ips, now)
+            self.peers[ins.public_key] = ActivePeer(ins.allowed_ips, ins.endpoint, now)
         return new, victims
 
 

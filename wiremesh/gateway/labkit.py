@@ -80,6 +80,15 @@ def start_client(host: Host, ifname: str, private_key: str, overlay: str,
     return WgClient(host, wg, private_key, overlay, peer)
 
 
+_SCRAPER = """
+import json, sys, urllib.request
+for _ in sys.stdin:
+    body = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()
+    sys.stdout.write(json.dumps(body) + "\\n")
+    sys.stdout.flush()
+"""
+
+
 @dataclass
 class GatewayProc:
     host: Host
@@ -87,19 +96,42 @@ class GatewayProc:
     public_key: str
     ifname: str
     log: Path
+    _scraper: subprocess.Popen | None = None
 
     def metrics(self) -> dict[str, float]:
-        """Scrape /metrics from inside the gateway's namespace: name{labels} -> value."""
-        url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
-        res = self.host.run([sys.executable, "-c",
-                             "import sys,urllib.request;"
-                             "sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())",
-                             url])
+        """Scrape /metrics from inside the gateway's namespace: name{labels} -> value.
+
+        A long-lived helper in the namespace keeps a scrape at a few milliseconds, fine enough
+        to time install rates by polling.
+        """
+        if self._scraper is None:
+            url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+            self._scraper = subprocess.Popen(
+                self.host.cmd([sys.executable, "-c", _SCRAPER, url]),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._scraper.stdin and self._scraper.stdout
+        self._scraper.stdin.write("\n")
+        self._scraper.stdin.flush()
+        line = self._scraper.stdout.readline()
+        if not line:
+            raise LabError("metrics scraper exited (is the gateway serving /metrics?)")
         out: dict[str, float] = {}
-        for fam in text_string_to_metric_families(res.stdout):
+        for fam in text_string_to_metric_families(json.loads(line)):
             for s in fam.samples:
                 labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
                 out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return out
+
+    def pids(self) -> dict[str, int]:
+        """The gateway's processes: the Python daemon and its wireguard-go."""
+        out = {"gateway": self.proc.pid}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited while we looked
+            if int(fields[1]) == self.proc.pid:
+                out["wireguard-go"] = int(stat.parent.name)
         return out
 
     def wait_metric(self, name: str, minimum: float, timeout_s: float) -> dict[str, float]:
@@ -113,6 +145,10 @@ class GatewayProc:
             time.sleep(0.1)
 
     def stop(self) -> None:
+        if self._scraper is not None:
+            self._scraper.kill()
+            self._scraper.wait()
+            self._scraper = None
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -144,6 +180,13 @@ def start_gateway(lab: Lab, host: Host, db: Path, *extra: str,
             raise LabError(f"gateway did not start: {log.read_text(errors='replace')[-2000:]}")
         time.sleep(0.05)
     return gw
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def write_import_file(path: Path, keys: list[str], first_index: int = 0) -> None:

@@ -33,6 +33,8 @@ class GatewayMetrics:
             "wiremesh_gateway_known_peers", "Peers in the store at start", registry=r)
         self.uapi_errors = Counter(
             "wiremesh_gateway_uapi_errors", "Failed WireGuard UAPI writes", registry=r)
+        self.guard_errors = Counter(
+            "wiremesh_gateway_guard_errors", "Failed nftables guard updates", registry=r)
         self.install_latency = Histogram(
             "wiremesh_gateway_install_seconds", "From sniffed initiation to peer installed",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),

@@ -23,7 +23,8 @@ import threading
 import time
 
 from wiremesh.gateway.admission import Install, Seen
-from wiremesh.gateway.evictor import ActiveSet, StatusSnapshot
+from wiremesh.gateway.evictor import ActivePeer, ActiveSet, StatusSnapshot
+from wiremesh.gateway.guard import GuardError, HandshakeGuard
 from wiremesh.gateway.metrics import GatewayMetrics
 from wiremesh.wg.backend import WgBackend, WgError, WgPeerConfig
 from wiremesh.wg.keys import encode_key
@@ -46,13 +47,15 @@ def install_configs(installs: list[Install]) -> list[WgPeerConfig]:
 
 class Provisioner:
     def __init__(self, backend: WgBackend, active: ActiveSet, metrics: GatewayMetrics,
-                 queue_size: int = 65_536, max_batch: int = 8192) -> None:
+                 guard: HandshakeGuard | None = None, queue_size: int = 65_536,
+                 max_batch: int = 8192) -> None:
         self.backend = backend
         self.active = active
         self.metrics = metrics
+        self.guard = guard
         self.max_batch = max_batch
         self.inbox: queue.Queue[Message] = queue.Queue(queue_size)
-        self._retry_removals: list[bytes] = []
+        self._retry_removals: dict[bytes, ActivePeer] = {}
 
     def is_active(self, key: bytes) -> bool:
         return key in self.active
@@ -81,19 +84,31 @@ class Provisioner:
     def apply(self, batch: list[Message]) -> None:
         now = time.time()
         installs: list[Install] = []
-        idle: list[bytes] = []
+        idle: dict[bytes, ActivePeer] = {}
+        moved_from: list[str] = []
+        moved_to: list[str] = []
         for msg in batch:
             if isinstance(msg, Install):
                 installs.append(msg)
             elif isinstance(msg, Seen):
                 self.active.touch(msg.public_key, msg.at)
+                old = self.active.relocate(msg.public_key, msg.endpoint)
+                if old is not None:
+                    moved_from.append(old)
+                    moved_to.append(msg.endpoint)
             else:
                 self.active.observe(msg)
-                idle += self.active.take_idle(now)
+                idle |= self.active.take_idle(now)
         new, capped = self.active.admit(installs, now)
-        removals = self._retry_removals + idle + capped
-        if not (new or removals):
-            return
+        removals = self._retry_removals | idle | capped
+        if new or removals:
+            if not self._write(new, removals):
+                return
+            self._count(new, idle, capped)
+        self._guard([i.endpoint for i in new] + moved_to,
+                    [p.endpoint for p in removals.values()] + moved_from)
+
+    def _write(self, new: list[Install], removals: dict[bytes, ActivePeer]) -> bool:
         started = time.monotonic()
         try:
             self.backend.set_peers(install_configs(new), [encode_key(k) for k in removals])
@@ -108,8 +123,13 @@ class Provisioner:
             self.metrics.active.set(len(self.active))
             log.error("event=uapi_write_failed installs=%d removals=%d error=%s",
                       len(new), len(removals), e)
-            return
-        self._retry_removals = []
+            return False
+        self._retry_removals = {}
+        log.info("event=uapi_write installed=%d removed=%d active=%d ms=%.1f",
+                 len(new), len(removals), len(self.active), (time.monotonic() - started) * 1000)
+        return True
+
+    def _count(self, new: list[Install], idle: dict, capped: dict) -> None:
         done = time.time()
         for ins in new:
             self.metrics.install_latency.observe(max(0.0, done - ins.sniffed_at))
@@ -117,6 +137,12 @@ class Provisioner:
         self.metrics.evicted.labels("ttl").inc(len(idle))
         self.metrics.evicted.labels("cap").inc(len(capped))
         self.metrics.active.set(len(self.active))
-        log.info("event=uapi_write installed=%d evicted_ttl=%d evicted_cap=%d active=%d ms=%.1f",
-                 len(new), len(idle), len(capped), len(self.active),
-                 (time.monotonic() - started) * 1000)
+
+    def _guard(self, add: list[str], remove: list[str]) -> None:
+        if self.guard is None or not (add or remove):
+            return
+        try:
+            self.guard.update(add, remove)
+        except GuardError as e:
+            self.metrics.guard_errors.inc()
+            log.error("event=guard_update_failed error=%s", e)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from wiremesh.gateway.admission import Admission, AdmissionLimits, Drop
 from wiremesh.gateway.evictor import ActiveSet, StatusPoller
+from wiremesh.gateway.guard import HandshakeGuard
 from wiremesh.gateway.metrics import GatewayMetrics
 from wiremesh.gateway.noise import Responder
 from wiremesh.gateway.provisioner import Provisioner
@@ -41,6 +42,7 @@ class GatewayConfig:
     poll_interval: float | None = None  # default: a quarter of the TTL, within [0.25, 30] s
     capture_ifname: str | None = None  # None = every interface of the namespace
     metrics_listen: tuple[str, int] | None = None
+    guard: bool = True  # nftables: keep initiations the gateway did not admit from wireguard-go
     limits: AdmissionLimits = field(default_factory=AdmissionLimits)
 
     @property
@@ -60,14 +62,15 @@ def run_gateway(cfg: GatewayConfig, stop: threading.Event,
     metrics.known.set(known)
     backend = WireguardGoBackend(cfg.ifname)
     threads: list[threading.Thread] = []
-    tap = admission = None
+    tap = admission = guard = None
     try:
         backend.set_device(cfg.private_key, cfg.listen_port)
         backend.set_peers([], [], replace_all=True)
         ensure_address(cfg.ifname, str(iface.ip), iface.network.prefixlen)
         tap = InitiationTap(cfg.listen_port, cfg.capture_ifname)
+        guard = HandshakeGuard(cfg.listen_port) if cfg.guard else None
         active = ActiveSet(cfg.ttl, cfg.max_active)
-        prov = Provisioner(backend, active, metrics)
+        prov = Provisioner(backend, active, metrics, guard)
         poller = StatusPoller(backend, prov.submit, cfg.effective_poll_interval)
         admission = Admission(Responder(decode_key(cfg.private_key)), store, prov.is_active,
                               cfg.limits)
@@ -92,6 +95,8 @@ def run_gateway(cfg: GatewayConfig, stop: threading.Event,
             admission.flush(time.time())
         if tap is not None:
             tap.close()
+        if guard is not None:
+            guard.close()
         backend.close()
         store.close()
         metrics.close()

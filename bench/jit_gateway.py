@@ -1,0 +1,277 @@
+"""Benchmark: the JIT gateway with 550,000 known peers, against loading them all up front.
+
+Phases, in one lab run (namespaces, real wireguard-go everywhere):
+  1. import the known peers with `wiremesh gateway import`; start `wiremesh gateway run`
+  2. real wireguard-go clients, each in its own namespace, connect in waves; for each, the
+     round trip of its first ping (sent before any handshake, so it includes the whole JIT
+     install) - "first packet sent -> first ping reply over the tunnel"
+  3. install rate: initiations crafted by our Noise initiator for known keys, blasted from
+     many source addresses; installs/s as counted by the gateway's own metrics
+  4. once everything was evicted (TTL), the clients connect again while a flood of
+     unknown-key initiations (valid mac1, fresh keys) and garbage hits the gateway
+  5. eager baseline: all known peers written into a plain wireguard-go in batches, bounded
+     by a timeout and an RSS cap (so it cannot take the machine down)
+Prints a table, then one JSON line.
+
+    .venv/bin/python bench/jit_gateway.py                      # the full run (550k, 50)
+    .venv/bin/python bench/jit_gateway.py --known 20000 --clients 10 --synthetic 1000
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wiremesh.gateway import labkit, noise
+from wiremesh.lab.netns import Host, Lab, LabError, missing_requirements
+from wiremesh.wg.backend import WgPeerConfig
+from wiremesh.wg.keys import decode_key, encode_key, generate_private_key, public_key_of
+from wiremesh.wg.uapi import WireguardGoBackend, render_set
+
+SUBNET = "198.51.100"
+GW_IP = f"{SUBNET}.1"
+PING_TIMEOUT_S = 8.0
+console = Console(stderr=True)
+
+
+def percentile(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+
+
+def connect_waves(clients: list[labkit.WgClient], waves: int) -> list[float]:
+    """First-ping round trips, `waves` groups pinging concurrently; a failure counts as the
+    ping timeout (never silently dropped from the percentiles)."""
+    size = math.ceil(len(clients) / waves)
+    out: list[float] = []
+    for w in range(0, len(clients), size):
+        procs = [subprocess.Popen(c.ping_cmd(PING_TIMEOUT_S), stdout=subprocess.PIPE, text=True)
+                 for c in clients[w:w + size]]
+        for p in procs:
+            ms = labkit.parse_ping_ms(p.communicate()[0])
+            out.append(PING_TIMEOUT_S * 1000 if ms is None else ms)
+    return out
+
+
+def wait_until(check, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def crafted(privs: list[bytes], gw_pub: bytes) -> bytes:
+    return b"".join(noise.create_initiation(p, gw_pub) for p in privs)
+
+
+def eager_baseline(lab: Lab, host: Host, lines: list[tuple[str, str]], timeout_s: float,
+                   rss_cap_mb: float, chunk: int = 10_000) -> dict:
+    """All known peers into one wireguard-go (device up), chunk by chunk, until done, the
+    timeout or the RSS cap. Bodies are rendered before the clock starts."""
+    bodies = [render_set([WgPeerConfig(k, (ip,)) for k, ip in lines[i:i + chunk]], [])
+              for i in range(0, len(lines), chunk)]
+    wg = WireguardGoBackend(lab.name("eg"), netns=host.ns)
+    try:
+        wg.set_device(generate_private_key(), labkit.GATEWAY_PORT)
+        host.run(["ip", "link", "set", wg.ifname, "up"])
+        base_rss = labkit.rss_mb(wg.proc.pid)
+        loaded, status, peak = 0, "complete", base_rss
+        start = time.monotonic()
+        for i, body in enumerate(bodies):
+            wg.client.set(body)
+            loaded = min(len(lines), (i + 1) * chunk)
+            peak = max(peak, labkit.rss_mb(wg.proc.pid))
+            if peak > rss_cap_mb and loaded < len(lines):
+                status = f"stopped at RSS cap {rss_cap_mb:.0f} MB"
+                break
+            if time.monotonic() - start > timeout_s and loaded < len(lines):
+                status = f"stopped at timeout {timeout_s:.0f} s"
+                break
+        seconds = time.monotonic() - start
+    finally:
+        wg.close()
+    return {"status": status, "loaded": loaded, "seconds": seconds, "rss_mb": peak,
+            "mb_per_1k_peers": (peak - base_rss) / max(1, loaded) * 1000}
+
+
+def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float,
+        flood_unique: int, sources: int, ttl: float, eager: bool, eager_timeout: float,
+        eager_rss_cap_mb: float) -> dict:
+    console.print(f"generating {known} known keys ({n_clients} clients, {synthetic} synthetic)")
+    client_keys = [generate_private_key() for _ in range(n_clients)]
+    synth_priv = [os.urandom(32) for _ in range(synthetic)]
+    keys = [public_key_of(k) for k in client_keys]
+    keys += [encode_key(noise.public_key(p)) for p in synth_priv]
+    keys += [base64.b64encode(os.urandom(32)).decode() for _ in range(known - len(keys))]
+    res: dict = {}
+    with Lab() as lab, ExitStack() as cleanup:
+        src = lab.log_dir / "known.txt"
+        labkit.write_import_file(src, keys)
+        db = lab.log_dir / "known.db"
+        t = time.monotonic()
+        subprocess.run([str(Path(sys.executable).with_name("wiremesh")), "gateway", "import",
+                        str(src), "--db", str(db), "--json"], check=True, stdout=subprocess.PIPE)
+        res["import_s"] = time.monotonic() - t
+
+        console.print(f"building the lab: gateway, {n_clients} client namespaces, a flooder")
+        sw = lab.add_switch("u", f"{SUBNET}.0/24")
+        gw_host = lab.add_host("gw")
+        lab.connect(gw_host, sw, f"{GW_IP}/24")
+        flooder = lab.add_host("fl")
+        lab.connect(flooder, sw, f"{SUBNET}.100/24")
+        flood_ips = [f"{SUBNET}.{100 + i}" for i in range(sources)]
+        for ip in flood_ips[1:]:
+            flooder.run(["ip", "addr", "add", f"{ip}/24", "dev", lab.link_of(flooder, sw)])
+        gw = labkit.start_gateway(lab, gw_host, db, "--ttl", str(ttl), "--poll-interval", "0.5",
+                                  "--max-active", str(max(100_000, synthetic + n_clients)),
+                                  timeout_s=120)
+        cleanup.callback(gw.stop)
+        gw_pub = decode_key(gw.public_key)
+        clients = []
+        for i, key in enumerate(client_keys):
+            h = lab.add_host(f"c{i}")
+            lab.connect(h, sw, f"{SUBNET}.{10 + i}/24")
+            c = labkit.start_client(h, lab.name(f"w{i}"), key, labkit.overlay_ip(i),
+                                    gw.public_key, GW_IP)
+            cleanup.callback(c.wg.close)
+            clients.append(c)
+
+        console.print("phase 1: clients connect in waves")
+        res["connect_ms"] = connect_waves(clients, waves)
+
+        console.print(f"phase 2: {synthetic} crafted initiations for known keys")
+        packets = lab.log_dir / "synthetic.bin"
+        packets.write_bytes(crafted(synth_priv, gw_pub))
+        before = gw.metrics()["wiremesh_gateway_installed_total"]
+        t = time.monotonic()
+        subprocess.run(labkit.blast_cmd(flooder, packets, GW_IP, 0, 0, flood_ips), check=True,
+                       stdout=subprocess.PIPE, timeout=300)
+        wait_until(lambda: gw.metrics()["wiremesh_gateway_installed_total"] >= before + synthetic,
+                   120, "synthetic installs")
+        res["install_s"] = time.monotonic() - t
+        res["installs_per_s"] = synthetic / res["install_s"]
+
+        console.print("waiting for the TTL to evict everything")
+        wait_until(lambda: gw.metrics()["wiremesh_gateway_active_peers"] == 0, ttl * 3 + 30,
+                   "eviction")
+
+        console.print(f"phase 3: clients reconnect under a {flood_pps:.0f} pkt/s flood")
+        strangers = [os.urandom(32) for _ in range(flood_unique)]
+        flood = lab.log_dir / "flood.bin"
+        garbage = b"".join(b"\x01\x00\x00\x00" + os.urandom(144) for _ in range(flood_unique))
+        flood.write_bytes(crafted(strangers, gw_pub) + garbage)
+        m0 = gw.metrics()
+        blaster = subprocess.Popen(labkit.blast_cmd(flooder, flood, GW_IP, flood_pps, 600,
+                                                    flood_ips), stdout=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: gw.metrics()["wiremesh_gateway_initiations_total"]
+                       > m0["wiremesh_gateway_initiations_total"] + flood_pps, 30, "the flood")
+            for c in clients:
+                c.forget_session()
+            res["flood_connect_ms"] = connect_waves(clients, waves)
+            pids = gw.pids()
+            res["rss"] = {name: labkit.rss_mb(pid) for name, pid in pids.items()}
+            m1 = gw.metrics()
+        finally:
+            blaster.kill()
+            blaster.wait()
+        res["flood"] = {k.split('"')[1]: m1[k] - m0.get(k, 0)
+                        for k in m1 if k.startswith("wiremesh_gateway_dropped_total")}
+        res["flood"]["sniffed"] = (m1["wiremesh_gateway_initiations_total"]
+                                   - m0["wiremesh_gateway_initiations_total"])
+        gw.stop()
+
+        if eager:
+            console.print(f"phase 4: eager baseline, {known} peers into wireguard-go")
+            host = lab.add_host("eg")
+            lines = [(k, f"{labkit.overlay_ip(i)}/32") for i, k in enumerate(keys)]
+            res["eager"] = eager_baseline(lab, host, lines, eager_timeout, eager_rss_cap_mb)
+    return res
+
+
+def report(known: int, n_clients: int, flood_pps: float, res: dict) -> dict:
+    conn, flood = res["connect_ms"], res["flood_connect_ms"]
+    eager = res.get("eager")
+    summary = {
+        "known_peers": known,
+        "clients": n_clients,
+        "first_connect_ms_p50": round(percentile(conn, 50), 2),
+        "first_connect_ms_p99": round(percentile(conn, 99), 2),
+        "installs_per_s": round(res["installs_per_s"], 1),
+        "gateway_rss_mb": round(sum(res["rss"].values()), 1),
+        "first_connect_ms_p99_under_flood": round(percentile(flood, 99), 2),
+        "eager_load_s": (round(eager["seconds"], 2)
+                         if eager and eager["status"] == "complete" else None),
+    }
+    t = Table(title=f"JIT gateway, {known} known peers, {n_clients} wireguard-go clients")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_row("import of known peers", f"{res['import_s']:.1f} s")
+    t.add_row("first connect p50 / p99 / max",
+              f"{percentile(conn, 50):.1f} / {percentile(conn, 99):.1f} / {max(conn):.1f} ms")
+    t.add_row("installs (crafted initiations)", f"{res['installs_per_s']:.0f} /s")
+    t.add_row(f"first connect under {flood_pps:.0f} pkt/s flood p50 / p99",
+              f"{percentile(flood, 50):.1f} / {percentile(flood, 99):.1f} ms")
+    t.add_row("flood: sniffed / dropped by reason",
+              f"{res['flood']['sniffed']:.0f} / " + ", ".join(
+                  f"{k} {v:.0f}" for k, v in res["flood"].items() if k != "sniffed" and v))
+    t.add_row("gateway RSS (daemon + wireguard-go)",
+              " + ".join(f"{v:.0f}" for v in res["rss"].values()) + " MB")
+    if eager:
+        t.add_row("eager: peers loaded", f"{eager['loaded']} ({eager['status']})")
+        t.add_row("eager: load time", f"{eager['seconds']:.1f} s")
+        t.add_row("eager: wireguard-go RSS",
+                  f"{eager['rss_mb']:.0f} MB ({eager['mb_per_1k_peers']:.1f} MB per 1k peers)")
+    Console().print(t)
+    summary.update({
+        "eager_status": eager["status"] if eager else "skipped",
+        "eager_peers_loaded": eager["loaded"] if eager else 0,
+        "eager_rss_mb": round(eager["rss_mb"], 1) if eager else None,
+        "import_s": round(res["import_s"], 2),
+        "flood_pps": flood_pps,
+    })
+    return summary
+
+
+def main(
+    known: int = typer.Option(550_000, "--known", min=100, help="Known peers in the store"),
+    clients: int = typer.Option(50, "--clients", min=1, max=80, help="wireguard-go clients"),
+    waves: int = typer.Option(5, "--waves", min=1, help="Clients connect in this many waves"),
+    synthetic: int = typer.Option(5000, "--synthetic", min=1,
+                                  help="Crafted initiations for the install-rate phase"),
+    flood_pps: float = typer.Option(20_000, "--flood-pps", min=1.0),
+    flood_unique: int = typer.Option(20_000, "--flood-unique", min=1,
+                                     help="Distinct unknown-key initiations in the flood"),
+    sources: int = typer.Option(128, "--sources", min=1, max=150,
+                                help="Source addresses of the crafted traffic"),
+    ttl: float = typer.Option(3.0, "--ttl", help="The gateway's idle TTL during the run"),
+    eager: bool = typer.Option(True, "--eager/--no-eager", help="Run the eager baseline"),
+    eager_timeout: float = typer.Option(300.0, "--eager-timeout"),
+    eager_rss_cap_mb: float = typer.Option(8000.0, "--eager-rss-cap-mb"),
+) -> None:
+    if missing := missing_requirements():
+        console.print(f"error: the benchmark needs {', '.join(missing)}")
+        raise typer.Exit(2)
+    if known < clients + synthetic:
+        console.print("error: --known must be at least --clients + --synthetic")
+        raise typer.Exit(2)
+    res = run(known, clients, waves, synthetic, flood_pps, flood_unique, sources, ttl, eager,
+              eager_timeout, eager_rss_cap_mb)
+    summary = report(known, clients, flood_pps, res)
+    sys.stdout.write(json.dumps(summary) + "\n")
+
+
+if __name__ == "__main__":
+    typer.run(main)
