@@ -45,10 +45,10 @@ _EMPTY: frozenset = frozenset()
 
 @dataclass
 class _CompiledPolicy:
-    """An enabled policy with its resolved members and the rules those members produce.
+    """An enabled policy with its resolved members and what those members contribute.
 
-    The rule sets hold one rule per member, so a membership change patches them in
-    O(members changed) Python work instead of rebuilding them.
+    Rule sets and peer tables hold one entry per member, so a membership change patches them
+    in O(members changed) Python work, and compiling a netmap merges them at C speed.
     """
 
     policy: Policy
@@ -56,6 +56,8 @@ class _CompiledPolicy:
     dst: frozenset[int]
     src_rules: frozenset[InboundRule] = _EMPTY  # what each source may open (to dst members)
     dst_rules: frozenset[InboundRule] = _EMPTY  # the reverse, bidirectional policies only
+    src_peers: dict[str, NetmapPeer] = field(default_factory=dict)  # by public key
+    dst_peers: dict[str, NetmapPeer] = field(default_factory=dict)
     fwd: dict[str, frozenset[ForwardRule]] = field(default_factory=dict)  # by route prefix
 
     def in_rule(self, ip: str) -> InboundRule:
@@ -64,27 +66,46 @@ class _CompiledPolicy:
     def fwd_rule(self, ip: str, prefix: str) -> ForwardRule:
         return ForwardRule(ip, prefix, self.policy.protocol, self.policy.ports)
 
-    def shift_src(self, gone: Iterable[str], came: Iterable[str]) -> None:
-        """Sources with overlay IPs `gone` left and `came` joined: patch the rule sets."""
-        gone, came = tuple(gone), tuple(came)
-        self.src_rules = self.src_rules.difference(map(self.in_rule, gone)).union(
-            map(self.in_rule, came))
+    def fill(self, np: Mapping[int, NetmapPeer]) -> None:
+        self.src_rules = frozenset(self.in_rule(np[s].overlay_ip) for s in self.src)
+        if self.policy.bidirectional:
+            self.dst_rules = frozenset(self.in_rule(np[d].overlay_ip) for d in self.dst)
+        self.src_peers = {np[s].public_key: np[s] for s in self.src}
+        self.dst_peers = {np[d].public_key: np[d] for d in self.dst}
+
+    def shift_src(self, gone: list[NetmapPeer], came: list[NetmapPeer]) -> None:
+        """Sources `gone` left and `came` joined (an edited peer is both): patch."""
+        self.src_rules = self.src_rules.difference(
+            self.in_rule(p.overlay_ip) for p in gone).union(
+            self.in_rule(p.overlay_ip) for p in came)
         for prefix, rules in self.fwd.items():
             self.fwd[prefix] = rules.difference(
-                self.fwd_rule(ip, prefix) for ip in gone).union(
-                self.fwd_rule(ip, prefix) for ip in came)
+                self.fwd_rule(p.overlay_ip, prefix) for p in gone).union(
+                self.fwd_rule(p.overlay_ip, prefix) for p in came)
+        _shift_table(self.src_peers, gone, came)
 
-    def shift_dst(self, gone: Iterable[str], came: Iterable[str]) -> None:
+    def shift_dst(self, gone: list[NetmapPeer], came: list[NetmapPeer]) -> None:
         if self.policy.bidirectional:
-            self.dst_rules = self.dst_rules.difference(map(self.in_rule, gone)).union(
-                map(self.in_rule, came))
+            self.dst_rules = self.dst_rules.difference(
+                self.in_rule(p.overlay_ip) for p in gone).union(
+                self.in_rule(p.overlay_ip) for p in came)
+        _shift_table(self.dst_peers, gone, came)
 
-    def fwd_rules(self, prefix: str, peers: Mapping[int, PeerInfo]) -> frozenset[ForwardRule]:
+    def fwd_rules(self, prefix: str) -> frozenset[ForwardRule]:
         rules = self.fwd.get(prefix)
         if rules is None:
-            rules = frozenset(self.fwd_rule(peers[s].overlay_ip, prefix) for s in self.src)
+            rules = frozenset(self.fwd_rule(p.overlay_ip, prefix)
+                              for p in self.src_peers.values())
             self.fwd[prefix] = rules
         return rules
+
+
+def _shift_table(table: dict[str, NetmapPeer], gone: list[NetmapPeer],
+                 came: list[NetmapPeer]) -> None:
+    for p in gone:
+        del table[p.public_key]
+    for p in came:
+        table[p.public_key] = p
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,26 @@ class _CompiledRoute:
     route: Route
     routers: frozenset[int]
     entry: RouteEntry  # every router, best first
+    router_peers: dict[str, NetmapPeer]
+
+
+@dataclass(frozen=True)
+class _GroupParts:
+    """What membership of one group contributes to a peer's netmap, merged once per group.
+
+    A peer's netmap is then the merge of its groups' parts (a few C-level set and dict
+    merges), minus anything naming the peer itself, plus its routes.
+    """
+
+    inbound: frozenset[InboundRule]
+    peers: dict[str, NetmapPeer]
+    ids: frozenset[int]
+    # Rules naming member x itself exist only for x in `own_src`; then the policies in
+    # `as_dst` (x in src) and bidirectional `as_src` (x in dst) say which.
+    own_src: frozenset[int]
+    as_dst: tuple[_CompiledPolicy, ...]
+    bidir_as_src: tuple[_CompiledPolicy, ...]
+    with_routes: tuple[_CompiledPolicy, ...]  # as source, with destination routes
 
 
 class PolicyCompiler:
@@ -120,15 +161,13 @@ class PolicyCompiler:
         self._routes: dict[str, Route] = {}
         self._croutes: dict[str, _CompiledRoute] = {}
         self._routes_by_group: dict[str, set[str]] = {}
+        self._gparts: dict[str, _GroupParts] = {}
         for r in state.routes:
             self._index_route(r)
         for p in state.policies:
             self._index_policy(p)
 
-        self._netmaps: dict[int, Netmap] = {}
-        self._knows: dict[int, frozenset[int]] = {}
-        for pid in self._peers:
-            self._netmaps[pid], self._knows[pid] = self._compile(pid)
+        self._netmaps: dict[int, Netmap] = {pid: self._compile(pid) for pid in self._peers}
 
     # --- reading -------------------------------------------------------------------------
 
@@ -236,41 +275,40 @@ class PolicyCompiler:
 
     def _upsert_peer(self, p: PeerInfo) -> set[int]:
         old = self._peers.get(p.id)
+        self._peers[p.id] = p
+        old_np, new_np = self._np.get(p.id), _netmap_peer(p)
+        self._np[p.id] = new_np
+        groups = (*self._groups_of.get(p.id, ()), ALL_GROUP)
         if old is None:
-            self._peers[p.id] = p
-            self._np[p.id] = _netmap_peer(p)
             self._all = self._all | {p.id}
             todo = {p.id}
-            for g in (*self._groups_of.get(p.id, ()), ALL_GROUP):
+            for g in groups:
                 todo |= self._refresh_group(g)
             return todo
-        todo = {p.id} | self._knows.get(p.id, _EMPTY)
-        groups = (*self._groups_of.get(p.id, ()), ALL_GROUP)
-        if old.overlay_ip != p.overlay_ip:
+        todo = {p.id} | self._known(p.id)
+        if old_np != new_np:
             for g in groups:
                 for name in self._by_src.get(g, ()):
                     cp = self._cpol[name]
-                    if p.id in cp.src:
-                        cp.shift_src((old.overlay_ip,), (p.overlay_ip,))
+                    if p.id in cp.src and cp.src_peers.get(old_np.public_key) is old_np:
+                        cp.shift_src([old_np], [new_np])
+                        self._touch(cp)
                 for name in self._by_dst.get(g, ()):
                     cp = self._cpol[name]
-                    if p.id in cp.dst:
-                        cp.shift_dst((old.overlay_ip,), (p.overlay_ip,))
+                    if p.id in cp.dst and cp.dst_peers.get(old_np.public_key) is old_np:
+                        cp.shift_dst([old_np], [new_np])
+                        self._touch(cp)
         # Names order routers and key metric overrides; keys identify them in route entries.
         for g in groups:
             for rname in self._routes_by_group.get(g, ()):
                 self._croutes.pop(rname, None)
-        self._peers[p.id] = p
-        self._np[p.id] = _netmap_peer(p)
         return todo
 
     def _remove_peer(self, pid: int) -> set[int]:
-        todo = {pid} | self._knows.get(pid, _EMPTY)
-        gone = self._peers[pid]
-        # Membership first, while the peer's IP is still known to patch the rule sets.
+        todo = {pid} | self._known(pid)
         self._all = self._all - {pid}
         for g in (*self._groups_of.get(pid, ()), ALL_GROUP):
-            self._refresh_group(g, gone={pid: gone.overlay_ip})
+            self._refresh_group(g)
         del self._peers[pid]
         del self._np[pid]
         return todo
@@ -288,41 +326,44 @@ class PolicyCompiler:
         else:
             self._raw[g] = members
         old_eff = self._members.get(g, _EMPTY)
-        todo = (old_eff ^ (new & self._all)) | self._refresh_group(g)
+        new_eff = new & self._all
+        if new_eff == old_eff:
+            # Only ids of absent peers changed (e.g. a joining peer's groups set first).
+            self._members[g] = new_eff
+            todo: set[int] = set()
+        else:
+            todo = (old_eff ^ new_eff) | self._refresh_group(g)
         if members is None:
-            del self._members[g]
+            self._members.pop(g, None)
         return todo
 
-    def _refresh_group(self, g: str, gone: Mapping[int, str] | None = None) -> set[int]:
+    def _refresh_group(self, g: str) -> set[int]:
         """Recompute group `g`'s members and patch what depends on them.
 
-        `gone` gives the overlay IPs of peers being removed (no longer in `_peers`' future).
-        Returns the peers whose netmap may depend on membership of `g` (its counterparts).
+        A peer being removed is already out of `_all` but still in `_np`, so what it
+        contributed can be taken out. Returns the peers whose netmap may depend on membership
+        of `g` (its counterparts).
         """
         members = self._all if g == ALL_GROUP else self._raw.get(g, _EMPTY) & self._all
         self._members[g] = members
-        ip_of = self._ip_lookup(gone)
+        np = self._np
         for name in self._by_src.get(g, ()):
             cp = self._cpol[name]
             new_src = self._union(cp.policy.sources)
             if new_src != cp.src:
-                cp.shift_src(map(ip_of, cp.src - new_src), map(ip_of, new_src - cp.src))
+                cp.shift_src([np[i] for i in cp.src - new_src], [np[i] for i in new_src - cp.src])
                 cp.src = new_src
+                self._touch(cp)
         for name in self._by_dst.get(g, ()):
             cp = self._cpol[name]
             new_dst = self._union(cp.policy.destinations)
             if new_dst != cp.dst:
-                cp.shift_dst(map(ip_of, cp.dst - new_dst), map(ip_of, new_dst - cp.dst))
+                cp.shift_dst([np[i] for i in cp.dst - new_dst], [np[i] for i in new_dst - cp.dst])
                 cp.dst = new_dst
+                self._touch(cp)
         for rname in self._routes_by_group.get(g, ()):
             self._croutes.pop(rname, None)
         return self._counterparts(g)
-
-    def _ip_lookup(self, gone: Mapping[int, str] | None):
-        peers = self._peers
-        if not gone:
-            return lambda pid: peers[pid].overlay_ip
-        return lambda pid: gone[pid] if pid in gone else peers[pid].overlay_ip
 
     def _counterparts(self, g: str) -> set[int]:
         """Peers whose netmap can change when a peer joins or leaves group `g`."""
@@ -391,10 +432,9 @@ class PolicyCompiler:
         if not p.enabled:
             return
         cp = _CompiledPolicy(p, self._union(p.sources), self._union(p.destinations))
-        cp.src_rules = frozenset(cp.in_rule(self._peers[s].overlay_ip) for s in cp.src)
-        if p.bidirectional:
-            cp.dst_rules = frozenset(cp.in_rule(self._peers[d].overlay_ip) for d in cp.dst)
+        cp.fill(self._np)
         self._cpol[p.name] = cp
+        self._touch(cp)
         for g in set(p.sources):
             self._by_src.setdefault(g, set()).add(p.name)
         for g in set(p.destinations):
@@ -407,6 +447,7 @@ class PolicyCompiler:
         cp = self._cpol.pop(name, None)
         if cp is None:
             return
+        self._touch(cp)
         for index, keys in ((self._by_src, cp.policy.sources),
                             (self._by_dst, cp.policy.destinations),
                             (self._by_route, cp.policy.destination_routes)):
@@ -415,6 +456,31 @@ class PolicyCompiler:
                 names.discard(name)
                 if not names:
                     del index[k]
+
+    def _touch(self, cp: _CompiledPolicy) -> None:
+        """`cp` changed: forget the merged parts of every group it names."""
+        for g in (*cp.policy.sources, *cp.policy.destinations):
+            self._gparts.pop(g, None)
+
+    def _group_parts(self, g: str) -> _GroupParts:
+        gp = self._gparts.get(g)
+        if gp is not None:
+            return gp
+        as_src = [self._cpol[n] for n in self._by_src.get(g, ())]
+        as_dst = [self._cpol[n] for n in self._by_dst.get(g, ())]
+        bidir = [cp for cp in as_src if cp.policy.bidirectional]
+        peers = _merge_tables([cp.src_peers for cp in as_dst] + [cp.dst_peers for cp in as_src])
+        gp = _GroupParts(
+            inbound=_union([cp.src_rules for cp in as_dst] + [cp.dst_rules for cp in bidir]),
+            peers=peers,
+            ids=_union([cp.src for cp in as_dst] + [cp.dst for cp in as_src]),
+            own_src=_union([cp.src for cp in as_dst] + [cp.dst for cp in bidir]),
+            as_dst=tuple(as_dst),
+            bidir_as_src=tuple(bidir),
+            with_routes=tuple(cp for cp in as_src if cp.policy.destination_routes),
+        )
+        self._gparts[g] = gp
+        return gp
 
     def _index_route(self, r: Route) -> None:
         self._routes[r.name] = r
@@ -446,48 +512,53 @@ class PolicyCompiler:
         )
         entry = RouteEntry(r.name, r.prefix,
                            tuple((self._peers[pid].public_key, m) for m, _, pid in ranked))
-        cr = _CompiledRoute(r, routers, entry)
+        cr = _CompiledRoute(r, routers, entry,
+                            {self._np[pid].public_key: self._np[pid] for pid in routers})
         self._croutes[name] = cr
         return cr
 
     # --- compiling one peer ------------------------------------------------------------------
 
-    def _compile(self, x: int) -> tuple[Netmap, frozenset[int]]:
+    def _groups(self, x: int) -> tuple[str, ...]:
+        return (*self._groups_of.get(x, ()), ALL_GROUP)
+
+    def _known(self, x: int) -> frozenset[int]:
+        """The peers in x's netmap, by id: the only peers whose netmaps mention x."""
+        ids = [self._group_parts(g).ids for g in self._groups(x)]
+        for g in self._groups(x):
+            for cp in self._group_parts(g).with_routes:
+                for rname in cp.policy.destination_routes:
+                    cr = self._croute(rname)
+                    if cr is not None:
+                        ids.append(cr.routers)
+            for rname in self._routes_by_group.get(g, ()):
+                ids += [self._cpol[n].src for n in self._by_route.get(rname, ())]
+        return _union(ids) - {x}
+
+    def _compile(self, x: int) -> Netmap:
         me = self._peers[x]
         ip = me.overlay_ip
-        groups = (*self._groups_of.get(x, ()), ALL_GROUP)
-        as_src: set[str] = set()
-        as_dst: set[str] = set()
-        for g in groups:
-            as_src.update(self._by_src.get(g, ()))
-            as_dst.update(self._by_dst.get(g, ()))
-
-        inbound: list[frozenset[InboundRule]] = []
+        groups = self._groups(x)
+        gps = [self._group_parts(g) for g in groups]
+        tables = [gp.peers for gp in gps]
+        inbound = [gp.inbound for gp in gps]
         own_rules: set[InboundRule] = set()
-        knows: list[frozenset[int]] = []
         routes: dict[str, RouteEntry] = {}
-        for name in as_dst:
-            cp = self._cpol[name]
-            inbound.append(cp.src_rules)
-            knows.append(cp.src)
-            if x in cp.src:
-                own_rules.add(cp.in_rule(ip))
-        for name in as_src:
-            cp = self._cpol[name]
-            knows.append(cp.dst)
-            if cp.policy.bidirectional:
-                inbound.append(cp.dst_rules)
-                if x in cp.dst:
-                    own_rules.add(cp.in_rule(ip))
-            for rname in cp.policy.destination_routes:
-                cr = self._croute(rname)
-                if cr is None or len(cr.routers) - (x in cr.routers) == 0:
-                    continue  # no router other than x itself
-                knows.append(cr.routers)
-                routes[rname] = cr.entry if x not in cr.routers else RouteEntry(
-                    cr.entry.name, cr.entry.prefix,
-                    tuple(t for t in cr.entry.routers if t[0] != me.public_key))
+        for gp in gps:
+            if x in gp.own_src:
+                own_rules.update(cp.in_rule(ip) for cp in gp.as_dst if x in cp.src)
+                own_rules.update(cp.in_rule(ip) for cp in gp.bidir_as_src if x in cp.dst)
+            for cp in gp.with_routes:
+                for rname in cp.policy.destination_routes:
+                    cr = self._croute(rname)
+                    if cr is None or len(cr.routers) - (x in cr.routers) == 0:
+                        continue  # no router other than x itself
+                    tables.append(cr.router_peers)
+                    routes[rname] = cr.entry if x not in cr.routers else RouteEntry(
+                        cr.entry.name, cr.entry.prefix,
+                        tuple(t for t in cr.entry.routers if t[0] != me.public_key))
 
+        # As a router: forward rules (and masquerade) for the sources of its routes.
         forward: list[frozenset[ForwardRule]] = []
         own_fwd: set[ForwardRule] = set()
         masq: set[str] = set()
@@ -498,27 +569,20 @@ class PolicyCompiler:
                     cp = self._cpol[name]
                     if len(cp.src) - (x in cp.src) == 0:
                         continue  # no source other than x itself
-                    forward.append(cp.fwd_rules(route.prefix, self._peers))
-                    knows.append(cp.src)
+                    forward.append(cp.fwd_rules(route.prefix))
+                    tables.append(cp.src_peers)
                     if x in cp.src:
                         own_fwd.add(cp.fwd_rule(ip, route.prefix))
                     if route.masquerade:
                         masq.add(route.prefix)
 
-        known = _EMPTY.union(*knows) - {x}
-        np = self._np
-        netmap = Netmap(
-            version=0,
-            peer_id=x,
-            name=me.name,
-            overlay_ip=ip,
-            peers={np[y].public_key: np[y] for y in known},
-            inbound=_EMPTY.union(*inbound) - own_rules,
-            routes=routes,
-            forward=_EMPTY.union(*forward) - own_fwd,
-            masquerade=frozenset(masq),
-        )
-        return netmap, known
+        peers = _merge_tables(tables)
+        peers.pop(me.public_key, None)
+        return Netmap(version=0, peer_id=x, name=me.name, overlay_ip=ip, peers=peers,
+                      inbound=_union(inbound) - own_rules if own_rules else _union(inbound),
+                      routes=routes,
+                      forward=_union(forward) - own_fwd if own_fwd else _union(forward),
+                      masquerade=frozenset(masq))
 
     def _recompute(self, todo: Iterable[int]) -> set[int]:
         changed: set[int] = set()
@@ -526,14 +590,35 @@ class PolicyCompiler:
             if x not in self._peers:
                 if self._netmaps.pop(x, None) is not None:
                     changed.add(x)
-                self._knows.pop(x, None)
                 continue
-            nm, known = self._compile(x)
-            self._knows[x] = known
+            nm = self._compile(x)
             if self._netmaps.get(x) != nm:
                 self._netmaps[x] = nm
                 changed.add(x)
         return changed
+
+
+def _union(sets: list[frozenset]) -> frozenset:
+    """Union starting from the largest set (shared as is when the rest add nothing)."""
+    sets = [s for s in sets if s]
+    if not sets:
+        return _EMPTY
+    big = max(sets, key=len)
+    rest = [s for s in sets if s is not big and not s <= big]
+    return big.union(*rest) if rest else big
+
+
+def _merge_tables(tables: list[dict[str, NetmapPeer]]) -> dict[str, NetmapPeer]:
+    """A new dict holding every table's entries (copying the largest is the fast path)."""
+    tables = [t for t in tables if t]
+    if not tables:
+        return {}
+    big = max(tables, key=len)
+    out = big.copy()
+    for t in tables:
+        if t is not big:
+            out.update(t)
+    return out
 
 
 def _netmap_peer(p: PeerInfo) -> NetmapPeer:
