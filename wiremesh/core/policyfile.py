@@ -1,0 +1,528 @@
+"""The policy file: groups, policies, routes and reachability tests as YAML or JSON (pure).
+
+Format (see examples/policy.yaml)::
+
+    groups:                       # group -> peer names; groups not listed are left as they are
+      devs: [alice, bob]
+    routes:                       # optional; when present it replaces every route
+      - {name: lab, prefix: 198.18.1.0/24, routers: routers, metric: 100,
+         router_metrics: {r1: 50}, masquerade: true, enabled: true}
+    policies:                     # replaces every policy
+      - name: devs-ssh
+        sources: [devs]           # groups; `all` is every peer
+        destinations: [servers]
+        proto: tcp                # all | tcp | udp | icmp (default all)
+        ports: [22, "8000-8100"]  # tcp/udp only; none = every port
+        bidirectional: false
+        enabled: true
+        routes: [lab]             # routed prefixes this policy opens to its sources
+        description: ...
+    tests:                        # checked by `run_tests`
+      - {src: alice, dst: web1, proto: tcp, port: 22, expect: allow}
+
+API:
+
+- `parse(text, state=None, source="policy") -> PolicyFile`, raising `PolicyFileError` whose
+  `issues` each name the line and field (`str(err)` is one line for a CLI, `err.lines()` all).
+  With `state`, peer names, group names and route names are checked against it too.
+- `PolicyFile.apply(state) -> MeshState`: the state with the file's groups, policies and
+  (when given) routes.
+- `run_tests(state, tests) -> list[TestFailure]`.
+- `export(state, tests=()) -> str`: YAML that `parse` reads back to the same state.
+- `plan(old, new) -> Plan`: what a change adds/removes/edits and which peers' netmaps change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from wiremesh.core.explain import Explanation, explain
+from wiremesh.core.models import MeshState, Policy, PortRange, Route
+from wiremesh.core.netmap import Netmap
+from wiremesh.core.policy import ALL_GROUP, PolicyCompiler
+
+Path = tuple[str | int, ...]
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Issue:
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line is not None else ""
+        return f"{where}{self.field}: {self.message}" if self.field else f"{where}{self.message}"
+
+
+class PolicyFileError(ValueError):
+    """A policy file that cannot be used; every issue names its line and field."""
+
+    def __init__(self, source: str, issues: Sequence[Issue]) -> None:
+        self.source = source
+        self.issues = tuple(issues)
+        more = f" (and {len(self.issues) - 1} more)" if len(self.issues) > 1 else ""
+        super().__init__(f"{source}: {self.issues[0]}{more}")
+
+    def lines(self) -> list[str]:
+        return [f"{self.source}: {i}" for i in self.issues]
+
+
+def _field(path: Path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+# --- the schema ------------------------------------------------------------------------------
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64,
+                                        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")]
+
+
+def _port(v: Any) -> PortRange:
+    if isinstance(v, bool) or not isinstance(v, int | str):
+        raise ValueError(f"bad port {v!r}: expected N or \"N-M\" with 1..65535")
+    return PortRange.parse(v)
+
+
+Port = Annotated[PortRange, PlainValidator(_port)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _PolicyIn(_Model):
+    name: Name
+    description: str = ""
+    sources: list[Name] = Field(min_length=1)
+    destinations: list[Name] = []
+    proto: Literal["all", "tcp", "udp", "icmp"] = "all"
+    ports: list[Port] = []
+    bidirectional: bool = False
+    enabled: bool = True
+    routes: list[Name] = []
+
+    @field_validator("ports")
+    @classmethod
+    def _ports_need_tcp_or_udp(cls, v: list[PortRange], info: ValidationInfo) -> list[PortRange]:
+        proto = info.data.get("proto")
+        if v and proto in ("all", "icmp"):
+            raise ValueError(f"ports make no sense with proto {proto}: use tcp or udp")
+        return v
+
+    @model_validator(mode="after")
+    def _somewhere_to_go(self) -> _PolicyIn:
+        if not self.destinations and not self.routes:
+            raise ValueError("a policy needs destinations or routes")
+        return self
+
+
+class _RouteIn(_Model):
+    name: Name
+    prefix: str
+    routers: Name
+    metric: int = Field(100, ge=0, le=1_000_000)
+    router_metrics: dict[str, Annotated[int, Field(ge=0, le=1_000_000)]] = {}
+    masquerade: bool = True
+    enabled: bool = True
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        try:
+            return str(ipaddress.ip_network(v))
+        except ValueError as e:
+            raise ValueError(f"bad prefix {v!r}: {e}") from None
+
+
+class _TestIn(_Model):
+    src: str = Field(min_length=1)
+    dst: str = Field(min_length=1)
+    proto: Literal["tcp", "udp", "icmp"]
+    port: int | None = Field(None, ge=1, le=65535)
+    expect: Literal["allow", "deny"]
+
+    @model_validator(mode="after")
+    def _port_fits_proto(self) -> _TestIn:
+        if self.proto == "icmp" and self.port is not None:
+            raise ValueError("a port makes no sense with proto icmp")
+        if self.proto in ("tcp", "udp") and self.port is None:
+            raise ValueError(f"proto {self.proto} needs a port")
+        return self
+
+
+class _FileIn(_Model):
+    groups: dict[str, list[str]] = {}
+    routes: list[_RouteIn] | None = None
+    policies: list[_PolicyIn] = []
+    tests: list[_TestIn] = []
+
+
+# --- the result ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyTest:
+    src: str
+    dst: str
+    proto: Literal["tcp", "udp", "icmp"]
+    port: int | None
+    expect: Literal["allow", "deny"]
+    line: int | None = None
+
+    def __str__(self) -> str:
+        port = f"/{self.port}" if self.port is not None else ""
+        return f"{self.src} -> {self.dst} {self.proto}{port} expect {self.expect}"
+
+
+@dataclass(frozen=True)
+class PolicyFile:
+    groups: dict[str, tuple[str, ...]]  # group -> peer names
+    policies: tuple[Policy, ...]
+    routes: tuple[Route, ...] | None  # None: the file has no routes section
+    tests: tuple[PolicyTest, ...]
+
+    def apply(self, state: MeshState) -> MeshState:
+        """`state` with this file's groups, policies and routes (peer names must resolve)."""
+        ids: dict[str, list[int]] = {}
+        for pid, p in state.peers.items():
+            ids.setdefault(p.name, []).append(pid)
+        issues = []
+        groups = dict(state.groups)
+        for g, names in self.groups.items():
+            members = set()
+            for n in names:
+                found = ids.get(n, [])
+                if len(found) != 1:
+                    issues.append(Issue(None, f"groups.{g}", f"peer name {n!r} matches "
+                                        f"{len(found) or 'no'} peers"))
+                members.update(found)
+            groups[g] = frozenset(members)
+        if issues:
+            raise PolicyFileError("policy", issues)
+        return MeshState(peers=state.peers, groups=groups, policies=self.policies,
+                         routes=self.routes if self.routes is not None else state.routes)
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def _load(text: str) -> tuple[Any, dict[Path, int], list[Issue]]:
+    """Data, the line of every path, and duplicate-key issues."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        if text.lstrip().startswith(("{", "[")):
+            try:  # JSON that PyYAML's YAML 1.1 does not take: no line map, but usable
+                return json.loads(text), {}, []
+            except json.JSONDecodeError as je:
+                raise PolicyFileError("policy", [Issue(je.lineno, "", f"bad JSON: {je.msg}")]
+                                      ) from None
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        raise PolicyFileError("policy", [Issue(mark.line + 1 if mark else None, "",
+                                               f"bad YAML: {problem}")]) from None
+    lines: dict[Path, int] = {}
+    dups: list[Issue] = []
+
+    def walk(n: yaml.Node, path: Path) -> None:
+        lines[path] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            seen: set[Any] = set()
+            for k, v in n.value:
+                key = k.value
+                if key in seen:
+                    dups.append(Issue(k.start_mark.line + 1, _field((*path, key)),
+                                      f"duplicate key {key!r}"))
+                seen.add(key)
+                walk(v, (*path, key))
+                lines[(*path, key)] = k.start_mark.line + 1
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                walk(v, (*path, i))
+
+    if node is not None:
+        walk(node, ())
+    return ({} if data is None else data), lines, dups
+
+
+def _line(lines: dict[Path, int], path: Path) -> int | None:
+    for i in range(len(path), -1, -1):
+        if path[:i] in lines:
+            return lines[path[:i]]
+    return None
+
+
+def parse(text: str, state: MeshState | None = None, source: str = "policy") -> PolicyFile:
+    """Parse and validate a policy file; with `state`, names are checked against it too."""
+    try:
+        data, lines, issues = _load(text)
+    except PolicyFileError as e:
+        raise PolicyFileError(source, e.issues) from None
+
+    def issue(path: Path, msg: str) -> None:
+        issues.append(Issue(_line(lines, path), _field(path), msg))
+
+    if not isinstance(data, dict):
+        raise PolicyFileError(source, [Issue(1, "", "expected a mapping with groups, "
+                                                    "policies, routes and tests")])
+    try:
+        f = _FileIn.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors():
+            loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith(
+                ("function-", "[key]"))))
+            msg = err["msg"].removeprefix("Value error, ")
+            issue(loc, msg)
+        raise PolicyFileError(source, sorted(issues, key=lambda i: i.line or 0)) from None
+
+    _check_names(f, state, issue)
+    if issues:
+        raise PolicyFileError(source, sorted(issues, key=lambda i: i.line or 0))
+    return PolicyFile(
+        groups={g: tuple(m) for g, m in f.groups.items()},
+        policies=tuple(
+            Policy(name=p.name, sources=tuple(p.sources), destinations=tuple(p.destinations),
+                   protocol=p.proto, ports=tuple(p.ports), bidirectional=p.bidirectional,
+                   enabled=p.enabled, destination_routes=tuple(p.routes),
+                   description=p.description)
+            for p in f.policies),
+        routes=None if f.routes is None else tuple(
+            Route(name=r.name, prefix=r.prefix, router_group=r.routers, metric=r.metric,
+                  router_metrics=tuple(sorted(r.router_metrics.items())),
+                  masquerade=r.masquerade, enabled=r.enabled)
+            for r in f.routes),
+        tests=tuple(PolicyTest(t.src, t.dst, t.proto, t.port, t.expect,
+                               _line(lines, ("tests", i)))
+                    for i, t in enumerate(f.tests)),
+    )
+
+
+def _check_names(f: _FileIn, state: MeshState | None, issue) -> None:
+    peers = None if state is None else {p.name for p in state.peers.values()}
+    groups = {ALL_GROUP, *f.groups, *(state.groups if state else ())}
+    routes = {r.name for r in f.routes} if f.routes is not None else (
+        {r.name for r in state.routes} if state is not None else None)
+
+    def peer(path: Path, name: str) -> None:
+        if peers is not None and name not in peers:
+            issue(path, f"unknown peer {name!r}")
+
+    for g, members in f.groups.items():
+        if g == ALL_GROUP:
+            issue(("groups", g), f"group {ALL_GROUP!r} is built in (every peer); "
+                                 "it cannot be defined")
+        for i, m in enumerate(members):
+            peer(("groups", g, i), m)
+    seen: set[str] = set()
+    for i, r in enumerate(f.routes or ()):
+        if r.name in seen:
+            issue(("routes", i, "name"), f"duplicate route name {r.name!r}")
+        seen.add(r.name)
+        if r.routers not in groups:
+            issue(("routes", i, "routers"), f"unknown group {r.routers!r}")
+        for name in r.router_metrics:
+            peer(("routes", i, "router_metrics", name), name)
+    seen = set()
+    for i, p in enumerate(f.policies):
+        if p.name in seen:
+            issue(("policies", i, "name"), f"duplicate policy name {p.name!r}")
+        seen.add(p.name)
+        for key in ("sources", "destinations"):
+            for j, g in enumerate(getattr(p, key)):
+                if g not in groups:
+                    issue(("policies", i, key, j), f"unknown group {g!r}")
+        for j, r in enumerate(p.routes):
+            if routes is not None and r not in routes:
+                issue(("policies", i, "routes", j), f"unknown route {r!r}")
+    for i, t in enumerate(f.tests):
+        peer(("tests", i, "src"), t.src)
+        peer(("tests", i, "dst"), t.dst)
+        if t.src == t.dst:
+            issue(("tests", i, "dst"), "source and destination are the same peer")
+
+
+# --- tests, export, plan ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestFailure:
+    test: PolicyTest
+    explanation: Explanation | None
+    message: str
+
+
+def run_tests(state: MeshState, tests: Iterable[PolicyTest]) -> list[TestFailure]:
+    """The tests whose expectation the state does not meet (empty = all pass)."""
+    failures = []
+    for t in tests:
+        where = f"line {t.line}: " if t.line is not None else ""
+        try:
+            ex = explain(state, t.src, t.dst, t.proto, t.port)
+        except ValueError as e:
+            failures.append(TestFailure(t, None, f"{where}{t}: {e}"))
+            continue
+        if ex.allowed != (t.expect == "allow"):
+            got = "allow" if ex.allowed else "deny"
+            failures.append(TestFailure(t, ex, f"{where}{t}, got {got}: {ex.summary()}"))
+    return failures
+
+
+class _Flow(list):
+    """A list YAML writes inline: `[a, b]`."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(
+    _Flow, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def _ports_out(ports: tuple[PortRange, ...]) -> _Flow:
+    return _Flow(p.start if p.start == p.end else str(p) for p in ports)
+
+
+def export(state: MeshState, tests: Iterable[PolicyTest] = ()) -> str:
+    """The state's groups, routes and policies (and `tests`) as a policy file."""
+    names = {pid: p.name for pid, p in state.peers.items()}
+    doc: dict[str, Any] = {"groups": {
+        g: _Flow(sorted(names[m] for m in members if m in names))
+        for g, members in sorted(state.groups.items()) if g != ALL_GROUP}}
+    routes = []
+    for r in state.routes:
+        out: dict[str, Any] = {"name": r.name, "prefix": r.prefix, "routers": r.router_group,
+                               "metric": r.metric}
+        if r.router_metrics:
+            out["router_metrics"] = dict(r.router_metrics)
+        out["masquerade"] = r.masquerade
+        if not r.enabled:
+            out["enabled"] = False
+        routes.append(out)
+    doc["routes"] = routes
+    policies = []
+    for p in state.policies:
+        out = {"name": p.name}
+        if p.description:
+            out["description"] = p.description
+        out["sources"] = _Flow(p.sources)
+        if p.destinations:
+            out["destinations"] = _Flow(p.destinations)
+        out["proto"] = p.protocol
+        if p.ports:
+            out["ports"] = _ports_out(p.ports)
+        if p.bidirectional:
+            out["bidirectional"] = True
+        if not p.enabled:
+            out["enabled"] = False
+        if p.destination_routes:
+            out["routes"] = _Flow(p.destination_routes)
+        policies.append(out)
+    doc["policies"] = policies
+    tests = [{k: v for k, v in (("src", t.src), ("dst", t.dst), ("proto", t.proto),
+                                ("port", t.port), ("expect", t.expect)) if v is not None}
+             for t in tests]
+    if tests:
+        doc["tests"] = tests
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
+
+
+@dataclass(frozen=True)
+class PeerChange:
+    peer_id: int
+    name: str
+    peers_added: int
+    peers_removed: int
+    rules_added: int
+    rules_removed: int
+    routes_changed: int
+    forward_changed: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    policies_added: tuple[str, ...]
+    policies_removed: tuple[str, ...]
+    policies_changed: tuple[str, ...]
+    groups_added: tuple[str, ...]
+    groups_removed: tuple[str, ...]
+    groups_changed: tuple[str, ...]
+    routes_added: tuple[str, ...]
+    routes_removed: tuple[str, ...]
+    routes_changed: tuple[str, ...]
+    peers: tuple[PeerChange, ...]  # peers whose netmap changes, by name
+
+    @property
+    def empty(self) -> bool:
+        return not any(getattr(self, f) for f in self.__dataclass_fields__)
+
+    def lines(self) -> list[str]:
+        out = []
+        for kind in ("policies", "groups", "routes"):
+            for verb, sign in (("added", "+"), ("removed", "-"), ("changed", "~")):
+                out += [f"{sign} {kind[:-1] if kind != 'policies' else 'policy'} {n}"
+                        for n in getattr(self, f"{kind}_{verb}")]
+        for c in self.peers:
+            out.append(f"  netmap of {c.name}: peers +{c.peers_added}/-{c.peers_removed}, "
+                       f"inbound rules +{c.rules_added}/-{c.rules_removed}"
+                       + (f", routes ~{c.routes_changed}" if c.routes_changed else "")
+                       + (f", forward rules ~{c.forward_changed}" if c.forward_changed else ""))
+        return out
+
+
+def _diff_names(old: dict[str, Any], new: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
+    return (tuple(sorted(new.keys() - old.keys())), tuple(sorted(old.keys() - new.keys())),
+            tuple(sorted(k for k in old.keys() & new.keys() if old[k] != new[k])))
+
+
+def _peer_change(pid: int, name: str, a: Netmap | None, b: Netmap | None) -> PeerChange:
+    empty = Netmap(0, pid, name, "")
+    a, b = a or empty, b or empty
+    return PeerChange(
+        pid, name, len(b.peers.keys() - a.peers.keys()), len(a.peers.keys() - b.peers.keys()),
+        len(b.inbound - a.inbound), len(a.inbound - b.inbound),
+        len({k for k in a.routes.keys() | b.routes.keys() if a.routes.get(k) != b.routes.get(k)}),
+        len(a.forward ^ b.forward))
+
+
+def plan(old: MeshState, new: MeshState) -> Plan:
+    """What moving from `old` to `new` changes (one full compile of `old`, then incremental)."""
+    compiler = PolicyCompiler(old)
+    before = dict(compiler.netmaps)
+    changed = compiler.update(new)
+    names = {**{pid: p.name for pid, p in old.peers.items()},
+             **{pid: p.name for pid, p in new.peers.items()}}
+    groups_old = {g: m for g, m in old.groups.items() if g != ALL_GROUP}
+    groups_new = {g: m for g, m in new.groups.items() if g != ALL_GROUP}
+    pa, pr, pc = _diff_names({p.name: p for p in old.policies}, {p.name: p for p in new.policies})
+    ga, gr, gc = _diff_names(groups_old, groups_new)
+    ra, rr, rc = _diff_names({r.name: r for r in old.routes}, {r.name: r for r in new.routes})
+    peers = tuple(sorted((_peer_change(pid, names[pid], before.get(pid),
+                                       compiler.netmaps.get(pid)) for pid in changed),
+                         key=lambda c: (c.name, c.peer_id)))
+    return Plan(pa, pr, pc, ga, gr, gc, ra, rr, rc, peers)
