@@ -1,0 +1,84 @@
+"""The nftables renderer (pure): what goes into which set, and the shape of the script."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from wiremesh.core.models import PortRange
+from wiremesh.core.netmap import ForwardRule, InboundRule, Netmap
+from wiremesh.firewall.render import RenderError, render
+
+
+def nm(inbound=(), forward=(), masquerade=()) -> Netmap:
+    return Netmap(version=7, peer_id=1, name="b", overlay_ip="100.64.0.2",
+                  inbound=frozenset(inbound), forward=frozenset(forward),
+                  masquerade=frozenset(masquerade))
+
+
+def elements(script: str, set_name: str) -> list[str]:
+    m = re.search(rf"\tset {set_name} {{\n(.*?)\n\t}}", script, re.S)
+    assert m, f"set {set_name} missing"
+    return [ln.strip().rstrip(",") for ln in m.group(1).splitlines()
+            if ln.startswith("\t\t\t")]
+
+
+def P(a: int, b: int | None = None) -> PortRange:
+    return PortRange(a, a if b is None else b)
+
+
+def test_empty_netmap_drops_every_new_connection_from_the_mesh_only() -> None:
+    s = render(nm(), "wg0")
+    assert s.splitlines()[1:4] == ["table inet wiremesh", "delete table inet wiremesh",
+                                   "table inet wiremesh {"]
+    assert '\t\tiifname "wg0" jump from_mesh' in s
+    assert '\t\tiifname "wg0" jump mesh_forward' in s
+    body = s.split("chain from_mesh {")[1].split("}")[0].splitlines()
+    assert body[1].strip() == "ct state established,related accept"
+    assert body[2].strip() == "ct state invalid drop"
+    assert body[-2].strip() == "counter drop"
+    assert "policy accept" in s and "policy drop" not in s  # the underlay is not ours
+    assert "postrouting" not in s and "elements" not in s
+
+
+def test_inbound_rules_land_in_their_sets_merged() -> None:
+    s = render(nm(inbound=[
+        InboundRule("100.64.0.5", "tcp", (P(22), P(8000, 8100))),
+        InboundRule("100.64.0.5", "tcp", (P(23, 30),)),  # merges with 22
+        InboundRule("100.64.0.6", "udp"),  # every port
+        InboundRule("100.64.0.7", "icmp"),
+        InboundRule("100.64.0.8", "all"),
+        InboundRule("100.64.0.8", "tcp", (P(80),)),  # swallowed by all
+    ]), "wg0")
+    assert elements(s, "in_tcp") == ["100.64.0.5 . 22-30", "100.64.0.5 . 8000-8100"]
+    assert elements(s, "in_udp") == ["100.64.0.6 . 0-65535"]
+    assert elements(s, "in_icmp") == ["100.64.0.7"]
+    assert elements(s, "in_any") == ["100.64.0.8"]
+
+
+def test_forward_rules_and_masquerade() -> None:
+    s = render(nm(forward=[
+        ForwardRule("100.64.0.5", "198.18.1.0/24", "tcp", (P(443),)),
+        ForwardRule("100.64.0.6", "198.18.0.0/15", "all"),
+    ], masquerade=["198.18.1.0/24", "198.18.0.0/15"]), "wg0")
+    assert elements(s, "fwd_tcp") == ["100.64.0.5 . 198.18.1.0/24 . 443"]
+    assert elements(s, "fwd_any") == ["100.64.0.6 . 198.18.0.0/15"]
+    assert elements(s, "masq_dst") == ["198.18.0.0/15"]  # overlapping prefixes collapsed
+    assert "\t\tip saddr 100.64.0.0/10 ip daddr @masq_dst masquerade" in s
+
+
+def test_render_is_deterministic() -> None:
+    rules = [InboundRule(f"100.64.0.{i}", "tcp", (P(i),)) for i in range(1, 200)]
+    assert render(nm(inbound=rules), "wg0") == render(nm(inbound=reversed(rules)), "wg0")
+
+
+@pytest.mark.parametrize(("netmap", "ifname", "message"), [
+    (nm(), 'wg0"; flush ruleset; "', "ifname"),
+    (nm(), "a-very-long-interface-name", "ifname"),
+    (nm(inbound=[InboundRule("fd00::1", "all")]), "wg0", "inbound src"),
+    (nm(forward=[ForwardRule("100.64.0.1", "198.18.1.1/24", "all")]), "wg0", "prefix"),
+])
+def test_bad_input_is_refused(netmap: Netmap, ifname: str, message: str) -> None:
+    with pytest.raises(RenderError, match=message):
+        render(netmap, ifname)

@@ -1,0 +1,44 @@
+"""Apply a rendered ruleset with `nft -f -` (one atomic transaction) and remove it.
+
+- `apply(netmap, ifname, netns=None)`: render and load; the old `inet wiremesh` table is
+  replaced in the same transaction, so no packet ever sees a half-applied ruleset.
+- `load(script, netns=None, check=False)`: load (or only check, `nft -c`) a script.
+- `remove(netns=None)`: delete table `inet wiremesh` (no error if it is absent).
+
+Everything runs in the current network namespace, or in `netns` (via `ip netns exec`) when
+given, e.g. by lab scenarios driving hosts from outside.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from wiremesh.core.netmap import Netmap
+from wiremesh.firewall.render import OVERLAY, TABLE, render
+
+
+class NftError(RuntimeError):
+    pass
+
+
+def load(script: str, netns: str | None = None, check: bool = False,
+         timeout: float = 30.0) -> None:
+    nft = shutil.which("nft")
+    if not nft:
+        raise NftError("nft not found; install the 'nftables' package")
+    cmd = [nft, *(["-c"] if check else []), "-f", "-"]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    res = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=timeout)
+    if res.returncode != 0:
+        raise NftError(f"nft {'check' if check else 'load'} failed: {res.stderr.strip()}")
+
+
+def apply(netmap: Netmap, ifname: str, netns: str | None = None,
+          overlay: str = OVERLAY) -> None:
+    load(render(netmap, ifname, overlay), netns=netns)
+
+
+def remove(netns: str | None = None) -> None:
+    load(f"table inet {TABLE}\ndelete table inet {TABLE}\n", netns=netns)
