@@ -1,0 +1,240 @@
+"""The nftables ruleset with real traffic: three peers over wireguard-go, one of them (b) also
+routing an internal network. b's netmap allows a few things; everything else must be dropped,
+replies must pass, the underlay must not be touched, and a replace must be atomic.
+
+    a 100.64.0.1 --\\                       /-- n 198.18.1.2 (internal, no route to the mesh)
+                    >-- b 100.64.0.2 (router)
+    c 100.64.0.3 --/
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from wiremesh.core.models import PortRange
+from wiremesh.core.netmap import ForwardRule, InboundRule, Netmap
+from wiremesh.firewall import nft
+from wiremesh.firewall.render import render
+from wiremesh.lab.netns import Host, Lab, missing_requirements
+from wiremesh.wg.backend import WgPeerConfig
+from wiremesh.wg.keys import generate_private_key, public_key_of
+from wiremesh.wg.uapi import WireguardGoBackend
+
+pytestmark = pytest.mark.e2e
+
+if missing := missing_requirements():
+    pytest.skip(f"lab needs: {', '.join(missing)}", allow_module_level=True)
+
+INTERNAL = "198.18.1.0/24"
+OVERLAY = {"a": "100.64.0.1", "b": "100.64.0.2", "c": "100.64.0.3"}
+N_IP = "198.18.1.2"
+
+# Echo servers: argv = proto:port ...; each answers what it receives, prefixed with "ok ".
+SERVER = r"""
+import socket, sys, threading
+def tcp(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(64)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=lambda c=c: (c.sendall(b"ok " + c.recv(100)), c.close()),
+                         daemon=True).start()
+def udp(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
+    while True:
+        data, addr = s.recvfrom(100); s.sendto(b"ok " + data, addr)
+for spec in sys.argv[1:]:
+    proto, port = spec.split(":")
+    threading.Thread(target=tcp if proto == "tcp" else udp, args=(int(port),)).start()
+"""
+
+# One probe: exit 0 when the echo came back within the timeout.
+CLIENT = r"""
+import socket, sys
+proto, host, port, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+try:
+    if proto == "tcp":
+        s = socket.create_connection((host, port), timeout=timeout)
+        s.sendall(b"hi"); s.settimeout(timeout); ok = s.recv(100) == b"ok hi"
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(timeout)
+        s.sendto(b"hi", (host, port)); ok = s.recvfrom(100)[0] == b"ok hi"
+except OSError:
+    ok = False
+sys.exit(0 if ok else 1)
+"""
+
+BLOCKED_TIMEOUT = 0.6  # a dropped SYN/datagram shows as a timeout this long
+
+
+@dataclass
+class Mesh:
+    lab: Lab
+    hosts: dict[str, Host]
+    wg_if: dict[str, str]
+
+    def probe(self, src: str, proto: str, dst: str, port: int,
+              timeout: float = BLOCKED_TIMEOUT) -> bool:
+        h = self.hosts[src]
+        res = h.run([sys.executable, "-c", CLIENT, proto, dst, str(port), str(timeout)],
+                    check=False, timeout=timeout + 10)
+        return res.returncode == 0
+
+    def eventually(self, src: str, proto: str, dst: str, port: int, deadline_s: float = 10.0
+                   ) -> bool:
+        """For things that must work: retry (first handshakes, servers starting)."""
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            if self.probe(src, proto, dst, port, timeout=1.0):
+                return True
+        return False
+
+    def apply(self, netmap: Netmap) -> None:
+        nft.apply(netmap, self.wg_if["b"], netns=self.hosts["b"].ns)
+
+
+def _wireguard(lab: Lab, hosts: dict[str, Host]) -> tuple[dict[str, str], list]:
+    keys = {n: generate_private_key() for n in OVERLAY}
+    ifs, backends = {}, []
+    for n in OVERLAY:
+        ifs[n] = lab.name(f"w{n}")
+        wg = WireguardGoBackend(ifs[n], netns=hosts[n].ns)
+        backends.append(wg)
+        wg.set_device(keys[n], 51820)
+        hosts[n].run(["ip", "addr", "add", f"{OVERLAY[n]}/10", "dev", ifs[n]])
+        hosts[n].run(["ip", "link", "set", ifs[n], "up"])
+        if n == "b":
+            wg.set_peers([WgPeerConfig(public_key_of(keys[x]), (f"{OVERLAY[x]}/32",),
+                                       f"{hosts[x].ip}:51820") for x in ("a", "c")], [])
+        else:
+            wg.set_peers([WgPeerConfig(public_key_of(keys["b"]), (f"{OVERLAY['b']}/32",
+                                                                  INTERNAL),
+                                       f"{hosts['b'].ip}:51820")], [])
+            hosts[n].run(["ip", "route", "add", INTERNAL, "dev", ifs[n]])
+    return ifs, backends
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[Mesh]:
+    with Lab() as lab:
+        backends = []
+        try:
+            under = lab.add_switch("u", "192.0.2.0/24")
+            inside = lab.add_switch("i", INTERNAL)
+            hosts = {n: lab.add_host(n) for n in ("a", "b", "c", "n")}
+            for n in ("a", "b", "c"):
+                lab.connect(hosts[n], under)
+            lab.connect(hosts["b"], inside, "198.18.1.1/24")
+            lab.connect(hosts["n"], inside, f"{N_IP}/24")
+            hosts["b"].run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            ifs, backends = _wireguard(lab, hosts)
+            for n, specs in (("b", ["tcp:8080", "tcp:9090", "udp:5353", "udp:5454"]),
+                             ("n", ["tcp:8080", "tcp:9090"]), ("a", ["tcp:7070"])):
+                hosts[n].popen([sys.executable, "-c", SERVER, *specs])
+            m = Mesh(lab, hosts, ifs)
+            # Without the masquerade n cannot answer the mesh, so bring it up first.
+            m.apply(B_NETMAP)
+            yield m
+        finally:
+            for wg in backends:
+                wg.close()
+
+
+def P(a: int) -> tuple[PortRange, ...]:
+    return (PortRange(a, a),)
+
+
+B_NETMAP = Netmap(
+    version=1, peer_id=2, name="b", overlay_ip=OVERLAY["b"],
+    inbound=frozenset({InboundRule(OVERLAY["a"], "tcp", P(8080)),
+                       InboundRule(OVERLAY["a"], "udp", P(5353)),
+                       InboundRule(OVERLAY["c"], "icmp")}),
+    forward=frozenset({ForwardRule(OVERLAY["a"], INTERNAL, "tcp", P(8080))}),
+    masquerade=frozenset({INTERNAL}),
+)
+
+
+def test_allowed_traffic_passes_and_replies_come_back(mesh: Mesh) -> None:
+    b = OVERLAY["b"]
+    assert mesh.eventually("a", "tcp", b, 8080)
+    assert mesh.eventually("a", "udp", b, 5353)
+    assert mesh.hosts["c"].ping(b, count=3, timeout_s=1)
+    # b opens a connection out to a: a's answers come in on b's WireGuard iface, established.
+    assert mesh.eventually("b", "tcp", OVERLAY["a"], 7070)
+    # Routed, forwarded and masqueraded into the internal network.
+    assert mesh.eventually("a", "tcp", N_IP, 8080)
+
+
+def test_everything_else_from_the_mesh_is_dropped(mesh: Mesh) -> None:
+    b = OVERLAY["b"]
+    assert mesh.eventually("a", "tcp", b, 8080)  # the tunnel is up: drops are the firewall's
+    assert not mesh.probe("a", "tcp", b, 9090)
+    assert not mesh.probe("a", "udp", b, 5454)
+    assert not mesh.probe("c", "tcp", b, 8080)
+    assert not mesh.hosts["a"].ping(b, count=1, timeout_s=BLOCKED_TIMEOUT)
+    assert not mesh.probe("a", "tcp", N_IP, 9090)
+    assert not mesh.probe("c", "tcp", N_IP, 8080)
+
+
+def test_underlay_is_untouched(mesh: Mesh) -> None:
+    # b drops pings from a over the mesh, but not over the underlay.
+    assert mesh.hosts["a"].ping(mesh.hosts["b"].ip, count=1, timeout_s=1)
+    assert mesh.probe("a", "tcp", mesh.hosts["b"].ip, 9090, timeout=2)
+
+
+def test_replace_is_atomic_and_remove_opens_everything(mesh: Mesh) -> None:
+    b = OVERLAY["b"]
+    swapped = Netmap(version=2, peer_id=2, name="b", overlay_ip=b,
+                     inbound=frozenset({InboundRule(OVERLAY["a"], "tcp", P(9090))}))
+    try:
+        mesh.apply(swapped)
+        assert mesh.eventually("a", "tcp", b, 9090)
+        assert not mesh.probe("a", "tcp", b, 8080)
+        nft.remove(netns=mesh.hosts["b"].ns)
+        nft.remove(netns=mesh.hosts["b"].ns)  # absent table: still fine
+        assert mesh.eventually("a", "tcp", b, 8080)
+        assert mesh.eventually("a", "udp", b, 5454)
+    finally:
+        mesh.apply(B_NETMAP)
+
+
+def test_a_large_ruleset_loads_quickly(mesh: Mesh) -> None:
+    rnd = random.Random(3)
+    ips = [f"100.{64 + i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(1, 5001)]
+    inbound = {InboundRule(ip, rnd.choice(["tcp", "udp"]),
+                           (PortRange(p := rnd.randint(1, 60000), p + rnd.randint(0, 100)),))
+               for ip in ips}
+    inbound |= {InboundRule(ip, "icmp") for ip in ips[:1000]}
+    big = Netmap(version=3, peer_id=2, name="b", overlay_ip=OVERLAY["b"],
+                 inbound=frozenset(inbound),
+                 forward=frozenset(ForwardRule(ip, INTERNAL, "tcp", P(443)) for ip in ips[:2000]),
+                 masquerade=frozenset({INTERNAL}))
+    script = render(big, mesh.wg_if["b"])
+    ns = mesh.hosts["b"].ns
+    nft.load(script, netns=ns, check=True)
+    try:
+        t0 = time.monotonic()
+        nft.load(script, netns=ns)
+        took = time.monotonic() - t0
+        listed = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "set", "inet",
+                                 "wiremesh", "in_icmp"], capture_output=True, text=True,
+                                check=True).stdout
+        assert listed.count("100.64.") == 1000
+        assert took < 10, f"loading 8000 elements took {took:.1f} s"
+    finally:
+        mesh.apply(B_NETMAP)
+
+
+def test_a_broken_script_changes_nothing(mesh: Mesh) -> None:
+    with pytest.raises(nft.NftError, match="nft load failed"):
+        nft.load(render(B_NETMAP, mesh.wg_if["b"]) + "this is not nft\n",
+                 netns=mesh.hosts["b"].ns)
+    assert mesh.eventually("a", "tcp", OVERLAY["b"], 8080)
+    assert not mesh.probe("a", "tcp", OVERLAY["b"], 9090)
