@@ -20,7 +20,8 @@ class PortRange:
 
     def __post_init__(self) -> None:
         if not (1 <= self.start <= self.end <= 65535):
-            raise ValueError(f"bad port range {self.start}-{self.end}: need 1 <= start <= end <= 65535")
+            raise ValueError(
+                f"bad port range {self.start}-{self.end}: need 1 <= start <= end <= 65535")
 
     def __str__(self) -> str:
         return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"

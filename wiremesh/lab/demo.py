@@ -37,8 +37,8 @@ def all_pairs(mesh: MeshLab, ips: dict[str, str]):
             if b != a_name]
 
 
-def run_demo(n_agents: int, console: Console) -> dict[str, Any]:
-    with Lab() as lab:
+def run_demo(n_agents: int, console: Console, run_id: str | None = None) -> dict[str, Any]:
+    with Lab(run_id) as lab:
         console.print(f"lab [bold]{lab.id}[/]: 1 server + {n_agents} agents on 192.0.2.0/24")
         mesh = build_mesh(lab, [f"a{i}" for i in range(1, n_agents + 1)])
         try:

@@ -35,9 +35,11 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            hub.stop()
+            try:
+                await asyncio.wait_for(task, 10)
+            except TimeoutError:
+                task.cancel()
             await engine.dispose()
 
     app = FastAPI(title="wiremesh", version="0.1.0", lifespan=lifespan,

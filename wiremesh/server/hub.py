@@ -31,6 +31,7 @@ class NetmapHub:
         self._waiters: dict[int, set[asyncio.Event]] = {}
         self._lock = asyncio.Lock()
         self._dirty = asyncio.Event()
+        self._stopping = False
 
     async def refresh(self) -> set[int]:
         """Reload the store and recompute; returns the ids of peers whose netmap changed."""
@@ -68,7 +69,7 @@ class NetmapHub:
     async def run(self, poll_interval: float = 1.0) -> None:
         """Refresh on poke, and poll the store's revision so changes made through another
         replica (same database) reach this replica's streams too."""
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._dirty.wait(), poll_interval)
             except TimeoutError:
@@ -79,10 +80,17 @@ class NetmapHub:
                     log.exception("revision poll failed")
                     continue
             self._dirty.clear()
+            if self._stopping:
+                return
             try:
                 await self.refresh()
             except Exception:
                 log.exception("netmap refresh failed")
+
+    def stop(self) -> None:
+        """End `run` at its next safe point (never in the middle of a store read)."""
+        self._stopping = True
+        self._dirty.set()
 
     def subscribe(self, peer_id: int) -> asyncio.Event:
         ev = asyncio.Event()

@@ -1,0 +1,107 @@
+"""The netmap stream over real HTTP (uvicorn on loopback): full map first, then deltas,
+and resume from a version."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+
+from wiremesh.server.app import create_app
+from wiremesh.wg.keys import generate_private_key, public_key_of
+
+
+@pytest.fixture
+def live(tmp_path) -> Iterator[tuple[httpx.Client, dict[str, str]]]:
+    tokens: list[str] = []
+    app = create_app(f"sqlite:///{tmp_path}/s.db", on_admin_token=tokens.append,
+                     poll_interval=0.2)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        with httpx.Client(base_url=url, timeout=httpx.Timeout(10.0)) as c:
+            yield c, {"Authorization": f"Bearer {tokens[0]}"}
+    finally:
+        server.should_exit = True
+        t.join(15)
+
+
+def enroll(c: httpx.Client, key: str, name: str) -> dict:
+    r = c.post("/api/v1/enroll", json={"setup_key": key, "hostname": name,
+                                       "public_key": public_key_of(generate_private_key()),
+                                       "endpoints": ["192.0.2.7:51820"]})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def messages(r: httpx.Response) -> Iterator[dict]:
+    for line in r.iter_lines():
+        if line:
+            msg = json.loads(line)
+            if msg["type"] != "ping":
+                yield msg
+
+
+def test_full_then_deltas_then_resume(live) -> None:
+    c, admin = live
+    key = c.post("/api/v1/setup-keys", json={"name": "k", "reusable": True},
+                 headers=admin).json()["key"]
+    a = enroll(c, key, "a")
+    auth = {"Authorization": f"Bearer {a['token']}"}
+    with c.stream("GET", "/api/v1/agent/netmap", headers=auth) as r:
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        it = messages(r)
+        first = next(it)
+        assert first["type"] == "full" and first["netmap"]["peers"] == []
+        assert first["netmap"]["overlay_ip"] == a["overlay_ip"]
+        v1 = first["netmap"]["version"]
+        b = enroll(c, key, "b")
+        d = next(it)
+        assert d["type"] == "delta" and d["delta"]["from_version"] == v1
+        assert [p["name"] for p in d["delta"]["upsert_peers"]] == ["b"]
+        assert d["delta"]["upsert_peers"][0]["endpoints"][0] == "192.0.2.7:51820"
+        # Allowed by the default policy, so b may open connections to a.
+        assert d["delta"]["add_inbound"][0]["proto"] == "all"
+        v2 = d["delta"]["to_version"]
+        assert c.delete("/api/v1/peers/b", headers=admin).status_code == 204
+        d2 = next(it)
+        assert d2["delta"]["remove_peers"] and d2["delta"]["from_version"] == v2
+    # Resuming from an older version we still know yields a delta, not a full map.
+    with c.stream("GET", "/api/v1/agent/netmap", params={"since": v1}, headers=auth) as r:
+        msg = next(messages(r))
+        assert msg["type"] == "delta" and msg["delta"]["from_version"] == v1
+    # Resuming from the current version: nothing to send but a keepalive.
+    cur = d2["delta"]["to_version"]
+    with c.stream("GET", "/api/v1/agent/netmap", params={"since": cur}, headers=auth) as r:
+        first_line = json.loads(next(r.iter_lines()))
+        assert first_line == {"type": "ping", "version": cur}
+    assert b["peer_id"] != a["peer_id"]
+
+
+def test_deleted_peer_stream_ends(live) -> None:
+    c, admin = live
+    key = c.post("/api/v1/setup-keys", json={"name": "k", "reusable": True},
+                 headers=admin).json()["key"]
+    a = enroll(c, key, "a")
+    auth = {"Authorization": f"Bearer {a['token']}"}
+    with c.stream("GET", "/api/v1/agent/netmap", headers=auth) as r:
+        it = messages(r)
+        assert next(it)["type"] == "full"
+        c.delete("/api/v1/peers/a", headers=admin)
+        assert next(it) == {"type": "deleted"}
+    r = c.get("/api/v1/agent/netmap", headers=auth)
+    assert r.status_code == 401

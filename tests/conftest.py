@@ -1,0 +1,79 @@
+"""Shared fixtures: a real server app over a real database (SQLite file, PostgreSQL when
+WIREMESH_TEST_PG_URL is set), driven through real HTTP semantics with httpx."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from wiremesh.lab.netns import missing_requirements
+from wiremesh.server.app import create_app
+
+PG_URL = os.environ.get("WIREMESH_TEST_PG_URL")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = missing_requirements()
+    if not missing:
+        return
+    skip = pytest.mark.skip(reason=f"e2e needs {', '.join(missing)}")
+    for item in items:
+        if "e2e" in item.keywords:
+            item.add_marker(skip)
+
+
+async def _reset_postgres(url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    finally:
+        await conn.close()
+
+
+@dataclass
+class ApiEnv:
+    client: httpx.AsyncClient
+    app: object
+    admin: dict[str, str]
+    db_url: str
+
+    @property
+    def hub(self):  # type: ignore[no-untyped-def]
+        return self.app.state.hub  # type: ignore[attr-defined]
+
+    @property
+    def store(self):  # type: ignore[no-untyped-def]
+        return self.app.state.store  # type: ignore[attr-defined]
+
+
+def db_params() -> list:
+    return ["sqlite", pytest.param("postgres", marks=[
+        pytest.mark.postgres,
+        pytest.mark.skipif(not PG_URL, reason="set WIREMESH_TEST_PG_URL to test PostgreSQL"),
+    ])]
+
+
+@pytest.fixture(params=db_params())
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/server.db"
+    assert PG_URL
+    await _reset_postgres(PG_URL)
+    return PG_URL
+
+
+@pytest.fixture
+async def api(db_url: str) -> AsyncIterator[ApiEnv]:
+    tokens: list[str] = []
+    app = create_app(db_url, on_admin_token=tokens.append, poll_interval=0.2)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("192.0.2.50", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://wm") as c:
+            yield ApiEnv(c, app, {"Authorization": f"Bearer {tokens[0]}"}, db_url)

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+
+import pytest
+
+from wiremesh.core.ipam import FIRST, LAST, IpamExhausted, address_at, next_free_index
+from wiremesh.wg import keys
+
+
+def test_ipam_skips_network_and_broadcast() -> None:
+    assert address_at(FIRST) == "100.64.0.1"
+    assert address_at(LAST) == "100.127.255.254"
+    with pytest.raises(ValueError):
+        address_at(0)
+
+
+def test_ipam_next_free_skips_used_and_wraps() -> None:
+    used = {"100.64.0.1", "100.64.0.2"}
+    assert next_free_index(1, used) == 3
+    assert next_free_index(LAST + 5, used) == 3  # out-of-range cursor starts over
+    assert next_free_index(4, {address_at(4)}, limit=5) == 5
+    assert next_free_index(5, {address_at(5)}, limit=5) == 1  # wraps
+
+
+def test_ipam_exhausted() -> None:
+    used = {address_at(i) for i in range(1, 6)}
+    with pytest.raises(IpamExhausted):
+        next_free_index(3, used, limit=5)
+
+
+def test_key_pair_roundtrip_and_hex() -> None:
+    priv = keys.generate_private_key()
+    pub = keys.public_key_of(priv)
+    assert keys.validate_public_key(pub) == pub
+    assert keys.hex_to_key(keys.key_to_hex(pub)) == pub
+    assert priv != pub
+
+
+@pytest.mark.skipif(not shutil.which("wg"), reason="wireguard-tools (wg) not installed")
+def test_public_key_matches_wg_tool() -> None:
+    priv = keys.generate_private_key()
+    out = subprocess.run(["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == keys.public_key_of(priv)
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "A" * 44, "!" * 43 + "=", "QUJD" * 10 + "QQ=="])
+def test_bad_keys_rejected(bad: str) -> None:
+    with pytest.raises(keys.BadKey):
+        keys.decode_key(bad)
+
+
+def test_zero_public_key_rejected() -> None:
+    with pytest.raises(keys.BadKey):
+        keys.validate_public_key(keys.encode_key(bytes(32)))
+
+
+def test_private_key_file_is_0600_and_reused(tmp_path) -> None:
+    path = tmp_path / "sub" / "private.key"
+    k1 = keys.load_or_create_private_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert keys.load_or_create_private_key(path) == k1

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wiremesh.core.models import PortRange
+from wiremesh.core.netmap import (
+    DeltaMismatch,
+    ForwardRule,
+    InboundRule,
+    Netmap,
+    NetmapPeer,
+    RouteEntry,
+    apply_delta,
+    delta_from_json,
+    delta_to_json,
+    diff,
+    netmap_from_json,
+    netmap_to_json,
+)
+
+keys_ = st.sampled_from([f"{c * 43}=" for c in "ABCDEFGH"])
+ips = st.sampled_from([f"100.64.0.{i}" for i in range(1, 9)])
+peers = st.builds(NetmapPeer, keys_, st.sampled_from(["a", "b", "c"]), ips,
+                  st.tuples(st.sampled_from(["192.0.2.1:51820", "192.0.2.2:51820"])))
+rules = st.builds(InboundRule, ips, st.sampled_from(["all", "tcp", "udp", "icmp"]),
+                  st.sampled_from([(), (PortRange(22, 22),), (PortRange(80, 90),)]))
+fwd = st.builds(ForwardRule, ips, st.just("198.18.1.0/24"), st.sampled_from(["all", "tcp"]))
+routes = st.builds(RouteEntry, st.sampled_from(["r1", "r2"]), st.just("198.18.1.0/24"),
+                   st.lists(st.tuples(keys_, st.integers(1, 500)), max_size=3).map(tuple))
+
+
+@st.composite
+def netmaps(draw, version: int) -> Netmap:
+    ps = draw(st.lists(peers, max_size=6))
+    rs = draw(st.lists(routes, max_size=2))
+    return Netmap(
+        version=version, peer_id=1, name=draw(st.sampled_from(["me", "me2"])),
+        overlay_ip="100.64.0.1", peers={p.public_key: p for p in ps},
+        inbound=frozenset(draw(st.lists(rules, max_size=6))),
+        routes={r.name: r for r in rs}, forward=frozenset(draw(st.lists(fwd, max_size=3))),
+        masquerade=frozenset(draw(st.sets(st.sampled_from(["198.18.1.0/24"])))),
+    )
+
+
+@given(netmaps(1), netmaps(2))
+def test_diff_then_apply_gives_new(old: Netmap, new: Netmap) -> None:
+    d = diff(old, new)
+    assert apply_delta(old, d) == new
+    # The wire form carries the same delta.
+    assert apply_delta(old, delta_from_json(delta_to_json(d))) == new
+
+
+@given(netmaps(3))
+def test_json_roundtrip(n: Netmap) -> None:
+    assert netmap_from_json(netmap_to_json(n)) == n
+
+
+@given(netmaps(4))
+def test_diff_of_same_content_is_empty(n: Netmap) -> None:
+    assert diff(n, n).empty
+
+
+def test_delta_only_applies_to_its_base() -> None:
+    a = Netmap(version=1, peer_id=1, name="a", overlay_ip="100.64.0.1")
+    b = Netmap(version=2, peer_id=1, name="a", overlay_ip="100.64.0.1")
+    with pytest.raises(DeltaMismatch):
+        apply_delta(b, diff(a, b))
+
+
+def test_delta_carries_only_changes() -> None:
+    p1 = NetmapPeer("A" * 43 + "=", "x", "100.64.0.2", ("192.0.2.2:51820",))
+    p2 = NetmapPeer("B" * 43 + "=", "y", "100.64.0.3", ("192.0.2.3:51820",))
+    a = Netmap(version=1, peer_id=1, name="a", overlay_ip="100.64.0.1",
+               peers={p1.public_key: p1, p2.public_key: p2})
+    moved = NetmapPeer(p2.public_key, "y", "100.64.0.3", ("192.0.2.9:51820",))
+    b = Netmap(version=2, peer_id=1, name="a", overlay_ip="100.64.0.1",
+               peers={p1.public_key: p1, moved.public_key: moved})
+    d = delta_to_json(diff(a, b))
+    assert d == {"from_version": 1, "to_version": 2, "upsert_peers": [
+        {"public_key": moved.public_key, "name": "y", "overlay_ip": "100.64.0.3",
+         "endpoints": ["192.0.2.9:51820"]}]}
