@@ -167,8 +167,10 @@ def run(
         fail(f"--db: {db} does not exist (fill it with `wiremesh gateway import`)")
     try:
         ipaddress.ip_interface(address)
+        if "/" not in address:
+            raise ValueError
     except ValueError:
-        fail(f"--address: not an address with prefix length: {address!r}")
+        fail(f"--address: not an address with prefix length (e.g. 100.64.0.1/10): {address!r}")
     if len(ifname) > 15:
         fail("--ifname: at most 15 characters")
     cfg = GatewayConfig(

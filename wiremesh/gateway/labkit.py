@@ -210,6 +210,7 @@ def blast(packets_file: str, dest: str, port: int, pps: float, duration: float,
         s.bind((src, 0))
         socks.append(s)
     total = len(packets) if duration == 0 else int(pps * duration)
+    started_unix = time.time()
     start = time.monotonic()
     for n in range(total):
         if pps > 0:
@@ -217,7 +218,8 @@ def blast(packets_file: str, dest: str, port: int, pps: float, duration: float,
             if lag > 0:
                 time.sleep(lag)
         socks[n % len(socks)].sendto(packets[n % len(packets)], (dest, port))
-    sys.stdout.write(json.dumps({"sent": total, "seconds": time.monotonic() - start}) + "\n")
+    sys.stdout.write(json.dumps({"sent": total, "started_unix": started_unix,
+                                 "seconds": time.monotonic() - start}) + "\n")
 
 
 def blast_cmd(host: Host, packets_file: Path, dest: str, pps: float, duration: float,

@@ -1,7 +1,9 @@
-"""A running JIT gateway: wireguard-go device, tap, admission, provisioner, poller, metrics.
+"""A running JIT gateway: wireguard-go device, tap, guard, admission, provisioner, poller,
+metrics.
 
 Threads: the caller's thread sniffs and admits (all the per-packet crypto), one thread writes
-to wireguard-go, one polls its status. They share nothing but a queue and the active set.
+to wireguard-go and the guard, one polls wireguard-go's status. They share nothing but a queue
+and the active set.
 """
 
 from __future__ import annotations

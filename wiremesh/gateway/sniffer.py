@@ -7,9 +7,11 @@ copy on the side: wireguard-go keeps receiving everything directly, the gateway 
 slows itself down, and a kernel-side BPF program hands it nothing but IPv4/IPv6 UDP datagrams
 to the listen port with a 148-byte payload starting with type 1 - data packets and everything
 else never wake it up. It needs no firewall rules in the namespace and no netfilter bindings.
-The price is that the captured initiation has already been dropped by wireguard-go (unknown
-peer), so the provisioner makes the handshake complete by having the gateway initiate one
-itself (see provisioner.py) instead of replaying the client's.
+The tap sits before netfilter, so the guard (guard.py) can keep initiations the gateway has
+not admitted away from wireguard-go while the gateway still reads all of them. The price of a
+copy is that the client's initiation itself is not delivered to a peer installed a millisecond
+later, so the provisioner completes the handshake by having the gateway initiate one itself
+(see provisioner.py) instead of replaying the client's packet.
 """
 
 from __future__ import annotations
