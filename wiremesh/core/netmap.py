@@ -96,8 +96,16 @@ class DeltaMismatch(ValueError):
 
 
 def diff(old: Netmap, new: Netmap) -> NetmapDelta:
-    upsert = tuple(p for k, p in sorted(new.peers.items()) if old.peers.get(k) != p)
-    removed = tuple(sorted(k for k in old.peers if k not in new.peers))
+    if old.peers is new.peers:
+        upsert: tuple[NetmapPeer, ...] = ()
+        removed: tuple[str, ...] = ()
+    else:
+        # Compilers reuse unchanged peer objects, so the identity test settles most entries.
+        op = old.peers
+        upsert = tuple(sorted(
+            (p for k, p in new.peers.items() if (q := op.get(k)) is not p and q != p),
+            key=lambda p: p.public_key))
+        removed = tuple(sorted(k for k in op if k not in new.peers))
     r_up = tuple(r for k, r in sorted(new.routes.items()) if old.routes.get(k) != r)
     r_rm = tuple(sorted(k for k in old.routes if k not in new.routes))
     return NetmapDelta(

@@ -8,17 +8,36 @@ it last sent and sends the diff, which also coalesces bursts of changes into one
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections import deque
 from dataclasses import replace
+from typing import Any
 
 from wiremesh.core.models import MeshState
-from wiremesh.core.netmap import Netmap
-from wiremesh.core.policy import compile_netmaps
+from wiremesh.core.netmap import Netmap, delta_to_json, diff
+from wiremesh.core.policy import PolicyCompiler
 from wiremesh.store.repo import Store
 
 log = logging.getLogger("wiremesh.server.hub")
 HISTORY = 16  # old versions kept per peer so a reconnecting agent gets a delta, not a full map
+COALESCE_S = 0.05  # a burst of changes (enrolments, a policy apply) becomes one refresh
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    """One stream message: a JSON object on one line."""
+    return (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+
+
+def _encode_deltas(
+    pairs: dict[int, tuple[Netmap, Netmap]],
+) -> dict[int, tuple[int, int, bytes]]:
+    return {
+        pid: (old.version, new.version,
+              encode({"type": "delta", "delta": delta_to_json(diff(old, new))}))
+        for pid, (old, new) in pairs.items()
+    }
 
 
 class NetmapHub:
@@ -26,6 +45,11 @@ class NetmapHub:
         self.store = store
         self.revision = 0
         self.state = MeshState()
+        self.compiler: PolicyCompiler | None = None
+        # Per peer, the delta from its previous version to its current one, encoded once
+        # per change (not once per stream): (from version, to version, message line).
+        self.latest_delta: dict[int, tuple[int, int, bytes]] = {}
+        self._last_cost = 0.0
         self.current: dict[int, Netmap] = {}
         self.history: dict[int, deque[Netmap]] = {}
         self._waiters: dict[int, set[asyncio.Event]] = {}
@@ -34,32 +58,45 @@ class NetmapHub:
         self._stopping = False
 
     async def refresh(self) -> set[int]:
-        """Reload the store and recompute; returns the ids of peers whose netmap changed."""
+        """Reload the store and recompile what changed; returns the ids of peers whose
+        netmap changed or vanished."""
         async with self._lock:
+            started = time.monotonic()
             rev, state = await self.store.load_state()
             if rev == self.revision:
                 return set()
-            compiled = await asyncio.to_thread(compile_netmaps, state)
+            if self.compiler is None:
+                self.compiler = await asyncio.to_thread(PolicyCompiler, state)
+                touched = set(self.compiler.netmaps)
+            else:
+                touched = await asyncio.to_thread(self.compiler.update, state)
+            current = dict(self.current)
             changed: set[int] = set()
-            current: dict[int, Netmap] = {}
-            for pid, nm in compiled.items():
-                old = self.current.get(pid)
-                if old is not None and old.same_content(nm):
-                    current[pid] = old
+            pairs: dict[int, tuple[Netmap, Netmap]] = {}
+            for pid in touched:
+                nm = self.compiler.netmaps.get(pid)
+                old = current.get(pid)
+                if nm is None:
+                    current.pop(pid, None)
+                    self.history.pop(pid, None)
+                elif old is None or not old.same_content(nm):
+                    current[pid] = replace(nm, version=rev)
+                    if old is not None:
+                        self.history.setdefault(pid, deque(maxlen=HISTORY)).append(old)
+                        pairs[pid] = (old, current[pid])
+                else:
                     continue
-                current[pid] = replace(nm, version=rev)
-                if old is not None:
-                    self.history.setdefault(pid, deque(maxlen=HISTORY)).append(old)
                 changed.add(pid)
-            gone = set(self.current) - set(current)
-            for pid in gone:
-                self.history.pop(pid, None)
+            encoded = await asyncio.to_thread(_encode_deltas, pairs)
             self.current, self.state, self.revision = current, state, rev
-            for pid in changed | gone:
+            for pid in changed:
+                self.latest_delta.pop(pid, None)
+            self.latest_delta.update(encoded)
+            self._last_cost = time.monotonic() - started
+            for pid in changed:
                 for ev in self._waiters.get(pid, ()):
                     ev.set()
-            log.info("revision %d: %d netmaps changed, %d peers gone", rev, len(changed),
-                     len(gone))
+            log.info("revision %d: %d netmaps changed", rev, len(changed))
             return changed
 
     def poke(self) -> None:
@@ -79,9 +116,12 @@ class NetmapHub:
                 except Exception:  # a store hiccup must not kill the loop
                     log.exception("revision poll failed")
                     continue
-            self._dirty.clear()
             if self._stopping:
                 return
+            # Under load, wait in proportion to the last refresh so streams and requests get
+            # the loop too; more changes then land in each refresh.
+            await asyncio.sleep(max(COALESCE_S, self._last_cost))
+            self._dirty.clear()
             try:
                 await self.refresh()
             except Exception:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -19,7 +17,7 @@ from wiremesh.core.ipam import OVERLAY_NET
 from wiremesh.core.netmap import Netmap, delta_to_json, diff, netmap_to_json
 from wiremesh.server import metrics
 from wiremesh.server.auth import current_peer
-from wiremesh.server.hub import NetmapHub
+from wiremesh.server.hub import NetmapHub, encode
 from wiremesh.server.schemas import EndpointReport, EnrollRequest, EnrollResponse
 from wiremesh.store.tables import Peer
 
@@ -57,10 +55,6 @@ async def report_endpoints(body: EndpointReport, request: Request,
         request.app.state.hub.poke()
 
 
-def _line(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
-
-
 async def _stream(hub: NetmapHub, peer_id: int, since: int) -> AsyncIterator[bytes]:
     ev = hub.subscribe(peer_id)
     metrics.STREAMS.inc()
@@ -71,16 +65,20 @@ async def _stream(hub: NetmapHub, peer_id: int, since: int) -> AsyncIterator[byt
         while True:
             cur = hub.current.get(peer_id)
             if cur is None:
-                yield _line({"type": "deleted"})
+                yield encode({"type": "deleted"})
                 return
             if sent is None:
-                yield _line({"type": "full", "netmap": netmap_to_json(cur)})
+                yield encode({"type": "full", "netmap": netmap_to_json(cur)})
                 metrics.PUSHES.labels("full").inc()
             elif sent.version != cur.version:
-                yield _line({"type": "delta", "delta": delta_to_json(diff(sent, cur))})
+                pre = hub.latest_delta.get(peer_id)
+                if pre is not None and pre[:2] == (sent.version, cur.version):
+                    yield pre[2]
+                else:
+                    yield encode({"type": "delta", "delta": delta_to_json(diff(sent, cur))})
                 metrics.PUSHES.labels("delta").inc()
             else:
-                yield _line({"type": "ping", "version": cur.version})
+                yield encode({"type": "ping", "version": cur.version})
             sent = cur
             ev.clear()
             with contextlib.suppress(TimeoutError):

@@ -3,6 +3,8 @@ a netmap bumps the `revision` counter in that same transaction so replicas see i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import secrets
@@ -18,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from wiremesh.core.ipam import IpamExhausted, address_at, next_free_index
 from wiremesh.core.models import MeshState, PeerInfo, Policy, PortRange, Route
+from wiremesh.store.db import READ_ONLY
 from wiremesh.store.tables import (
     AdminToken,
     AuditEntry,
@@ -117,10 +120,20 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.reads = async_sessionmaker(engine.execution_options(**{READ_ONLY: True}),
+                                        expire_on_commit=False)
+        # SQLite has one writer at a time and its busy handler is a sleep-and-retry loop
+        # that lets an unlucky writer starve; queueing our writers in a fair FIFO lock keeps
+        # busy waits for the rare writer from another process.
+        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessions() as s, s.begin():
+        async with contextlib.AsyncExitStack() as stack:
+            if self._write_lock is not None:
+                await stack.enter_async_context(self._write_lock)
+            s = await stack.enter_async_context(self.sessions())
+            await stack.enter_async_context(s.begin())
             yield s
 
     # --- counters ------------------------------------------------------------------------
@@ -135,7 +148,7 @@ class Store:
         return rev
 
     async def revision(self) -> int:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             return await self._counter(s, "revision")
 
     async def audit(self, s: AsyncSession, actor: str, action: str, **detail: Any) -> None:
@@ -158,7 +171,7 @@ class Store:
 
     async def admin_for_token(self, token: str) -> str | None:
         h = hash_secret(token)
-        async with self.sessions() as s:
+        async with self.reads() as s:
             row = await s.scalar(select(AdminToken).where(AdminToken.token_hash == h))
         if row is None or not secrets.compare_digest(row.token_hash, h):
             return None
@@ -186,7 +199,7 @@ class Store:
         return row, key
 
     async def list_setup_keys(self) -> list[SetupKey]:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             return list(await s.scalars(select(SetupKey).order_by(SetupKey.id)))
 
     async def revoke_setup_key(self, actor: str, key_id: int) -> SetupKey:
@@ -261,7 +274,7 @@ class Store:
 
     async def peer_for_token(self, token: str) -> Peer | None:
         h = hash_secret(token)
-        async with self.sessions() as s:
+        async with self.reads() as s:
             row = await s.scalar(select(Peer).where(Peer.token_hash == h))
         if row is None or not secrets.compare_digest(row.token_hash, h):
             return None
@@ -283,11 +296,11 @@ class Store:
     # --- peers ------------------------------------------------------------------------------
 
     async def list_peers(self) -> list[Peer]:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             return list(await s.scalars(select(Peer).order_by(Peer.id)))
 
     async def peer_groups(self) -> dict[int, list[str]]:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             rows = await s.execute(
                 select(GroupMember.peer_id, Group.name)
                 .join(Group, Group.id == GroupMember.group_id)
@@ -298,7 +311,7 @@ class Store:
             return out
 
     async def get_peer(self, ref: str | int) -> Peer:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             return await self._peer(s, ref)
 
     async def _peer(self, s: AsyncSession, ref: str | int, field: str = "peer") -> Peer:
@@ -360,7 +373,7 @@ class Store:
             raise Conflict(f"group {name!r} already exists", "name") from None
 
     async def list_groups(self) -> dict[str, list[str]]:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             out: dict[str, list[str]] = {
                 g: [] for g in await s.scalars(select(Group.name).order_by(Group.name))
             }
@@ -407,12 +420,12 @@ class Store:
     # --- policies and routes ----------------------------------------------------------------
 
     async def list_policies(self) -> list[Policy]:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             return [policy_from_row(r) for r in await s.scalars(select(PolicyRow).order_by(
                 PolicyRow.name))]
 
     async def list_routes(self) -> list[Route]:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             return [route_from_row(r) for r in await s.scalars(select(RouteRow).order_by(
                 RouteRow.name))]
 
@@ -470,7 +483,7 @@ class Store:
             await self.audit(s, actor, "route.delete", name=name)
 
     async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             return list(await s.scalars(
                 select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)))
 
@@ -478,7 +491,7 @@ class Store:
 
     async def load_state(self) -> tuple[int, MeshState]:
         """One consistent snapshot (single transaction) and the revision it reflects."""
-        async with self.tx() as s:
+        async with self.reads() as s, s.begin():
             rev = await self._counter(s, "revision")
             peers = {
                 p.id: PeerInfo(p.id, p.name, p.public_key, p.overlay_ip,
