@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 from wiremesh.agent.state import AgentConfig
 from wiremesh.core.netmap import Netmap
+from wiremesh.firewall import nft
 from wiremesh.netlink.addresses import ensure_address
+from wiremesh.netlink.sysctl import set_forwarding
 from wiremesh.wg.backend import WgBackend, WgPeerConfig
 
 log = logging.getLogger("wiremesh.agent.dataplane")
@@ -43,12 +45,18 @@ def desired_peers(netmap: Netmap,
 
 
 class DataPlane:
-    def __init__(self, backend: WgBackend, config: AgentConfig, private_key: str) -> None:
+    """`extra_allowed(key)` names the routed prefixes peer `key` holds right now (the
+    failover RouteManager decides)."""
+
+    def __init__(self, backend: WgBackend, config: AgentConfig, private_key: str,
+                 extra_allowed: Callable[[str], tuple[str, ...]] = lambda _k: ()) -> None:
         self.backend = backend
         self.config = config
         self.private_key = private_key
+        self.extra_allowed = extra_allowed
         self.applied: dict[str, WgPeerConfig] | None = None
         self.netmap: Netmap | None = None
+        self.forwarding = False
 
     def start(self) -> None:
         self.backend.set_device(self.private_key, self.config.listen_port)
@@ -56,7 +64,13 @@ class DataPlane:
                        self.config.overlay_prefix_len)
 
     def apply(self, netmap: Netmap) -> None:
-        want = desired_peers(netmap)
+        # The ACL goes first: a peer added below must never be reachable beyond policy.
+        nft.apply(netmap, self.config.interface)
+        routing = bool(netmap.forward or netmap.masquerade)
+        if routing != self.forwarding:
+            set_forwarding(routing)
+            self.forwarding = routing
+        want = desired_peers(netmap, self.extra_allowed)
         if self.applied is None:
             # First write after start: replace whatever a previous run left on the device.
             self.backend.set_peers(list(want.values()), [], replace_all=True)
@@ -71,4 +85,7 @@ class DataPlane:
                  netmap.version, len(want), upserts, removes)
 
     def close(self) -> None:
-        self.backend.close()
+        try:
+            nft.remove()
+        finally:
+            self.backend.close()

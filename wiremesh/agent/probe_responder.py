@@ -6,8 +6,8 @@ amplify traffic or be talked into sending to a third party. Since WireGuard bind
 source address to one peer's key, an answer from the router's overlay address proves the whole
 path (client -> tunnel -> router's WireGuard and network stack -> back) works.
 
-The router's inbound ACL must accept it: `iifname <wg> ip saddr 100.64.0.0/10 udp dport 51999
-accept`.
+The router's inbound ACL accepts it from the peers allowed to use its routes (see
+wiremesh.firewall.render).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import asyncio
 import ipaddress
 import socket
 
-PROBE_PORT = 51999
+from wiremesh.core.failover import PROBE_PORT
+
 PROBE_MAGIC = b"wmP1"
 PROBE_SIZE = 20  # magic (4) + sender nonce (8) + sequence number (8)
 

@@ -20,7 +20,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from wiremesh.agent.probe_responder import PROBE_MAGIC, PROBE_PORT, PROBE_SIZE, is_probe
+from wiremesh.agent.probe_responder import PROBE_MAGIC, PROBE_SIZE, is_probe
+from wiremesh.core.failover import PROBE_PORT
 
 log = logging.getLogger(__name__)
 

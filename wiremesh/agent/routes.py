@@ -23,9 +23,8 @@ from collections.abc import AsyncIterator, Callable
 from pyroute2.netlink.exceptions import NetlinkError
 
 from wiremesh.agent.dataplane import desired_peers
-from wiremesh.agent.probe_responder import PROBE_PORT
 from wiremesh.agent.prober import Prober
-from wiremesh.core.failover import FailoverConfig, FailoverMachine
+from wiremesh.core.failover import PROBE_PORT, FailoverConfig, FailoverMachine
 from wiremesh.core.netmap import Netmap, RouteEntry
 from wiremesh.netlink.routes import LinkMissing, sync_device_routes
 from wiremesh.wg.backend import WgBackend, WgError

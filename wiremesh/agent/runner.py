@@ -19,6 +19,8 @@ import httpx
 from wiremesh.agent import state as statefile
 from wiremesh.agent.client import PeerDeleted, ServerClient, ServerRefused, enroll
 from wiremesh.agent.dataplane import DataPlane, make_backend
+from wiremesh.agent.probe_responder import start_responder
+from wiremesh.agent.routes import RouteManager
 from wiremesh.agent.state import AgentConfig, AgentState
 from wiremesh.core.netmap import (
     DeltaMismatch,
@@ -86,13 +88,18 @@ class Agent:
         self.backend_kind = backend
         self.dataplane: DataPlane | None = None
         self.want_full = False
+        self.routes = RouteManager(self.state.config.interface)
 
-    async def _apply(self, netmap: Netmap) -> None:
+    async def _apply(self, netmap: Netmap, persist: bool = True) -> None:
         assert self.dataplane is not None
-        # pyroute2's sync API runs its own event loop: keep netlink work off ours.
-        await asyncio.to_thread(self.dataplane.apply, netmap)
-        self.state.netmap = netmap
-        statefile.save(self.state_dir, self.state)
+        # Holding the route manager's lock keeps a failover decided meanwhile from being
+        # undone by this write; pyroute2's sync API runs its own event loop, so netlink work
+        # stays off ours.
+        async with self.routes.applying(netmap):
+            await asyncio.to_thread(self.dataplane.apply, netmap)
+        if persist:
+            self.state.netmap = netmap
+            statefile.save(self.state_dir, self.state)
 
     async def _follow(self, client: ServerClient) -> None:
         cfg = self.state.config
@@ -107,34 +114,46 @@ class Agent:
     async def run(self) -> None:
         cfg = self.state.config
         backend = await asyncio.to_thread(make_backend, self.backend_kind, cfg.interface)
-        self.dataplane = DataPlane(backend, cfg, self.private_key)
-        try:
+        self.dataplane = DataPlane(backend, cfg, self.private_key, self.routes.routed_prefixes)
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(asyncio.to_thread, self.dataplane.close)
             await asyncio.to_thread(self.dataplane.start)
+            # Every peer answers failover probes; its ACL admits only peers that may use
+            # its routes.
+            responder = await start_responder(cfg.overlay_ip)
+            stack.callback(responder.close)
             if self.state.netmap is not None:
                 log.info("rebuilding from saved netmap version=%d", self.state.netmap.version)
-                await asyncio.to_thread(self.dataplane.apply, self.state.netmap)
+                await self._apply(self.state.netmap, persist=False)
+            failover = asyncio.create_task(self.routes.run(backend))
+            stack.push_async_callback(_cancel, failover)
             client = ServerClient(cfg.server, cfg.token)
-            backoff = 0.5
+            stack.push_async_callback(client.close)
+            await self._follow_forever(client)
+
+    async def _follow_forever(self, client: ServerClient) -> None:
+        backoff = 0.5
+        while True:
             try:
-                while True:
-                    try:
-                        await self._follow(client)
-                        backoff = 0.5
-                    except ResyncNeeded as e:
-                        # Keep enforcing what we hold while asking for a full map.
-                        log.warning("netmap resync: %s", e)
-                        self.want_full = True
-                        continue
-                    except (httpx.HTTPError, OSError, ServerRefused, ValueError) as e:
-                        log.warning("server unreachable (%s); keeping netmap version=%s",
-                                    e.__class__.__name__,
-                                    self.state.netmap.version if self.state.netmap else None)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-            finally:
-                await client.close()
-        finally:
-            await asyncio.to_thread(self.dataplane.close)
+                await self._follow(client)
+                backoff = 0.5
+            except ResyncNeeded as e:
+                # Keep enforcing what we hold while asking for a full map.
+                log.warning("netmap resync: %s", e)
+                self.want_full = True
+                continue
+            except (httpx.HTTPError, OSError, ServerRefused, ValueError) as e:
+                log.warning("server unreachable (%s); keeping netmap version=%s",
+                            e.__class__.__name__,
+                            self.state.netmap.version if self.state.netmap else None)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def run_forever(state_dir: Path, backend: str = "auto") -> int:

@@ -27,6 +27,10 @@ from typing import Literal
 
 from wiremesh.core.netmap import RouteEntry
 
+# UDP port of the probe responder on every router peer's overlay address; the router's
+# inbound ACL opens it to the peers allowed to use its routes.
+PROBE_PORT = 51999
+
 Failback = Literal["never", "preferred"]
 FAILBACK_MODES: tuple[Failback, ...] = ("never", "preferred")
 

@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from wiremesh.core.explain import Access, normalise_access
+from wiremesh.core.failover import PROBE_PORT
 from wiremesh.core.models import PortRange, Proto
 from wiremesh.core.netmap import Netmap
 
@@ -117,6 +118,9 @@ def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY) -> str:
     lines += _set("in_icmp", "ipv4_addr", (k for k, _ in inbound["icmp"]), interval=False)
     lines += _set("in_tcp", "ipv4_addr . inet_service", port_elements(inbound["tcp"]), True)
     lines += _set("in_udp", "ipv4_addr . inet_service", port_elements(inbound["udp"]), True)
+    # Clients allowed to use this router's routes probe it (failover health checks).
+    lines += _set("probe_src", "ipv4_addr",
+                  sorted({_ipv4(r.src, "forward src") for r in netmap.forward}), interval=False)
     lines += _set("fwd_any", "ipv4_addr . ipv4_addr", (k for k, _ in forward["all"]), True)
     lines += _set("fwd_icmp", "ipv4_addr . ipv4_addr", (k for k, _ in forward["icmp"]), True)
     lines += _set("fwd_tcp", "ipv4_addr . ipv4_addr . inet_service",
@@ -135,6 +139,7 @@ def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY) -> str:
         "\t\tip protocol icmp ip saddr @in_icmp accept",
         "\t\tip saddr . tcp dport @in_tcp accept",
         "\t\tip saddr . udp dport @in_udp accept",
+        f"\t\tip saddr @probe_src udp dport {PROBE_PORT} accept",
         "\t\tcounter drop",
         "\t}",
         "\tchain forward {",
