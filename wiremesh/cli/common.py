@@ -66,4 +66,6 @@ class Api:
             except ValueError:
                 msg = r.text
             fail(f"{msg} (HTTP {r.status_code})")
-        return r.json() if r.content else None
+        if not r.content:
+            return None
+        return r.json() if "json" in r.headers.get("content-type", "") else r.text

@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-from wiremesh.cli import admin, agent, server  # noqa: E402  (commands attach to `app`)
+from wiremesh.cli import admin, agent, gateway, lab, policy, server  # noqa: E402
 
 app.command("server")(server.server)
 app.command("up")(agent.up)
@@ -21,11 +21,8 @@ app.command("agent")(agent.agent)
 app.add_typer(admin.keys_app, name="keys")
 app.add_typer(admin.peers_app, name="peers")
 app.add_typer(admin.groups_app, name="groups")
-
-from wiremesh.cli import lab  # noqa: E402
-
-app.add_typer(lab.app, name="lab")
-
-from wiremesh.cli import gateway  # noqa: E402
-
+app.add_typer(policy.app, name="policy")
+app.add_typer(policy.routes_app, name="routes")
+app.command("audit")(policy.audit)
 app.add_typer(gateway.app, name="gateway")
+app.add_typer(lab.app, name="lab")

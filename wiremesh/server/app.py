@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from wiremesh.server import errors, metrics, routes_admin, routes_agent
+from wiremesh.server import errors, metrics, routes_admin, routes_agent, routes_policy
 from wiremesh.server.hub import NetmapHub
 from wiremesh.store.db import make_engine, migrate
 from wiremesh.store.repo import Store
@@ -47,6 +47,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
     errors.install(app)
     app.include_router(routes_admin.router)
     app.include_router(routes_agent.router)
+    app.include_router(routes_policy.router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, int]:

@@ -433,14 +433,11 @@ class Store:
         self, actor: str, groups: dict[str, list[str]], policies: list[Policy],
         routes: list[Route] | None, source: str,
     ) -> int:
-        """Replace groups, policies (and routes when given) in one transaction."""
+        """Set the listed groups' members and replace every policy (and every route, when
+        given) in one transaction; groups not listed keep their members."""
         async with self.tx() as s:
             peers = {p.name: p.id for p in await s.scalars(select(Peer))}
             existing = {g.name: g for g in await s.scalars(select(Group))}
-            for name, grp in existing.items():
-                if name not in groups:
-                    await s.delete(grp)
-            await s.flush()
             for name, members in groups.items():
                 grp = existing.get(name)
                 if grp is None:

@@ -1,0 +1,110 @@
+"""Policy as code over the HTTP API against a real store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from tests.api.test_api import enroll, make_key
+from tests.conftest import ApiEnv
+
+EXAMPLE = (Path(__file__).parents[2] / "examples" / "policy.yaml").read_text()
+NAMES = ["alice", "bob", "web1", "db1", "r1", "r2"]
+
+
+async def _mesh(api: ApiEnv) -> None:
+    k = await make_key(api, reusable=True)
+    for n in NAMES:
+        assert (await enroll(api, k["key"], n)).status_code == 201
+
+
+async def _export(api: ApiEnv) -> str:
+    return (await api.client.get("/api/v1/policy/export", headers=api.admin)).text
+
+
+async def test_apply_diff_export_explain_matrix(api: ApiEnv) -> None:
+    await _mesh(api)
+    h = api.admin
+    d = (await api.client.post("/api/v1/policy/diff", json={"text": EXAMPLE},
+                               headers=h)).json()
+    assert "- policy default" in d["changes"] and d["test_failures"] == []
+    assert set(d["peers_affected"]) == set(NAMES)
+    r = await api.client.post("/api/v1/policy/apply", json={"text": EXAMPLE,
+                                                            "source": "policy.yaml"}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["tests_passed"] == 5
+    # Applying the same file again changes nothing.
+    again = (await api.client.post("/api/v1/policy/diff", json={"text": EXAMPLE},
+                                   headers=h)).json()
+    assert again["empty"] is True
+    exported = yaml.safe_load(await _export(api))
+    assert {p["name"] for p in exported["policies"]} == {"devs-to-web", "web-to-db",
+                                                        "ping-everyone", "devs-lab"}
+    ex = (await api.client.get("/api/v1/policy/explain", headers=h, params={
+        "src": "alice", "dst": "web1", "proto": "tcp", "port": 443})).json()
+    assert ex["allowed"] is True and ex["allowed_by"] == ["devs-to-web"]
+    ex = (await api.client.get("/api/v1/policy/explain", headers=h, params={
+        "src": "alice", "dst": "db1", "proto": "tcp", "port": 5432})).json()
+    assert ex["allowed"] is False and "web-to-db" in ex["summary"]
+    m = (await api.client.get("/api/v1/policy/matrix", headers=h)).json()
+    pairs = {(p["src"], p["dst"]): p["allow"] for p in m["pairs"]}
+    assert pairs[("web1", "db1")] == [{"proto": "tcp", "ports": ["5432"]}]
+    assert ("db1", "web1") not in pairs
+    routes = (await api.client.get("/api/v1/routes", headers=h)).json()
+    assert routes[0]["prefix"] == "198.18.1.0/24"
+    audit = (await api.client.get("/api/v1/audit", headers=h)).json()
+    assert audit[0]["action"] == "policy.apply" and audit[0]["detail"]["source"] == "policy.yaml"
+    # The compiled netmaps follow: db1 learns web1 only, and only for tcp/5432.
+    await api.hub.refresh()
+    db1 = next(nm for nm in api.hub.current.values() if nm.name == "db1")
+    web1_ip = next(nm.overlay_ip for nm in api.hub.current.values() if nm.name == "web1")
+    tcp_from_web = [r for r in db1.inbound if r.src == web1_ip]
+    assert [(r.proto, [str(p) for p in r.ports]) for r in tcp_from_web] == [("tcp", ["5432"])]
+
+
+async def test_invalid_files_change_nothing(api: ApiEnv) -> None:
+    await _mesh(api)
+    h = api.admin
+    before = await _export(api)
+    bad = {
+        "unknown group": EXAMPLE.replace("sources: [web]", "sources: [nosuch]"),
+        "bad port": EXAMPLE.replace("ports: [5432]", "ports: [70000]"),
+        "bad proto": EXAMPLE.replace("proto: icmp", "proto: gre"),
+        "duplicate": EXAMPLE.replace("name: web-to-db", "name: devs-to-web"),
+        "malformed": EXAMPLE + "\n  - [unclosed",
+        "unknown peer": EXAMPLE.replace("db: [db1]", "db: [db9]"),
+    }
+    for what, text in bad.items():
+        r = await api.client.post("/api/v1/policy/apply", json={"text": text}, headers=h)
+        assert r.status_code == 422, (what, r.text)
+        err = r.json()["errors"][0]
+        assert err["line"] is not None, (what, err)
+        assert err["field"] or what == "malformed", (what, err)
+    failing = EXAMPLE.replace("port: 5432, expect: deny", "port: 5432, expect: allow")
+    r = await api.client.post("/api/v1/policy/apply", json={"text": failing}, headers=h)
+    assert r.status_code == 422 and r.json()["title"] == "Policy tests failed"
+    assert "alice" in r.json()["errors"][0]["message"]
+    assert await _export(api) == before
+
+
+async def test_routes_api(api: ApiEnv) -> None:
+    await _mesh(api)
+    h = api.admin
+    await api.client.post("/api/v1/groups", json={"name": "routers", "members": ["r1", "r2"]},
+                          headers=h)
+    body = {"prefix": "198.18.2.0/24", "router_group": "routers", "router_metrics": {"r2": 5}}
+    r = await api.client.put("/api/v1/routes/lab2", json=body, headers=h)
+    assert r.status_code == 200, r.text
+    r = await api.client.put("/api/v1/routes/lab3", json={**body, "prefix": "nope"}, headers=h)
+    assert r.status_code == 422
+    r = await api.client.put("/api/v1/routes/lab3", json={**body, "router_group": "zz"},
+                             headers=h)
+    assert r.status_code == 422 and "unknown group" in r.json()["detail"]
+    assert [x["name"] for x in (await api.client.get("/api/v1/routes", headers=h)).json()] == [
+        "lab2"]
+    assert (await api.client.delete("/api/v1/routes/lab2", headers=h)).status_code == 204
+    assert (await api.client.delete("/api/v1/routes/lab2", headers=h)).status_code == 404
+    r = await api.client.get("/api/v1/policy/explain", headers=h,
+                             params={"src": "nobody", "dst": "r1"})
+    assert r.status_code == 400

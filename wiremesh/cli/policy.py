@@ -1,0 +1,176 @@
+"""`wiremesh policy` (apply/diff/export/matrix/explain), `wiremesh routes` and `wiremesh audit`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from wiremesh.cli.common import Api, JsonOpt, ServerOpt, TokenOpt, console, fail, print_json
+
+app = typer.Typer(help="Policy as code: apply, diff, export, matrix, explain.",
+                  no_args_is_help=True)
+routes_app = typer.Typer(help="Routes to internal networks behind router peers.",
+                         no_args_is_help=True)
+
+FileArg = typer.Argument(..., help="Policy file (YAML or JSON)")
+
+
+def _read(path: Path) -> dict[str, str]:
+    try:
+        return {"text": path.read_text(), "source": path.name}
+    except OSError as e:
+        fail(f"cannot read {path}: {e.strerror}")
+
+
+def _print_plan(out: dict) -> None:
+    if out["empty"]:
+        console.print("no changes")
+    for line in out["changes"]:
+        console.print(line, highlight=False)
+
+
+@app.command("apply")
+def apply(file: Path = FileArg, server: str | None = ServerOpt, token: str | None = TokenOpt,
+          as_json: bool = JsonOpt) -> None:
+    """Validate FILE, run its tests, and replace the policy (all or nothing)."""
+    out = Api(server, token).call("POST", "/policy/apply", json=_read(file))
+    if as_json:
+        print_json(out)
+        return
+    _print_plan(out)
+    console.print(f"applied {file.name}: revision {out['revision']}, "
+                  f"{out['tests_passed']} test(s) passed, "
+                  f"{len(out['peers_affected'])} peer(s) affected")
+
+
+@app.command("diff")
+def diff(file: Path = FileArg, server: str | None = ServerOpt, token: str | None = TokenOpt,
+         as_json: bool = JsonOpt) -> None:
+    """Show what applying FILE would change and which peers it affects."""
+    out = Api(server, token).call("POST", "/policy/diff", json=_read(file))
+    if as_json:
+        print_json(out)
+        return
+    _print_plan(out)
+    for f in out["test_failures"]:
+        console.print(f"[red]test would fail:[/] {f}", highlight=False)
+
+
+@app.command("export")
+def export_(server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+    """Print the current groups, policies and routes as a policy file (YAML)."""
+    typer.echo(Api(server, token).call("GET", "/policy/export"), nl=False)
+
+
+@app.command("matrix")
+def matrix(server: str | None = ServerOpt, token: str | None = TokenOpt,
+           as_json: bool = JsonOpt) -> None:
+    """Who may open what to whom (rows: source, columns: destination)."""
+    out = Api(server, token).call("GET", "/policy/matrix")
+    if as_json:
+        print_json(out)
+        return
+    cell = {(p["src"], p["dst"]): ", ".join(
+        a["proto"] + (":" + ",".join(a["ports"]) if a["ports"] else "") for a in p["allow"])
+        for p in out["pairs"]}
+    t = Table(title="reachability matrix (default deny)")
+    t.add_column("from \\ to")
+    for n in out["peers"]:
+        t.add_column(n)
+    for a in out["peers"]:
+        t.add_row(a, *["-" if a == b else cell.get((a, b), "[dim]deny[/]")
+                       for b in out["peers"]])
+    console.print(t)
+
+
+@app.command("explain")
+def explain(
+    src: str = typer.Argument(..., help="Source peer (name or id)"),
+    dst: str = typer.Argument(..., help="Destination peer (name or id)"),
+    proto: str = typer.Option("all", "--proto", help="all, tcp, udp or icmp"),
+    port: int | None = typer.Option(None, "--port", min=1, max=65535),
+    server: str | None = ServerOpt, token: str | None = TokenOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Why can (or can't) SRC reach DST? Names the policies that allow it, or each reason."""
+    if proto not in ("all", "tcp", "udp", "icmp"):
+        fail(f"--proto {proto!r}: choose all, tcp, udp or icmp")
+    params: dict[str, str | int] = {"src": src, "dst": dst, "proto": proto}
+    if port is not None:
+        params["port"] = port
+    out = Api(server, token).call("GET", "/policy/explain", params=params)
+    if as_json:
+        print_json(out)
+        return
+    console.print(("[green]ALLOW[/] " if out["allowed"] else "[red]DENY[/] ") + out["summary"],
+                  highlight=False)
+    for v in out["verdicts"]:
+        console.print(f"  {v['policy']}: {v['verdict']} - {v['reason']}", highlight=False)
+
+
+@routes_app.command("list")
+def routes_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
+                as_json: bool = JsonOpt) -> None:
+    """List routes."""
+    routes = Api(server, token).call("GET", "/routes")
+    if as_json:
+        print_json(routes)
+        return
+    t = Table(title="routes")
+    for c in ("name", "prefix", "router group", "metric", "per-router", "masquerade",
+              "enabled"):
+        t.add_column(c)
+    for r in routes:
+        t.add_row(r["name"], r["prefix"], r["router_group"], str(r["metric"]),
+                  ",".join(f"{k}={v}" for k, v in r["router_metrics"].items()),
+                  str(r["masquerade"]), str(r["enabled"]))
+    console.print(t)
+
+
+@routes_app.command("set")
+def routes_set(
+    name: str = typer.Argument(...),
+    prefix: str = typer.Option(..., "--prefix", help="Network, e.g. 198.18.1.0/24"),
+    router_group: str = typer.Option(..., "--routers", help="Group whose members route it"),
+    metric: int = typer.Option(100, "--metric", min=0, help="Default metric (lower wins)"),
+    router_metric: list[str] = typer.Option([], "--router-metric",
+                                            help="PEER=METRIC override; repeatable"),
+    masquerade: bool = typer.Option(True, "--masquerade/--no-masquerade"),
+    enabled: bool = typer.Option(True, "--enabled/--disabled"),
+    server: str | None = ServerOpt, token: str | None = TokenOpt,
+) -> None:
+    """Create or replace a route. Who may use it is decided by policy (`routes:` in a policy)."""
+    overrides: dict[str, int] = {}
+    for item in router_metric:
+        peer, _, m = item.partition("=")
+        if not peer or not m.isdigit():
+            fail(f"--router-metric {item!r}: expected PEER=METRIC")
+        overrides[peer] = int(m)
+    Api(server, token).call("PUT", f"/routes/{name}", json={
+        "prefix": prefix, "router_group": router_group, "metric": metric,
+        "router_metrics": overrides, "masquerade": masquerade, "enabled": enabled})
+    console.print(f"route {name} -> {prefix} via group {router_group}")
+
+
+@routes_app.command("delete")
+def routes_delete(name: str = typer.Argument(...), server: str | None = ServerOpt,
+                  token: str | None = TokenOpt) -> None:
+    """Delete a route."""
+    Api(server, token).call("DELETE", f"/routes/{name}")
+    console.print(f"deleted route {name}")
+
+
+def audit(limit: int = typer.Option(50, "--limit", min=1), server: str | None = ServerOpt,
+          token: str | None = TokenOpt, as_json: bool = JsonOpt) -> None:
+    """Show the audit log: who changed what, when (newest first)."""
+    entries = Api(server, token).call("GET", "/audit", params={"limit": limit})
+    if as_json:
+        print_json(entries)
+        return
+    t = Table(title="audit log")
+    for c in ("when", "who", "what", "detail"):
+        t.add_column(c)
+    for e in entries:
+        t.add_row(str(e["at"]), e["actor"], e["action"], str(e["detail"]))
+    console.print(t)

@@ -1,0 +1,178 @@
+"""Policy as code over HTTP: apply / diff / export a policy file, the reachability matrix,
+`explain`, routes and the audit log."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import Field
+
+from wiremesh.core.explain import explain, matrix
+from wiremesh.core.models import MeshState, Route
+from wiremesh.core.policyfile import PolicyFileError, export, parse, plan, run_tests
+from wiremesh.server.auth import admin_actor
+from wiremesh.server.errors import problem
+from wiremesh.server.schemas import Name, Strict
+from wiremesh.store.repo import Store
+
+router = APIRouter(prefix="/api/v1")
+
+
+class PolicyText(Strict):
+    text: str = Field(max_length=4_000_000, description="The policy file, YAML or JSON")
+    source: str = Field("policy", max_length=200, description="File name, for error messages")
+
+
+class RouteIn(Strict):
+    prefix: str = Field(description="IPv4 network, e.g. 198.18.1.0/24")
+    router_group: Name
+    metric: int = Field(100, ge=0, le=65535)
+    router_metrics: dict[str, int] = Field(default_factory=dict,
+                                           description="per-router metric by peer name")
+    masquerade: bool = True
+    enabled: bool = True
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def _file_problem(e: PolicyFileError) -> JSONResponse:
+    errors = [{"line": i.line, "field": i.field, "message": i.message} for i in e.issues]
+    return problem(422, "Invalid policy file", str(e), errors)
+
+
+async def _planned(request: Request, body: PolicyText) -> tuple[MeshState, Any, Any]:
+    _, state = await _store(request).load_state()
+    pf = parse(body.text, state, source=body.source)
+    return state, pf, pf.apply(state)
+
+
+def _plan_json(p: Any) -> dict[str, Any]:
+    return {"empty": p.empty, "changes": p.lines(),
+            "peers_affected": [c.name for c in p.peers]}
+
+
+@router.post("/policy/diff")
+async def policy_diff(body: PolicyText, request: Request,
+                      _: str = Depends(admin_actor)) -> Any:
+    """What applying the file would change, and which peers' netmaps."""
+    try:
+        state, pf, new = await _planned(request, body)
+    except PolicyFileError as e:
+        return _file_problem(e)
+    out = _plan_json(plan(state, new))
+    out["test_failures"] = [f.message for f in run_tests(new, pf.tests)]
+    return out
+
+
+@router.post("/policy/apply")
+async def policy_apply(body: PolicyText, request: Request,
+                       actor: str = Depends(admin_actor)) -> Any:
+    """Validate, run the file's tests, then replace policies (all or nothing)."""
+    try:
+        state, pf, new = await _planned(request, body)
+    except PolicyFileError as e:
+        return _file_problem(e)
+    failures = run_tests(new, pf.tests)
+    if failures:
+        errors = [{"line": f.test.line, "field": "tests", "message": f.message}
+                  for f in failures]
+        return problem(422, "Policy tests failed",
+                       f"{len(failures)} policy test(s) failed; nothing was changed", errors)
+    p = plan(state, new)
+    rev = await _store(request).replace_policy(
+        actor, {g: list(m) for g, m in pf.groups.items()}, list(pf.policies),
+        list(pf.routes) if pf.routes is not None else None, body.source)
+    request.app.state.hub.poke()
+    return {"revision": rev, "tests_passed": len(pf.tests), **_plan_json(p)}
+
+
+@router.get("/policy/export", response_class=PlainTextResponse)
+async def policy_export(request: Request, _: str = Depends(admin_actor)) -> str:
+    _, state = await _store(request).load_state()
+    return export(state)
+
+
+@router.get("/policy/matrix")
+async def policy_matrix(request: Request, _: str = Depends(admin_actor)) -> Any:
+    hub = request.app.state.hub
+    state = hub.state
+    names = {pid: p.name for pid, p in state.peers.items()}
+    m = matrix(state, hub.compiler.netmaps if hub.compiler else None)
+    return {
+        "peers": sorted(names.values()),
+        "pairs": [
+            {"src": names[a], "dst": names[b],
+             "allow": [{"proto": proto, "ports": [str(r) for r in ports]}
+                       for proto, ports in access]}
+            for (a, b), access in sorted(m.items(), key=lambda x: (names[x[0][0]],
+                                                                   names[x[0][1]]))
+        ],
+    }
+
+
+@router.get("/policy/explain")
+async def policy_explain(
+    request: Request,
+    src: str = Query(..., description="source peer (name or id)"),
+    dst: str = Query(..., description="destination peer (name or id)"),
+    proto: Literal["all", "tcp", "udp", "icmp"] = Query("all"),
+    port: int | None = Query(None, ge=1, le=65535),
+    _: str = Depends(admin_actor),
+) -> Any:
+    _, state = await _store(request).load_state()
+    try:
+        ex = explain(state, src, dst, proto, port)
+    except ValueError as e:
+        return problem(400, "Bad request", str(e), [{"field": "src/dst", "message": str(e)}])
+    return {"src": ex.src, "dst": ex.dst, "proto": ex.proto, "port": ex.port,
+            "allowed": ex.allowed, "allowed_by": list(ex.allowed_by), "summary": ex.summary(),
+            "verdicts": [{"policy": v.policy, "verdict": v.verdict, "reason": v.reason}
+                         for v in ex.verdicts]}
+
+
+def _route_json(r: Route) -> dict[str, Any]:
+    return {"name": r.name, "prefix": r.prefix, "router_group": r.router_group,
+            "metric": r.metric, "router_metrics": dict(r.router_metrics),
+            "masquerade": r.masquerade, "enabled": r.enabled}
+
+
+@router.get("/routes")
+async def list_routes(request: Request, _: str = Depends(admin_actor)) -> Any:
+    return [_route_json(r) for r in await _store(request).list_routes()]
+
+
+@router.put("/routes/{name}")
+async def put_route(name: str, body: RouteIn, request: Request,
+                    actor: str = Depends(admin_actor)) -> Any:
+    """Create or replace a route; which peers may use it is decided by policy."""
+    # The policy-file validator owns the rules for routes (prefix, names, metrics).
+    doc = {"routes": [{"name": name, "prefix": body.prefix, "routers": body.router_group,
+                       "metric": body.metric, "router_metrics": body.router_metrics,
+                       "masquerade": body.masquerade, "enabled": body.enabled}]}
+    _, state = await _store(request).load_state()
+    try:
+        pf = parse(json.dumps(doc), state, source="route")
+    except PolicyFileError as e:
+        return _file_problem(e)
+    assert pf.routes
+    await _store(request).upsert_route(actor, pf.routes[0])
+    request.app.state.hub.poke()
+    return _route_json(pf.routes[0])
+
+
+@router.delete("/routes/{name}", status_code=204)
+async def delete_route(name: str, request: Request, actor: str = Depends(admin_actor)) -> None:
+    await _store(request).delete_route(actor, name)
+    request.app.state.hub.poke()
+
+
+@router.get("/audit")
+async def audit(request: Request, limit: int = Query(100, ge=1, le=10000),
+                _: str = Depends(admin_actor)) -> Any:
+    return [{"at": e.at, "actor": e.actor, "action": e.action, "detail": e.detail}
+            for e in await _store(request).audit_log(limit)]
