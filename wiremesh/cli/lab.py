@@ -49,6 +49,37 @@ def demo(
         raise typer.Exit(1)
 
 
+@app.command("failover")
+def failover(
+    trials: int = typer.Option(21, "--trials", min=1, max=1000,
+                               help="Router failures to inflict (the second half with the "
+                                    "server stopped)"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Break the active router of an internal network (kill, link down, nftables blackhole)
+    again and again while clients send UDP echoes every 10 ms; report the interruptions.
+
+    Exits 1 if a trial's traffic never came back or the outsider ever reached the network.
+    With --json the last line is one JSON object with the figures.
+    """
+    from wiremesh.lab.failover_scenario import run_failover
+
+    _prepare()
+    out = Console(stderr=True) if as_json else console
+    try:
+        figures, _ = run_failover(trials, out)
+    except LabError as e:
+        fail(str(e), code=1)
+    except KeyboardInterrupt:
+        fail("interrupted; the lab was torn down", code=130)
+    if as_json:
+        print_json(figures)
+    else:
+        console.print_json(data=figures)
+    if figures["trials_without_recovery"] or figures["unauthorized_reached"]:
+        raise typer.Exit(1)
+
+
 @app.command("clean")
 def clean(prefix: str = typer.Option("wm", "--prefix", help="Name prefix of lab runs")) -> None:
     """Remove namespaces, processes and sockets left by crashed lab runs."""
