@@ -25,13 +25,26 @@ def _prepare() -> None:
 
 @app.command("demo")
 def demo(
-    agents: int = typer.Option(5, "--agents", min=2, max=40, help="Number of agent hosts"),
+    agents: int = typer.Option(5, "--agents", min=2, max=40,
+                               help="Number of agent hosts (mesh scenario)"),
+    scenario: str = typer.Option("mesh", "--scenario",
+                                 help="mesh: all-pairs pings, server death; policy: the "
+                                      "reachability matrix checked with real traffic"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Mesh N agents, ping every ordered pair; stop the server, restart an agent, ping again.
 
+    With --scenario policy: six peers in three groups get examples/lab-policy.yaml; every
+    (proto, port) probe between every ordered pair must match `wiremesh policy matrix`, before
+    and after a live change; exits 1 on any violation.
+
     With --json the last line is one JSON object with the figures.
     """
+    if scenario not in ("mesh", "policy"):
+        fail(f"--scenario {scenario!r}: choose mesh or policy")
+    if scenario == "policy":
+        _policy_demo(as_json)
+        return
     from wiremesh.lab.demo import run_demo
 
     _prepare()
@@ -46,6 +59,25 @@ def demo(
         print_json(result)
     ok = result["pairs_ok"] == result["pairs_total"] == result["pairs_ok_server_down"]
     if not ok:
+        raise typer.Exit(1)
+
+
+def _policy_demo(as_json: bool) -> None:
+    from wiremesh.lab.policy_scenario import run_policy_scenario
+
+    _prepare()
+    out = Console(stderr=True) if as_json else console
+    try:
+        result = run_policy_scenario(out)
+    except LabError as e:
+        fail(str(e), code=1)
+    except KeyboardInterrupt:
+        fail("interrupted; the lab was torn down", code=130)
+    if as_json:
+        print_json(result)
+    else:
+        console.print_json(data=result)
+    if result["violations"] or result["propagation_ms"] is None:
         raise typer.Exit(1)
 
 
