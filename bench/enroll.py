@@ -29,6 +29,8 @@ from wiremesh.lab.netns import Lab, missing_requirements
 
 async def _agent(http, key: str, i: int, n: int, done: dict[int, float],
                  enrolled: list[float], enrolled_ev: asyncio.Event) -> None:
+    import httpx
+
     from wiremesh.wg.keys import generate_private_key, public_key_of
 
     r = await http.post("/api/v1/enroll", json={
@@ -41,8 +43,12 @@ async def _agent(http, key: str, i: int, n: int, done: dict[int, float],
     # The simulated agent tracks only its peer set: it costs O(delta) per message, so the
     # load generator (1000 agents on one machine) measures the server, not itself.
     peers: set[str] = set()
-    async with http.stream("GET", "/api/v1/agent/netmap",
-                           headers={"Authorization": f"Bearer {token}"}) as s:
+    # One client per agent, as in reality: httpx's pool scans every connection it holds on
+    # each request, so 1000 streams in one pool would make the load generator quadratic.
+    async with httpx.AsyncClient(base_url=str(http.base_url),
+                                 timeout=httpx.Timeout(60.0, read=300.0)) as own, \
+            own.stream("GET", "/api/v1/agent/netmap",
+                       headers={"Authorization": f"Bearer {token}"}) as s:
         async for line in s.aiter_lines():
             if not line:
                 continue
@@ -61,8 +67,7 @@ async def _load(url: str, key: str, n: int, concurrency: int) -> dict[str, float
     import httpx
 
     # Expire idle connections before the server (5 s) does, or a reused one may be reset.
-    limits = httpx.Limits(max_connections=n + concurrency, max_keepalive_connections=n,
-                          keepalive_expiry=2.0)
+    limits = httpx.Limits(max_connections=concurrency, keepalive_expiry=2.0)
     done: dict[int, float] = {}
     enrolled: list[float] = []
     sem = asyncio.Semaphore(concurrency)

@@ -22,7 +22,7 @@ from wiremesh.store.repo import Store
 
 log = logging.getLogger("wiremesh.server.hub")
 HISTORY = 16  # old versions kept per peer so a reconnecting agent gets a delta, not a full map
-COALESCE_S = 0.05  # a burst of changes (enrolments, a policy apply) becomes one refresh
+COALESCE_S = 0.1  # a burst of changes (enrolments, a policy apply) becomes one refresh
 
 
 def encode(msg: dict[str, Any]) -> bytes:
@@ -65,6 +65,7 @@ class NetmapHub:
             rev, state = await self.store.load_state()
             if rev == self.revision:
                 return set()
+            t_loaded = time.monotonic()
             if self.compiler is None:
                 self.compiler = await asyncio.to_thread(PolicyCompiler, state)
                 touched = set(self.compiler.netmaps)
@@ -87,6 +88,7 @@ class NetmapHub:
                 else:
                     continue
                 changed.add(pid)
+            t_compiled = time.monotonic()
             encoded = await asyncio.to_thread(_encode_deltas, pairs)
             self.current, self.state, self.revision = current, state, rev
             for pid in changed:
@@ -96,7 +98,9 @@ class NetmapHub:
             for pid in changed:
                 for ev in self._waiters.get(pid, ()):
                     ev.set()
-            log.info("revision %d: %d netmaps changed", rev, len(changed))
+            log.info("revision %d: %d netmaps changed (load %.0f ms, compile %.0f ms, "
+                     "encode %.0f ms)", rev, len(changed), (t_loaded - started) * 1e3,
+                     (t_compiled - t_loaded) * 1e3, (time.monotonic() - t_compiled) * 1e3)
             return changed
 
     def poke(self) -> None:

@@ -60,7 +60,11 @@ async def _stream(hub: NetmapHub, peer_id: int, since: int) -> AsyncIterator[byt
     metrics.STREAMS.inc()
     try:
         if peer_id not in hub.current:
-            await hub.refresh()  # enrolled through another replica a moment ago
+            # Enrolled a moment ago (here or through another replica): the next coalesced
+            # refresh brings its netmap and wakes us.
+            hub.poke()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), KEEPALIVE_S)
         sent: Netmap | None = hub.base_for(peer_id, since) if since else None
         while True:
             cur = hub.current.get(peer_id)

@@ -100,6 +100,7 @@ async def policy_export(request: Request, _: str = Depends(admin_actor)) -> str:
 @router.get("/policy/matrix")
 async def policy_matrix(request: Request, _: str = Depends(admin_actor)) -> Any:
     hub = request.app.state.hub
+    await hub.refresh()  # read-after-write: include a change committed a moment ago
     state = hub.state
     names = {pid: p.name for pid, p in state.peers.items()}
     m = matrix(state, hub.compiler.netmaps if hub.compiler else None)
