@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client import start_http_server
 
+from wiremesh.agent import metrics
 from wiremesh.agent import state as statefile
 from wiremesh.agent.client import PeerDeleted, ServerClient, ServerRefused, enroll
 from wiremesh.agent.dataplane import DataPlane, make_backend
@@ -89,6 +91,7 @@ class Agent:
         self.dataplane: DataPlane | None = None
         self.want_full = False
         self.routes = RouteManager(self.state.config.interface)
+        metrics.FAILOVERS.set_function(lambda: self.routes.failovers)
 
     async def _apply(self, netmap: Netmap, persist: bool = True) -> None:
         assert self.dataplane is not None
@@ -97,6 +100,10 @@ class Agent:
         # stays off ours.
         async with self.routes.applying(netmap):
             await asyncio.to_thread(self.dataplane.apply, netmap)
+        metrics.NETMAP_VERSION.set(netmap.version)
+        metrics.PEERS.set(len(netmap.peers))
+        metrics.INBOUND_RULES.set(len(netmap.inbound))
+        metrics.NETMAP_UPDATES.inc()
         if persist:
             self.state.netmap = netmap
             statefile.save(self.state_dir, self.state)
@@ -105,6 +112,7 @@ class Agent:
         cfg = self.state.config
         await client.report_endpoints(cfg.listen_port, cfg.endpoints)
         since = self.state.netmap.version if self.state.netmap and not self.want_full else 0
+        metrics.SERVER_CONNECTED.set(1)
         async for msg in client.netmap_stream(since):
             new = next_netmap(self.state.netmap, msg)
             if new is not None:
@@ -143,6 +151,7 @@ class Agent:
                 self.want_full = True
                 continue
             except (httpx.HTTPError, OSError, ServerRefused, ValueError) as e:
+                metrics.SERVER_CONNECTED.set(0)
                 log.warning("server unreachable (%s); keeping netmap version=%s",
                             e.__class__.__name__,
                             self.state.netmap.version if self.state.netmap else None)
@@ -156,9 +165,12 @@ async def _cancel(task: asyncio.Task) -> None:
         await task
 
 
-def run_forever(state_dir: Path, backend: str = "auto") -> int:
+def run_forever(state_dir: Path, backend: str = "auto",
+                metrics_listen: tuple[str, int] | None = None) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code."""
     agent = Agent(state_dir, backend)
+    if metrics_listen is not None:
+        start_http_server(metrics_listen[1], addr=metrics_listen[0])
 
     async def main() -> int:
         task = asyncio.current_task()

@@ -10,10 +10,12 @@ import typer
 
 from wiremesh.agent import state as statefile
 from wiremesh.agent.client import ServerRefused
-from wiremesh.cli.common import fail, setup_logging
+from wiremesh.cli.common import fail, setup_logging, split_listen
 
 StateDirOpt = typer.Option(statefile.DEFAULT_STATE_DIR, "--state-dir",
                            help="Where the key pair and saved state live")
+MetricsOpt = typer.Option(None, "--metrics-listen",
+                          help="HOST:PORT to serve Prometheus /metrics on (off by default)")
 BackendOpt = typer.Option("auto", "--wg-backend",
                           help="auto (kernel if present, else wireguard-go), kernel or userspace")
 
@@ -22,6 +24,10 @@ def _check_backend(backend: str) -> str:
     if backend not in ("auto", "kernel", "userspace"):
         fail(f"--wg-backend {backend!r}: choose auto, kernel or userspace")
     return backend
+
+
+def _listen(value: str | None) -> tuple[str, int] | None:
+    return None if value is None else split_listen(value, "--metrics-listen")
 
 
 def up(
@@ -37,6 +43,7 @@ def up(
                                        "repeatable; the server adds the address it sees"),
     state_dir: Path = StateDirOpt,
     backend: str = BackendOpt,
+    metrics_listen: str | None = MetricsOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Enrol this machine (if not enrolled yet) and run the agent."""
@@ -59,10 +66,11 @@ def up(
             fail(str(e))
         except (OSError, httpx.HTTPError) as e:
             fail(f"cannot reach the server at {server}: {e}")
-    raise typer.Exit(run_forever(state_dir, backend))
+    raise typer.Exit(run_forever(state_dir, backend, _listen(metrics_listen)))
 
 
 def agent(state_dir: Path = StateDirOpt, backend: str = BackendOpt,
+          metrics_listen: str | None = MetricsOpt,
           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run the agent from saved state (works while the server is down)."""
     from wiremesh.agent.runner import run_forever
@@ -73,4 +81,4 @@ def agent(state_dir: Path = StateDirOpt, backend: str = BackendOpt,
         statefile.load(state_dir)
     except statefile.StateError as e:
         fail(str(e))
-    raise typer.Exit(run_forever(state_dir, backend))
+    raise typer.Exit(run_forever(state_dir, backend, _listen(metrics_listen)))

@@ -30,6 +30,14 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def split_listen(listen: str, option: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 hosts in brackets) from an option value, or exit 2 naming it."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        fail(f"{option} {listen!r}: expected HOST:PORT, e.g. 0.0.0.0:8080")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=None, default=str) + "\n")
 

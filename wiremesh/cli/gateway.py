@@ -14,7 +14,15 @@ from typing import BinaryIO
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wiremesh.cli.common import JsonOpt, console, err_console, fail, print_json, setup_logging
+from wiremesh.cli.common import (
+    JsonOpt,
+    console,
+    err_console,
+    fail,
+    print_json,
+    setup_logging,
+    split_listen,
+)
 from wiremesh.gateway.admission import AdmissionLimits
 from wiremesh.gateway.guard import GuardError
 from wiremesh.gateway.store import KnownPeerStore, StoreError, parse_peer_line
@@ -121,13 +129,6 @@ def _read_private_key(path: Path) -> str:
     return key
 
 
-def _parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        fail(f"--metrics-listen: expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 @app.command("run")
 def run(
     private_key_file: Path = typer.Option(..., "--private-key-file",
@@ -177,7 +178,7 @@ def run(
         private_key=key, db=db, address=address, ifname=ifname, listen_port=listen_port,
         ttl=ttl, max_active=max_active, poll_interval=poll_interval,
         capture_ifname=capture_interface,
-        metrics_listen=_parse_listen(metrics_listen) if metrics_listen else None, guard=guard,
+        metrics_listen=split_listen(metrics_listen, "--metrics-listen") if metrics_listen else None, guard=guard,
         limits=AdmissionLimits(rate_per_source=rate_per_source,
                                burst_per_source=burst_per_source,
                                sources_tracked=sources_tracked,

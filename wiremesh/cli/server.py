@@ -8,15 +8,8 @@ from pathlib import Path
 import typer
 import uvicorn
 
-from wiremesh.cli.common import console, fail, setup_logging
+from wiremesh.cli.common import console, fail, setup_logging, split_listen
 from wiremesh.store.db import BadDatabaseURL, async_url
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        fail(f"--listen {listen!r}: expected HOST:PORT, e.g. 0.0.0.0:8080")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def server(
@@ -35,7 +28,7 @@ def server(
     from wiremesh.server.app import create_app
 
     setup_logging(verbose)
-    host, port = _split_listen(listen)
+    host, port = split_listen(listen, "--listen")
     try:
         async_url(db)
     except BadDatabaseURL as e:

@@ -19,6 +19,7 @@ from wiremesh.lab.netns import Host, Lab, LabError
 from wiremesh.wg.uapi import UapiClient
 
 SERVER_PORT = 8080
+AGENT_METRICS_PORT = 9101  # on each agent host's own loopback
 UNDERLAY = "192.0.2.0/24"
 
 
@@ -45,6 +46,18 @@ class LabAgent:
     state_dir: Path
     proc: subprocess.Popen | None = None
     overlay_ip: str | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """The agent's Prometheus samples (name -> value), read inside its namespace."""
+        code = ("import urllib.request;print(urllib.request.urlopen("
+                f"'http://127.0.0.1:{AGENT_METRICS_PORT}/metrics',timeout=2).read().decode())")
+        out = self.host.run([sys.executable, "-c", code], check=False).stdout
+        samples = {}
+        for line in out.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
 
     def wg_peers(self) -> dict[str, Any]:
         try:
@@ -125,7 +138,8 @@ class MeshLab:
 
     def start_agent(self, a: LabAgent, setup_key: str | None = None) -> None:
         """`wiremesh up` with a setup key (first start) or `wiremesh agent` (saved state)."""
-        common = ["--state-dir", str(a.state_dir), "--wg-backend", "userspace"]
+        common = ["--state-dir", str(a.state_dir), "--wg-backend", "userspace",
+                  "--metrics-listen", f"127.0.0.1:{AGENT_METRICS_PORT}"]
         if setup_key:
             argv = wiremesh_cmd("up", "--server", self.url, "--setup-key", setup_key,
                                 "--name", a.name, "--interface", a.ifname, *common)
