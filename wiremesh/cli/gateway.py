@@ -178,7 +178,9 @@ def run(
         private_key=key, db=db, address=address, ifname=ifname, listen_port=listen_port,
         ttl=ttl, max_active=max_active, poll_interval=poll_interval,
         capture_ifname=capture_interface,
-        metrics_listen=split_listen(metrics_listen, "--metrics-listen") if metrics_listen else None, guard=guard,
+        metrics_listen=(split_listen(metrics_listen, "--metrics-listen")
+                        if metrics_listen else None),
+        guard=guard,
         limits=AdmissionLimits(rate_per_source=rate_per_source,
                                burst_per_source=burst_per_source,
                                sources_tracked=sources_tracked,
