@@ -31,6 +31,9 @@ from wiremesh.core.netmap import (
     delta_from_json,
     netmap_from_json,
 )
+from wiremesh.firewall.nft import NftError
+from wiremesh.firewall.render import RenderError
+from wiremesh.wg.backend import WgError
 from wiremesh.wg.keys import load_or_create_private_key, public_key_of
 
 log = logging.getLogger("wiremesh.agent")
@@ -150,6 +153,9 @@ class Agent:
                 log.warning("netmap resync: %s", e)
                 self.want_full = True
                 continue
+            except (NftError, WgError, RenderError) as e:
+                # The held netmap is still enforced; the same update comes again on retry.
+                log.error("could not apply netmap update: %s; retrying", e)
             except (httpx.HTTPError, OSError, ServerRefused, ValueError) as e:
                 metrics.SERVER_CONNECTED.set(0)
                 log.warning("server unreachable (%s); keeping netmap version=%s",
