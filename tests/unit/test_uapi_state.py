@@ -69,3 +69,40 @@ def test_state_file_errors_are_clear(tmp_path) -> None:
     (tmp_path / "state.json").write_text("{broken")
     with pytest.raises(statefile.StateError, match="unreadable"):
         statefile.load(tmp_path)
+
+
+def test_only_one_side_of_a_new_pair_initiates_at_once(monkeypatch) -> None:
+    """Both sides adding each other at once must not both start a handshake (they would
+    cross and stall for 5 s): the smaller key holds its keepalive back."""
+    from wiremesh.agent import dataplane
+    from wiremesh.agent.dataplane import DataPlane, initiates
+
+    monkeypatch.setattr(dataplane.nft, "apply", lambda *a, **k: None)
+    assert initiates(K1, K2) != initiates(K2, K1)
+
+    class Recorder:
+        ifname = "wm0"
+
+        def __init__(self) -> None:
+            self.writes: list[list[WgPeerConfig]] = []
+
+        def set_peers(self, upsert, remove, replace_all=False) -> None:
+            self.writes.append(upsert)
+
+    nm = Netmap(version=1, peer_id=1, name="a", overlay_ip="100.64.0.1",
+                peers={K2: NetmapPeer(K2, "b", "100.64.0.2", ())})
+    sides: dict[bool, DataPlane] = {}
+    while len(sides) < 2:
+        cfg = AgentConfig("http://192.0.2.1:8080", 1, "a", "t", "100.64.0.1", 10, "wm0", 51820,
+                          [])
+        dp = DataPlane(Recorder(), cfg, generate_private_key())  # type: ignore[arg-type]
+        dp.apply(nm)
+        sides[initiates(dp.public_key, K2)] = dp
+    for starts, dp in sides.items():
+        assert dp.backend.writes[-1][0].persistent_keepalive == (25 if starts else 0)
+        assert (dp.next_release() is None) == starts
+    held = sides[False]
+    held.held[K2] = 0.0  # due now
+    held.apply(nm)
+    assert held.backend.writes[-1][0].persistent_keepalive == 25
+    assert held.next_release() is None

@@ -7,6 +7,7 @@ roamed endpoint are left alone.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from wiremesh.agent.state import AgentConfig
@@ -15,9 +16,11 @@ from wiremesh.firewall import nft
 from wiremesh.netlink.addresses import ensure_address
 from wiremesh.netlink.sysctl import set_forwarding
 from wiremesh.wg.backend import WgBackend, WgPeerConfig
+from wiremesh.wg.keys import decode_key, public_key_of
 
 log = logging.getLogger("wiremesh.agent.dataplane")
 KEEPALIVE_S = 25  # keeps NAT mappings open toward peers behind NAT
+KEEPALIVE_HOLD_S = 2.0  # see initiates()
 
 
 def make_backend(kind: str, ifname: str) -> WgBackend:
@@ -31,7 +34,8 @@ def make_backend(kind: str, ifname: str) -> WgBackend:
 
 
 def desired_peers(netmap: Netmap,
-                  extra_allowed: Callable[[str], tuple[str, ...]] = lambda _k: ()
+                  extra_allowed: Callable[[str], tuple[str, ...]] = lambda _k: (),
+                  keepalive: Callable[[str], int] = lambda _k: KEEPALIVE_S,
                   ) -> dict[str, WgPeerConfig]:
     out = {}
     for key, p in netmap.peers.items():
@@ -39,9 +43,21 @@ def desired_peers(netmap: Netmap,
             public_key=key,
             allowed_ips=(f"{p.overlay_ip}/32", *extra_allowed(key)),
             endpoint=p.endpoints[0] if p.endpoints else None,
-            persistent_keepalive=KEEPALIVE_S,
+            persistent_keepalive=keepalive(key),
         )
     return out
+
+
+def initiates(own_key: str, peer_key: str) -> bool:
+    """Which side of a new pair starts the handshake at once.
+
+    Setting a keepalive makes WireGuard initiate immediately. When both sides of a new pair
+    do that at the same moment (the server pushes both netmaps together), the two initiations
+    cross, each side's answer to the other's wipes its own pending handshake, and the pair
+    stalls until the 5 s retry. So only the side with the larger key starts at once; the
+    other holds its keepalive back for KEEPALIVE_HOLD_S (and still initiates if it has
+    traffic to send)."""
+    return decode_key(own_key) > decode_key(peer_key)
 
 
 class DataPlane:
@@ -57,6 +73,12 @@ class DataPlane:
         self.applied: dict[str, WgPeerConfig] | None = None
         self.netmap: Netmap | None = None
         self.forwarding = False
+        self.public_key = public_key_of(private_key)
+        self.held: dict[str, float] = {}  # peer key -> when its keepalive may start
+
+    def next_release(self) -> float | None:
+        """When a held keepalive is due (time.monotonic()), if any: re-apply then."""
+        return min(self.held.values(), default=None)
 
     def start(self) -> None:
         self.backend.set_device(self.private_key, self.config.listen_port)
@@ -70,7 +92,14 @@ class DataPlane:
         if routing != self.forwarding:
             set_forwarding(routing)
             self.forwarding = routing
-        want = desired_peers(netmap, self.extra_allowed)
+        now = time.monotonic()
+        before = self.applied or {}
+        for key in netmap.peers.keys() - before.keys():
+            if not initiates(self.public_key, key):
+                self.held[key] = now + KEEPALIVE_HOLD_S
+        self.held = {k: t for k, t in self.held.items() if t > now and k in netmap.peers}
+        want = desired_peers(netmap, self.extra_allowed,
+                             lambda k: 0 if k in self.held else KEEPALIVE_S)
         if self.applied is None:
             # First write after start: replace whatever a previous run left on the device.
             self.backend.set_peers(list(want.values()), [], replace_all=True)

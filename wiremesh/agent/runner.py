@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,7 @@ class Agent:
         self.backend_kind = backend
         self.dataplane: DataPlane | None = None
         self.want_full = False
+        self._release: asyncio.Task | None = None
         self.routes = RouteManager(self.state.config.interface)
         metrics.FAILOVERS.set_function(lambda: self.routes.failovers)
 
@@ -103,6 +105,7 @@ class Agent:
         # stays off ours.
         async with self.routes.applying(netmap):
             await asyncio.to_thread(self.dataplane.apply, netmap)
+        self._schedule_release()
         metrics.NETMAP_VERSION.set(netmap.version)
         metrics.PEERS.set(len(netmap.peers))
         metrics.INBOUND_RULES.set(len(netmap.inbound))
@@ -110,6 +113,24 @@ class Agent:
         if persist:
             self.state.netmap = netmap
             statefile.save(self.state_dir, self.state)
+
+    def _schedule_release(self) -> None:
+        """Re-apply the held netmap when a held-back keepalive is due (see initiates())."""
+        due = self.dataplane.next_release() if self.dataplane else None
+        if due is None or (self._release is not None and not self._release.done()):
+            return
+
+        async def release() -> None:
+            await asyncio.sleep(max(0.0, due - time.monotonic()) + 0.01)
+            self._release = None  # the apply below schedules the next release, if any
+            if self.dataplane is not None and self.dataplane.netmap is not None:
+                await self._apply(self.dataplane.netmap, persist=False)
+
+        self._release = asyncio.create_task(release())
+
+    async def _stop_release(self) -> None:
+        if self._release is not None:
+            await _cancel(self._release)
 
     async def _follow(self, client: ServerClient) -> None:
         cfg = self.state.config
@@ -138,6 +159,7 @@ class Agent:
                 await self._apply(self.state.netmap, persist=False)
             failover = asyncio.create_task(self.routes.run(backend))
             stack.push_async_callback(_cancel, failover)
+            stack.push_async_callback(self._stop_release)
             client = ServerClient(cfg.server, cfg.token)
             stack.push_async_callback(client.close)
             await self._follow_forever(client)

@@ -56,7 +56,7 @@ def _scenario(mesh: MeshLab, n: int, console: Console) -> dict[str, Any]:
     for a in mesh.agents.values():
         mesh.start_agent(a, key)
     mesh.wait_agents_configured(mesh.agents.values(), n - 1)
-    ips = {p["name"]: p["overlay_ip"] for p in mesh.admin("peers", "list")}
+    ips = {name: a.overlay_ip for name, a in mesh.agents.items()}
     pairs = all_pairs(mesh, ips)
     up = ping_pairs(pairs, deadline_s=30)
     ready_s = time.monotonic() - t0

@@ -45,7 +45,12 @@ class LabAgent:
     ifname: str
     state_dir: Path
     proc: subprocess.Popen | None = None
-    overlay_ip: str | None = None
+
+    @property
+    def overlay_ip(self) -> str:
+        """From the agent's saved state (no round trip to the server)."""
+        state = json.loads((self.state_dir / "state.json").read_text())
+        return state["config"]["overlay_ip"]
 
     def metrics(self) -> dict[str, float]:
         """The agent's Prometheus samples (name -> value), read inside its namespace."""
