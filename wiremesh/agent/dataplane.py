@@ -20,7 +20,7 @@ from wiremesh.wg.keys import decode_key, public_key_of
 
 log = logging.getLogger("wiremesh.agent.dataplane")
 KEEPALIVE_S = 25  # keeps NAT mappings open toward peers behind NAT
-KEEPALIVE_HOLD_S = 2.0  # see initiates()
+KEEPALIVE_HOLD_S = 0.5  # see initiates()
 
 
 def make_backend(kind: str, ifname: str) -> WgBackend:
@@ -55,8 +55,10 @@ def initiates(own_key: str, peer_key: str) -> bool:
     do that at the same moment (the server pushes both netmaps together), the two initiations
     cross, each side's answer to the other's wipes its own pending handshake, and the pair
     stalls until the 5 s retry. So only the side with the larger key starts at once; the
-    other holds its keepalive back for KEEPALIVE_HOLD_S (and still initiates if it has
-    traffic to send)."""
+    other holds its keepalive back for KEEPALIVE_HOLD_S. Setting it then starts a fresh
+    handshake if none succeeded meanwhile: when the first initiation reached us before we
+    had the peer, or crossed with one our own traffic started, the pair waits half a second,
+    not five."""
     return decode_key(own_key) > decode_key(peer_key)
 
 
