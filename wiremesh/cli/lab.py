@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -15,12 +17,32 @@ app = typer.Typer(help="Lab: build a mesh in network namespaces and run scenario
                   no_args_is_help=True)
 
 
-def _prepare() -> None:
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run(scenario: Callable[[Console], dict[str, Any]], as_json: bool,
+         ok: Callable[[dict[str, Any]], bool]) -> None:
+    """Run a scenario with teardown guaranteed; print its figures (JSON last with --json);
+    exit 1 when `ok` says the figures miss the scenario's own bar."""
     missing = missing_requirements()
     if missing:
         fail(f"the lab needs {', '.join(missing)} (run as root after `make install`)")
     # SIGTERM unwinds like Ctrl-C so every namespace and process is torn down.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
+    out = Console(stderr=True) if as_json else console
+    try:
+        result = scenario(out)
+    except LabError as e:
+        fail(str(e), code=1)
+    except KeyboardInterrupt:
+        fail("interrupted; the lab was torn down", code=130)
+    if as_json:
+        print_json(result)
+    else:
+        console.print_json(data=result)
+    if not ok(result):
+        raise typer.Exit(1)
 
 
 @app.command("demo")
@@ -40,45 +62,18 @@ def demo(
 
     With --json the last line is one JSON object with the figures.
     """
-    if scenario not in ("mesh", "policy"):
-        fail(f"--scenario {scenario!r}: choose mesh or policy")
-    if scenario == "policy":
-        _policy_demo(as_json)
-        return
-    from wiremesh.lab.demo import run_demo
+    if scenario == "mesh":
+        from wiremesh.lab.demo import run_demo
 
-    _prepare()
-    out = Console(stderr=True) if as_json else console
-    try:
-        result = run_demo(agents, out)
-    except LabError as e:
-        fail(str(e), code=1)
-    except KeyboardInterrupt:
-        fail("interrupted; the lab was torn down", code=130)
-    if as_json:
-        print_json(result)
-    ok = result["pairs_ok"] == result["pairs_total"] == result["pairs_ok_server_down"]
-    if not ok:
-        raise typer.Exit(1)
+        _run(lambda out: run_demo(agents, out), as_json,
+             lambda r: r["pairs_ok"] == r["pairs_total"] == r["pairs_ok_server_down"])
+    elif scenario == "policy":
+        from wiremesh.lab.policy_scenario import run_policy_scenario
 
-
-def _policy_demo(as_json: bool) -> None:
-    from wiremesh.lab.policy_scenario import run_policy_scenario
-
-    _prepare()
-    out = Console(stderr=True) if as_json else console
-    try:
-        result = run_policy_scenario(out)
-    except LabError as e:
-        fail(str(e), code=1)
-    except KeyboardInterrupt:
-        fail("interrupted; the lab was torn down", code=130)
-    if as_json:
-        print_json(result)
+        _run(run_policy_scenario, as_json,
+             lambda r: not r["violations"] and r["propagation_ms"] is not None)
     else:
-        console.print_json(data=result)
-    if result["violations"] or result["propagation_ms"] is None:
-        raise typer.Exit(1)
+        fail(f"--scenario {scenario!r}: choose mesh or policy")
 
 
 @app.command("failover")
@@ -96,20 +91,8 @@ def failover(
     """
     from wiremesh.lab.failover_scenario import run_failover
 
-    _prepare()
-    out = Console(stderr=True) if as_json else console
-    try:
-        figures, _ = run_failover(trials, out)
-    except LabError as e:
-        fail(str(e), code=1)
-    except KeyboardInterrupt:
-        fail("interrupted; the lab was torn down", code=130)
-    if as_json:
-        print_json(figures)
-    else:
-        console.print_json(data=figures)
-    if figures["trials_without_recovery"] or figures["unauthorized_reached"]:
-        raise typer.Exit(1)
+    _run(lambda out: run_failover(trials, out)[0], as_json,
+         lambda r: not r["trials_without_recovery"] and not r["unauthorized_reached"])
 
 
 @app.command("clean")
