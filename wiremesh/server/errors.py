@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from wiremesh.core.policyfile import PolicyFileError
 from wiremesh.store.repo import StoreError
 
 PROBLEM = "application/problem+json"
@@ -44,6 +45,11 @@ def install(app: FastAPI) -> None:
         errors = [{"field": exc.field, "message": str(exc)}] if exc.field else None
         titles = {403: "Refused", 404: "Not found", 409: "Conflict"}
         return problem(exc.status, titles.get(exc.status, "Bad request"), str(exc), errors)
+
+    @app.exception_handler(PolicyFileError)
+    async def _policy_file(_: Request, exc: PolicyFileError) -> JSONResponse:
+        errors = [{"line": i.line, "field": i.field, "message": i.message} for i in exc.issues]
+        return problem(422, "Invalid policy file", str(exc), errors)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:

@@ -7,12 +7,12 @@ import json
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
 from wiremesh.core.explain import explain, matrix
 from wiremesh.core.models import MeshState, Route
-from wiremesh.core.policyfile import PolicyFileError, export, parse, plan, run_tests
+from wiremesh.core.policyfile import export, parse, plan, run_tests
 from wiremesh.server.auth import admin_actor
 from wiremesh.server.errors import problem
 from wiremesh.server.schemas import Name, Strict
@@ -40,11 +40,6 @@ def _store(request: Request) -> Store:
     return request.app.state.store
 
 
-def _file_problem(e: PolicyFileError) -> JSONResponse:
-    errors = [{"line": i.line, "field": i.field, "message": i.message} for i in e.issues]
-    return problem(422, "Invalid policy file", str(e), errors)
-
-
 async def _planned(request: Request, body: PolicyText) -> tuple[MeshState, Any, Any]:
     _, state = await _store(request).load_state()
     pf = parse(body.text, state, source=body.source)
@@ -60,10 +55,7 @@ def _plan_json(p: Any) -> dict[str, Any]:
 async def policy_diff(body: PolicyText, request: Request,
                       _: str = Depends(admin_actor)) -> Any:
     """What applying the file would change, and which peers' netmaps."""
-    try:
-        state, pf, new = await _planned(request, body)
-    except PolicyFileError as e:
-        return _file_problem(e)
+    state, pf, new = await _planned(request, body)
     out = _plan_json(plan(state, new))
     out["test_failures"] = [f.message for f in run_tests(new, pf.tests)]
     return out
@@ -73,10 +65,7 @@ async def policy_diff(body: PolicyText, request: Request,
 async def policy_apply(body: PolicyText, request: Request,
                        actor: str = Depends(admin_actor)) -> Any:
     """Validate, run the file's tests, then replace policies (all or nothing)."""
-    try:
-        state, pf, new = await _planned(request, body)
-    except PolicyFileError as e:
-        return _file_problem(e)
+    state, pf, new = await _planned(request, body)
     failures = run_tests(new, pf.tests)
     if failures:
         errors = [{"line": f.test.line, "field": "tests", "message": f.message}
@@ -156,10 +145,7 @@ async def put_route(name: str, body: RouteIn, request: Request,
                        "metric": body.metric, "router_metrics": body.router_metrics,
                        "masquerade": body.masquerade, "enabled": body.enabled}]}
     _, state = await _store(request).load_state()
-    try:
-        pf = parse(json.dumps(doc), state, source="route")
-    except PolicyFileError as e:
-        return _file_problem(e)
+    pf = parse(json.dumps(doc), state, source="route")
     assert pf.routes
     await _store(request).upsert_route(actor, pf.routes[0])
     request.app.state.hub.poke()
