@@ -11,6 +11,7 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from wiremesh.server import errors, metrics, routes_admin, routes_agent, routes_policy
+from wiremesh.server.enrolment import EnrolmentQueue
 from wiremesh.server.hub import NetmapHub
 from wiremesh.store.db import make_engine, migrate
 from wiremesh.store.repo import Store
@@ -30,16 +31,19 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
             on_admin_token(token)
         hub = NetmapHub(store)
         await hub.refresh()
-        app.state.store, app.state.hub = store, hub
-        task = asyncio.create_task(hub.run(poll_interval))
+        enrolments = EnrolmentQueue(store)
+        app.state.store, app.state.hub, app.state.enrolments = store, hub, enrolments
+        tasks = [asyncio.create_task(hub.run(poll_interval)),
+                 asyncio.create_task(enrolments.run())]
         try:
             yield
         finally:
+            # Both loops stop at a safe point: never in the middle of a transaction.
             hub.stop()
-            try:
-                await asyncio.wait_for(task, 10)
-            except TimeoutError:
-                task.cancel()
+            enrolments.stop()
+            _, pending = await asyncio.wait(tasks, timeout=10)
+            for t in pending:
+                t.cancel()
             await engine.dispose()
 
     app = FastAPI(title="wiremesh", version="0.1.0", lifespan=lifespan,

@@ -19,6 +19,7 @@ from wiremesh.server import metrics
 from wiremesh.server.auth import current_peer
 from wiremesh.server.hub import NetmapHub, encode
 from wiremesh.server.schemas import EndpointReport, EnrollRequest, EnrollResponse
+from wiremesh.store.repo import NewPeer
 from wiremesh.store.tables import Peer
 
 router = APIRouter(prefix="/api/v1")
@@ -36,9 +37,9 @@ def _observed(request: Request, endpoints: list[str]) -> list[str]:
 
 @router.post("/enroll", status_code=201, response_model=EnrollResponse)
 async def enroll(body: EnrollRequest, request: Request) -> EnrollResponse:
-    store = request.app.state.store
-    got = await store.enroll(body.setup_key, body.public_key, body.hostname, body.listen_port,
-                             _observed(request, body.endpoints))
+    got = await request.app.state.enrolments.submit(NewPeer(
+        body.setup_key, body.public_key, body.hostname, body.listen_port,
+        _observed(request, body.endpoints)))
     metrics.ENROLMENTS.inc()
     request.app.state.hub.poke()
     return EnrollResponse(peer_id=got.peer.id, name=got.peer.name,

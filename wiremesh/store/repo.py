@@ -79,9 +79,41 @@ def _aware(dt: datetime | None) -> datetime | None:
 
 
 @dataclass(frozen=True)
+class NewPeer:
+    setup_key: str
+    public_key: str
+    hostname: str
+    listen_port: int
+    endpoints: list[str]
+
+
+@dataclass(frozen=True)
 class Enrolled:
     peer: Peer
     token: str
+
+
+def _refusal(key: SetupKey | None, key_hash: str) -> StoreError | None:
+    """Why this setup key may not enrol a peer now, if it may not."""
+    if key is None or not secrets.compare_digest(key.key_hash, key_hash):
+        return Refused("setup key is not valid", "setup_key")
+    if key.revoked:
+        return Refused("setup key has been revoked", "setup_key")
+    exp = _aware(key.expires_at)
+    if exp is not None and exp <= now():
+        return Refused("setup key has expired", "setup_key")
+    if key.usage_limit and key.used_count >= key.usage_limit:
+        return Refused("setup key is used up", "setup_key")
+    return None
+
+
+def _unique_name(hostname: str, taken: set[str]) -> str:
+    if hostname not in taken:
+        return hostname
+    n = 2
+    while f"{hostname}-{n}" in taken:
+        n += 1
+    return f"{hostname}-{n}"
 
 
 def policy_from_row(r: PolicyRow) -> Policy:
@@ -213,64 +245,74 @@ class Store:
 
     # --- enrolment and peer credentials -----------------------------------------------------
 
-    async def enroll(
-        self, setup_key: str, public_key: str, hostname: str, listen_port: int,
-        endpoints: list[str],
-    ) -> Enrolled:
-        h = hash_secret(setup_key)
-        token = new_secret("wmp")
+    async def enroll(self, req: NewPeer) -> Enrolled:
+        """Enrol one peer (see enroll_many); raises the StoreError that refused it."""
+        (got,) = await self.enroll_many([req])
+        if isinstance(got, StoreError):
+            raise got
+        return got
+
+    async def enroll_many(self, reqs: list[NewPeer]) -> list[Enrolled | StoreError]:
+        """Enrol a batch in one transaction; each request gets its peer or the reason it was
+        refused, and a refused one never affects the others. One transaction per batch is
+        what lets a burst of agents enrol at the rate of the store, not of its round trips."""
+        hashes = [hash_secret(r.setup_key) for r in reqs]
         async with self.tx() as s:
-            key = await s.scalar(select(SetupKey).where(SetupKey.key_hash == h).with_for_update())
-            if key is None or not secrets.compare_digest(key.key_hash, h):
-                raise Refused("setup key is not valid", "setup_key")
-            if key.revoked:
-                raise Refused("setup key has been revoked", "setup_key")
-            exp = _aware(key.expires_at)
-            if exp is not None and exp <= now():
-                raise Refused("setup key has expired", "setup_key")
-            if key.usage_limit and key.used_count >= key.usage_limit:
-                raise Refused("setup key is used up", "setup_key")
-            if await s.scalar(select(Peer.id).where(Peer.public_key == public_key)):
-                raise Conflict("a peer with this public key is already enrolled", "public_key")
-            key.used_count += 1
-            ip = await self._allocate_ip(s)
-            peer = Peer(
-                name=await self._unique_name(s, hostname), public_key=public_key,
-                overlay_ip=ip, endpoints=endpoints, listen_port=listen_port,
-                token_hash=hash_secret(token), setup_key_id=key.id, created_at=now(),
-                last_seen=now(),
-            )
-            s.add(peer)
+            keys = {k.key_hash: k for k in await s.scalars(
+                select(SetupKey).where(SetupKey.key_hash.in_(set(hashes))).with_for_update())}
+            taken_keys = set(await s.scalars(select(Peer.public_key).where(
+                Peer.public_key.in_([r.public_key for r in reqs]))))
+            used_ips = set(await s.scalars(select(Peer.overlay_ip)))
+            names = set(await s.scalars(select(Peer.name)))
+            groups = {g.name: g.id for g in await s.scalars(select(Group))}
+            cursor = await self._counter(s, "ipam_next")
+            out: list[Enrolled | StoreError] = []
+            added: list[tuple[Peer, SetupKey]] = []
+            for req, h in zip(reqs, hashes, strict=True):
+                key = keys.get(h)
+                refused = _refusal(key, h)
+                if refused is None and req.public_key in taken_keys:
+                    refused = Conflict("a peer with this public key is already enrolled",
+                                       "public_key")
+                if refused is None:
+                    try:
+                        idx = next_free_index(cursor, used_ips)
+                    except IpamExhausted as e:
+                        refused = Conflict(str(e))
+                if refused is not None:
+                    out.append(refused)
+                    continue
+                assert key is not None
+                key.used_count += 1
+                # A monotonic cursor means an address is never handed out twice while its
+                # peer exists; deleted peers' addresses come back only after a wrap-around.
+                cursor = idx + 1
+                ip = address_at(idx)
+                used_ips.add(ip)
+                name = _unique_name(req.hostname, names)
+                names.add(name)
+                taken_keys.add(req.public_key)
+                token = new_secret("wmp")
+                peer = Peer(
+                    name=name, public_key=req.public_key, overlay_ip=ip,
+                    endpoints=req.endpoints, listen_port=req.listen_port,
+                    token_hash=hash_secret(token), setup_key_id=key.id, created_at=now(),
+                    last_seen=now(),
+                )
+                s.add(peer)
+                added.append((peer, key))
+                out.append(Enrolled(peer, token))
+            if not added:
+                return out
             await s.flush()
-            for g in key.auto_groups:
-                grp = await s.scalar(select(Group).where(Group.name == g))
-                if grp is not None:
-                    s.add(GroupMember(group_id=grp.id, peer_id=peer.id))
+            for peer, key in added:
+                s.add_all(GroupMember(group_id=groups[g], peer_id=peer.id)
+                          for g in key.auto_groups if g in groups)
+                await self.audit(s, f"peer:{peer.name}", "peer.enroll", id=peer.id,
+                                 setup_key_id=key.id)
+            await s.execute(update(Meta).where(Meta.key == "ipam_next").values(value=cursor))
             await self._bump(s)
-            await self.audit(s, f"peer:{peer.name}", "peer.enroll", id=peer.id,
-                             setup_key_id=key.id)
-        return Enrolled(peer, token)
-
-    async def _allocate_ip(self, s: AsyncSession) -> str:
-        # A monotonic cursor means an address is never handed out twice while its peer
-        # exists, and deleted peers' addresses are only reused after the space wraps around.
-        cursor = await self._counter(s, "ipam_next")
-        used = set(await s.scalars(select(Peer.overlay_ip)))
-        try:
-            idx = next_free_index(cursor, used)
-        except IpamExhausted as e:
-            raise Conflict(str(e)) from None
-        await s.execute(update(Meta).where(Meta.key == "ipam_next").values(value=idx + 1))
-        return address_at(idx)
-
-    async def _unique_name(self, s: AsyncSession, hostname: str) -> str:
-        taken = set(await s.scalars(select(Peer.name).where(Peer.name.like(f"{hostname}%"))))
-        if hostname not in taken:
-            return hostname
-        n = 2
-        while f"{hostname}-{n}" in taken:
-            n += 1
-        return f"{hostname}-{n}"
+        return out
 
     async def peer_for_token(self, token: str) -> Peer | None:
         h = hash_secret(token)
