@@ -226,3 +226,26 @@ async def test_audit_log_records_changes(api: ApiEnv) -> None:
     await make_key(api)
     log = await api.store.audit_log()
     assert log[0].action == "setup_key.create" and log[0].actor == "admin:initial"
+
+
+async def test_enrolment_batch_refuses_each_on_its_own(api: ApiEnv) -> None:
+    from wiremesh.store.repo import Conflict, Enrolled, NewPeer, Refused
+
+    one_off = (await make_key(api))["key"]
+    reusable = (await make_key(api, reusable=True))["key"]
+    dup = pub()
+    got = await api.store.enroll_many([
+        NewPeer(one_off, pub(), "a", 51820, []),
+        NewPeer(one_off, pub(), "b", 51820, []),       # the one-off key is now used up
+        NewPeer(reusable, dup, "c", 51820, []),
+        NewPeer(reusable, dup, "c", 51820, []),        # same key twice in one batch
+        NewPeer("wmk_bogus", pub(), "d", 51820, []),
+        NewPeer(reusable, pub(), "c", 51820, []),
+    ])
+    kinds = [type(g) for g in got]
+    assert kinds == [Enrolled, Refused, Enrolled, Conflict, Refused, Enrolled]
+    names = [g.peer.name for g in got if isinstance(g, Enrolled)]
+    ips = [g.peer.overlay_ip for g in got if isinstance(g, Enrolled)]
+    assert names == ["a", "c", "c-2"] and len(set(ips)) == 3
+    listed = (await api.client.get("/api/v1/peers", headers=api.admin)).json()
+    assert sorted(p["name"] for p in listed) == ["a", "c", "c-2"]
