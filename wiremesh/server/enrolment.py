@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from wiremesh.store.repo import Enrolled, NewPeer, Store, StoreError
 
@@ -50,6 +51,7 @@ class EnrolmentQueue:
                 return
 
     async def _commit(self, batch: list[_Item]) -> None:
+        started = time.monotonic()
         try:
             results = await self.store.enroll_many([req for req, _ in batch])
         except Exception as e:  # the store failed: every waiter learns it, the loop goes on
@@ -58,6 +60,8 @@ class EnrolmentQueue:
                 if not fut.done():
                     fut.set_exception(e)
             return
+        log.debug("enrolment batch of %d in %.0f ms", len(batch),
+                 (time.monotonic() - started) * 1e3)
         for (_, fut), res in zip(batch, results, strict=True):
             if fut.done():
                 continue

@@ -122,9 +122,10 @@ class NetmapHub:
                     continue
             if self._stopping:
                 return
-            # Under load, wait in proportion to the last refresh so streams and requests get
-            # the loop too; more changes then land in each refresh.
-            await asyncio.sleep(max(COALESCE_S, self._last_cost))
+            # Under load, wait twice as long as the last refresh took, so refreshing never
+            # takes more than a third of the process from requests and streams; more
+            # changes then land in each refresh.
+            await asyncio.sleep(max(COALESCE_S, 2 * self._last_cost))
             self._dirty.clear()
             try:
                 await self.refresh()

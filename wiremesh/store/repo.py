@@ -158,6 +158,7 @@ class Store:
         # that lets an unlucky writer starve; queueing our writers in a fair FIFO lock keeps
         # busy waits for the rare writer from another process.
         self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        self._peer_infos: dict[int, tuple[tuple[Any, ...], PeerInfo]] = {}
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[AsyncSession]:
@@ -532,20 +533,29 @@ class Store:
         """One consistent snapshot (single transaction) and the revision it reflects."""
         async with self.reads() as s, s.begin():
             rev = await self._counter(s, "revision")
-            peers = {
-                p.id: PeerInfo(p.id, p.name, p.public_key, p.overlay_ip,
-                               tuple(_endpoints_with_port(p.endpoints, p.listen_port)),
-                               p.listen_port)
-                for p in await s.scalars(select(Peer))
-            }
+            # Plain column rows, not ORM objects, and unchanged rows keep their PeerInfo:
+            # a refresh of a large mesh should cost little more than the read itself.
+            rows = await s.execute(select(Peer.id, Peer.name, Peer.public_key, Peer.overlay_ip,
+                                          Peer.endpoints, Peer.listen_port))
+            cache, peers = self._peer_infos, {}
+            for row in rows:
+                key = (*row[:4], tuple(row[4]), row[5])
+                hit = cache.get(row[0])
+                if hit is None or hit[0] != key:
+                    info = PeerInfo(row[0], row[1], row[2], row[3],
+                                    tuple(_endpoints_with_port(row[4], row[5])), row[5])
+                    hit = cache[row[0]] = (key, info)
+                peers[row[0]] = hit[1]
+            for gone in cache.keys() - peers.keys():
+                del cache[gone]
             groups: dict[str, set[int]] = {
                 g: set() for g in await s.scalars(select(Group.name))
             }
-            rows = await s.execute(
+            members = await s.execute(
                 select(Group.name, GroupMember.peer_id)
                 .join(GroupMember, GroupMember.group_id == Group.id)
             )
-            for g, pid in rows:
+            for g, pid in members:
                 groups[g].add(pid)
             frozen = {g: frozenset(m) for g, m in groups.items()}
             frozen[ALL_GROUP] = frozenset(peers)
