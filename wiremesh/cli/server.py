@@ -6,10 +6,8 @@ import os
 from pathlib import Path
 
 import typer
-import uvicorn
 
 from wiremesh.cli.common import console, fail, setup_logging, split_listen
-from wiremesh.store.db import BadDatabaseURL, async_url
 
 
 def server(
@@ -25,7 +23,10 @@ def server(
 
     On first start with an empty store it prints an admin token once; keep it.
     """
+    # Imported here: the store and web stack are heavy, and every other command (and
+    # `--help`) should start fast.
     from wiremesh.server.app import create_app
+    from wiremesh.store.db import BadDatabaseURL, async_url
 
     setup_logging(verbose)
     host, port = split_listen(listen, "--listen")
@@ -41,6 +42,8 @@ def server(
             fd = os.open(admin_token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(token + "\n")
+
+    import uvicorn
 
     app = create_app(db, on_admin_token=show_token)
     uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning",
