@@ -123,14 +123,6 @@ class MeshLab:
             raise LabError(f"wiremesh {' '.join(args)} failed: {res.stderr.strip()}")
         return json.loads(res.stdout.strip().splitlines()[-1]) if res.stdout.strip() else None
 
-    def admin_text(self, *args: str) -> str:
-        res = self.server.run(
-            wiremesh_cmd(*args, "--server", self.url, "--token", self.admin_token),
-            check=False, timeout=60)
-        if res.returncode != 0:
-            raise LabError(f"wiremesh {' '.join(args)} failed: {res.stderr.strip()}")
-        return res.stdout
-
     # --- agents -------------------------------------------------------------------------------
 
     def add_agent(self, name: str, switch_name: str = "u") -> LabAgent:

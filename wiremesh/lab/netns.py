@@ -103,10 +103,6 @@ class Host:
                        check=False, timeout=count * timeout_s + 5)
         return res.returncode == 0
 
-    def add_route(self, prefix: str, via: str) -> None:
-        check_lab_address(prefix)
-        self.run(["ip", "route", "replace", prefix, "via", via])
-
 
 @dataclass
 class Switch:
