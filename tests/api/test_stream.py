@@ -48,6 +48,14 @@ def enroll(c: httpx.Client, key: str, name: str) -> dict:
     return r.json()
 
 
+def first_peer(c: httpx.Client, admin: dict[str, str]) -> tuple[str, dict, dict[str, str]]:
+    """A reusable setup key, peer `a` enrolled with it, and `a`'s credential header."""
+    key = c.post("/api/v1/setup-keys", json={"name": "k", "reusable": True},
+                 headers=admin).json()["key"]
+    a = enroll(c, key, "a")
+    return key, a, {"Authorization": f"Bearer {a['token']}"}
+
+
 def messages(r: httpx.Response) -> Iterator[dict]:
     for line in r.iter_lines():
         if line:
@@ -58,10 +66,7 @@ def messages(r: httpx.Response) -> Iterator[dict]:
 
 def test_full_then_deltas_then_resume(live) -> None:
     c, admin = live
-    key = c.post("/api/v1/setup-keys", json={"name": "k", "reusable": True},
-                 headers=admin).json()["key"]
-    a = enroll(c, key, "a")
-    auth = {"Authorization": f"Bearer {a['token']}"}
+    key, a, auth = first_peer(c, admin)
     with c.stream("GET", "/api/v1/agent/netmap", headers=auth) as r:
         assert r.headers["content-type"].startswith("application/x-ndjson")
         it = messages(r)
@@ -94,10 +99,7 @@ def test_full_then_deltas_then_resume(live) -> None:
 
 def test_deleted_peer_stream_ends(live) -> None:
     c, admin = live
-    key = c.post("/api/v1/setup-keys", json={"name": "k", "reusable": True},
-                 headers=admin).json()["key"]
-    a = enroll(c, key, "a")
-    auth = {"Authorization": f"Bearer {a['token']}"}
+    _, _, auth = first_peer(c, admin)
     with c.stream("GET", "/api/v1/agent/netmap", headers=auth) as r:
         it = messages(r)
         assert next(it)["type"] == "full"
