@@ -35,9 +35,13 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
         app.state.store, app.state.hub, app.state.enrolments = store, hub, enrolments
         tasks = [asyncio.create_task(hub.run(poll_interval)),
                  asyncio.create_task(enrolments.run())]
+        # Changes committed through other replicas wake the hub at once (PostgreSQL);
+        # the revision poll stays as the fallback.
+        stop_listening = await store.listen(hub.poke)
         try:
             yield
         finally:
+            await stop_listening()
             # Both loops stop at a safe point: never in the middle of a transaction.
             hub.stop()
             enrolments.stop()

@@ -8,13 +8,13 @@ import contextlib
 import hashlib
 import ipaddress
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -33,6 +33,7 @@ from wiremesh.store.tables import (
     SetupKey,
 )
 
+CHANGES_CHANNEL = "wiremesh_changes"
 ALL_GROUP = "all"  # implicit: every peer is a member; it cannot be edited
 DEFAULT_POLICY = Policy(name="default", sources=(ALL_GROUP,), destinations=(ALL_GROUP,),
                         description="all peers reach all peers")
@@ -178,7 +179,32 @@ class Store:
     async def _bump(self, s: AsyncSession) -> int:
         rev = await self._counter(s, "revision") + 1
         await s.execute(update(Meta).where(Meta.key == "revision").values(value=rev))
+        if self.engine.dialect.name == "postgresql":
+            # Delivered at commit (never for a rolled-back change) to every replica's listen().
+            await s.execute(text(f"NOTIFY {CHANGES_CHANNEL}"))
         return rev
+
+    async def listen(self, on_change: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+        """Call `on_change` whenever any replica commits a change (PostgreSQL LISTEN); returns
+        the coroutine function that stops listening. On SQLite, replicas share a file on one
+        machine and the hub's revision poll is all there is, so this does nothing."""
+        if self.engine.dialect.name != "postgresql":
+            async def nothing() -> None:
+                return None
+
+            return nothing
+        conn = await self.engine.connect()
+        raw = (await conn.get_raw_connection()).driver_connection
+        callback = lambda *_args: on_change()  # noqa: E731 - asyncpg passes 4 arguments
+        await raw.add_listener(CHANGES_CHANNEL, callback)
+
+        async def stop() -> None:
+            try:
+                await raw.remove_listener(CHANGES_CHANNEL, callback)
+            finally:
+                await conn.close()
+
+        return stop
 
     async def revision(self) -> int:
         async with self.reads() as s:
