@@ -7,7 +7,7 @@ its view (it asks for a full map instead).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from wiremesh.core.models import PortRange, Proto
@@ -60,9 +60,6 @@ class Netmap:
     routes: dict[str, RouteEntry] = field(default_factory=dict)
     forward: frozenset[ForwardRule] = frozenset()
     masquerade: frozenset[str] = frozenset()  # prefixes this router masquerades into
-
-    def same_content(self, other: Netmap) -> bool:
-        return replace(self, version=0) == replace(other, version=0)
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,9 @@ class NetmapHub:
                 touched = set(self.compiler.netmaps)
             else:
                 touched = await asyncio.to_thread(self.compiler.update, state)
+            # The compiler reports only netmaps whose content changed (or that vanished),
+            # so every one of them gets the new version.
             current = dict(self.current)
-            changed: set[int] = set()
             pairs: dict[int, tuple[Netmap, Netmap]] = {}
             for pid in touched:
                 nm = self.compiler.netmaps.get(pid)
@@ -80,28 +81,25 @@ class NetmapHub:
                 if nm is None:
                     current.pop(pid, None)
                     self.history.pop(pid, None)
-                elif old is None or not old.same_content(nm):
-                    current[pid] = replace(nm, version=rev)
-                    if old is not None:
-                        self.history.setdefault(pid, deque(maxlen=HISTORY)).append(old)
-                        pairs[pid] = (old, current[pid])
-                else:
                     continue
-                changed.add(pid)
+                current[pid] = replace(nm, version=rev)
+                if old is not None:
+                    self.history.setdefault(pid, deque(maxlen=HISTORY)).append(old)
+                    pairs[pid] = (old, current[pid])
             t_compiled = time.monotonic()
             encoded = await asyncio.to_thread(_encode_deltas, pairs)
             self.current, self.state, self.revision = current, state, rev
-            for pid in changed:
+            for pid in touched:
                 self.latest_delta.pop(pid, None)
             self.latest_delta.update(encoded)
             self._last_cost = time.monotonic() - started
-            for pid in changed:
+            for pid in touched:
                 for ev in self._waiters.get(pid, ()):
                     ev.set()
             log.info("revision %d: %d netmaps changed (load %.0f ms, compile %.0f ms, "
-                     "encode %.0f ms)", rev, len(changed), (t_loaded - started) * 1e3,
+                     "encode %.0f ms)", rev, len(touched), (t_loaded - started) * 1e3,
                      (t_compiled - t_loaded) * 1e3, (time.monotonic() - t_compiled) * 1e3)
-            return changed
+            return touched
 
     def poke(self) -> None:
         """Ask the background loop to refresh (changes are coalesced)."""
