@@ -79,7 +79,7 @@ class DataPlane:
         self.held: dict[str, float] = {}  # peer key -> when its keepalive may start
 
     def next_release(self) -> float | None:
-        """When a held keepalive is due (time.monotonic()), if any: re-apply then."""
+        """When a held keepalive is due (time.monotonic()), if any: sync_peers then."""
         return min(self.held.values(), default=None)
 
     def start(self) -> None:
@@ -94,6 +94,11 @@ class DataPlane:
         if routing != self.forwarding:
             set_forwarding(routing)
             self.forwarding = routing
+        self.sync_peers(netmap)
+
+    def sync_peers(self, netmap: Netmap) -> None:
+        """Write the WireGuard peers `netmap` calls for now (the ACL is left as it is): on
+        its own when only a held keepalive came due."""
         now = time.monotonic()
         before = self.applied or {}
         for key in netmap.peers.keys() - before.keys():

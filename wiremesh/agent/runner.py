@@ -12,6 +12,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +99,17 @@ class Agent:
         self.routes = RouteManager(self.state.config.interface)
         metrics.FAILOVERS.set_function(lambda: self.routes.failovers)
 
+    async def _write(self, step: Callable[[Netmap], None], netmap: Netmap) -> None:
+        """Run a data-plane step for `netmap`. Holding the route manager's lock keeps a
+        failover decided meanwhile from being undone by this write; pyroute2's sync API runs
+        its own event loop, so netlink work stays off ours."""
+        async with self.routes.applying(netmap):
+            await asyncio.to_thread(step, netmap)
+        self._schedule_release()
+
     async def _apply(self, netmap: Netmap, persist: bool = True) -> None:
         assert self.dataplane is not None
-        # Holding the route manager's lock keeps a failover decided meanwhile from being
-        # undone by this write; pyroute2's sync API runs its own event loop, so netlink work
-        # stays off ours.
-        async with self.routes.applying(netmap):
-            await asyncio.to_thread(self.dataplane.apply, netmap)
-        self._schedule_release()
+        await self._write(self.dataplane.apply, netmap)
         metrics.NETMAP_VERSION.set(netmap.version)
         metrics.PEERS.set(len(netmap.peers))
         metrics.INBOUND_RULES.set(len(netmap.inbound))
@@ -115,16 +119,16 @@ class Agent:
             statefile.save(self.state_dir, self.state)
 
     def _schedule_release(self) -> None:
-        """Re-apply the held netmap when a held-back keepalive is due (see initiates())."""
+        """Rewrite the peers when a held-back keepalive is due (see initiates())."""
         due = self.dataplane.next_release() if self.dataplane else None
         if due is None or (self._release is not None and not self._release.done()):
             return
 
         async def release() -> None:
             await asyncio.sleep(max(0.0, due - time.monotonic()) + 0.01)
-            self._release = None  # the apply below schedules the next release, if any
+            self._release = None  # the write below schedules the next release, if any
             if self.dataplane is not None and self.dataplane.netmap is not None:
-                await self._apply(self.dataplane.netmap, persist=False)
+                await self._write(self.dataplane.sync_peers, self.dataplane.netmap)
 
         self._release = asyncio.create_task(release())
 
