@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from wiremesh.lab.netns import Host, Lab, LabError
 from wiremesh.wg.uapi import UapiClient
 
@@ -54,15 +56,9 @@ class LabAgent:
 
     def metrics(self) -> dict[str, float]:
         """The agent's Prometheus samples (name -> value), read inside its namespace."""
-        code = ("import urllib.request;print(urllib.request.urlopen("
-                f"'http://127.0.0.1:{AGENT_METRICS_PORT}/metrics',timeout=2).read().decode())")
-        out = self.host.run([sys.executable, "-c", code], check=False).stdout
-        samples = {}
-        for line in out.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
+        body = self.host.http_get(f"http://127.0.0.1:{AGENT_METRICS_PORT}/metrics") or ""
+        return {s.name: s.value for family in text_string_to_metric_families(body)
+                for s in family.samples}
 
     def wg_peers(self) -> dict[str, Any]:
         try:
@@ -106,9 +102,7 @@ class MeshLab:
     def _server_healthy(self) -> bool:
         if self.server_proc is not None and self.server_proc.poll() is not None:
             raise LabError(f"server exited: {self.tail('server')}")
-        code = ("import urllib.request,sys;"
-                f"urllib.request.urlopen('{self.url}/healthz',timeout=1)")
-        return self.server.run([sys.executable, "-c", code], check=False).returncode == 0
+        return self.server.http_get(f"{self.url}/healthz", timeout_s=1.0) is not None
 
     def stop_server(self) -> None:
         stop(self.server_proc)

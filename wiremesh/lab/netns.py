@@ -15,6 +15,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,6 +98,14 @@ class Host:
                 out.close()  # type: ignore[union-attr]
         self.procs.append(p)
         return p
+
+    def http_get(self, url: str, timeout_s: float = 2.0) -> str | None:
+        """GET `url` from inside this host's namespace; the body, or None on any failure."""
+        code = ("import sys,urllib.request;sys.stdout.write(urllib.request.urlopen("
+                "sys.argv[1],timeout=float(sys.argv[2])).read().decode())")
+        res = self.run([sys.executable, "-c", code, url, str(timeout_s)], check=False,
+                       timeout=timeout_s + 10)
+        return res.stdout if res.returncode == 0 else None
 
     def ping(self, addr: str, count: int = 1, timeout_s: float = 1.0) -> bool:
         res = self.run(["ping", "-n", "-q", "-c", str(count), "-W", str(timeout_s), addr],
