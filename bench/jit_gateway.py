@@ -34,7 +34,8 @@ from rich.console import Console
 from rich.table import Table
 
 from wiremesh.gateway import labkit, noise
-from wiremesh.lab.netns import Host, Lab, LabError, missing_requirements
+from wiremesh.lab.mesh import wait_until
+from wiremesh.lab.netns import Host, Lab, missing_requirements
 from wiremesh.wg.backend import WgError, WgPeerConfig
 from wiremesh.wg.keys import decode_key, encode_key, generate_private_key, public_key_of
 from wiremesh.wg.uapi import WireguardGoBackend, render_set
@@ -64,14 +65,6 @@ def connect_waves(clients: list[labkit.WgClient], waves: int, gap_s: float = 0.0
             ms = labkit.parse_ping_ms(p.communicate()[0])
             out.append(PING_TIMEOUT_S * 1000 if ms is None else ms)
     return out
-
-
-def wait_until(check, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise LabError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def crafted(privs: list[bytes], gw_pub: bytes) -> bytes:
@@ -169,14 +162,14 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
         sent = subprocess.run(labkit.blast_cmd(flooder, packets, GW_IP, 0, 0, flood_ips),
                               check=True, stdout=subprocess.PIPE, text=True, timeout=300)
         wait_until(lambda: gw.metrics()["wiremesh_gateway_installed_total"] >= before + synthetic,
-                   120, "synthetic installs")
+                   120, "synthetic installs", interval=0.02)
         # From the first crafted packet sent to the last install counted (same clock).
         res["install_s"] = time.time() - json.loads(sent.stdout)["started_unix"]
         res["installs_per_s"] = synthetic / res["install_s"]
 
         console.print("waiting for the TTL to evict everything")
         wait_until(lambda: gw.metrics()["wiremesh_gateway_active_peers"] == 0, ttl * 3 + 30,
-                   "eviction")
+                   "eviction", interval=0.02)
 
         console.print(f"phase 3: clients reconnect under a {flood_pps:.0f} pkt/s flood")
         strangers = [os.urandom(32) for _ in range(flood_unique)]
@@ -188,7 +181,8 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
                                                     flood_ips), stdout=subprocess.DEVNULL)
         try:
             wait_until(lambda: gw.metrics()["wiremesh_gateway_initiations_total"]
-                       > m0["wiremesh_gateway_initiations_total"] + flood_pps, 30, "the flood")
+                       > m0["wiremesh_gateway_initiations_total"] + flood_pps, 30, "the flood",
+                       interval=0.02)
             for c in clients:
                 c.forget_session()
             res["flood_connect_ms"] = connect_waves(clients, waves, gap_s=flood_wave_gap)
