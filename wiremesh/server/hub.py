@@ -30,14 +30,16 @@ def encode(msg: dict[str, Any]) -> bytes:
     return (json.dumps(msg, separators=(",", ":")) + "\n").encode()
 
 
+def delta_message(old: Netmap, new: Netmap) -> bytes:
+    """The stream message taking an agent from `old` to `new`."""
+    return encode({"type": "delta", "delta": delta_to_json(diff(old, new))})
+
+
 def _encode_deltas(
     pairs: dict[int, tuple[Netmap, Netmap]],
 ) -> dict[int, tuple[int, int, bytes]]:
-    return {
-        pid: (old.version, new.version,
-              encode({"type": "delta", "delta": delta_to_json(diff(old, new))}))
-        for pid, (old, new) in pairs.items()
-    }
+    return {pid: (old.version, new.version, delta_message(old, new))
+            for pid, (old, new) in pairs.items()}
 
 
 class NetmapHub:

@@ -14,10 +14,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from wiremesh.core.ipam import OVERLAY_NET
-from wiremesh.core.netmap import Netmap, delta_to_json, diff, netmap_to_json
+from wiremesh.core.netmap import Netmap, netmap_to_json
 from wiremesh.server import metrics
 from wiremesh.server.auth import current_peer
-from wiremesh.server.hub import NetmapHub, encode
+from wiremesh.server.hub import NetmapHub, delta_message, encode
 from wiremesh.server.schemas import EndpointReport, EnrollRequest, EnrollResponse
 from wiremesh.store.repo import NewPeer
 from wiremesh.store.tables import Peer
@@ -80,7 +80,7 @@ async def _stream(hub: NetmapHub, peer_id: int, since: int) -> AsyncIterator[byt
                 if pre is not None and pre[:2] == (sent.version, cur.version):
                     yield pre[2]
                 else:
-                    yield encode({"type": "delta", "delta": delta_to_json(diff(sent, cur))})
+                    yield delta_message(sent, cur)
                 metrics.PUSHES.labels("delta").inc()
             else:
                 yield encode({"type": "ping", "version": cur.version})
