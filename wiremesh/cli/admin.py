@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
-from wiremesh.cli.common import Api, JsonOpt, ServerOpt, TokenOpt, console, print_json
+from wiremesh.cli.common import (
+    Api,
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    console,
+    print_json,
+    print_table,
+)
 
 keys_app = typer.Typer(help="Setup keys: create, list, revoke.", no_args_is_help=True)
 peers_app = typer.Typer(help="Peers: list, show, rename, delete.", no_args_is_help=True)
 groups_app = typer.Typer(help="Groups: create, list, add/remove members, delete.",
                          no_args_is_help=True)
-
-
-def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
-    t = Table(title=title)
-    for c in columns:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
-    console.print(t)
 
 
 @keys_app.command("create")
@@ -52,7 +50,7 @@ def keys_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
     if as_json:
         print_json(keys)
         return
-    _table("setup keys", ["id", "name", "prefix", "reusable", "used", "limit", "expires",
+    print_table("setup keys", ["id", "name", "prefix", "reusable", "used", "limit", "expires",
                           "valid", "groups"],
            [[k["id"], k["name"], k["prefix"], k["reusable"], k["used_count"],
              k["usage_limit"] or "-", k["expires_at"] or "never", k["valid"],
@@ -75,7 +73,7 @@ def peers_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
     if as_json:
         print_json(peers)
         return
-    _table("peers", ["id", "name", "overlay ip", "endpoints", "groups", "connected"],
+    print_table("peers", ["id", "name", "overlay ip", "endpoints", "groups", "connected"],
            [[p["id"], p["name"], p["overlay_ip"], ",".join(p["endpoints"]),
              ",".join(p["groups"]), p["connected"]] for p in peers])
 
@@ -112,7 +110,7 @@ def groups_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
     if as_json:
         print_json(groups)
         return
-    _table("groups", ["name", "members"],
+    print_table("groups", ["name", "members"],
            [[g["name"] + (" (built in)" if g["builtin"] else ""), ", ".join(g["members"])]
             for g in groups])
 

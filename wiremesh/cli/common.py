@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import httpx
 import typer
 from rich.console import Console
+from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,6 +37,15 @@ def split_listen(listen: str, option: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         fail(f"{option} {listen!r}: expected HOST:PORT, e.g. 0.0.0.0:8080")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def print_table(title: str, columns: list[str], rows: list[list[object]]) -> None:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*["" if v is None else str(v) for v in r])
+    console.print(t)
 
 
 def print_json(obj: Any) -> None:

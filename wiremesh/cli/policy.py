@@ -5,9 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from wiremesh.cli.common import Api, JsonOpt, ServerOpt, TokenOpt, console, fail, print_json
+from wiremesh.cli.common import (
+    Api,
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    console,
+    fail,
+    print_json,
+    print_table,
+)
 
 app = typer.Typer(help="Policy as code: apply, diff, export, matrix, explain.",
                   no_args_is_help=True)
@@ -75,14 +83,9 @@ def matrix(server: str | None = ServerOpt, token: str | None = TokenOpt,
     cell = {(p["src"], p["dst"]): ", ".join(
         a["proto"] + (":" + ",".join(a["ports"]) if a["ports"] else "") for a in p["allow"])
         for p in out["pairs"]}
-    t = Table(title="reachability matrix (default deny)")
-    t.add_column("from \\ to")
-    for n in out["peers"]:
-        t.add_column(n)
-    for a in out["peers"]:
-        t.add_row(a, *["-" if a == b else cell.get((a, b), "[dim]deny[/]")
-                       for b in out["peers"]])
-    console.print(t)
+    print_table("reachability matrix (default deny)", ["from \\ to", *out["peers"]],
+                [[a, *["-" if a == b else cell.get((a, b), "[dim]deny[/]")
+                       for b in out["peers"]]] for a in out["peers"]])
 
 
 @app.command("explain")
@@ -117,15 +120,11 @@ def routes_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
     if as_json:
         print_json(routes)
         return
-    t = Table(title="routes")
-    for c in ("name", "prefix", "router group", "metric", "per-router", "masquerade",
-              "enabled"):
-        t.add_column(c)
-    for r in routes:
-        t.add_row(r["name"], r["prefix"], r["router_group"], str(r["metric"]),
+    print_table("routes", ["name", "prefix", "router group", "metric", "per-router",
+                           "masquerade", "enabled"],
+                [[r["name"], r["prefix"], r["router_group"], r["metric"],
                   ",".join(f"{k}={v}" for k, v in r["router_metrics"].items()),
-                  str(r["masquerade"]), str(r["enabled"]))
-    console.print(t)
+                  r["masquerade"], r["enabled"]] for r in routes])
 
 
 @routes_app.command("set")
@@ -168,9 +167,5 @@ def audit(limit: int = typer.Option(50, "--limit", min=1), server: str | None = 
     if as_json:
         print_json(entries)
         return
-    t = Table(title="audit log")
-    for c in ("when", "who", "what", "detail"):
-        t.add_column(c)
-    for e in entries:
-        t.add_row(str(e["at"]), e["actor"], e["action"], str(e["detail"]))
-    console.print(t)
+    print_table("audit log", ["when", "who", "what", "detail"],
+                [[e["at"], e["actor"], e["action"], e["detail"]] for e in entries])
