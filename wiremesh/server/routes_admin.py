@@ -97,6 +97,10 @@ async def delete_peer(ref: str, request: Request, actor: str = Depends(admin_act
     request.app.state.hub.poke()
 
 
+async def _group_out(request: Request, name: str) -> GroupOut:
+    return GroupOut(name=name, members=(await _store(request).list_groups())[name])
+
+
 @router.get("/groups", response_model=list[GroupOut])
 async def list_groups(request: Request, _: str = Depends(admin_actor)) -> list[GroupOut]:
     store = _store(request)
@@ -111,7 +115,7 @@ async def create_group(body: GroupCreate, request: Request,
                        actor: str = Depends(admin_actor)) -> GroupOut:
     await _store(request).create_group(actor, body.name, body.members)
     request.app.state.hub.poke()
-    return GroupOut(name=body.name, members=(await _store(request).list_groups())[body.name])
+    return await _group_out(request, body.name)
 
 
 @router.post("/groups/{name}/members", response_model=GroupOut)
@@ -119,7 +123,7 @@ async def add_member(name: str, body: MemberRef, request: Request,
                      actor: str = Depends(admin_actor)) -> GroupOut:
     await _store(request).set_membership(actor, name, body.peer, True)
     request.app.state.hub.poke()
-    return GroupOut(name=name, members=(await _store(request).list_groups())[name])
+    return await _group_out(request, name)
 
 
 @router.delete("/groups/{name}/members/{peer}", response_model=GroupOut)
@@ -127,7 +131,7 @@ async def remove_member(name: str, peer: str, request: Request,
                         actor: str = Depends(admin_actor)) -> GroupOut:
     await _store(request).set_membership(actor, name, peer, False)
     request.app.state.hub.poke()
-    return GroupOut(name=name, members=(await _store(request).list_groups())[name])
+    return await _group_out(request, name)
 
 
 @router.delete("/groups/{name}", status_code=204)
