@@ -272,13 +272,6 @@ class Store:
 
     # --- enrolment and peer credentials -----------------------------------------------------
 
-    async def enroll(self, req: NewPeer) -> Enrolled:
-        """Enrol one peer (see enroll_many); raises the StoreError that refused it."""
-        (got,) = await self.enroll_many([req])
-        if isinstance(got, StoreError):
-            raise got
-        return got
-
     async def enroll_many(self, reqs: list[NewPeer]) -> list[Enrolled | StoreError]:
         """Enrol a batch in one transaction; each request gets its peer or the reason it was
         refused, and a refused one never affects the others. One transaction per batch is
