@@ -47,6 +47,11 @@ async def test_apply_diff_export_explain_matrix(api: ApiEnv) -> None:
     ex = (await api.client.get("/api/v1/policy/explain", headers=h, params={
         "src": "alice", "dst": "db1", "proto": "tcp", "port": 5432})).json()
     assert ex["allowed"] is False and "web-to-db" in ex["summary"]
+    # Without a protocol: may alice open anything at all to web1?
+    r = await api.client.get("/api/v1/policy/explain", headers=h,
+                             params={"src": "alice", "dst": "web1"})
+    assert r.status_code == 200, r.text
+    assert r.json()["proto"] == "all" and "devs-to-web" in r.json()["allowed_by"]
     m = (await api.client.get("/api/v1/policy/matrix", headers=h)).json()
     pairs = {(p["src"], p["dst"]): p["allow"] for p in m["pairs"]}
     assert pairs[("web1", "db1")] == [{"proto": "tcp", "ports": ["5432"]}]
@@ -107,4 +112,4 @@ async def test_routes_api(api: ApiEnv) -> None:
     assert (await api.client.delete("/api/v1/routes/lab2", headers=h)).status_code == 404
     r = await api.client.get("/api/v1/policy/explain", headers=h,
                              params={"src": "nobody", "dst": "r1"})
-    assert r.status_code == 400
+    assert r.status_code == 400 and "no peer named 'nobody'" in r.json()["detail"]

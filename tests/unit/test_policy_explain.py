@@ -14,7 +14,10 @@ from wiremesh.core.policy import compile_netmaps
 
 
 def enforced(rules: frozenset[InboundRule], src_ip: str, proto: str, port: int | None) -> bool:
-    """What the nftables ruleset does with these inbound rules."""
+    """What the nftables ruleset does with these inbound rules (`all`: any protocol)."""
+    if proto == "all":
+        asks = ("tcp", "udp") if port is not None else ("tcp", "udp", "icmp")
+        return any(enforced(rules, src_ip, p, port) for p in asks)
     return any(
         r.src == src_ip and (r.proto == "all" or (r.proto == proto and (
             proto == "icmp" or port is None or not r.ports
@@ -31,7 +34,7 @@ def test_explain_agrees_with_the_compiled_netmaps(data) -> None:
     nms = compile_netmaps(state)
     a, b = data.draw(st.lists(st.sampled_from(sorted(state.peers)), min_size=2, max_size=2,
                               unique=True))
-    proto = data.draw(st.sampled_from(("tcp", "udp", "icmp")))
+    proto = data.draw(st.sampled_from(("all", "tcp", "udp", "icmp")))
     port = None if proto == "icmp" else data.draw(st.one_of(st.none(), st.integers(1, 120)))
     ex = explain(state, a, b, proto, port)
     assert ex.allowed == enforced(nms[b].inbound, state.peers[a].overlay_ip, proto, port)
@@ -94,6 +97,19 @@ def test_bad_questions_are_refused() -> None:
         explain(state, 1, 2, "gre", None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="port"):
         explain(state, 1, 2, "icmp", 5)
+
+
+def test_explain_without_a_protocol_asks_for_any() -> None:
+    state = mesh(3, {"devs": {1}, "servers": {2}}, [SSH])
+    ex = explain(state, "p1", "p2")
+    assert ex.allowed and ex.allowed_by == ("ssh",) and ex.proto == "all"
+    assert explain(state, "p1", "p2", port=8080).allowed
+    assert not explain(state, "p1", "p2", port=80).allowed
+    assert not explain(state, "p2", "p1").allowed
+    ping = Policy("ping", ("devs",), ("servers",), "icmp")
+    assert explain(mesh(2, {"devs": {1}, "servers": {2}}, [ping]), 1, 2).allowed
+    assert explain(mesh(2, {"devs": {1}, "servers": {2}}, [ping]), 1, 2,
+                   port=22).verdicts[0].verdict == "proto"
 
 
 def test_normalise_access_merges_and_subsumes() -> None:

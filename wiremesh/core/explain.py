@@ -1,8 +1,9 @@
 """Why may (or may not) peer a open a connection to peer b, and the whole reachability matrix.
 
-- `explain(state, a, b, proto, port=None) -> Explanation`: a and b are peer ids or names;
-  `proto` is tcp, udp or icmp; `port` None asks "any port at all". The explanation lists every
-  policy with its verdict: `allows`, `disabled`, `source` (no source group holds a),
+- `explain(state, a, b, proto="all", port=None) -> Explanation`: a and b are peer ids or
+  names; `proto` is tcp, udp, icmp or `all` (any protocol: "may a open anything to b?", or with
+  a port, "tcp or udp to that port"); `port` None asks "any port at all". The explanation
+  lists every policy with its verdict: `allows`, `disabled`, `source` (no source group holds a),
   `destination` (no destination group holds b), `proto` (protocol mismatch) or `port` (port
   outside the policy's ranges). `Explanation.summary()` is one human line.
 - `matrix(state, netmaps=None) -> dict[(a id, b id), Access]`: for each ordered pair where a
@@ -24,7 +25,7 @@ from wiremesh.core.netmap import Netmap
 from wiremesh.core.policy import ALL_GROUP, compile_netmaps
 
 Verdict = Literal["allows", "disabled", "source", "destination", "proto", "port"]
-AskProto = Literal["tcp", "udp", "icmp"]
+AskProto = Literal["all", "tcp", "udp", "icmp"]
 # Normalised access: (("all", ()),) or per protocol, () meaning every port.
 Access = tuple[tuple[Proto, tuple[PortRange, ...]], ...]
 
@@ -100,7 +101,9 @@ def _verdict(state: MeshState, p: Policy, a: PeerInfo, b: PeerInfo, proto: AskPr
         return PolicyVerdict(p.name, "destination",
                              f"{b.name} is in none of its destination groups "
                              f"[{', '.join(p.destinations)}]")
-    if p.protocol not in ("all", proto):
+    if proto == "all" and port is not None and p.protocol == "icmp":
+        return PolicyVerdict(p.name, "proto", f"it allows icmp, not a port ({port})")
+    if proto != "all" and p.protocol not in ("all", proto):
         return PolicyVerdict(p.name, "proto", f"it allows {p.protocol}, not {proto}")
     if (proto != "icmp" and p.protocol != "all" and p.ports and port is not None
             and not any(r.contains(port) for r in p.ports)):
@@ -111,11 +114,11 @@ def _verdict(state: MeshState, p: Policy, a: PeerInfo, b: PeerInfo, proto: AskPr
     return PolicyVerdict(p.name, "allows", f"allows {what}")
 
 
-def explain(state: MeshState, src: int | str, dst: int | str, proto: AskProto,
+def explain(state: MeshState, src: int | str, dst: int | str, proto: AskProto = "all",
             port: int | None = None) -> Explanation:
     """Whether `src` may open a `proto` connection to `dst` (on `port`), and why."""
-    if proto not in ("tcp", "udp", "icmp"):
-        raise ValueError(f"proto: expected tcp, udp or icmp, got {proto!r}")
+    if proto not in ("all", "tcp", "udp", "icmp"):
+        raise ValueError(f"proto: expected all, tcp, udp or icmp, got {proto!r}")
     if port is not None and (proto == "icmp" or not 1 <= port <= 65535):
         raise ValueError(f"port: {port} makes no sense for {proto}" if proto == "icmp"
                          else f"port: {port} is outside 1..65535")
