@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from wiremesh.gateway import labkit, noise
+from wiremesh.lab.mesh import wait_until
 from wiremesh.lab.netns import Host, Lab, missing_requirements
 from wiremesh.wg.backend import WgPeerConfig
 from wiremesh.wg.keys import decode_key, generate_private_key, public_key_of
@@ -142,6 +144,49 @@ def test_strangers_garbage_and_replays_are_dropped_and_counted(env: Env) -> None
     finally:
         gw.stop()
     assert "wiremesh_gateway" not in env.gateway_host.run(["nft", "list", "tables"]).stdout
+
+
+def test_gateway_survives_a_locked_store_and_admits_a_peer_imported_under_the_lock(
+        env: Env) -> None:
+    known, late = generate_private_key(), generate_private_key()
+    db = import_known(env.lab, [public_key_of(known)])
+    gw = labkit.start_gateway(env.lab, env.gateway_host, db, "--ttl", "60")
+    try:
+        # A real second writer, as an import is.
+        importer = sqlite3.connect(db, isolation_level=None)
+        try:
+            importer.execute("BEGIN EXCLUSIVE")
+            importer.execute("INSERT INTO known_peers(public_key, allowed_ips) VALUES (?, ?)",
+                             (decode_key(public_key_of(late)), f"{labkit.overlay_ip(1)}/32"))
+            client = env.client(env.hosts[0], env.lab.name("w0"), known, labkit.overlay_ip(0),
+                                gw.public_key)
+            ms = client.ping_ms(timeout_s=8)  # lookups go on under the lock
+            assert ms is not None and ms < 1000, ms
+            newcomer = env.client(env.hosts[1], env.lab.name("w1"), late, labkit.overlay_ip(1),
+                                  gw.public_key)
+            assert newcomer.ping_ms(timeout_s=1) is None  # its row is not committed yet
+            gw.wait_metric('wiremesh_gateway_dropped_total{reason="unknown_key"}', 1, 5)
+            # The accepted timestamp cannot be written: hold the lock well past SQLite's 5 s busy
+            # timeout, at which the gateway used to exit.
+            wait_until(lambda: "op=record_timestamps failures=6" in gw.log.read_text(), 30,
+                       "six failed timestamp writes")
+            assert gw.proc.poll() is None
+            importer.execute("COMMIT")
+        finally:
+            importer.close()
+        ms = newcomer.ping_ms(timeout_s=8)  # admitted at its next initiation: no stale cache
+        assert ms is not None, gw.log.read_text()[-2000:]
+        assert gw.metrics()["wiremesh_gateway_installed_total"] == 2
+        wait_until(lambda: "event=store_available op=record_timestamps" in gw.log.read_text(), 10,
+                   "the timestamp write after the lock")
+    finally:
+        gw.stop()
+    reader = sqlite3.connect(db)
+    try:
+        stamped = reader.execute("SELECT count(*) FROM known_peers WHERE last_ts IS NOT NULL")
+        assert stamped.fetchone()[0] == 2
+    finally:
+        reader.close()
 
 
 def test_our_initiator_is_answered_by_real_wireguard_go(env: Env) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from wiremesh.gateway import noise
 from wiremesh.gateway.admission import Admission, AdmissionLimits, Drop, Install, Seen
-from wiremesh.gateway.store import KnownPeerStore
+from wiremesh.gateway.store import KnownPeerStore, StoreUnavailable
 
 GW_PRIV = bytes(range(10, 42))
 CLIENT_PRIV = bytes(range(50, 82))
@@ -131,6 +132,61 @@ def test_flood_from_many_sources_keeps_tables_bounded(store: KnownPeerStore) -> 
     assert len(adm.refused) == 32 and len(adm.unknown_keys) == 32
     # ...and a known peer still gets in at once.
     assert isinstance(adm.handle(initiation(), SRC, 1, now=1.0), Install)
+
+
+def test_locked_store_never_raises_and_a_peer_imported_under_the_lock_gets_in(
+        tmp_path: Path) -> None:
+    db = tmp_path / "peers.db"
+    setup = KnownPeerStore(db)
+    setup.import_peers([(noise.public_key(CLIENT_PRIV), "100.64.0.2/32")])
+    setup.close()
+    store = KnownPeerStore(db, busy_timeout=0.01)
+    adm = make(store, timestamp_flush_interval=0.5)
+    late = bytes(range(90, 122))
+    importer = sqlite3.connect(db, isolation_level=None)  # a real second writer
+    try:
+        importer.execute("BEGIN EXCLUSIVE")
+        importer.execute("INSERT INTO known_peers(public_key, allowed_ips) VALUES (?, ?)",
+                         (noise.public_key(late), "100.64.0.9/32"))
+        # Lookups go on under the lock; the timestamp write cannot, and is kept for later.
+        assert isinstance(adm.handle(initiation(at=1.0), SRC, 1, now=1.0), Install)
+        assert adm.handle(initiation(priv=late, at=1.0), SRC, 2, now=1.0) == Drop("unknown_key")
+        adm.maybe_flush(now=2.0)
+        assert adm.write_backoff.failures == 1
+        assert store.lookup(noise.public_key(CLIENT_PRIV)).last_timestamp is None
+        importer.execute("COMMIT")
+    finally:
+        importer.close()
+    adm.maybe_flush(now=2.05)  # the write waits for its backoff...
+    assert store.lookup(noise.public_key(CLIENT_PRIV)).last_timestamp is None
+    adm.maybe_flush(now=2.6)  # ...then lands; the import's commit cleared the unknown keys
+    assert store.lookup(noise.public_key(CLIENT_PRIV)).last_timestamp == noise.tai64n(1.0)
+    assert isinstance(adm.handle(initiation(priv=late, at=2.0), SRC, 2, now=2.7), Install)
+    store.close()
+
+
+class FailingReads(KnownPeerStore):
+    """A store whose reads fail (WAL readers are not blocked by a lock, so no real one does)."""
+
+    failing = True
+
+    def lookup(self, public_key: bytes) -> None:
+        if self.failing:
+            raise StoreUnavailable("lookup: disk I/O error")
+        return super().lookup(public_key)
+
+
+def test_failed_lookup_drops_counted_and_backs_off_without_dh(tmp_path: Path) -> None:
+    store = FailingReads(tmp_path / "peers.db")
+    store.import_peers([(noise.public_key(CLIENT_PRIV), "100.64.0.2/32")])
+    adm = make(store)
+    assert adm.handle(initiation(at=1.0), SRC, 1, now=1.0) == Drop("store_unavailable")
+    assert adm.handle(initiation(at=2.0), SRC, 1, now=1.05) == Drop("store_unavailable")
+    assert adm.read_backoff.failures == 1  # the second one did not touch the store
+    store.failing = False
+    assert isinstance(adm.handle(initiation(at=3.0), SRC, 1, now=1.2), Install)
+    assert adm.read_backoff.failures == 0
+    store.close()
 
 
 @pytest.fixture(scope="module")

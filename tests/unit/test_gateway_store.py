@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import base64
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from wiremesh.gateway.store import KnownPeerStore, StoreError, parse_peer_line, parse_peer_lines
+from wiremesh.gateway.store import (
+    KnownPeerStore,
+    StoreError,
+    StoreUnavailable,
+    parse_peer_line,
+    parse_peer_lines,
+)
 
 KEY_A = bytes(range(1, 33))
 KEY_B = bytes(range(2, 34))
@@ -72,3 +79,45 @@ def test_batches_report_progress(store: KnownPeerStore) -> None:
     rows = ((i.to_bytes(32, "big"), "100.64.0.2/32") for i in range(1, 2501))
     assert store.import_peers(rows, on_batch=seen.append, batch=1000) == 2500
     assert seen == [1000, 2000]
+
+
+@pytest.fixture
+def locker(store: KnownPeerStore) -> sqlite3.Connection:
+    """A second, real connection to the same file holding the write lock, as an import does."""
+    conn = sqlite3.connect(store.path, isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    yield conn
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    conn.close()
+
+
+def test_locked_store_opens_reads_and_refuses_writes_cleanly(store: KnownPeerStore,
+                                                             locker: sqlite3.Connection) -> None:
+    other = KnownPeerStore(store.path, busy_timeout=0.01)  # opening writes nothing
+    try:
+        assert other.lookup(KEY_A) is None and other.count() == 0
+        with pytest.raises(StoreUnavailable, match="recording timestamps: database is locked"):
+            other.record_timestamps({KEY_A: bytes(12)})
+        locker.execute("INSERT INTO known_peers(public_key, allowed_ips) VALUES (?, ?)",
+                       (KEY_B, "100.64.0.3/32"))
+        assert not other.changed()
+        locker.execute("COMMIT")
+        assert other.changed() and not other.changed()
+        assert other.lookup(KEY_B) is not None
+        other.record_timestamps({KEY_B: bytes(12)})  # the lock is gone: writes work again
+    finally:
+        other.close()
+
+
+def test_new_store_under_a_lock_is_unavailable_not_an_error(tmp_path: Path) -> None:
+    db = tmp_path / "fresh.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailable, match="database is locked"):
+            KnownPeerStore(db, busy_timeout=0.01)
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+    KnownPeerStore(db).close()

@@ -9,17 +9,27 @@ The checks run cheapest first, so what a stranger can make the gateway spend is 
   6. second DH: decrypt the TAI64N timestamp; only this proves the sender holds the key
   7. replay: the timestamp must be newer than the newest accepted for that key
 Every table touched before step 6 is a bounded LRU (see ratelimit.py).
+
+The store may be locked by another process (an import) or fail: the gateway never stops for
+it. A lookup that fails drops that initiation (counted as `store_unavailable`; the client
+retries) and the store is left alone for a backoff period; accepted timestamps stay in memory
+until a write succeeds. When another connection commits (an import ends), the cache of unknown
+keys is cleared, so a peer imported a moment ago gets in at its next initiation.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from wiremesh.gateway import noise
+from wiremesh.gateway.backoff import Backoff
 from wiremesh.gateway.ratelimit import ExpiringLru, TokenBucketTable
-from wiremesh.gateway.store import KnownPeerStore
+from wiremesh.gateway.store import KnownPeerStore, StoreUnavailable
+
+log = logging.getLogger("wiremesh.gateway")
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,9 @@ class Admission:
         self.unknown_keys = ExpiringLru(limits.negative_cache_size, limits.negative_cache_ttl)
         self._stamps: dict[bytes, bytes] = {}
         self._last_flush = 0.0
+        # Reads go on while another process holds the write lock (WAL): separate backoffs.
+        self.read_backoff = Backoff()
+        self.write_backoff = Backoff()
 
     def handle(self, payload: bytes, src_addr: bytes, src_port: int, now: float) -> Verdict:
         try:
@@ -100,13 +113,23 @@ class Admission:
         handshake_id = payload[8:88]  # ephemeral + encrypted static: unique per attempt
         if self.refused.fresh(handshake_id, now):
             return Drop("refused_again")
+        if not self.read_backoff.ready(now):
+            return Drop("store_unavailable")
         try:
             pending = self.responder.open_static(msg)
         except noise.DecryptFailed:
             self.refused.add(handshake_id, now)
             return Drop("decrypt")
         key = pending.initiator_static
-        known = None if self.unknown_keys.fresh(key, now) else self.store.lookup(key)
+        if self.unknown_keys.fresh(key, now):
+            known = None
+        else:
+            try:
+                known = self.store.lookup(key)
+            except StoreUnavailable as e:
+                self._store_failed(self.read_backoff, "lookup", e, now)
+                return Drop("store_unavailable")
+            self._store_ok(self.read_backoff, "lookup")
         if known is None:
             self.unknown_keys.add(key, now)
             self.refused.add(handshake_id, now)
@@ -126,11 +149,39 @@ class Admission:
         return Install(key, known.allowed_ips, endpoint, now)
 
     def maybe_flush(self, now: float) -> None:
-        """Persist accepted timestamps; call between packets (cheap when nothing is due)."""
-        if self._stamps and now - self._last_flush >= self.limits.timestamp_flush_interval:
+        """Persist accepted timestamps and notice imports; call between packets (cheap when
+        nothing is due)."""
+        if now - self._last_flush < self.limits.timestamp_flush_interval:
+            return
+        if self.read_backoff.ready(now):
+            try:
+                if self.store.changed():
+                    self.unknown_keys.clear()
+            except StoreUnavailable as e:
+                self._store_failed(self.read_backoff, "data_version", e, now)
+        if self.write_backoff.ready(now):
             self.flush(now)
 
     def flush(self, now: float) -> None:
-        self.store.record_timestamps(self._stamps)
-        self._stamps = {}
+        """Write accepted timestamps; on failure they stay queued for the next flush."""
         self._last_flush = now
+        if not self._stamps:
+            return
+        try:
+            self.store.record_timestamps(self._stamps)
+        except StoreUnavailable as e:
+            self._store_failed(self.write_backoff, "record_timestamps", e, now)
+            return
+        self._store_ok(self.write_backoff, "record_timestamps")
+        self._stamps = {}
+
+    @staticmethod
+    def _store_failed(backoff: Backoff, op: str, error: StoreUnavailable, now: float) -> None:
+        delay = backoff.failed(now)
+        log.warning("event=store_unavailable op=%s failures=%d retry_in_s=%.1f error=%s",
+                    op, backoff.failures, delay, error)
+
+    @staticmethod
+    def _store_ok(backoff: Backoff, op: str) -> None:
+        if failures := backoff.succeeded():
+            log.info("event=store_available op=%s after_failures=%d", op, failures)

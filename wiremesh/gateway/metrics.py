@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 DROP_REASONS = (
     "malformed", "bad_mac1", "rate_limited", "refused_again", "decrypt", "unknown_key",
-    "replay", "queue_full",
+    "replay", "queue_full", "store_unavailable",
 )
 
 

@@ -35,6 +35,9 @@ class ExpiringLru:
         added = self._items.get(item)
         return added is not None and now - added < self.ttl
 
+    def clear(self) -> None:
+        self._items.clear()
+
     def __len__(self) -> int:
         return len(self._items)
 

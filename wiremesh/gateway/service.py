@@ -18,18 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wiremesh.gateway.admission import Admission, AdmissionLimits, Drop
+from wiremesh.gateway.backoff import Backoff
 from wiremesh.gateway.evictor import ActiveSet, StatusPoller
 from wiremesh.gateway.guard import HandshakeGuard
 from wiremesh.gateway.metrics import GatewayMetrics
 from wiremesh.gateway.noise import Responder
 from wiremesh.gateway.provisioner import Provisioner
 from wiremesh.gateway.sniffer import InitiationTap
-from wiremesh.gateway.store import KnownPeerStore
+from wiremesh.gateway.store import KnownPeerStore, StoreUnavailable
 from wiremesh.netlink.addresses import ensure_address
 from wiremesh.wg.keys import decode_key, public_key_of
 from wiremesh.wg.uapi import WireguardGoBackend
 
 log = logging.getLogger("wiremesh.gateway")
+
+# The sniffer thread waits at most this long for the store's write lock, then backs off.
+STORE_BUSY_TIMEOUT_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,11 @@ def run_gateway(cfg: GatewayConfig, stop: threading.Event,
                 on_ready: Callable[[dict], None] | None = None) -> None:
     """Serve until `stop` is set; tears everything down on the way out."""
     iface = ipaddress.ip_interface(cfg.address)
+    opened = _open_store(cfg.db, stop)
+    if opened is None:
+        return
+    store, known = opened
     metrics = GatewayMetrics()
-    store = KnownPeerStore(cfg.db)
-    known = store.count()
     metrics.known.set(known)
     backend = WireguardGoBackend(cfg.ifname)
     threads: list[threading.Thread] = []
@@ -102,6 +108,27 @@ def run_gateway(cfg: GatewayConfig, stop: threading.Event,
         backend.close()
         store.close()
         metrics.close()
+
+
+def _open_store(path: Path, stop: threading.Event) -> tuple[KnownPeerStore, int] | None:
+    """The store and its size, retried with backoff while it is locked; None if stopped."""
+    backoff = Backoff(initial=0.2)
+    while True:
+        try:
+            store = KnownPeerStore(path, busy_timeout=STORE_BUSY_TIMEOUT_S)
+        except StoreUnavailable as e:
+            error = e
+        else:
+            try:
+                return store, store.count()
+            except StoreUnavailable as e:
+                store.close()
+                error = e
+        delay = backoff.failed(time.monotonic())
+        log.warning("event=store_unavailable op=open failures=%d retry_in_s=%.1f error=%s",
+                    backoff.failures, delay, error)
+        if stop.wait(delay):
+            return None
 
 
 def _sniff_loop(tap: InitiationTap, admission: Admission, prov: Provisioner,

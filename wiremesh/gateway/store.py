@@ -32,6 +32,11 @@ class StoreError(ValueError):
     pass
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be read or written right now (locked by another writer, I/O error);
+    the caller retries later instead of giving up."""
+
+
 @dataclass(frozen=True)
 class KnownPeer:
     allowed_ips: tuple[str, ...]
@@ -67,22 +72,43 @@ def parse_peer_lines(lines: Iterable[str]) -> Iterator[tuple[bytes, str]]:
             yield row
 
 
-class KnownPeerStore:
-    """One connection; use one store object per thread (SQLite in WAL mode allows that)."""
+def _is_busy(e: sqlite3.Error) -> bool:
+    return getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
-    def __init__(self, path: Path) -> None:
+
+class KnownPeerStore:
+    """One connection; use one store object per thread (SQLite in WAL mode allows that).
+
+    In WAL mode readers never wait for a writer, so lookups go on while another process (an
+    import) holds the write lock; writes wait at most `busy_timeout` seconds, then raise
+    `StoreUnavailable`. Opening an existing store writes nothing, so it works under a lock too.
+    """
+
+    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
         self.path = path
         try:
-            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False,
+                                      isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreError(f"{path}: cannot open peer store: {e}") from None
+        try:
+            if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
-            self.db.execute(_SCHEMA)
-            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as e:
-            raise StoreError(f"{path}: cannot open peer store: {e}") from None
+            if version == 0:
+                self.db.execute(_SCHEMA)
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._data_version = self._read_data_version()
+        except BaseException as e:
+            self.db.close()
+            if isinstance(e, sqlite3.Error) and _is_busy(e):
+                raise StoreUnavailable(f"{path}: cannot open peer store: {e}") from None
+            if isinstance(e, sqlite3.Error):
+                raise StoreError(f"{path}: cannot open peer store: {e}") from None
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -128,22 +154,51 @@ class KnownPeerStore:
         return len(chunk)
 
     def lookup(self, public_key: bytes) -> KnownPeer | None:
-        row = self.db.execute(
-            "SELECT allowed_ips, last_ts FROM known_peers WHERE public_key = ?", (public_key,)
-        ).fetchone()
+        try:
+            row = self.db.execute(
+                "SELECT allowed_ips, last_ts FROM known_peers WHERE public_key = ?", (public_key,)
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"{self.path}: lookup: {e}") from None
         if row is None:
             return None
         return KnownPeer(tuple(row[0].split(",")), row[1])
 
     def record_timestamps(self, stamps: dict[bytes, bytes]) -> None:
+        """All or nothing; raises StoreUnavailable (nothing written) when the store is busy."""
         if not stamps:
             return
-        self.db.execute("BEGIN")
-        self.db.executemany(
-            "UPDATE known_peers SET last_ts = ? WHERE public_key = ?",
-            [(ts, key) for key, ts in stamps.items()],
-        )
-        self.db.execute("COMMIT")
+        try:
+            # IMMEDIATE takes the write lock up front, so a busy store fails here, before any
+            # statement of the transaction ran.
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.executemany(
+                    "UPDATE known_peers SET last_ts = ? WHERE public_key = ?",
+                    [(ts, key) for key, ts in stamps.items()],
+                )
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"{self.path}: recording timestamps: {e}") from None
 
     def count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM known_peers").fetchone()[0]
+        try:
+            return self.db.execute("SELECT count(*) FROM known_peers").fetchone()[0]
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"{self.path}: count: {e}") from None
+
+    def _read_data_version(self) -> int:
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
+
+    def changed(self) -> bool:
+        """True when another connection committed since the last call (e.g. an import ended),
+        so answers cached from older contents may be stale."""
+        try:
+            version = self._read_data_version()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"{self.path}: data_version: {e}") from None
+        changed, self._data_version = version != self._data_version, version
+        return changed
