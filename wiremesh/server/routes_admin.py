@@ -10,8 +10,11 @@ from wiremesh.server.auth import admin_actor
 from wiremesh.server.schemas import (
     GroupCreate,
     GroupOut,
+    IdPath,
     MemberRef,
+    NamePath,
     PeerOut,
+    PeerRefPath,
     PeerRename,
     SetupKeyCreate,
     SetupKeyOut,
@@ -55,7 +58,7 @@ async def list_setup_keys(request: Request, _: str = Depends(admin_actor)) -> li
 
 
 @router.delete("/setup-keys/{key_id}", response_model=SetupKeyOut)
-async def revoke_setup_key(key_id: int, request: Request,
+async def revoke_setup_key(key_id: IdPath, request: Request,
                            actor: str = Depends(admin_actor)) -> SetupKeyOut:
     return _key_out(await _store(request).revoke_setup_key(actor, key_id))
 
@@ -77,13 +80,13 @@ async def list_peers(request: Request, _: str = Depends(admin_actor)) -> list[Pe
 
 
 @router.get("/peers/{ref}", response_model=PeerOut)
-async def get_peer(ref: str, request: Request, _: str = Depends(admin_actor)) -> PeerOut:
+async def get_peer(ref: PeerRefPath, request: Request, _: str = Depends(admin_actor)) -> PeerOut:
     store = _store(request)
     return _peer_out(request, await store.get_peer(ref), await store.peer_groups())
 
 
 @router.patch("/peers/{ref}", response_model=PeerOut)
-async def rename_peer(ref: str, body: PeerRename, request: Request,
+async def rename_peer(ref: PeerRefPath, body: PeerRename, request: Request,
                       actor: str = Depends(admin_actor)) -> PeerOut:
     store = _store(request)
     peer = await store.rename_peer(actor, ref, body.name)
@@ -92,7 +95,8 @@ async def rename_peer(ref: str, body: PeerRename, request: Request,
 
 
 @router.delete("/peers/{ref}", status_code=204)
-async def delete_peer(ref: str, request: Request, actor: str = Depends(admin_actor)) -> None:
+async def delete_peer(ref: PeerRefPath, request: Request,
+                      actor: str = Depends(admin_actor)) -> None:
     await _store(request).delete_peer(actor, ref)
     request.app.state.hub.poke()
 
@@ -119,7 +123,7 @@ async def create_group(body: GroupCreate, request: Request,
 
 
 @router.post("/groups/{name}/members", response_model=GroupOut)
-async def add_member(name: str, body: MemberRef, request: Request,
+async def add_member(name: NamePath, body: MemberRef, request: Request,
                      actor: str = Depends(admin_actor)) -> GroupOut:
     await _store(request).set_membership(actor, name, body.peer, True)
     request.app.state.hub.poke()
@@ -127,7 +131,7 @@ async def add_member(name: str, body: MemberRef, request: Request,
 
 
 @router.delete("/groups/{name}/members/{peer}", response_model=GroupOut)
-async def remove_member(name: str, peer: str, request: Request,
+async def remove_member(name: NamePath, peer: PeerRefPath, request: Request,
                         actor: str = Depends(admin_actor)) -> GroupOut:
     await _store(request).set_membership(actor, name, peer, False)
     request.app.state.hub.poke()
@@ -135,6 +139,6 @@ async def remove_member(name: str, peer: str, request: Request,
 
 
 @router.delete("/groups/{name}", status_code=204)
-async def delete_group(name: str, request: Request, actor: str = Depends(admin_actor)) -> None:
+async def delete_group(name: NamePath, request: Request, actor: str = Depends(admin_actor)) -> None:
     await _store(request).delete_group(actor, name)
     request.app.state.hub.poke()

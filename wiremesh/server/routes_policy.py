@@ -15,7 +15,7 @@ from wiremesh.core.models import MeshState, Route
 from wiremesh.core.policyfile import export, parse, plan, run_tests
 from wiremesh.server.auth import admin_actor
 from wiremesh.server.errors import problem
-from wiremesh.server.schemas import Name, Strict
+from wiremesh.server.schemas import Name, NamePath, Strict
 from wiremesh.store.repo import Store
 
 router = APIRouter(prefix="/api/v1")
@@ -137,7 +137,7 @@ async def list_routes(request: Request, _: str = Depends(admin_actor)) -> Any:
 
 
 @router.put("/routes/{name}")
-async def put_route(name: str, body: RouteIn, request: Request,
+async def put_route(name: NamePath, body: RouteIn, request: Request,
                     actor: str = Depends(admin_actor)) -> Any:
     """Create or replace a route; which peers may use it is decided by policy."""
     # The policy-file validator owns the rules for routes (prefix, names, metrics).
@@ -153,7 +153,7 @@ async def put_route(name: str, body: RouteIn, request: Request,
 
 
 @router.delete("/routes/{name}", status_code=204)
-async def delete_route(name: str, request: Request, actor: str = Depends(admin_actor)) -> None:
+async def delete_route(name: NamePath, request: Request, actor: str = Depends(admin_actor)) -> None:
     await _store(request).delete_route(actor, name)
     request.app.state.hub.poke()
 

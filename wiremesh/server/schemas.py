@@ -5,14 +5,38 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import Path
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
+from wiremesh.store.repo import MAX_ID
 from wiremesh.wg.keys import BadKey, validate_public_key
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_RE, description="letters, digits, '.', '_', '-'")]
+# A name or a numeric id in a URL path; anything else is refused before it reaches the store.
+NamePath = Annotated[str, Path(pattern=NAME_RE, description="letters, digits, '.', '_', '-'")]
+PeerRef = Annotated[str, Field(pattern=NAME_RE, description="peer name or id")]
+PeerRefPath = Annotated[str, Path(pattern=NAME_RE, description="peer name or id")]
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+MAX_EXPIRY_S = 10 * 365 * 86400
+
+
+def bounded(lo: int, hi: int, unit: str) -> Any:
+    """An int in [lo, hi] whose error names the whole allowed range, not just one bound."""
+
+    def check(v: int) -> int:
+        if not lo <= v <= hi:
+            raise ValueError(f"must be between {lo} and {hi} {unit}")
+        return v
+
+    return Annotated[int, AfterValidator(check),
+                     WithJsonSchema({"type": "integer", "minimum": lo, "maximum": hi})]
+
+
+UsageLimit = bounded(0, MAX_ID, "enrolments")
+ExpirySeconds = bounded(1, MAX_EXPIRY_S, "seconds (10 years)")
 
 
 class Strict(BaseModel):
@@ -77,8 +101,9 @@ class EndpointReport(Strict):
 class SetupKeyCreate(Strict):
     name: Name
     reusable: bool = False
-    usage_limit: int = Field(0, ge=0, description="0 = unlimited (reusable keys only)")
-    expires_in_s: int | None = Field(None, gt=0, description="seconds until expiry; none = never")
+    usage_limit: UsageLimit = Field(0, description="0 = unlimited (reusable keys only)")
+    expires_in_s: ExpirySeconds | None = Field(
+        None, description="seconds until expiry, at most 10 years; none = never")
     auto_groups: list[Name] = Field(default_factory=list)
 
 
@@ -115,7 +140,7 @@ class PeerRename(Strict):
 
 class GroupCreate(Strict):
     name: Name
-    members: list[str] = Field(default_factory=list)
+    members: list[PeerRef] = Field(default_factory=list)
 
 
 class GroupOut(BaseModel):
@@ -125,4 +150,4 @@ class GroupOut(BaseModel):
 
 
 class MemberRef(Strict):
-    peer: str = Field(min_length=1, max_length=128, description="peer name or id")
+    peer: PeerRef

@@ -108,6 +108,19 @@ def _refusal(key: SetupKey | None, key_hash: str) -> StoreError | None:
     return None
 
 
+MAX_ID = 2**31 - 1  # ids are 32-bit integer columns
+
+
+def _as_id(ref: str | int) -> int | None:
+    """The row id `ref` names, if it is one: ASCII digits within the column's range (a
+    bigger number, or '²', would make the database or int() raise instead of not finding)."""
+    if isinstance(ref, int):
+        return ref if 0 < ref <= MAX_ID else None
+    if not (ref.isascii() and ref.isdigit() and len(ref) <= len(str(MAX_ID))):
+        return None
+    return int(ref) if 0 < int(ref) <= MAX_ID else None
+
+
 def _unique_name(hostname: str, taken: set[str]) -> str:
     if hostname not in taken:
         return hostname
@@ -379,8 +392,9 @@ class Store:
     async def _peer(self, s: AsyncSession, ref: str | int, field: str = "peer") -> Peer:
         """A peer by id or by name."""
         row = None
-        if isinstance(ref, int) or str(ref).isdigit():
-            row = await s.get(Peer, int(ref))
+        pid = _as_id(ref)
+        if pid is not None:
+            row = await s.get(Peer, pid)
         if row is None:
             row = await s.scalar(select(Peer).where(Peer.name == str(ref)))
         if row is None:
