@@ -27,7 +27,7 @@ from wiremesh.lab.mesh import MeshLab, build_mesh
 from wiremesh.lab.netns import Lab, missing_requirements
 
 
-async def _agent(http, key: str, i: int, n: int, done: dict[int, float],
+async def _agent(http, verify, key: str, i: int, n: int, done: dict[int, float],
                  enrolled: list[float], enrolled_ev: asyncio.Event) -> None:
     import httpx
 
@@ -45,7 +45,7 @@ async def _agent(http, key: str, i: int, n: int, done: dict[int, float],
     peers: set[str] = set()
     # One client per agent, as in reality: httpx's pool scans every connection it holds on
     # each request, so 1000 streams in one pool would make the load generator quadratic.
-    async with httpx.AsyncClient(base_url=str(http.base_url),
+    async with httpx.AsyncClient(base_url=str(http.base_url), verify=verify,
                                  timeout=httpx.Timeout(60.0, read=300.0)) as own, \
             own.stream("GET", "/api/v1/agent/netmap",
                        headers={"Authorization": f"Bearer {token}"}) as s:
@@ -63,25 +63,28 @@ async def _agent(http, key: str, i: int, n: int, done: dict[int, float],
                 return
 
 
-async def _load(url: str, key: str, n: int, concurrency: int, worker: int,
+async def _load(url: str, ca_file: str, key: str, n: int, concurrency: int, worker: int,
                 workers: int) -> dict[str, float]:
     """This worker's share of the agents (every `workers`-th); wall-clock times, so the
     parent can merge the workers' figures."""
+    import ssl
+
     import httpx
 
+    verify = ssl.create_default_context(cafile=ca_file)
     # Expire idle connections before the server (5 s) does, or a reused one may be reset.
     limits = httpx.Limits(max_connections=concurrency, keepalive_expiry=2.0)
     done: dict[int, float] = {}
     enrolled: list[float] = []
     sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits,
+    async with httpx.AsyncClient(base_url=url, limits=limits, verify=verify,
                                  timeout=httpx.Timeout(60.0, read=300.0)) as http:
 
         async def one(i: int) -> None:
             ev = asyncio.Event()
             async with sem:
                 # The semaphore bounds concurrent enrolments; streams stay open after it.
-                task = asyncio.ensure_future(_agent(http, key, i, n, done, enrolled, ev))
+                task = asyncio.ensure_future(_agent(http, verify, key, i, n, done, enrolled, ev))
                 await asyncio.wait([task, asyncio.ensure_future(ev.wait())],
                                    return_when=asyncio.FIRST_COMPLETED)
             await task
@@ -99,13 +102,13 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2,
                     help="load-generator processes (one Python process cannot parse the "
                          "streams of 1000 agents fast enough to load the server)")
-    ap.add_argument("--client", nargs=3, metavar=("URL", "KEY", "WORKER"),
+    ap.add_argument("--client", nargs=4, metavar=("URL", "CA_FILE", "KEY", "WORKER"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.client:
-        url, key, worker = args.client
-        print(json.dumps(asyncio.run(_load(url, key, args.peers, args.concurrency, int(worker),
-                                           args.workers))))
+        url, ca_file, key, worker = args.client
+        print(json.dumps(asyncio.run(_load(url, ca_file, key, args.peers, args.concurrency,
+                                           int(worker), args.workers))))
         return 0
     missing = missing_requirements()
     if missing:
@@ -120,7 +123,8 @@ def main() -> int:
         procs = [mesh.server.popen(
             [sys.executable, str(Path(__file__).resolve()), "--peers", str(args.peers),
              "--concurrency", str(args.concurrency), "--workers", str(args.workers),
-             "--client", mesh.url, key, str(w)], log=lab.log_dir / f"worker{w}.log")
+             "--client", mesh.url, str(mesh.tls.ca_file), key, str(w)],
+            log=lab.log_dir / f"worker{w}.log")
             for w in range(args.workers)]
         for p in procs:
             if p.wait(1800) != 0:

@@ -4,12 +4,17 @@ WIREMESH_TEST_PG_URL is set), driven through real HTTP semantics with httpx."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
 from wiremesh.lab.netns import missing_requirements
 from wiremesh.server.app import create_app
@@ -77,3 +82,25 @@ async def api(db_url: str) -> AsyncIterator[ApiEnv]:
         transport = httpx.ASGITransport(app=app, client=("192.0.2.50", 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://wm") as c:
             yield ApiEnv(c, app, {"Authorization": f"Bearer {tokens[0]}"}, db_url)
+
+
+@contextmanager
+def serve(app: object, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free loopback port (HTTPS with the (cert, key) pair
+    `tls`) in a thread; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    cert, key = tls or (None, None)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ssl_certfile=cert,
+                                           ssl_keyfile=key))
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        t.join(15)

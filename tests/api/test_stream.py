@@ -4,15 +4,12 @@ and resume from a version."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
+from tests.conftest import serve
 from wiremesh.server.app import create_app
 from wiremesh.wg.keys import generate_private_key, public_key_of
 
@@ -22,22 +19,8 @@ def live(tmp_path) -> Iterator[tuple[httpx.Client, dict[str, str]]]:
     tokens: list[str] = []
     app = create_app(f"sqlite:///{tmp_path}/s.db", on_admin_token=tokens.append,
                      poll_interval=0.2)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        with httpx.Client(base_url=url, timeout=httpx.Timeout(10.0)) as c:
-            yield c, {"Authorization": f"Bearer {tokens[0]}"}
-    finally:
-        server.should_exit = True
-        t.join(15)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=httpx.Timeout(10.0)) as c:
+        yield c, {"Authorization": f"Bearer {tokens[0]}"}
 
 
 def enroll(c: httpx.Client, key: str, name: str) -> dict:

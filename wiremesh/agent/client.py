@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+from wiremesh.agent.connection import Trust
+
 # A stream idle longer than three server keepalives is dead (NAT dropped it, server gone).
 STREAM_READ_TIMEOUT = 45.0
 
@@ -28,8 +30,9 @@ def _problem(r: httpx.Response) -> str:
         return r.text.strip() or f"HTTP {r.status_code}"
 
 
-async def enroll(server: str, body: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=server, timeout=timeout) as c:
+async def enroll(server: str, body: dict[str, Any], trust: Trust,
+                 timeout: float = 15.0) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=server, timeout=timeout, verify=trust.verify()) as c:
         r = await c.post("/api/v1/enroll", json=body)
     if r.status_code != 201:
         raise ServerRefused(f"enrolment refused ({r.status_code}): {_problem(r)}")
@@ -37,9 +40,9 @@ async def enroll(server: str, body: dict[str, Any], timeout: float = 15.0) -> di
 
 
 class ServerClient:
-    def __init__(self, server: str, token: str) -> None:
+    def __init__(self, server: str, token: str, trust: Trust) -> None:
         self.http = httpx.AsyncClient(
-            base_url=server, headers={"Authorization": f"Bearer {token}"},
+            base_url=server, headers={"Authorization": f"Bearer {token}"}, verify=trust.verify(),
             timeout=httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT),
         )
 

@@ -22,6 +22,7 @@ from prometheus_client import start_http_server
 from wiremesh.agent import metrics
 from wiremesh.agent import state as statefile
 from wiremesh.agent.client import PeerDeleted, ServerClient, ServerRefused, enroll
+from wiremesh.agent.connection import INSECURE_WARNING, Trust, reason
 from wiremesh.agent.dataplane import DataPlane, make_backend
 from wiremesh.agent.probe_responder import start_responder
 from wiremesh.agent.routes import RouteManager
@@ -47,7 +48,7 @@ class ResyncNeeded(Exception):
 
 async def enroll_peer(
     state_dir: Path, server: str, setup_key: str, name: str | None, interface: str,
-    listen_port: int, endpoints: list[str],
+    listen_port: int, endpoints: list[str], trust: Trust,
 ) -> AgentState:
     """Generate (or reuse) the key pair locally, enrol with the public key, save the state."""
     private = load_or_create_private_key(statefile.private_key_path(state_dir))
@@ -58,11 +59,12 @@ async def enroll_peer(
         "listen_port": listen_port,
         "endpoints": endpoints,
     }
-    got = await enroll(server, body)
+    got = await enroll(server, body, trust)
     cfg = AgentConfig(
         server=server, peer_id=got["peer_id"], name=got["name"], token=got["token"],
         overlay_ip=got["overlay_ip"], overlay_prefix_len=got["overlay_prefix_len"],
         interface=interface, listen_port=listen_port, endpoints=endpoints,
+        ca_file=trust.ca_file, insecure=trust.insecure,
     )
     st = AgentState(cfg)
     statefile.save(state_dir, st)
@@ -164,7 +166,9 @@ class Agent:
             failover = asyncio.create_task(self.routes.run(backend))
             stack.push_async_callback(_cancel, failover)
             stack.push_async_callback(self._stop_release)
-            client = ServerClient(cfg.server, cfg.token)
+            if cfg.insecure:
+                log.warning(INSECURE_WARNING.format(url=cfg.server))
+            client = ServerClient(cfg.server, cfg.token, cfg.trust)
             stack.push_async_callback(client.close)
             await self._follow_forever(client)
 
@@ -184,8 +188,8 @@ class Agent:
                 log.error("could not apply netmap update: %s; retrying", e)
             except (httpx.HTTPError, OSError, ServerRefused, ValueError) as e:
                 metrics.SERVER_CONNECTED.set(0)
-                log.warning("server unreachable (%s); keeping netmap version=%s",
-                            e.__class__.__name__,
+                log.warning("no netmap from %s (%s); keeping netmap version=%s",
+                            self.state.config.server, reason(e),
                             self.state.netmap.version if self.state.netmap else None)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from wiremesh.agent.connection import Trust
 from wiremesh.core.netmap import Netmap, netmap_from_json, netmap_to_json
 
 DEFAULT_STATE_DIR = Path("/var/lib/wiremesh")
@@ -32,6 +33,13 @@ class AgentConfig:
     interface: str
     listen_port: int
     endpoints: list[str]
+    # How the server is verified, kept so `wiremesh agent` restarts check it the same way.
+    ca_file: str | None = None
+    insecure: bool = False
+
+    @property
+    def trust(self) -> Trust:
+        return Trust(self.ca_file, self.insecure)
 
 
 @dataclass

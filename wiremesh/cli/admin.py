@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from wiremesh.cli.common import (
     Api,
+    CaFileOpt,
+    InsecureOpt,
     JsonOpt,
     ServerOpt,
     TokenOpt,
@@ -29,10 +33,11 @@ def keys_create(
     expires_in: int | None = typer.Option(None, "--expires-in", min=1,
                                           help="Seconds until the key expires"),
     group: list[str] = typer.Option([], "--group", help="Auto-group for enrolled peers"),
-    server: str | None = ServerOpt, token: str | None = TokenOpt, as_json: bool = JsonOpt,
+    server: str | None = ServerOpt, token: str | None = TokenOpt,
+    ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Create a setup key; its secret is shown only now."""
-    k = Api(server, token).call("POST", "/setup-keys", json={
+    k = Api(server, token, ca_file, insecure).call("POST", "/setup-keys", json={
         "name": name, "reusable": reusable, "usage_limit": usage_limit,
         "expires_in_s": expires_in, "auto_groups": group})
     if as_json:
@@ -44,9 +49,10 @@ def keys_create(
 
 @keys_app.command("list")
 def keys_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
+              ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
               as_json: bool = JsonOpt) -> None:
     """List setup keys (secrets are never shown again, only their prefix)."""
-    keys = Api(server, token).call("GET", "/setup-keys")
+    keys = Api(server, token, ca_file, insecure).call("GET", "/setup-keys")
     if as_json:
         print_json(keys)
         return
@@ -59,17 +65,19 @@ def keys_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: int = typer.Argument(..., help="Setup key id"),
-                server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+                server: str | None = ServerOpt, token: str | None = TokenOpt,
+                ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Revoke a setup key; enrolled peers stay."""
-    Api(server, token).call("DELETE", f"/setup-keys/{key_id}")
+    Api(server, token, ca_file, insecure).call("DELETE", f"/setup-keys/{key_id}")
     console.print(f"revoked setup key {key_id}")
 
 
 @peers_app.command("list")
 def peers_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
+               ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
                as_json: bool = JsonOpt) -> None:
     """List peers."""
-    peers = Api(server, token).call("GET", "/peers")
+    peers = Api(server, token, ca_file, insecure).call("GET", "/peers")
     if as_json:
         print_json(peers)
         return
@@ -80,33 +88,38 @@ def peers_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
 
 @peers_app.command("show")
 def peers_show(peer: str = typer.Argument(..., help="Peer name or id"),
-               server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+               server: str | None = ServerOpt, token: str | None = TokenOpt,
+               ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Show one peer as JSON."""
-    print_json(Api(server, token).call("GET", f"/peers/{peer}"))
+    print_json(Api(server, token, ca_file, insecure).call("GET", f"/peers/{peer}"))
 
 
 @peers_app.command("rename")
 def peers_rename(peer: str = typer.Argument(..., help="Peer name or id"),
                  new_name: str = typer.Argument(..., help="New name"),
-                 server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+                 server: str | None = ServerOpt, token: str | None = TokenOpt,
+                 ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Rename a peer."""
-    p = Api(server, token).call("PATCH", f"/peers/{peer}", json={"name": new_name})
+    p = Api(server, token, ca_file, insecure).call("PATCH", f"/peers/{peer}",
+                                                   json={"name": new_name})
     console.print(f"peer {p['id']} is now {p['name']}")
 
 
 @peers_app.command("delete")
 def peers_delete(peer: str = typer.Argument(..., help="Peer name or id"),
-                 server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+                 server: str | None = ServerOpt, token: str | None = TokenOpt,
+                 ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Delete a peer: it disappears from every other peer's netmap."""
-    Api(server, token).call("DELETE", f"/peers/{peer}")
+    Api(server, token, ca_file, insecure).call("DELETE", f"/peers/{peer}")
     console.print(f"deleted peer {peer}")
 
 
 @groups_app.command("list")
 def groups_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
+                ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
                 as_json: bool = JsonOpt) -> None:
     """List groups and their members."""
-    groups = Api(server, token).call("GET", "/groups")
+    groups = Api(server, token, ca_file, insecure).call("GET", "/groups")
     if as_json:
         print_json(groups)
         return
@@ -118,31 +131,37 @@ def groups_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
 @groups_app.command("create")
 def groups_create(name: str = typer.Argument(...),
                   member: list[str] = typer.Option([], "--member", help="Peer name; repeatable"),
-                  server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+                  server: str | None = ServerOpt, token: str | None = TokenOpt,
+                  ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Create a group."""
-    Api(server, token).call("POST", "/groups", json={"name": name, "members": member})
+    Api(server, token, ca_file, insecure).call("POST", "/groups",
+                                               json={"name": name, "members": member})
     console.print(f"created group {name}")
 
 
 @groups_app.command("add")
 def groups_add(group: str = typer.Argument(...), peer: str = typer.Argument(...),
-               server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+               server: str | None = ServerOpt, token: str | None = TokenOpt,
+               ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Add a peer to a group."""
-    Api(server, token).call("POST", f"/groups/{group}/members", json={"peer": peer})
+    Api(server, token, ca_file, insecure).call("POST", f"/groups/{group}/members",
+                                               json={"peer": peer})
     console.print(f"added {peer} to {group}")
 
 
 @groups_app.command("remove")
 def groups_remove(group: str = typer.Argument(...), peer: str = typer.Argument(...),
-                  server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+                  server: str | None = ServerOpt, token: str | None = TokenOpt,
+                  ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Remove a peer from a group."""
-    Api(server, token).call("DELETE", f"/groups/{group}/members/{peer}")
+    Api(server, token, ca_file, insecure).call("DELETE", f"/groups/{group}/members/{peer}")
     console.print(f"removed {peer} from {group}")
 
 
 @groups_app.command("delete")
 def groups_delete(name: str = typer.Argument(...), server: str | None = ServerOpt,
-                  token: str | None = TokenOpt) -> None:
+                  token: str | None = TokenOpt,
+                  ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Delete a group (refused while a policy or route uses it)."""
-    Api(server, token).call("DELETE", f"/groups/{name}")
+    Api(server, token, ca_file, insecure).call("DELETE", f"/groups/{name}")
     console.print(f"deleted group {name}")

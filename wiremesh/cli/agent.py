@@ -10,7 +10,15 @@ import typer
 
 from wiremesh.agent import state as statefile
 from wiremesh.agent.client import ServerRefused
-from wiremesh.cli.common import fail, setup_logging, split_listen
+from wiremesh.agent.connection import TrustError, unreachable
+from wiremesh.cli.common import (
+    CaFileOpt,
+    InsecureOpt,
+    fail,
+    server_trust,
+    setup_logging,
+    split_listen,
+)
 
 StateDirOpt = typer.Option(statefile.DEFAULT_STATE_DIR, "--state-dir",
                            help="Where the key pair and saved state live")
@@ -44,9 +52,15 @@ def up(
     state_dir: Path = StateDirOpt,
     backend: str = BackendOpt,
     metrics_listen: str | None = MetricsOpt,
+    ca_file: Path | None = CaFileOpt,
+    insecure: bool = InsecureOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Enrol this machine (if not enrolled yet) and run the agent."""
+    """Enrol this machine (if not enrolled yet) and run the agent.
+
+    The server is verified with the system's CAs or --ca-file; that choice is saved with the
+    enrolment, so `wiremesh agent` verifies it the same way.
+    """
     from wiremesh.agent.runner import enroll_peer, run_forever
 
     setup_logging(verbose)
@@ -54,18 +68,20 @@ def up(
     if len(interface) > 15:
         fail(f"--interface {interface!r}: at most 15 characters")
     try:
-        st = statefile.load(state_dir)
-        if st.config.server != server:
-            fail(f"{state_dir} holds an enrolment with {st.config.server}; "
-                 "use another --state-dir")
+        enrolled_with: str | None = statefile.load(state_dir).config.server
     except statefile.StateError:
+        enrolled_with = None
+    if enrolled_with is not None and enrolled_with != server:
+        fail(f"{state_dir} holds an enrolment with {enrolled_with}; use another --state-dir")
+    if enrolled_with is None:
+        trust = server_trust(server, ca_file, insecure)
         try:
             asyncio.run(enroll_peer(state_dir, server, setup_key, name, interface,
-                                    listen_port, endpoint))
+                                    listen_port, endpoint, trust))
         except ServerRefused as e:
             fail(str(e))
         except (OSError, httpx.HTTPError) as e:
-            fail(f"cannot reach the server at {server}: {e}")
+            fail(unreachable(server, e))
     raise typer.Exit(run_forever(state_dir, backend, _listen(metrics_listen)))
 
 
@@ -78,7 +94,8 @@ def agent(state_dir: Path = StateDirOpt, backend: str = BackendOpt,
     setup_logging(verbose)
     _check_backend(backend)
     try:
-        statefile.load(state_dir)
-    except statefile.StateError as e:
-        fail(str(e))
+        cfg = statefile.load(state_dir).config
+        cfg.trust.check(cfg.server)
+    except (statefile.StateError, TrustError) as e:
+        fail(f"{e} (saved in {state_dir})" if isinstance(e, TrustError) else str(e))
     raise typer.Exit(run_forever(state_dir, backend, _listen(metrics_listen)))

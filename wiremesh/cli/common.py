@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
@@ -13,21 +14,35 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from wiremesh.agent.connection import (
+    INSECURE_HELP,
+    INSECURE_WARNING,
+    Trust,
+    TrustError,
+    unreachable,
+)
+
 console = Console()
 err_console = Console(stderr=True)
 
 ServerOpt = typer.Option(
-    None, "--server", envvar="WIREMESH_SERVER", help="Server URL, e.g. http://192.0.2.1:8080"
+    None, "--server", envvar="WIREMESH_SERVER", help="Server URL, e.g. https://mesh.example.org:8443"
 )
 TokenOpt = typer.Option(
     None, "--token", envvar="WIREMESH_TOKEN",
     help="Admin token (printed at the server's first start)",
 )
+CaFileOpt = typer.Option(
+    None, "--ca-file", envvar="WIREMESH_CA_FILE", dir_okay=False,
+    help="PEM file of the CA that signed the server's certificate (default: the system's CAs)",
+)
+InsecureOpt = typer.Option(False, "--insecure", help=INSECURE_HELP)
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # soft_wrap: one line whatever the terminal width, so scripts and logs get it whole.
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -60,23 +75,38 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def server_trust(server: str, ca_file: Path | None, insecure: bool) -> Trust:
+    """How to verify `server`, from the command's options; exits 2 when they refuse it."""
+    trust = Trust(str(ca_file.resolve()) if ca_file else None, insecure)
+    try:
+        trust.check(server)
+    except TrustError as e:
+        fail(str(e))
+    if insecure:
+        err_console.print(f"[bold yellow]warning:[/] {INSECURE_WARNING.format(url=server)}",
+                          highlight=False, soft_wrap=True)
+    return trust
+
+
 class Api:
     """Admin calls against a server; every failure becomes one clear line and exit code 2."""
 
-    def __init__(self, server: str | None, token: str | None) -> None:
+    def __init__(self, server: str | None, token: str | None, ca_file: Path | None = None,
+                 insecure: bool = False) -> None:
         server = server or os.environ.get("WIREMESH_SERVER")
         if not server:
             fail("no server given: use --server URL or set WIREMESH_SERVER")
         if not token:
             fail("no admin token given: use --token or set WIREMESH_TOKEN")
-        self.http = httpx.Client(base_url=server, timeout=30.0,
+        trust = server_trust(server, ca_file, insecure)
+        self.http = httpx.Client(base_url=server, timeout=30.0, verify=trust.verify(),
                                  headers={"Authorization": f"Bearer {token}"})
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
         try:
             r = self.http.request(method, f"/api/v1{path}", **kw)
         except httpx.HTTPError as e:
-            fail(f"cannot reach the server at {self.http.base_url}: {e}")
+            fail(unreachable(str(self.http.base_url).rstrip("/"), e))
         if r.status_code >= 400:
             try:
                 body = r.json()

@@ -8,6 +8,8 @@ import typer
 
 from wiremesh.cli.common import (
     Api,
+    CaFileOpt,
+    InsecureOpt,
     JsonOpt,
     ServerOpt,
     TokenOpt,
@@ -41,9 +43,10 @@ def _print_plan(out: dict) -> None:
 
 @app.command("apply")
 def apply(file: Path = FileArg, server: str | None = ServerOpt, token: str | None = TokenOpt,
+          ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
           as_json: bool = JsonOpt) -> None:
     """Validate FILE, run its tests, and replace the policy (all or nothing)."""
-    out = Api(server, token).call("POST", "/policy/apply", json=_read(file))
+    out = Api(server, token, ca_file, insecure).call("POST", "/policy/apply", json=_read(file))
     if as_json:
         print_json(out)
         return
@@ -55,9 +58,10 @@ def apply(file: Path = FileArg, server: str | None = ServerOpt, token: str | Non
 
 @app.command("diff")
 def diff(file: Path = FileArg, server: str | None = ServerOpt, token: str | None = TokenOpt,
+         ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
          as_json: bool = JsonOpt) -> None:
     """Show what applying FILE would change and which peers it affects."""
-    out = Api(server, token).call("POST", "/policy/diff", json=_read(file))
+    out = Api(server, token, ca_file, insecure).call("POST", "/policy/diff", json=_read(file))
     if as_json:
         print_json(out)
         return
@@ -67,16 +71,18 @@ def diff(file: Path = FileArg, server: str | None = ServerOpt, token: str | None
 
 
 @app.command("export")
-def export_(server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+def export_(server: str | None = ServerOpt, token: str | None = TokenOpt,
+            ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Print the current groups, policies and routes as a policy file (YAML)."""
-    typer.echo(Api(server, token).call("GET", "/policy/export"), nl=False)
+    typer.echo(Api(server, token, ca_file, insecure).call("GET", "/policy/export"), nl=False)
 
 
 @app.command("matrix")
 def matrix(server: str | None = ServerOpt, token: str | None = TokenOpt,
+           ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
            as_json: bool = JsonOpt) -> None:
     """Who may open what to whom (rows: source, columns: destination)."""
-    out = Api(server, token).call("GET", "/policy/matrix")
+    out = Api(server, token, ca_file, insecure).call("GET", "/policy/matrix")
     if as_json:
         print_json(out)
         return
@@ -94,7 +100,8 @@ def explain(
     dst: str = typer.Argument(..., help="Destination peer (name or id)"),
     proto: str = typer.Option("all", "--proto", help="all, tcp, udp or icmp"),
     port: int | None = typer.Option(None, "--port", min=1, max=65535),
-    server: str | None = ServerOpt, token: str | None = TokenOpt, as_json: bool = JsonOpt,
+    server: str | None = ServerOpt, token: str | None = TokenOpt,
+    ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Why can (or can't) SRC reach DST? Names the policies that allow it, or each reason."""
     if proto not in ("all", "tcp", "udp", "icmp"):
@@ -102,7 +109,7 @@ def explain(
     params: dict[str, str | int] = {"src": src, "dst": dst, "proto": proto}
     if port is not None:
         params["port"] = port
-    out = Api(server, token).call("GET", "/policy/explain", params=params)
+    out = Api(server, token, ca_file, insecure).call("GET", "/policy/explain", params=params)
     if as_json:
         print_json(out)
         return
@@ -114,9 +121,10 @@ def explain(
 
 @routes_app.command("list")
 def routes_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
+                ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
                 as_json: bool = JsonOpt) -> None:
     """List routes."""
-    routes = Api(server, token).call("GET", "/routes")
+    routes = Api(server, token, ca_file, insecure).call("GET", "/routes")
     if as_json:
         print_json(routes)
         return
@@ -138,6 +146,7 @@ def routes_set(
     masquerade: bool = typer.Option(True, "--masquerade/--no-masquerade"),
     enabled: bool = typer.Option(True, "--enabled/--disabled"),
     server: str | None = ServerOpt, token: str | None = TokenOpt,
+    ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
 ) -> None:
     """Create or replace a route. Who may use it is decided by policy (`routes:` in a policy)."""
     overrides: dict[str, int] = {}
@@ -146,7 +155,7 @@ def routes_set(
         if not peer or not m.isdigit():
             fail(f"--router-metric {item!r}: expected PEER=METRIC")
         overrides[peer] = int(m)
-    Api(server, token).call("PUT", f"/routes/{name}", json={
+    Api(server, token, ca_file, insecure).call("PUT", f"/routes/{name}", json={
         "prefix": prefix, "router_group": router_group, "metric": metric,
         "router_metrics": overrides, "masquerade": masquerade, "enabled": enabled})
     console.print(f"route {name} -> {prefix} via group {router_group}")
@@ -154,16 +163,19 @@ def routes_set(
 
 @routes_app.command("delete")
 def routes_delete(name: str = typer.Argument(...), server: str | None = ServerOpt,
-                  token: str | None = TokenOpt) -> None:
+                  token: str | None = TokenOpt,
+                  ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Delete a route."""
-    Api(server, token).call("DELETE", f"/routes/{name}")
+    Api(server, token, ca_file, insecure).call("DELETE", f"/routes/{name}")
     console.print(f"deleted route {name}")
 
 
 def audit(limit: int = typer.Option(50, "--limit", min=1), server: str | None = ServerOpt,
-          token: str | None = TokenOpt, as_json: bool = JsonOpt) -> None:
+          token: str | None = TokenOpt,
+          ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
+          as_json: bool = JsonOpt) -> None:
     """Show the audit log: who changed what, when (newest first)."""
-    entries = Api(server, token).call("GET", "/audit", params={"limit": limit})
+    entries = Api(server, token, ca_file, insecure).call("GET", "/audit", params={"limit": limit})
     if as_json:
         print_json(entries)
         return

@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from wiremesh.lab.netns import Host, Lab, LabError
+from wiremesh.lab.pki import ServerCert, make_server_cert
 from wiremesh.wg.uapi import UapiClient
 
 SERVER_PORT = 8080
@@ -69,15 +70,19 @@ class LabAgent:
 
 @dataclass
 class MeshLab:
+    """The server speaks HTTPS with a certificate from a throw-away CA (`tls`); every agent
+    and admin call verifies it with that CA, as a real deployment would."""
+
     lab: Lab
     server: Host
+    tls: ServerCert
     agents: dict[str, LabAgent] = field(default_factory=dict)
     server_proc: subprocess.Popen | None = None
     admin_token: str = ""
 
     @property
     def url(self) -> str:
-        return f"http://{self.server.ip}:{SERVER_PORT}"
+        return f"https://{self.server.ip}:{SERVER_PORT}"
 
     @property
     def db_url(self) -> str:
@@ -93,7 +98,9 @@ class MeshLab:
         self.server_proc = self.server.popen(
             wiremesh_cmd("server", "--db", self.db_url,
                          "--listen", f"{self.server.ip}:{SERVER_PORT}",
-                         "--admin-token-file", str(token_file)),
+                         "--admin-token-file", str(token_file),
+                         "--tls-cert", str(self.tls.cert_file),
+                         "--tls-key", str(self.tls.key_file)),
             log=self.log("server"))
         wait_until(lambda: self._server_healthy(), timeout, "the server to answer")
         if not self.admin_token:
@@ -102,7 +109,8 @@ class MeshLab:
     def _server_healthy(self) -> bool:
         if self.server_proc is not None and self.server_proc.poll() is not None:
             raise LabError(f"server exited: {self.tail('server')}")
-        return self.server.http_get(f"{self.url}/healthz", timeout_s=1.0) is not None
+        return self.server.http_get(f"{self.url}/healthz", timeout_s=1.0,
+                                    ca_file=self.tls.ca_file) is not None
 
     def stop_server(self) -> None:
         stop(self.server_proc)
@@ -111,7 +119,8 @@ class MeshLab:
     def admin(self, *args: str) -> Any:
         """Run `wiremesh ARGS --json` against the server; returns the parsed JSON."""
         res = self.server.run(
-            wiremesh_cmd(*args, "--server", self.url, "--token", self.admin_token, "--json"),
+            wiremesh_cmd(*args, "--server", self.url, "--token", self.admin_token,
+                         "--ca-file", str(self.tls.ca_file), "--json"),
             check=False, timeout=60)
         if res.returncode != 0:
             raise LabError(f"wiremesh {' '.join(args)} failed: {res.stderr.strip()}")
@@ -133,6 +142,7 @@ class MeshLab:
                   "--metrics-listen", f"127.0.0.1:{AGENT_METRICS_PORT}"]
         if setup_key:
             argv = wiremesh_cmd("up", "--server", self.url, "--setup-key", setup_key,
+                                "--ca-file", str(self.tls.ca_file),
                                 "--name", a.name, "--interface", a.ifname, *common)
         else:
             argv = wiremesh_cmd("agent", *common)
@@ -179,7 +189,7 @@ def build_mesh(lab: Lab, agent_names: Iterable[str]) -> MeshLab:
     sw = lab.add_switch("u", UNDERLAY)
     server = lab.add_host("srv")
     lab.connect(server, sw)
-    mesh = MeshLab(lab, server)
+    mesh = MeshLab(lab, server, make_server_cert(lab.log_dir / "pki", [server.ip]))
     for name in agent_names:
         mesh.add_agent(name)
     return mesh

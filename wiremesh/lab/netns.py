@@ -99,12 +99,15 @@ class Host:
         self.procs.append(p)
         return p
 
-    def http_get(self, url: str, timeout_s: float = 2.0) -> str | None:
-        """GET `url` from inside this host's namespace; the body, or None on any failure."""
-        code = ("import sys,urllib.request;sys.stdout.write(urllib.request.urlopen("
-                "sys.argv[1],timeout=float(sys.argv[2])).read().decode())")
-        res = self.run([sys.executable, "-c", code, url, str(timeout_s)], check=False,
-                       timeout=timeout_s + 10)
+    def http_get(self, url: str, timeout_s: float = 2.0,
+                 ca_file: Path | None = None) -> str | None:
+        """GET `url` from inside this host's namespace (https verified with `ca_file`, else
+        the system's CAs); the body, or None on any failure."""
+        code = ("import ssl,sys,urllib.request;sys.stdout.write(urllib.request.urlopen("
+                "sys.argv[1],timeout=float(sys.argv[2]),context=ssl.create_default_context("
+                "cafile=sys.argv[3] or None)).read().decode())")
+        res = self.run([sys.executable, "-c", code, url, str(timeout_s), str(ca_file or "")],
+                       check=False, timeout=timeout_s + 10)
         return res.stdout if res.returncode == 0 else None
 
     def ping(self, addr: str, count: int = 1, timeout_s: float = 1.0) -> bool:
