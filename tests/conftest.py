@@ -58,6 +58,14 @@ class ApiEnv:
         return self.app.state.store  # type: ignore[attr-defined]
 
 
+def billion_laughs(levels: int, width: int = 9) -> str:
+    """A few hundred bytes that expand to width**levels values: each list repeats the last."""
+    lines = ['l0: &l0 ["lol"]']
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]")
+    return "\n".join(lines) + f"\ngroups: {{g: *l{levels - 1}}}\n"
+
+
 def db_params() -> list:
     return ["sqlite", pytest.param("postgres", marks=[
         pytest.mark.postgres,

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from tests.api.test_api import enroll, make_key
-from tests.conftest import ApiEnv
+from tests.conftest import ApiEnv, billion_laughs
 
 EXAMPLE = (Path(__file__).parents[2] / "examples" / "policy.yaml").read_text()
 NAMES = ["alice", "bob", "web1", "db1", "r1", "r2"]
@@ -113,3 +113,17 @@ async def test_routes_api(api: ApiEnv) -> None:
     r = await api.client.get("/api/v1/policy/explain", headers=h,
                              params={"src": "nobody", "dst": "r1"})
     assert r.status_code == 400 and "no peer named 'nobody'" in r.json()["detail"]
+
+
+async def test_oversized_and_hostile_files_are_refused_with_a_problem(api: ApiEnv) -> None:
+    h = api.admin
+    r = await api.client.post("/api/v1/policy/diff", headers=h,
+                              json={"text": "#" * (3 << 20)})
+    assert r.status_code == 413 and "larger than 2097152 bytes" in r.json()["detail"]
+    r = await api.client.post("/api/v1/policy/diff", headers=h,
+                              json={"text": "groups: {}\n" + "#" * (1 << 20)})
+    assert r.status_code == 422 and "text" in r.json()["detail"]
+    r = await api.client.post("/api/v1/policy/apply", headers=h,
+                              json={"text": billion_laughs(9), "source": "lol.yaml"})
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("lol.yaml: line 6: refused: more than 100000 values")

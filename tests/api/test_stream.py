@@ -4,12 +4,14 @@ and resume from a version."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from tests.conftest import serve
+from tests.conftest import billion_laughs, serve
 from wiremesh.server.app import create_app
 from wiremesh.wg.keys import generate_private_key, public_key_of
 
@@ -90,3 +92,26 @@ def test_deleted_peer_stream_ends(live) -> None:
         assert next(it) == {"type": "deleted"}
     r = c.get("/api/v1/agent/netmap", headers=auth)
     assert r.status_code == 401
+
+
+def test_streams_and_health_stay_responsive_while_a_hostile_policy_is_refused(live) -> None:
+    c, admin = live
+    key, _, auth = first_peer(c, admin)
+    with c.stream("GET", "/api/v1/agent/netmap", headers=auth) as r, \
+            ThreadPoolExecutor(1) as pool:
+        it = messages(r)
+        assert next(it)["type"] == "full"
+        # 9**7 values once expanded: parsed on the event loop, it would hold every stream.
+        hostile = pool.submit(httpx.post, c.base_url.join("/api/v1/policy/apply"), headers=admin,
+                              json={"text": billion_laughs(7)}, timeout=120)
+        # Each probe has its deadline; keep probing for as long as the file is in the works.
+        while not hostile.done():
+            assert c.get("/healthz", timeout=2).status_code == 200
+        enroll(c, key, "b")
+        started = time.monotonic()
+        d = next(it)
+        assert d["type"] == "delta" and time.monotonic() - started < 5
+        refused = hostile.result()
+    assert refused.status_code == 422
+    assert "more than 100000 values once YAML aliases are expanded" in refused.json()["detail"]
+    assert c.get("/api/v1/policy/export", headers=admin).text.count("name: default") == 1

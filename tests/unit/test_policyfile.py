@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from test_policy_compiler import states
 
+from tests.conftest import billion_laughs
 from wiremesh.core.models import MeshState, PeerInfo, Policy, PortRange
 from wiremesh.core.policyfile import PolicyFileError, PolicyTest, export, parse, plan, run_tests
 
@@ -191,3 +192,24 @@ def test_plan_lists_changes_and_touched_peers() -> None:
     assert [(c.name, c.rules_added, c.rules_removed, c.peers_added) for c in p2.peers] == [
         ("db1", 1, 1, 0)]
     assert "~ policy web-to-db" in p2.lines()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (billion_laughs(9), "line 6: refused: more than 100000 values once YAML aliases are "
+                        "expanded (the limit)"),
+    ("groups: &g {devs: *g}\n", "line 1: refused: alias *g refers to a node that contains it"),
+    ("groups: " + "[" * 70 + "]" * 70 + "\n", "refused: nested deeper than 64 levels"),
+    # Shallow in the file, deep once expanded: each anchor nests the one before.
+    ("a0: &a0 [x]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 70)),
+     "refused: nested deeper than 64 levels (the limit)"),
+    ("groups: {}\n" + "#" * (1 << 20), "the file is 1048587 bytes; the limit is 1048576"),
+])
+def test_hostile_files_are_refused_naming_the_limit(text: str, expected: str) -> None:
+    with pytest.raises(PolicyFileError) as e:
+        parse(text, lab_state(), source="p.yaml")
+    assert expected in str(e.value)
+
+
+def test_anchors_and_aliases_within_the_limits_still_work() -> None:
+    f = parse("groups:\n  devs: &devs [alice, bob]\n  ops: *devs\n", lab_state())
+    assert f.groups == {"devs": ("alice", "bob"), "ops": ("alice", "bob")}

@@ -230,11 +230,63 @@ class PolicyFile:
 # --- parsing ---------------------------------------------------------------------------------
 
 
+# Limits that keep a hostile file cheap to refuse: its size, how deep it nests and how many
+# values it holds, both with every YAML alias expanded (a "billion laughs" is a few hundred
+# bytes of aliases to aliases). Checked on the event stream, before any node is built.
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+# libyaml when PyYAML has it: the pure-Python scanner takes many seconds for a 1 MiB file.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _check_limits(text: str) -> None:
+    """Raise PolicyFileError when the document, aliases expanded, is deeper than MAX_DEPTH or
+    has more than MAX_NODES values. Each anchor's expanded size and height are remembered, so
+    this is one pass over the events however much the aliases would expand."""
+    anchored: dict[str, tuple[int, int]] = {}  # anchor -> (values, height)
+    open_: list[list[Any]] = [[None, 0, 0]]  # open collections: [anchor, values, height]
+
+    def refuse(ev: yaml.Event, why: str) -> PolicyFileError:
+        return PolicyFileError("policy", [Issue(ev.start_mark.line + 1, "", f"refused: {why}")])
+
+    for ev in yaml.parse(text, Loader=_SafeLoader):
+        if isinstance(ev, yaml.CollectionStartEvent):
+            open_.append([ev.anchor, 1, 1])
+            continue
+        if isinstance(ev, yaml.CollectionEndEvent):
+            anchor, size, height = open_.pop()
+        elif isinstance(ev, yaml.ScalarEvent):
+            anchor, size, height = ev.anchor, 1, 1
+        elif isinstance(ev, yaml.AliasEvent):
+            if any(c[0] == ev.anchor for c in open_):
+                raise refuse(ev, f"alias *{ev.anchor} refers to a node that contains it")
+            anchor, (size, height) = None, anchored.get(ev.anchor, (1, 1))
+        else:
+            continue
+        if anchor is not None:
+            anchored[anchor] = (size, height)
+        parent = open_[-1]
+        parent[1] += size
+        parent[2] = max(parent[2], height + 1)
+        if parent[1] > MAX_NODES:
+            raise refuse(ev, f"more than {MAX_NODES} values once YAML aliases are expanded "
+                         "(the limit)")
+        if parent[2] > MAX_DEPTH:
+            raise refuse(ev, f"nested deeper than {MAX_DEPTH} levels (the limit)")
+
+
 def _load(text: str) -> tuple[Any, dict[Path, int], list[Issue]]:
     """Data, the line of every path, and duplicate-key issues."""
+    size = len(text.encode())
+    if size > MAX_BYTES:
+        raise PolicyFileError("policy", [Issue(None, "", f"the file is {size} bytes; "
+                                                         f"the limit is {MAX_BYTES} (1 MiB)")])
+    loader = _SafeLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        _check_limits(text)
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as e:
         if text.lstrip().startswith(("{", "[")):
             try:  # JSON that PyYAML's YAML 1.1 does not take: no line map, but usable
@@ -242,10 +294,15 @@ def _load(text: str) -> tuple[Any, dict[Path, int], list[Issue]]:
             except json.JSONDecodeError as je:
                 raise PolicyFileError("policy", [Issue(je.lineno, "", f"bad JSON: {je.msg}")]
                                       ) from None
+            except RecursionError:
+                raise PolicyFileError("policy", [Issue(None, "", "refused: nested too deeply")]
+                                      ) from None
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e)
         raise PolicyFileError("policy", [Issue(mark.line + 1 if mark else None, "",
                                                f"bad YAML: {problem}")]) from None
+    finally:
+        loader.dispose()
     lines: dict[Path, int] = {}
     dups: list[Issue] = []
 

@@ -11,6 +11,7 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from wiremesh.server import errors, metrics, routes_admin, routes_agent, routes_policy
+from wiremesh.server.bodylimit import BodyLimit
 from wiremesh.server.enrolment import EnrolmentQueue
 from wiremesh.server.hub import NetmapHub
 from wiremesh.store.db import make_engine, migrate
@@ -53,6 +54,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
     app = FastAPI(title="wiremesh", version="0.1.0", lifespan=lifespan,
                   description="Control plane of a WireGuard mesh overlay.")
     errors.install(app)
+    app.add_middleware(BodyLimit)
     app.include_router(routes_admin.router)
     app.include_router(routes_agent.router)
     app.include_router(routes_policy.router)

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -12,7 +14,16 @@ from pydantic import Field
 
 from wiremesh.core.explain import explain, matrix
 from wiremesh.core.models import MeshState, Route
-from wiremesh.core.policyfile import export, parse, plan, run_tests
+from wiremesh.core.policyfile import (
+    MAX_BYTES,
+    Plan,
+    PolicyFile,
+    TestFailure,
+    export,
+    parse,
+    plan,
+    run_tests,
+)
 from wiremesh.server.auth import admin_actor
 from wiremesh.server.errors import problem
 from wiremesh.server.schemas import Name, NamePath, Strict
@@ -22,7 +33,7 @@ router = APIRouter(prefix="/api/v1")
 
 
 class PolicyText(Strict):
-    text: str = Field(max_length=4_000_000, description="The policy file, YAML or JSON")
+    text: str = Field(max_length=MAX_BYTES, description="The policy file, YAML or JSON")
     source: str = Field("policy", max_length=200, description="File name, for error messages")
 
 
@@ -40,13 +51,27 @@ def _store(request: Request) -> Store:
     return request.app.state.store
 
 
-async def _planned(request: Request, body: PolicyText) -> tuple[MeshState, Any, Any]:
+@dataclass(frozen=True)
+class _Evaluated:
+    pf: PolicyFile
+    plan: Plan
+    failures: list[TestFailure]
+
+
+def _evaluate(text: str, source: str, state: MeshState) -> _Evaluated:
+    pf = parse(text, state, source=source)
+    new = pf.apply(state)
+    return _Evaluated(pf, plan(state, new), run_tests(new, pf.tests))
+
+
+async def _evaluated(request: Request, body: PolicyText) -> _Evaluated:
+    """Parse, apply, plan and test the file in a worker thread: a large or hostile file must
+    not hold up the event loop that serves every netmap stream."""
     _, state = await _store(request).load_state()
-    pf = parse(body.text, state, source=body.source)
-    return state, pf, pf.apply(state)
+    return await asyncio.to_thread(_evaluate, body.text, body.source, state)
 
 
-def _plan_json(p: Any) -> dict[str, Any]:
+def _plan_json(p: Plan) -> dict[str, Any]:
     return {"empty": p.empty, "changes": p.lines(),
             "peers_affected": [c.name for c in p.peers]}
 
@@ -55,29 +80,26 @@ def _plan_json(p: Any) -> dict[str, Any]:
 async def policy_diff(body: PolicyText, request: Request,
                       _: str = Depends(admin_actor)) -> Any:
     """What applying the file would change, and which peers' netmaps."""
-    state, pf, new = await _planned(request, body)
-    out = _plan_json(plan(state, new))
-    out["test_failures"] = [f.message for f in run_tests(new, pf.tests)]
-    return out
+    ev = await _evaluated(request, body)
+    return {**_plan_json(ev.plan), "test_failures": [f.message for f in ev.failures]}
 
 
 @router.post("/policy/apply")
 async def policy_apply(body: PolicyText, request: Request,
                        actor: str = Depends(admin_actor)) -> Any:
     """Validate, run the file's tests, then replace policies (all or nothing)."""
-    state, pf, new = await _planned(request, body)
-    failures = run_tests(new, pf.tests)
+    ev = await _evaluated(request, body)
+    pf, failures = ev.pf, ev.failures
     if failures:
         errors = [{"line": f.test.line, "field": "tests", "message": f.message}
                   for f in failures]
         return problem(422, "Policy tests failed",
                        f"{len(failures)} policy test(s) failed; nothing was changed", errors)
-    p = plan(state, new)
     rev = await _store(request).replace_policy(
         actor, {g: list(m) for g, m in pf.groups.items()}, list(pf.policies),
         list(pf.routes) if pf.routes is not None else None, body.source)
     request.app.state.hub.poke()
-    return {"revision": rev, "tests_passed": len(pf.tests), **_plan_json(p)}
+    return {"revision": rev, "tests_passed": len(pf.tests), **_plan_json(ev.plan)}
 
 
 @router.get("/policy/export", response_class=PlainTextResponse)
