@@ -189,6 +189,42 @@ def test_gateway_survives_a_locked_store_and_admits_a_peer_imported_under_the_lo
         reader.close()
 
 
+def test_under_a_flood_a_real_client_gets_a_cookie_proves_its_address_and_gets_in(
+        env: Env) -> None:
+    key = generate_private_key()
+    db = import_known(env.lab, [public_key_of(key)])
+    # A DH budget the flood keeps empty (one DH per 100 s): every initiation without mac2
+    # gets a cookie reply. No per-source limit gets in the way of the flood.
+    gw = labkit.start_gateway(env.lab, env.gateway_host, db, "--ttl", "60",
+                              "--dh-per-second", "0.01", "--dh-burst", "1",
+                              "--rate-per-source", "100000", "--burst-per-source", "100000")
+    flood = env.lab.log_dir / "flood.bin"
+    gw_pub = decode_key(gw.public_key)
+    flood.write_bytes(b"".join(noise.create_initiation(os.urandom(32), gw_pub)
+                               for _ in range(200)))
+    blaster = subprocess.Popen(labkit.blast_cmd(env.hosts[2], flood, GW_IP, 500, 120),
+                               stdout=subprocess.DEVNULL)
+    try:
+        m = gw.wait_metric('wiremesh_gateway_cookie_replies_total{reason="dh_budget"}', 50, 20)
+        assert m["wiremesh_gateway_dh_operations_total"] <= 1
+        client = env.client(env.hosts[0], env.lab.name("w0"), key, labkit.overlay_ip(0),
+                            gw.public_key)
+        # wireguard-go sends its next initiation, now with mac2, at its 5 s handshake retry.
+        ms = client.ping_ms(timeout_s=15)
+        assert ms is not None, gw.log.read_text()[-2000:]
+        m = gw.metrics()
+        # The real client's mac2 matched the cookie we sent it: only that let it in, and its
+        # DH (two) is all the gateway did on top of the budget while the flood went on.
+        assert m["wiremesh_gateway_cookie_proven_total"] >= 1, m
+        assert m["wiremesh_gateway_installed_total"] == 1
+        assert m["wiremesh_gateway_dh_operations_total"] <= 1 + 2 * m[
+            "wiremesh_gateway_cookie_proven_total"]
+    finally:
+        blaster.kill()
+        blaster.wait()
+        gw.stop()
+
+
 def test_our_initiator_is_answered_by_real_wireguard_go(env: Env) -> None:
     """The benchmark's synthetic installs rely on wireguard-go accepting our initiations."""
     responder_key, initiator_key = generate_private_key(), generate_private_key()

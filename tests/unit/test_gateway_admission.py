@@ -10,8 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wiremesh.gateway import noise
-from wiremesh.gateway.admission import Admission, AdmissionLimits, Drop, Install, Seen
+from wiremesh.gateway import cookie, noise
+from wiremesh.gateway.admission import (
+    Admission,
+    AdmissionLimits,
+    CookieReply,
+    Drop,
+    Install,
+    Seen,
+)
 from wiremesh.gateway.store import KnownPeerStore, StoreUnavailable
 
 GW_PRIV = bytes(range(10, 42))
@@ -117,9 +124,10 @@ def test_rate_limit_is_per_source(store: KnownPeerStore) -> None:
     adm = make(store, rate_per_source=1.0, burst_per_source=2.0)
     stranger = bytes(range(90, 122))
     verdicts = [adm.handle(initiation(priv=stranger, at=i), SRC, 1, now=0.0) for i in range(4)]
-    assert [v.reason for v in verdicts] == ["unknown_key", "unknown_key", "rate_limited",
-                                            "rate_limited"]
+    assert verdicts[:2] == [Drop("unknown_key")] * 2
+    assert [(type(v), v.reason) for v in verdicts[2:]] == [(CookieReply, "rate_limited")] * 2
     assert isinstance(adm.handle(initiation(), bytes([198, 51, 100, 8]), 1, now=0.0), Install)
+    assert adm.dh_operations == 4  # one per stranger, two for the install; cookies none
 
 
 def test_flood_from_many_sources_keeps_tables_bounded(store: KnownPeerStore) -> None:
@@ -187,6 +195,52 @@ def test_failed_lookup_drops_counted_and_backs_off_without_dh(tmp_path: Path) ->
     assert isinstance(adm.handle(initiation(at=3.0), SRC, 1, now=1.2), Install)
     assert adm.read_backoff.failures == 0
     store.close()
+
+
+def _prove(sent: bytes, reply: CookieReply, retry: bytes) -> bytes:
+    """What a WireGuard initiator does with a cookie reply to `sent`: mac2 on its retry."""
+    got = cookie.open_reply(reply.packet, noise.public_key(GW_PRIV), sent[116:132])
+    return cookie.with_mac2(retry, got)
+
+
+def test_global_dh_budget_answers_strangers_with_cookies_and_refills(
+        store: KnownPeerStore) -> None:
+    adm = make(store, dh_per_second=2.0, dh_burst=2.0)
+    strangers = [noise.create_initiation(os.urandom(32), noise.public_key(GW_PRIV))
+                 for _ in range(3)]
+    # Each from its own source: the per-source limits are nowhere near.
+    verdicts = [adm.handle(p, bytes([198, 51, 100, i]), 1, now=10.0)
+                for i, p in enumerate(strangers)]
+    assert verdicts[:2] == [Drop("unknown_key")] * 2
+    assert isinstance(verdicts[2], CookieReply) and verdicts[2].reason == "dh_budget"
+    assert adm.dh_operations == 2
+    # The known client is under load too: a cookie, no DH...
+    first = initiation(at=1.0)
+    reply = adm.handle(first, SRC, 4000, now=10.1)
+    assert isinstance(reply, CookieReply) and adm.dh_operations == 2
+    # ...and its retry with mac2 is processed although the budget is still empty.
+    retry = _prove(first, reply, initiation(at=2.0))
+    assert isinstance(adm.handle(retry, SRC, 4000, now=10.2), Install)
+    assert adm.proven == 1 and adm.dh_operations == 4
+    # The same mac2 from another port proves nothing.
+    assert isinstance(adm.handle(_prove(first, reply, initiation(at=3.0)), SRC, 4001, now=10.3),
+                      CookieReply)
+    # One second later the budget has refilled: no cookie needed.
+    late = noise.create_initiation(os.urandom(32), noise.public_key(GW_PRIV))
+    assert adm.handle(late, bytes([198, 51, 100, 99]), 1, now=11.3) == Drop("unknown_key")
+
+
+def test_proven_sources_are_rate_limited_per_source_too(store: KnownPeerStore) -> None:
+    adm = make(store, dh_per_second=1.0, dh_burst=1.0, rate_per_source=1.0,
+               burst_per_source=2.0)
+    assert adm.handle(noise.create_initiation(os.urandom(32), noise.public_key(GW_PRIV)),
+                      bytes([198, 51, 100, 9]), 1, now=0.0) == Drop("unknown_key")
+    first = initiation(at=1.0)
+    reply = adm.handle(first, SRC, 4000, now=0.0)
+    assert isinstance(reply, CookieReply)
+    verdicts = [adm.handle(_prove(first, reply, initiation(priv=os.urandom(32))), SRC, 4000,
+                           now=0.0) for _ in range(3)]
+    assert verdicts == [Drop("unknown_key"), Drop("unknown_key"), Drop("rate_limited")]
 
 
 @pytest.fixture(scope="module")

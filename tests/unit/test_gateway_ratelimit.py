@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wiremesh.gateway.ratelimit import ExpiringLru, TokenBucketTable
+from wiremesh.gateway.ratelimit import ExpiringLru, TokenBucket, TokenBucketTable
 
 
 def test_bucket_allows_burst_then_rate() -> None:
@@ -43,3 +43,18 @@ def test_expiring_lru_bounds_and_expiry() -> None:
 def test_bucket_rejects_nonsense_limits(args: tuple) -> None:
     with pytest.raises(ValueError):
         TokenBucketTable(*args)
+
+
+def test_global_bucket_with_fake_time() -> None:
+    b = TokenBucket(rate=4.0, burst=5.0)
+    assert sum(b.allow(100.0) for _ in range(20)) == 5  # a full burst at the start
+    assert not b.allow(100.125)  # half a token
+    assert b.allow(100.25) and not b.allow(100.25)
+    assert sum(b.allow(200.0) for _ in range(20)) == 5  # refilled to the burst, no more
+    assert not b.allow(199.0)  # a clock step back refills nothing
+
+
+@pytest.mark.parametrize("args", [(0, 1), (1, 0.5)])
+def test_global_bucket_rejects_nonsense_limits(args: tuple) -> None:
+    with pytest.raises(ValueError):
+        TokenBucket(*args)

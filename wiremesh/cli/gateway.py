@@ -154,6 +154,11 @@ def run(
                                         help="Size of the per-source token-bucket table"),
     negative_cache: int = typer.Option(65_536, "--negative-cache", min=1,
                                        help="Unknown keys / refused handshakes remembered"),
+    dh_per_second: float = typer.Option(
+        1000.0, "--dh-per-second", min=0.01,
+        help="Initiations given a Diffie-Hellman per second, all sources together; beyond "
+             "it (or a source's rate) initiators must prove their address with a cookie"),
+    dh_burst: float = typer.Option(1000.0, "--dh-burst", min=1.0),
     guard: bool = typer.Option(
         True, "--guard/--no-guard",
         help="nftables rule so wireguard-go only receives initiations the gateway admitted"),
@@ -184,7 +189,8 @@ def run(
         limits=AdmissionLimits(rate_per_source=rate_per_source,
                                burst_per_source=burst_per_source,
                                sources_tracked=sources_tracked,
-                               negative_cache_size=negative_cache),
+                               negative_cache_size=negative_cache,
+                               dh_per_second=dh_per_second, dh_burst=dh_burst),
     )
     setup_logging(verbose)
     stop = threading.Event()

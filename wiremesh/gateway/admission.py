@@ -3,8 +3,11 @@
 The checks run cheapest first, so what a stranger can make the gateway spend is bounded:
   1. shape (148 bytes, type 1)                       - free
   2. mac1 keyed by the gateway's public key           - one BLAKE2s; random floods stop here
-  3. per-source token bucket                          - a dict operation
-  4. negative cache of handshakes already refused     - replayed junk costs no DH
+  3. negative cache of handshakes already refused     - replayed junk costs no DH
+  4. load: the source's token bucket, then the global DH budget - dict operations. When either
+     is empty the gateway is under load for this packet: without a valid mac2 it gets a cookie
+     reply (cookie.py) and no DH; with one (its source address is proven) it goes on, limited
+     by a second per-source bucket for proven sources only, so spoofed floods cannot use it up
   5. first DH: decrypt the initiator's static key, look it up (negative cache, then SQLite)
   6. second DH: decrypt the TAI64N timestamp; only this proves the sender holds the key
   7. replay: the timestamp must be newer than the newest accepted for that key
@@ -26,7 +29,8 @@ from dataclasses import dataclass
 
 from wiremesh.gateway import noise
 from wiremesh.gateway.backoff import Backoff
-from wiremesh.gateway.ratelimit import ExpiringLru, TokenBucketTable
+from wiremesh.gateway.cookie import CookieChecker
+from wiremesh.gateway.ratelimit import ExpiringLru, TokenBucket, TokenBucketTable
 from wiremesh.gateway.store import KnownPeerStore, StoreUnavailable
 
 log = logging.getLogger("wiremesh.gateway")
@@ -54,7 +58,16 @@ class Drop:
     reason: str
 
 
-Verdict = Install | Seen | Drop
+@dataclass(frozen=True)
+class CookieReply:
+    """Under load, no DH: send `packet` back to the initiation's source from the listen port.
+    `reason` is the limit that was hit: `dh_budget` or `rate_limited`."""
+
+    packet: bytes
+    reason: str
+
+
+Verdict = Install | Seen | Drop | CookieReply
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,10 @@ class AdmissionLimits:
     sources_tracked: int = 65_536
     negative_cache_size: int = 65_536
     negative_cache_ttl: float = 60.0
+    # Initiations given a Diffie-Hellman per second, all sources together (one Python thread
+    # does about 1,500 a second on a busy core: stay below what it can do).
+    dh_per_second: float = 1000.0
+    dh_burst: float = 1000.0
     # Accepted timestamps are written to the store in batches, at least this often.
     timestamp_flush_interval: float = 0.5
 
@@ -93,6 +110,15 @@ class Admission:
         self.buckets = TokenBucketTable(
             limits.rate_per_source, limits.burst_per_source, limits.sources_tracked
         )
+        self.proven_buckets = TokenBucketTable(
+            limits.rate_per_source, limits.burst_per_source, limits.sources_tracked
+        )
+        self.dh_budget = TokenBucket(limits.dh_per_second, limits.dh_burst)
+        self.cookies = CookieChecker(responder.public_key)
+        # Plain counts, exported by the caller: X25519 operations done, and initiations let
+        # through under load because their mac2 proved the source.
+        self.dh_operations = 0
+        self.proven = 0
         self.refused = ExpiringLru(limits.negative_cache_size, limits.negative_cache_ttl)
         self.unknown_keys = ExpiringLru(limits.negative_cache_size, limits.negative_cache_ttl)
         self._stamps: dict[bytes, bytes] = {}
@@ -108,13 +134,18 @@ class Admission:
             return Drop("malformed")
         if not self.responder.check_mac1(payload):
             return Drop("bad_mac1")
-        if not self.buckets.allow(source_key(src_addr), now):
-            return Drop("rate_limited")
         handshake_id = payload[8:88]  # ephemeral + encrypted static: unique per attempt
         if self.refused.fresh(handshake_id, now):
             return Drop("refused_again")
         if not self.read_backoff.ready(now):
             return Drop("store_unavailable")
+        if (limit := self._load_limit(source_key(src_addr), now)) is not None:
+            if not self.cookies.check_mac2(payload, src_addr, src_port, now):
+                return CookieReply(self.cookies.reply(payload, src_addr, src_port, now), limit)
+            if not self.proven_buckets.allow(source_key(src_addr), now):
+                return Drop("rate_limited")
+            self.proven += 1
+        self.dh_operations += 1
         try:
             pending = self.responder.open_static(msg)
         except noise.DecryptFailed:
@@ -134,6 +165,7 @@ class Admission:
             self.unknown_keys.add(key, now)
             self.refused.add(handshake_id, now)
             return Drop("unknown_key")
+        self.dh_operations += 1
         try:
             ts = self.responder.open_timestamp(pending)
         except noise.DecryptFailed:
@@ -147,6 +179,14 @@ class Admission:
         if self.is_active(key):
             return Seen(key, now, endpoint)
         return Install(key, known.allowed_ips, endpoint, now)
+
+    def _load_limit(self, source: bytes, now: float) -> str | None:
+        """The limit this initiation hits, or None when it may have its DH."""
+        if not self.buckets.allow(source, now):
+            return "rate_limited"
+        if not self.dh_budget.allow(now):
+            return "dh_budget"
+        return None
 
     def maybe_flush(self, now: float) -> None:
         """Persist accepted timestamps and notice imports; call between packets (cheap when

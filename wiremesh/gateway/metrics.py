@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 DROP_REASONS = (
     "malformed", "bad_mac1", "rate_limited", "refused_again", "decrypt", "unknown_key",
-    "replay", "queue_full", "store_unavailable",
+    "replay", "queue_full", "store_unavailable", "cookie_send_failed",
 )
 
 
@@ -20,6 +20,19 @@ class GatewayMetrics:
             "wiremesh_gateway_dropped", "Initiations dropped, by reason", ["reason"], registry=r)
         for reason in DROP_REASONS:
             self.dropped.labels(reason)
+        self.dh_operations = Counter(
+            "wiremesh_gateway_dh_operations", "X25519 operations done on initiations",
+            registry=r)
+        self.cookie_replies = Counter(
+            "wiremesh_gateway_cookie_replies",
+            "Cookie replies sent instead of a DH, by the limit hit (dh_budget, rate_limited)",
+            ["reason"], registry=r)
+        for reason in ("dh_budget", "rate_limited"):
+            self.cookie_replies.labels(reason)
+        self.cookie_proven = Counter(
+            "wiremesh_gateway_cookie_proven",
+            "Initiations let through under load because their mac2 proved the source",
+            registry=r)
         self.installed = Counter(
             "wiremesh_gateway_installed", "Peers installed just in time", registry=r)
         self.evicted = Counter(

@@ -42,12 +42,40 @@ class ExpiringLru:
         return len(self._items)
 
 
+def _check_rate(rate: float, burst: float) -> None:
+    if rate <= 0 or burst < 1:
+        raise ValueError("rate must be > 0 and burst >= 1")
+
+
+def _take(tokens: float, last: float, now: float, rate: float, burst: float) -> tuple[bool, float]:
+    """Refill a bucket from `last` to `now`, then take one token if there is one."""
+    tokens = min(burst, tokens + max(0.0, now - last) * rate)
+    return (True, tokens - 1.0) if tokens >= 1.0 else (False, tokens)
+
+
+class TokenBucket:
+    """One bucket: `rate` tokens/s up to `burst` (a global budget)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        _check_rate(rate, burst)
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._last = float("-inf")
+
+    def allow(self, now: float) -> bool:
+        ok, self._tokens = _take(self._tokens, self._last, now, self.rate, self.burst)
+        self._last = max(self._last, now)
+        return ok
+
+
 class TokenBucketTable:
     """Per-source token buckets: `rate` tokens/s up to `burst`, at most `capacity` sources."""
 
     def __init__(self, rate: float, burst: float, capacity: int) -> None:
-        if rate <= 0 or burst < 1 or capacity < 1:
-            raise ValueError("rate must be > 0, burst >= 1 and capacity >= 1")
+        _check_rate(rate, burst)
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
         self.rate = rate
         self.burst = burst
         self.capacity = capacity
@@ -55,9 +83,8 @@ class TokenBucketTable:
 
     def allow(self, source: Hashable, now: float) -> bool:
         tokens, last = self._buckets.pop(source, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        ok = tokens >= 1.0
-        self._buckets[source] = (tokens - 1.0 if ok else tokens, now)
+        ok, tokens = _take(tokens, last, now, self.rate, self.burst)
+        self._buckets[source] = (tokens, now)
         if len(self._buckets) > self.capacity:
             self._buckets.popitem(last=False)
         return ok

@@ -17,13 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wiremesh.gateway.admission import Admission, AdmissionLimits, Drop
+from wiremesh.gateway.admission import Admission, AdmissionLimits, CookieReply, Drop
 from wiremesh.gateway.backoff import Backoff
 from wiremesh.gateway.evictor import ActiveSet, StatusPoller
 from wiremesh.gateway.guard import HandshakeGuard
 from wiremesh.gateway.metrics import GatewayMetrics
 from wiremesh.gateway.noise import Responder
 from wiremesh.gateway.provisioner import Provisioner
+from wiremesh.gateway.sender import UdpSender
 from wiremesh.gateway.sniffer import InitiationTap
 from wiremesh.gateway.store import KnownPeerStore, StoreUnavailable
 from wiremesh.netlink.addresses import ensure_address
@@ -70,12 +71,13 @@ def run_gateway(cfg: GatewayConfig, stop: threading.Event,
     metrics.known.set(known)
     backend = WireguardGoBackend(cfg.ifname)
     threads: list[threading.Thread] = []
-    tap = admission = guard = None
+    tap = admission = guard = sender = None
     try:
         backend.set_device(cfg.private_key, cfg.listen_port)
         backend.set_peers([], [], replace_all=True)
         ensure_address(cfg.ifname, str(iface.ip), iface.network.prefixlen)
         tap = InitiationTap(cfg.listen_port, cfg.capture_ifname)
+        sender = UdpSender()
         guard = HandshakeGuard(cfg.listen_port) if cfg.guard else None
         active = ActiveSet(cfg.ttl, cfg.max_active)
         prov = Provisioner(backend, active, metrics, guard)
@@ -94,7 +96,7 @@ def run_gateway(cfg: GatewayConfig, stop: threading.Event,
         log.info("%s", json.dumps(ready))
         if on_ready:
             on_ready(ready)
-        _sniff_loop(tap, admission, prov, metrics, stop)
+        _sniff_loop(tap, sender, cfg.listen_port, admission, prov, metrics, stop)
     finally:
         stop.set()
         for t in threads:
@@ -103,6 +105,8 @@ def run_gateway(cfg: GatewayConfig, stop: threading.Event,
             admission.flush(time.time())
         if tap is not None:
             tap.close()
+        if sender is not None:
+            sender.close()
         if guard is not None:
             guard.close()
         backend.close()
@@ -131,9 +135,10 @@ def _open_store(path: Path, stop: threading.Event) -> tuple[KnownPeerStore, int]
             return None
 
 
-def _sniff_loop(tap: InitiationTap, admission: Admission, prov: Provisioner,
-                metrics: GatewayMetrics, stop: threading.Event) -> None:
+def _sniff_loop(tap: InitiationTap, sender: UdpSender, port: int, admission: Admission,
+                prov: Provisioner, metrics: GatewayMetrics, stop: threading.Event) -> None:
     dropped = metrics.dropped
+    dh_seen = proven_seen = 0
     while not stop.is_set():
         captured = tap.read(0.2)
         metrics.initiations.inc(len(captured))
@@ -141,6 +146,17 @@ def _sniff_loop(tap: InitiationTap, admission: Admission, prov: Provisioner,
             verdict = admission.handle(cap.payload, cap.src_addr, cap.src_port, time.time())
             if isinstance(verdict, Drop):
                 dropped.labels(verdict.reason).inc()
+            elif isinstance(verdict, CookieReply):
+                try:
+                    sender.send(verdict.packet, cap.dst_addr, port, cap.src_addr, cap.src_port)
+                except OSError as e:
+                    dropped.labels("cookie_send_failed").inc()
+                    log.debug("event=cookie_send_failed error=%s", e)
+                else:
+                    metrics.cookie_replies.labels(verdict.reason).inc()
             elif not prov.submit(verdict):
                 dropped.labels("queue_full").inc()
+        metrics.dh_operations.inc(admission.dh_operations - dh_seen)
+        metrics.cookie_proven.inc(admission.proven - proven_seen)
+        dh_seen, proven_seen = admission.dh_operations, admission.proven
         admission.maybe_flush(time.time())

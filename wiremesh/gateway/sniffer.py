@@ -136,6 +136,7 @@ class Captured:
     payload: bytes
     src_addr: bytes  # 4 or 16 bytes
     src_port: int
+    dst_addr: bytes  # the gateway's address the initiation was sent to
 
 
 def parse_ip_udp(frame: bytes) -> Captured | None:
@@ -147,16 +148,16 @@ def parse_ip_udp(frame: bytes) -> Captured | None:
         udp = (frame[0] & 0x0F) * 4
         if udp < 20:
             return None
-        src = frame[12:16]
+        src, dst = frame[12:16], frame[16:20]
     elif version == 6:
-        udp, src = 40, frame[8:24]
+        udp, src, dst = 40, frame[8:24], frame[24:40]
     else:
         return None
     end = udp + _UDP_LEN
     if len(frame) < end:
         return None
     (sport,) = struct.unpack_from("!H", frame, udp)
-    return Captured(bytes(frame[udp + 8:end]), bytes(src), sport)
+    return Captured(bytes(frame[udp + 8:end]), bytes(src), sport, bytes(dst))
 
 
 class InitiationTap:
