@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from wiremesh.server import errors, metrics, routes_admin, routes_agent, routes_policy
+from wiremesh.relay.switch import RelaySwitch
+from wiremesh.server import (
+    errors,
+    metrics,
+    routes_admin,
+    routes_agent,
+    routes_policy,
+    routes_relay,
+)
 from wiremesh.server.bodylimit import BodyLimit
 from wiremesh.server.enrolment import EnrolmentQueue
 from wiremesh.server.hub import NetmapHub
@@ -19,8 +27,14 @@ from wiremesh.store.repo import Store
 
 
 def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
-               poll_interval: float = 1.0) -> FastAPI:
-    """`on_admin_token` receives the initial admin token when the store was empty."""
+               poll_interval: float = 1.0, relay: bool = True, relays: Sequence[str] = (),
+               relay_secret: str | None = None) -> FastAPI:
+    """`on_admin_token` receives the initial admin token when the store was empty.
+
+    `relay`: serve the embedded relay; `relays`: URLs of standalone relays to advertise to
+    agents (before the embedded one); `relay_secret`: the credential standalone relays
+    introspect peer tokens with (None: no standalone relay may ask).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -34,6 +48,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
         await hub.refresh()
         enrolments = EnrolmentQueue(store)
         app.state.store, app.state.hub, app.state.enrolments = store, hub, enrolments
+        app.state.relay = RelaySwitch(routes_relay.HubAuthority(store, hub)) if relay else None
         tasks = [asyncio.create_task(hub.run(poll_interval)),
                  asyncio.create_task(enrolments.run())]
         # Changes committed through other replicas wake the hub at once (PostgreSQL);
@@ -58,6 +73,10 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
     app.include_router(routes_admin.router)
     app.include_router(routes_agent.router)
     app.include_router(routes_policy.router)
+    app.include_router(routes_relay.router)
+    if relay:
+        app.include_router(routes_relay.ws_router)
+    app.state.relay_secret = relay_secret
 
     @app.get("/healthz")
     async def healthz() -> dict[str, int]:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from fastapi import HTTPException, Request
+from starlette.requests import HTTPConnection
 
 from wiremesh.store.repo import Store
 from wiremesh.store.tables import Peer
 
 
+def bearer_token(conn: HTTPConnection) -> str | None:
+    """The bearer token of a request or WebSocket handshake, if it has one."""
+    scheme, _, token = conn.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(request)
+    if token is None:
         raise HTTPException(401, "missing bearer token",
                             headers={"WWW-Authenticate": "Bearer"})
-    return token.strip()
+    return token
 
 
 async def admin_actor(request: Request) -> str:

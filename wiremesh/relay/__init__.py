@@ -1,0 +1,1 @@
+"""The relay: forwards WireGuard packets between peers over WebSocket (embedded or standalone)."""
