@@ -1,6 +1,15 @@
 """Prometheus metrics of the agent (served when `--metrics-listen` is given)."""
 
-from prometheus_client import Counter, Gauge
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from wiremesh.agent.relay_link import RelayLink
 
 NETMAP_VERSION = Gauge("wiremesh_agent_netmap_version", "Version of the netmap being enforced")
 PEERS = Gauge("wiremesh_agent_peers", "WireGuard peers configured from the netmap")
@@ -9,3 +18,38 @@ SERVER_CONNECTED = Gauge("wiremesh_agent_server_connected",
                          "1 while the netmap stream is open, 0 while running on the saved map")
 NETMAP_UPDATES = Counter("wiremesh_agent_netmap_updates_total", "Netmaps applied")
 FAILOVERS = Gauge("wiremesh_agent_route_failovers", "Routed prefixes moved to another router")
+
+
+class RelayCollector:
+    """The relay link's counters, read when /metrics is scraped (nothing per packet)."""
+
+    def __init__(self) -> None:
+        self.link: RelayLink | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        link = self.link
+        if link is None:
+            return
+        s = link.stats
+        packets = CounterMetricFamily("wiremesh_agent_relay_packets",
+                                      "Packets through the relay", labels=["direction"])
+        packets.add_metric(["to_relay"], s.to_relay_packets)
+        packets.add_metric(["from_relay"], s.from_relay_packets)
+        nbytes = CounterMetricFamily("wiremesh_agent_relay_bytes",
+                                     "Packet bytes through the relay", labels=["direction"])
+        nbytes.add_metric(["to_relay"], s.to_relay_bytes)
+        nbytes.add_metric(["from_relay"], s.from_relay_bytes)
+        dropped = CounterMetricFamily("wiremesh_agent_relay_dropped",
+                                      "Packets the relay link could not pass on", s.dropped)
+        in_use = GaugeMetricFamily("wiremesh_agent_relay_connected",
+                                   "1 while connected to the relay named in `url`",
+                                   labels=["url"])
+        in_use.add_metric([link.relay_in_use or ""], 1 if link.relay_in_use else 0)
+        relayed = GaugeMetricFamily("wiremesh_agent_relay_peers",
+                                    "Peers with a loopback endpoint on the relay link",
+                                    len(link.peers))
+        yield from (packets, nbytes, dropped, in_use, relayed)
+
+
+RELAY = RelayCollector()
+REGISTRY.register(RELAY)

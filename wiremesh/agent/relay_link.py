@@ -143,6 +143,11 @@ class RelayLink:
         for key in list(self._socks):
             self.release(encode_key(key))
 
+    @property
+    def peers(self) -> list[str]:
+        """Peers with a loopback socket (relayed, or heard from through the relay)."""
+        return [encode_key(k) for k in self._socks]
+
     # --- loopback side --------------------------------------------------------------------
 
     def _sock_for(self, key: bytes) -> socket.socket:

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from wiremesh.agent.connection import (
@@ -42,7 +43,8 @@ JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instea
 
 def fail(message: str, code: int = 2) -> NoReturn:
     # soft_wrap: one line whatever the terminal width, so scripts and logs get it whole.
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # The message often quotes user input; brackets in it (IPv6 URLs) are not markup.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -13,9 +13,10 @@ app = typer.Typer(
     add_completion=False,
 )
 
-from wiremesh.cli import admin, agent, gateway, lab, policy, server  # noqa: E402
+from wiremesh.cli import admin, agent, gateway, lab, policy, relay, server  # noqa: E402
 
 app.command("server")(server.server)
+app.command("relay")(relay.relay)
 app.command("up")(agent.up)
 app.command("agent")(agent.agent)
 app.add_typer(admin.keys_app, name="keys")

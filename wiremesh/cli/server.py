@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import secrets
 import ssl
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
@@ -24,6 +26,16 @@ def server(
         help="PEM certificate chain to serve HTTPS with (needs --tls-key)"),
     tls_key: Path | None = typer.Option(None, "--tls-key", dir_okay=False,
                                         help="PEM private key of --tls-cert"),
+    no_relay: bool = typer.Option(False, "--no-relay",
+                                  help="Do not serve the embedded relay (/api/v1/relay)"),
+    relay: list[str] = typer.Option(
+        [], "--relay", help="URL of a standalone relay (`wiremesh relay`) to advertise to "
+        "agents, e.g. wss://relay1.example:8443; repeatable; agents try them in this order, "
+        "then the embedded relay"),
+    relay_secret_file: Path | None = typer.Option(
+        None, "--relay-secret-file",
+        help="Credential standalone relays check peer tokens with; created (mode 0600) if "
+        "missing; give the same file to each `wiremesh relay --secret-file`"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging"),
 ) -> None:
     """Run the control server (HTTP API, netmap streams, /metrics).
@@ -40,29 +52,31 @@ def server(
 
     setup_logging(verbose)
     host, port = split_listen(listen, "--listen")
-    tls = _tls_files(tls_cert, tls_key)
+    tls = tls_files(tls_cert, tls_key)
     try:
         async_url(db)
     except BadDatabaseURL as e:
         fail(str(e))
 
+    advertised = [relay_url(u) for u in relay]
+    secret = None if relay_secret_file is None else relay_secret(relay_secret_file)
+
     def show_token(token: str) -> None:
         console.print(f"[bold]initial admin token (shown once):[/] {token}", highlight=False)
         if admin_token_file is not None:
-            admin_token_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(admin_token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(token + "\n")
+            write_secret(admin_token_file, token)
 
     import uvicorn
 
-    app = create_app(db, on_admin_token=show_token)
+    app = create_app(db, on_admin_token=show_token, relay=not no_relay, relays=advertised,
+                     relay_secret=secret)
     uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning",
                 timeout_graceful_shutdown=2,
-                ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None)
+                ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None,
+                **RELAY_WS_OPTIONS)
 
 
-def _tls_files(cert: Path | None, key: Path | None) -> tuple[str, str] | None:
+def tls_files(cert: Path | None, key: Path | None) -> tuple[str, str] | None:
     """The certificate and key to serve HTTPS with, checked now so a bad pair is one line."""
     if cert is None and key is None:
         return None
@@ -73,3 +87,43 @@ def _tls_files(cert: Path | None, key: Path | None) -> tuple[str, str] | None:
     except OSError as e:
         fail(f"--tls-cert {cert} / --tls-key {key}: {reason(e)}")
     return str(cert), str(key)
+
+
+# Relay frames are at most 32 + 65535 bytes; encrypted packets do not compress.
+RELAY_WS_OPTIONS = {"ws_max_size": 1 << 17, "ws_per_message_deflate": False}
+
+
+def write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+
+
+def relay_secret(path: Path, create: bool = True) -> str:
+    """The relay credential in `path`; a new random one is written there if it is missing."""
+    try:
+        secret = path.read_text().strip()
+    except FileNotFoundError:
+        if not create:
+            fail(f"--secret-file {path}: no such file (the server's --relay-secret-file)")
+        secret = secrets.token_urlsafe(32)
+        write_secret(path, secret)
+    except OSError as e:
+        fail(f"relay secret file {path}: {e.strerror}")
+    if len(secret) < 16:
+        fail(f"relay secret file {path}: holds fewer than 16 characters")
+    return secret
+
+
+def relay_url(url: str) -> str:
+    """A `--relay` value as agents get it: ws(s):// (http(s) accepted), the relay path added
+    when none is given."""
+    from wiremesh.relay.switch import RELAY_PATH
+
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss") or not parts.hostname:
+        fail(f"--relay {url!r}: expected wss://HOST:PORT or wss://HOST:PORT/PATH")
+    path = parts.path if parts.path not in ("", "/") else RELAY_PATH
+    return urlunsplit((scheme, parts.netloc, path, "", ""))

@@ -41,6 +41,19 @@ def wiremesh_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "wiremesh", *args]
 
 
+def host_metrics(host: Host, url: str = f"http://127.0.0.1:{AGENT_METRICS_PORT}/metrics",
+                 ) -> dict[str, float]:
+    """Prometheus samples read at `url` from inside `host` (default: the agent's), as
+    name{labels} -> value; samples without labels under their bare name."""
+    body = host.http_get(url) or ""
+    out = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
 @dataclass
 class LabAgent:
     name: str
@@ -57,9 +70,7 @@ class LabAgent:
 
     def metrics(self) -> dict[str, float]:
         """The agent's Prometheus samples (name -> value), read inside its namespace."""
-        body = self.host.http_get(f"http://127.0.0.1:{AGENT_METRICS_PORT}/metrics") or ""
-        return {s.name: s.value for family in text_string_to_metric_families(body)
-                for s in family.samples}
+        return host_metrics(self.host)
 
     def wg_peers(self) -> dict[str, Any]:
         try:

@@ -31,6 +31,9 @@ ALLOWED_NETS = tuple(
 )
 
 
+NO_UDP_TABLE = "wm_no_udp"
+
+
 class LabError(RuntimeError):
     pass
 
@@ -109,6 +112,18 @@ class Host:
         res = self.run([sys.executable, "-c", code, url, str(timeout_s), str(ca_file or "")],
                        check=False, timeout=timeout_s + 10)
         return res.stdout if res.returncode == 0 else None
+
+    def block_udp(self) -> None:
+        """Drop all UDP in and out except on loopback: a network that lets only TCP through
+        (the case the relay covers)."""
+        rules = self.lab.log_dir / f"{self.name}-noudp.nft"
+        rules.write_text(
+            f"table inet {NO_UDP_TABLE} {{\n"
+            "  chain out { type filter hook output priority 0; "
+            "oif != lo meta l4proto udp counter drop; }\n"
+            "  chain in { type filter hook input priority 0; "
+            "iif != lo meta l4proto udp counter drop; }\n}\n")
+        self.run(["nft", "-f", str(rules)])
 
     def ping(self, addr: str, count: int = 1, timeout_s: float = 1.0) -> bool:
         res = self.run(["ping", "-n", "-q", "-c", str(count), "-W", str(timeout_s), addr],
