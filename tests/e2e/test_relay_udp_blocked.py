@@ -25,7 +25,7 @@ def test_pings_cross_the_relay_when_udp_is_blocked() -> None:
             m = host_metrics(p.host)
             assert m['wiremesh_agent_relay_packets_total{direction="from_relay"}'] > 0, m
             assert m[f'wiremesh_agent_relay_connected{{url="{relay}"}}'] == 1, m
-        srv = host_metrics(mesh.server, f"{mesh.url}/metrics")
+        srv = host_metrics(mesh.server, f"{mesh.url}/metrics", mesh.tls.ca_file)
         assert srv['wiremesh_relay_frames_total{outcome="forwarded"}'] >= 4
         wait_until(lambda: a.wg.status().peers[b.public_key].last_handshake > 0, 5,
                    "a handshake over the relay")

@@ -42,10 +42,10 @@ def wiremesh_cmd(*args: str) -> list[str]:
 
 
 def host_metrics(host: Host, url: str = f"http://127.0.0.1:{AGENT_METRICS_PORT}/metrics",
-                 ) -> dict[str, float]:
+                 ca_file: Path | None = None) -> dict[str, float]:
     """Prometheus samples read at `url` from inside `host` (default: the agent's), as
     name{labels} -> value; samples without labels under their bare name."""
-    body = host.http_get(url) or ""
+    body = host.http_get(url, ca_file=ca_file) or ""
     out = {}
     for family in text_string_to_metric_families(body):
         for s in family.samples:

@@ -72,7 +72,8 @@ def start_peer(mesh: MeshLab, host: Host, ifname: str, setup_key: str) -> RelayP
         proc = subprocess.Popen(
             host.cmd([sys.executable, "-m", "wiremesh.lab.relay_pair", "--server", mesh.url,
                       "--setup-key", setup_key, "--name", host.name,
-                      "--private-key-file", str(key_file)]),
+                      "--private-key-file", str(key_file),
+                      "--ca-file", str(mesh.tls.ca_file)]),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
             start_new_session=True)
     finally:
@@ -115,13 +116,16 @@ async def _serve(args: argparse.Namespace, out: IO[str]) -> None:
 
     from wiremesh.agent import metrics
     from wiremesh.agent.client import enroll
+    from wiremesh.agent.connection import Trust
     from wiremesh.agent.relay_link import RelayLink, relay_urls
 
     private = Path(args.private_key_file).read_text().strip()
+    trust = Trust(args.ca_file)
     got = await enroll(args.server, {"setup_key": args.setup_key, "hostname": args.name,
                                      "public_key": public_key_of(private),
-                                     "listen_port": WG_PORT, "endpoints": []})
-    link = RelayLink(relay_urls(args.server, ["/api/v1/relay"]), got["token"], WG_PORT)
+                                     "listen_port": WG_PORT, "endpoints": []}, trust)
+    link = RelayLink(relay_urls(args.server, ["/api/v1/relay"]), got["token"], WG_PORT,
+                     verify=trust.verify())
     metrics.RELAY.link = link
     start_http_server(AGENT_METRICS_PORT, addr="127.0.0.1")
     print(json.dumps(got), file=out, flush=True)
@@ -138,6 +142,7 @@ def main() -> None:
     p.add_argument("--setup-key", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--private-key-file", required=True)
+    p.add_argument("--ca-file", required=True)
     asyncio.run(_serve(p.parse_args(), sys.stdout))
 
 
