@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import serve
-from wiremesh.agent.client import ServerClient, enroll
+from wiremesh.agent.client import CredentialsRefused, ServerClient, enroll
 from wiremesh.agent.connection import Trust
 from wiremesh.lab.pki import ServerCert, make_ca_file, make_server_cert
 from wiremesh.server.app import create_app
@@ -119,3 +119,17 @@ def test_unreachable_server_names_the_cause(tmp_path: Path) -> None:
                    "--state-dir", str(tmp_path / "state"))
     assert one_error_line(res) == expected
     assert one_error_line(wiremesh("peers", "list", "--server", url, "--token", "x")) == expected
+
+
+async def test_unknown_token_is_refused_credentials_not_a_deleted_peer(
+        tls_server: TlsServer) -> None:
+    # What an agent hears from a server restored from an old backup: a 401, which must not
+    # read as "this peer was deleted" (the agent would tear its mesh down).
+    client = ServerClient(tls_server.url, "wmp_unknown", Trust(str(tls_server.pki.ca_file)))
+    try:
+        with pytest.raises(CredentialsRefused, match="refuses this peer's token"):
+            await client.report_endpoints(51820, [])
+        with pytest.raises(CredentialsRefused):
+            await anext(aiter(client.netmap_stream(0)))
+    finally:
+        await client.close()

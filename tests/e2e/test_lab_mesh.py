@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from wiremesh.lab.demo import run_demo
-from wiremesh.lab.mesh import build_mesh
+from wiremesh.lab.mesh import build_mesh, wait_until, wiremesh_cmd
 from wiremesh.lab.netns import Lab, new_run_id
 
 pytestmark = pytest.mark.e2e
@@ -44,3 +44,42 @@ def test_agent_reports_metrics_and_removes_its_firewall_on_stop() -> None:
         assert "inet wiremesh" in tables
         mesh.stop_agent(a)
         assert "wiremesh" not in a.host.run(["nft", "list", "tables"]).stdout
+
+
+def test_agent_keeps_the_mesh_when_the_server_forgets_it_and_only_down_removes_it() -> None:
+    with Lab() as lab:
+        mesh = build_mesh(lab, ["m1", "m2"])
+        mesh.start_server()
+        key = mesh.admin("keys", "create", "t", "--reusable")["key"]
+        for a in mesh.agents.values():
+            mesh.start_agent(a, key)
+        mesh.wait_agents_configured(mesh.agents.values(), 1)
+        m1, m2 = mesh.agents["m1"], mesh.agents["m2"]
+        # A server started on an empty database (or an old backup) answers 401 to every
+        # agent: they must keep their tunnels and say so, not tear themselves down.
+        mesh.stop_server()
+        Path(mesh.db_url.removeprefix("sqlite:///")).unlink()
+        mesh.start_server()
+        wait_until(lambda: m1.metrics().get("wiremesh_agent_credentials_refused") == 1, 60,
+                   "m1 to report that the server refuses its token")
+        assert mesh.agent_alive(m1) and mesh.agent_alive(m2)
+        assert m1.host.ping(m2.overlay_ip, count=3)
+        log = mesh.log("m1").read_text()
+        refusals = [ln for ln in log.splitlines() if "refuses this peer's token" in ln]
+        assert refusals and all(" ERROR " in ln for ln in refusals)
+        assert "wiremesh down" in refusals[0]
+
+        # `wiremesh down` is the local, explicit way: the agent stops and cleans up.
+        res = m1.host.run(wiremesh_cmd("down", "--state-dir", str(m1.state_dir)), check=False)
+        assert res.returncode == 0, res.stderr
+        assert "stopped the agent" in res.stdout
+        assert m1.proc is not None and m1.proc.wait(10) == 0
+        assert "wiremesh" not in m1.host.run(["nft", "list", "tables"]).stdout
+        assert m1.ifname not in m1.host.run(["ip", "link"]).stdout
+        assert (m1.state_dir / "state.json").exists()  # without --forget the state stays
+        res = m1.host.run(wiremesh_cmd("down", "--state-dir", str(m1.state_dir), "--forget"),
+                          check=False)
+        assert res.returncode == 0, res.stderr
+        assert "no agent runs from" in res.stdout and "must enrol again" in res.stdout
+        assert not (m1.state_dir / "state.json").exists()
+        assert not (m1.state_dir / "private.key").exists()

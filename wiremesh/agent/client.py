@@ -22,6 +22,12 @@ class PeerDeleted(RuntimeError):
     pass
 
 
+class CredentialsRefused(ServerRefused):
+    """The server does not know this peer's token (HTTP 401). Not proof that the peer was
+    deleted: a server restored from an old backup or started on an empty database says the
+    same, so the agent keeps its mesh and asks again."""
+
+
 def _problem(r: httpx.Response) -> str:
     try:
         body = r.json()
@@ -51,7 +57,7 @@ class ServerClient:
 
     def _check(self, r: httpx.Response) -> None:
         if r.status_code == 401:
-            raise PeerDeleted(f"server no longer accepts this peer: {_problem(r)}")
+            raise CredentialsRefused(f"server refuses this peer's token: {_problem(r)}")
         if r.status_code >= 400:
             raise ServerRefused(f"server answered {r.status_code}: {_problem(r)}")
 

@@ -16,6 +16,10 @@ PEERS = Gauge("wiremesh_agent_peers", "WireGuard peers configured from the netma
 INBOUND_RULES = Gauge("wiremesh_agent_inbound_rules", "Inbound ACL rules enforced")
 SERVER_CONNECTED = Gauge("wiremesh_agent_server_connected",
                          "1 while the netmap stream is open, 0 while running on the saved map")
+CREDENTIALS_REFUSED = Gauge(
+    "wiremesh_agent_credentials_refused",
+    "1 while the server answers 401 to this peer's token (old backup, empty database or "
+    "deleted peer); the agent keeps its last netmap and retries")
 NETMAP_UPDATES = Counter("wiremesh_agent_netmap_updates_total", "Netmaps applied")
 FAILOVERS = Gauge("wiremesh_agent_route_failovers", "Routed prefixes moved to another router")
 

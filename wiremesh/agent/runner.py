@@ -21,7 +21,13 @@ from prometheus_client import start_http_server
 
 from wiremesh.agent import metrics
 from wiremesh.agent import state as statefile
-from wiremesh.agent.client import PeerDeleted, ServerClient, ServerRefused, enroll
+from wiremesh.agent.client import (
+    CredentialsRefused,
+    PeerDeleted,
+    ServerClient,
+    ServerRefused,
+    enroll,
+)
 from wiremesh.agent.connection import INSECURE_WARNING, Trust, reason
 from wiremesh.agent.dataplane import DataPlane, make_backend
 from wiremesh.agent.probe_responder import start_responder
@@ -40,6 +46,9 @@ from wiremesh.wg.backend import WgError
 from wiremesh.wg.keys import load_or_create_private_key, public_key_of
 
 log = logging.getLogger("wiremesh.agent")
+# A refused token is an operator's problem, not a network blip: ask again slowly.
+REFUSED_BACKOFF_MIN = 5.0
+REFUSED_BACKOFF_MAX = 120.0
 
 
 class ResyncNeeded(Exception):
@@ -97,6 +106,7 @@ class Agent:
         self.backend_kind = backend
         self.dataplane: DataPlane | None = None
         self.want_full = False
+        self.refusals = 0  # 401s in a row, for their backoff
         self._release: asyncio.Task | None = None
         self.routes = RouteManager(self.state.config.interface)
         metrics.FAILOVERS.set_function(lambda: self.routes.failovers)
@@ -143,6 +153,8 @@ class Agent:
         await client.report_endpoints(cfg.listen_port, cfg.endpoints)
         since = self.state.netmap.version if self.state.netmap and not self.want_full else 0
         metrics.SERVER_CONNECTED.set(1)
+        metrics.CREDENTIALS_REFUSED.set(0)
+        self.refusals = 0
         async for msg in client.netmap_stream(since):
             new = next_netmap(self.state.netmap, msg)
             if new is not None:
@@ -186,6 +198,21 @@ class Agent:
             except (NftError, WgError, RenderError) as e:
                 # The held netmap is still enforced; the same update comes again on retry.
                 log.error("could not apply netmap update: %s; retrying", e)
+            except CredentialsRefused as e:
+                # Tearing down here would let a restored or empty database take the whole
+                # mesh down; only `wiremesh down` on this machine removes the agent.
+                metrics.SERVER_CONNECTED.set(0)
+                metrics.CREDENTIALS_REFUSED.set(1)
+                refused_backoff = min(REFUSED_BACKOFF_MIN * 2 ** self.refusals,
+                                      REFUSED_BACKOFF_MAX)
+                self.refusals += 1
+                log.error("%s: %s; keeping the mesh on netmap version=%s and asking again in "
+                          "%.0f s (if this peer should go, run `wiremesh down` on it)",
+                          self.state.config.server, e,
+                          self.state.netmap.version if self.state.netmap else None,
+                          refused_backoff)
+                await asyncio.sleep(refused_backoff)
+                continue
             except (httpx.HTTPError, OSError, ServerRefused, ValueError) as e:
                 metrics.SERVER_CONNECTED.set(0)
                 log.warning("no netmap from %s (%s); keeping netmap version=%s",

@@ -48,12 +48,13 @@ class AgentState:
     netmap: Netmap | None = None
 
 
-def _paths(state_dir: Path) -> tuple[Path, Path]:
+def files(state_dir: Path) -> tuple[Path, Path]:
+    """What enrolment leaves in `state_dir`: the saved state and the private key."""
     return state_dir / "state.json", state_dir / "private.key"
 
 
 def private_key_path(state_dir: Path) -> Path:
-    return _paths(state_dir)[1]
+    return files(state_dir)[1]
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:
@@ -71,11 +72,11 @@ def save(state_dir: Path, state: AgentState) -> None:
     data: dict[str, Any] = {"config": asdict(state.config)}
     if state.netmap is not None:
         data["netmap"] = netmap_to_json(state.netmap)
-    write_private_json(_paths(state_dir)[0], data)
+    write_private_json(files(state_dir)[0], data)
 
 
 def load(state_dir: Path) -> AgentState:
-    path = _paths(state_dir)[0]
+    path = files(state_dir)[0]
     try:
         data = json.loads(path.read_text())
         cfg = AgentConfig(**data["config"])

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import typer
 
+from wiremesh.agent import pidfile
 from wiremesh.agent import state as statefile
 from wiremesh.agent.client import ServerRefused
 from wiremesh.agent.connection import TrustError, unreachable
 from wiremesh.cli.common import (
     CaFileOpt,
     InsecureOpt,
+    console,
     fail,
     server_trust,
     setup_logging,
@@ -61,7 +67,7 @@ def up(
     The server is verified with the system's CAs or --ca-file; that choice is saved with the
     enrolment, so `wiremesh agent` verifies it the same way.
     """
-    from wiremesh.agent.runner import enroll_peer, run_forever
+    from wiremesh.agent.runner import enroll_peer
 
     setup_logging(verbose)
     _check_backend(backend)
@@ -82,15 +88,13 @@ def up(
             fail(str(e))
         except (OSError, httpx.HTTPError) as e:
             fail(unreachable(server, e))
-    raise typer.Exit(run_forever(state_dir, backend, _listen(metrics_listen)))
+    _run(state_dir, backend, metrics_listen)
 
 
 def agent(state_dir: Path = StateDirOpt, backend: str = BackendOpt,
           metrics_listen: str | None = MetricsOpt,
           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run the agent from saved state (works while the server is down)."""
-    from wiremesh.agent.runner import run_forever
-
     setup_logging(verbose)
     _check_backend(backend)
     try:
@@ -98,4 +102,70 @@ def agent(state_dir: Path = StateDirOpt, backend: str = BackendOpt,
         cfg.trust.check(cfg.server)
     except (statefile.StateError, TrustError) as e:
         fail(f"{e} (saved in {state_dir})" if isinstance(e, TrustError) else str(e))
-    raise typer.Exit(run_forever(state_dir, backend, _listen(metrics_listen)))
+    _run(state_dir, backend, metrics_listen)
+
+
+def _run(state_dir: Path, backend: str, metrics_listen: str | None) -> NoReturn:
+    from wiremesh.agent.runner import run_forever
+
+    listen = _listen(metrics_listen)
+    try:
+        with pidfile.hold(state_dir):
+            code = run_forever(state_dir, backend, listen)
+    except pidfile.AlreadyRunning as e:
+        fail(str(e))
+    raise typer.Exit(code)
+
+
+def down(
+    state_dir: Path = StateDirOpt,
+    forget: bool = typer.Option(
+        False, "--forget",
+        help="Also delete the saved state and the private key: this machine leaves the mesh "
+        "for good and needs a setup key to come back"),
+) -> None:
+    """Stop the agent running from --state-dir; it removes its WireGuard interface and firewall.
+
+    The explicit, local way to take an agent down. A 401 from the server never does it, so
+    a server restored from an old backup or started on an empty database cannot take the
+    mesh down.
+    """
+    try:
+        cfg: statefile.AgentConfig | None = statefile.load(state_dir).config
+    except statefile.StateError:
+        cfg = None
+    pid = pidfile.running_pid(state_dir)
+    if pid is None:
+        console.print(f"no agent runs from {state_dir}")
+    else:
+        _stop(pid, state_dir)
+        what = f"interface {cfg.interface}" if cfg else "its interface"
+        console.print(f"stopped the agent (pid {pid}); it removed {what} and its firewall")
+    if forget:
+        _forget(state_dir, cfg)
+
+
+def _stop(pid: int, state_dir: Path, timeout: float = 30.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        fail(f"not allowed to stop the agent (pid {pid}); run as its user (root)")
+    deadline = time.monotonic() + timeout
+    while pidfile.running_pid(state_dir) is not None:  # the agent unlocks it as it exits
+        if time.monotonic() > deadline:
+            fail(f"the agent (pid {pid}) did not stop within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def _forget(state_dir: Path, cfg: statefile.AgentConfig | None) -> None:
+    files = [p for p in statefile.files(state_dir) if p.exists()]
+    if not files:
+        console.print(f"nothing saved in {state_dir}")
+        return
+    peer = f"peer {cfg.name} " if cfg else "this peer "
+    console.print(f"deleting {', '.join(str(p) for p in files)}: {peer}must enrol again with a "
+                  "setup key; the server lists it until `wiremesh peers delete`", highlight=False)
+    for p in files:
+        p.unlink()
