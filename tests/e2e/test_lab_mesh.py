@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -68,6 +69,17 @@ def test_agent_keeps_the_mesh_when_the_server_forgets_it_and_only_down_removes_i
         refusals = [ln for ln in log.splitlines() if "refuses this peer's token" in ln]
         assert refusals and all(" ERROR " in ln for ln in refusals)
         assert "wiremesh down" in refusals[0]
+
+        # Nor does a CA file gone missing keep a restarted agent from rebuilding its mesh.
+        mesh.stop_agent(m2)
+        state = json.loads((m2.state_dir / "state.json").read_text())
+        state["config"]["ca_file"] = str(lab.log_dir / "gone.pem")
+        (m2.state_dir / "state.json").write_text(json.dumps(state))
+        mesh.start_agent(m2)
+        mesh.wait_agents_configured([m2], 1)
+        assert m2.host.ping(m1.overlay_ip, count=3)
+        wait_until(lambda: "cannot verify the server: --ca-file" in mesh.log("m2").read_text(),
+                   30, "m2 to say it cannot verify the server")
 
         # `wiremesh down` is the local, explicit way: the agent stops and cleans up.
         res = m1.host.run(wiremesh_cmd("down", "--state-dir", str(m1.state_dir)), check=False)

@@ -28,7 +28,7 @@ from wiremesh.agent.client import (
     ServerRefused,
     enroll,
 )
-from wiremesh.agent.connection import INSECURE_WARNING, Trust, reason
+from wiremesh.agent.connection import INSECURE_WARNING, Trust, TrustError, reason
 from wiremesh.agent.dataplane import DataPlane, make_backend
 from wiremesh.agent.probe_responder import start_responder
 from wiremesh.agent.routes import RouteManager
@@ -180,6 +180,7 @@ class Agent:
             stack.push_async_callback(self._stop_release)
             if cfg.insecure:
                 log.warning(INSECURE_WARNING.format(url=cfg.server))
+            await _until_trusted(cfg)
             client = ServerClient(cfg.server, cfg.token, cfg.trust)
             stack.push_async_callback(client.close)
             await self._follow_forever(client)
@@ -220,6 +221,19 @@ class Agent:
                             self.state.netmap.version if self.state.netmap else None)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+
+async def _until_trusted(cfg: AgentConfig) -> None:
+    """Wait until the saved way of verifying the server works (e.g. a CA file that went
+    missing comes back); the saved netmap stays enforced meanwhile."""
+    while True:
+        try:
+            cfg.trust.check(cfg.server)
+            return
+        except TrustError as e:
+            log.error("cannot verify the server: %s; enforcing the saved netmap, checking "
+                      "again in %.0f s", e, REFUSED_BACKOFF_MAX)
+            await asyncio.sleep(REFUSED_BACKOFF_MAX)
 
 
 async def _cancel(task: asyncio.Task) -> None:

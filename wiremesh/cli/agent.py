@@ -15,7 +15,7 @@ import typer
 from wiremesh.agent import pidfile
 from wiremesh.agent import state as statefile
 from wiremesh.agent.client import ServerRefused
-from wiremesh.agent.connection import TrustError, unreachable
+from wiremesh.agent.connection import unreachable
 from wiremesh.cli.common import (
     CaFileOpt,
     InsecureOpt,
@@ -98,10 +98,9 @@ def agent(state_dir: Path = StateDirOpt, backend: str = BackendOpt,
     setup_logging(verbose)
     _check_backend(backend)
     try:
-        cfg = statefile.load(state_dir).config
-        cfg.trust.check(cfg.server)
-    except (statefile.StateError, TrustError) as e:
-        fail(f"{e} (saved in {state_dir})" if isinstance(e, TrustError) else str(e))
+        statefile.load(state_dir)
+    except statefile.StateError as e:
+        fail(str(e))
     _run(state_dir, backend, metrics_listen)
 
 
