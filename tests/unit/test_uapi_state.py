@@ -73,36 +73,51 @@ def test_state_file_errors_are_clear(tmp_path) -> None:
 
 def test_only_one_side_of_a_new_pair_initiates_at_once(monkeypatch) -> None:
     """Both sides adding each other at once must not both start a handshake (they would
-    cross and stall for 5 s): the smaller key holds its keepalive back."""
+    cross and stall for 5 s): the smaller key holds the endpoint back, then re-creates the
+    peer (fresh handshake state) if no handshake completed meanwhile."""
     from wiremesh.agent import dataplane
-    from wiremesh.agent.dataplane import DataPlane, initiates
+    from wiremesh.agent.dataplane import DataPlane
+    from wiremesh.core.contact import initiates
+    from wiremesh.wg.backend import WgDeviceStatus, WgPeerStatus
+    from wiremesh.wg.keys import decode_key
 
     monkeypatch.setattr(dataplane.nft, "apply", lambda *a, **k: None)
-    assert initiates(K1, K2) != initiates(K2, K1)
 
     class Recorder:
         ifname = "wm0"
 
         def __init__(self) -> None:
-            self.writes: list[list[WgPeerConfig]] = []
+            self.writes: list[tuple[list[WgPeerConfig], list[str]]] = []
+            self.handshake = 0.0
 
         def set_peers(self, upsert, remove, replace_all=False) -> None:
-            self.writes.append(upsert)
+            self.writes.append((upsert, remove))
+
+        def status(self) -> WgDeviceStatus:
+            return WgDeviceStatus(None, 51820, {K2: WgPeerStatus(K2,
+                                                                 last_handshake=self.handshake)})
 
     nm = Netmap(version=1, peer_id=1, name="a", overlay_ip="100.64.0.1",
-                peers={K2: NetmapPeer(K2, "b", "100.64.0.2", ())})
+                peers={K2: NetmapPeer(K2, "b", "100.64.0.2", ("192.0.2.2:51820",))})
     sides: dict[bool, DataPlane] = {}
     while len(sides) < 2:
         cfg = AgentConfig("http://192.0.2.1:8080", 1, "a", "t", "100.64.0.1", 10, "wm0", 51820,
                           [])
         dp = DataPlane(Recorder(), cfg, generate_private_key())  # type: ignore[arg-type]
         dp.apply(nm)
-        sides[initiates(dp.public_key, K2)] = dp
+        sides[initiates(decode_key(dp.public_key), decode_key(K2))] = dp
     for starts, dp in sides.items():
-        assert dp.backend.writes[-1][0].persistent_keepalive == (25 if starts else 0)
-        assert (dp.next_release() is None) == starts
+        peer = dp.backend.writes[-1][0][0]
+        assert (peer.persistent_keepalive, peer.endpoint) == (
+            (25, "192.0.2.2:51820") if starts else (0, None))
+        assert (dp.next_due() is None) == starts
     held = sides[False]
-    held.held[K2] = 0.0  # due now
-    held.apply(nm)
-    assert held.backend.writes[-1][0].persistent_keepalive == 25
-    assert held.next_release() is None
+    held.contact.pending[K2].due = 0.0  # due now, no handshake yet: re-create, initiating
+    held.sync_peers(nm)
+    upsert, remove = held.backend.writes[-1]
+    assert remove == [K2] and upsert[0].persistent_keepalive == 25
+    assert upsert[0].endpoint == "192.0.2.2:51820"
+    held.backend.handshake = 1.0
+    held.contact.pending[K2].due = 0.0  # a handshake came: left alone for good
+    held.sync_peers(nm)
+    assert held.backend.writes[-1] == ([], []) and held.next_due() is None

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 
 from wiremesh.agent.state import AgentConfig
-from wiremesh.core.netmap import Netmap
+from wiremesh.core.contact import FirstContact, initiates
+from wiremesh.core.netmap import Netmap, NetmapPeer
 from wiremesh.firewall import nft
 from wiremesh.netlink.addresses import ensure_address
 from wiremesh.netlink.sysctl import set_forwarding
@@ -20,7 +21,6 @@ from wiremesh.wg.keys import decode_key, public_key_of
 
 log = logging.getLogger("wiremesh.agent.dataplane")
 KEEPALIVE_S = 25  # keeps NAT mappings open toward peers behind NAT
-KEEPALIVE_HOLD_S = 0.5  # see initiates()
 
 
 def make_backend(kind: str, ifname: str) -> WgBackend:
@@ -33,33 +33,24 @@ def make_backend(kind: str, ifname: str) -> WgBackend:
     return WireguardGoBackend(ifname)
 
 
+def first_endpoint(peer: NetmapPeer) -> str | None:
+    return peer.endpoints[0] if peer.endpoints else None
+
+
 def desired_peers(netmap: Netmap,
                   extra_allowed: Callable[[str], tuple[str, ...]] = lambda _k: (),
                   keepalive: Callable[[str], int] = lambda _k: KEEPALIVE_S,
+                  endpoint: Callable[[NetmapPeer], str | None] = first_endpoint,
                   ) -> dict[str, WgPeerConfig]:
     out = {}
     for key, p in netmap.peers.items():
         out[key] = WgPeerConfig(
             public_key=key,
             allowed_ips=(f"{p.overlay_ip}/32", *extra_allowed(key)),
-            endpoint=p.endpoints[0] if p.endpoints else None,
+            endpoint=endpoint(p),
             persistent_keepalive=keepalive(key),
         )
     return out
-
-
-def initiates(own_key: str, peer_key: str) -> bool:
-    """Which side of a new pair starts the handshake at once.
-
-    Setting a keepalive makes WireGuard initiate immediately. When both sides of a new pair
-    do that at the same moment (the server pushes both netmaps together), the two initiations
-    cross, each side's answer to the other's wipes its own pending handshake, and the pair
-    stalls until the 5 s retry. So only the side with the larger key starts at once; the
-    other holds its keepalive back for KEEPALIVE_HOLD_S. Setting it then starts a fresh
-    handshake if none succeeded meanwhile: when the first initiation reached us before we
-    had the peer, or crossed with one our own traffic started, the pair waits half a second,
-    not five."""
-    return decode_key(own_key) > decode_key(peer_key)
 
 
 class DataPlane:
@@ -76,11 +67,12 @@ class DataPlane:
         self.netmap: Netmap | None = None
         self.forwarding = False
         self.public_key = public_key_of(private_key)
-        self.held: dict[str, float] = {}  # peer key -> when its keepalive may start
+        self.contact = FirstContact()
 
-    def next_release(self) -> float | None:
-        """When a held keepalive is due (time.monotonic()), if any: sync_peers then."""
-        return min(self.held.values(), default=None)
+    def next_due(self) -> float | None:
+        """When first contact with a new peer needs a look (time.monotonic()), if ever:
+        sync_peers then."""
+        return self.contact.next_due()
 
     def start(self) -> None:
         self.backend.set_device(self.private_key, self.config.listen_port)
@@ -98,27 +90,38 @@ class DataPlane:
 
     def sync_peers(self, netmap: Netmap) -> None:
         """Write the WireGuard peers `netmap` calls for now (the ACL is left as it is): on
-        its own when only a held keepalive came due."""
+        its own when first contact with a new peer is due (see core/contact.py)."""
         now = time.monotonic()
         before = self.applied or {}
+        own = decode_key(self.public_key)
         for key in netmap.peers.keys() - before.keys():
-            if not initiates(self.public_key, key):
-                self.held[key] = now + KEEPALIVE_HOLD_S
-        self.held = {k: t for k, t in self.held.items() if t > now and k in netmap.peers}
-        want = desired_peers(netmap, self.extra_allowed,
-                             lambda k: 0 if k in self.held else KEEPALIVE_S)
+            if not initiates(own, decode_key(key)):
+                self.contact.add(key, now)
+        self.contact.keep_only(netmap.peers)
+        reset: set[str] = set()
+        due = self.contact.next_due()
+        if due is not None and due <= now:
+            status = self.backend.status().peers
+            reset = set(self.contact.due(
+                now, lambda k: k in status and status[k].last_handshake > 0))
+        holding = self.contact.holding
+        want = desired_peers(
+            netmap, self.extra_allowed,
+            keepalive=lambda k: 0 if holding(k) else KEEPALIVE_S,
+            endpoint=lambda p: None if holding(p.public_key) else first_endpoint(p))
         if self.applied is None:
             # First write after start: replace whatever a previous run left on the device.
             self.backend.set_peers(list(want.values()), [], replace_all=True)
             upserts, removes = len(want), 0
         else:
-            up = [p for k, p in want.items() if self.applied.get(k) != p]
-            rm = [k for k in self.applied if k not in want]
+            # A re-created peer (reset) starts with a fresh handshake state.
+            up = [p for k, p in want.items() if self.applied.get(k) != p or k in reset]
+            rm = [k for k in self.applied if k not in want or k in reset]
             self.backend.set_peers(up, rm)
             upserts, removes = len(up), len(rm)
         self.applied, self.netmap = want, netmap
-        log.info("applied netmap version=%d peers=%d upserts=%d removes=%d",
-                 netmap.version, len(want), upserts, removes)
+        log.info("applied netmap version=%d peers=%d upserts=%d removes=%d first_contact=%d",
+                 netmap.version, len(want), upserts, removes, len(reset))
 
     def close(self) -> None:
         try:

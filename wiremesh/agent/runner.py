@@ -131,8 +131,8 @@ class Agent:
             statefile.save(self.state_dir, self.state)
 
     def _schedule_release(self) -> None:
-        """Rewrite the peers when a held-back keepalive is due (see initiates())."""
-        due = self.dataplane.next_release() if self.dataplane else None
+        """Rewrite the peers when first contact with a new peer is due (core/contact.py)."""
+        due = self.dataplane.next_due() if self.dataplane else None
         if due is None or (self._release is not None and not self._release.done()):
             return
 
