@@ -3,16 +3,20 @@ and resume from a version."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import httpx
 import pytest
 
 from tests.conftest import billion_laughs, serve
+from wiremesh.core.netmap import Netmap
 from wiremesh.server.app import create_app
+from wiremesh.server.routes_agent import _stream
 from wiremesh.wg.keys import generate_private_key, public_key_of
 
 
@@ -115,3 +119,41 @@ def test_streams_and_health_stay_responsive_while_a_hostile_policy_is_refused(li
     assert refused.status_code == 422
     assert "more than 100000 values once YAML aliases are expanded" in refused.json()["detail"]
     assert c.get("/api/v1/policy/export", headers=admin).text.count("name: default") == 1
+
+
+class _Hub:
+    """Just what the stream reads of the hub, so the test decides when a change lands."""
+
+    def __init__(self, netmap: Netmap) -> None:
+        self.current = {1: netmap}
+        self.latest_delta: dict = {}
+        self.waiters: set[asyncio.Event] = set()
+
+    def subscribe(self, _peer_id: int) -> asyncio.Event:
+        ev = asyncio.Event()
+        self.waiters.add(ev)
+        return ev
+
+    def unsubscribe(self, _peer_id: int, ev: asyncio.Event) -> None:
+        self.waiters.discard(ev)
+
+    def publish(self, netmap: Netmap) -> None:
+        self.current = {1: netmap}
+        for ev in self.waiters:
+            ev.set()
+
+
+async def test_a_change_while_a_message_is_being_sent_is_not_lost() -> None:
+    """The stream is suspended at its yield while the server writes a message; a change
+    landing then must go out at once, not with the keepalive 15 s later (it did: the
+    policy scenario's 15.5 s propagation)."""
+    nm = Netmap(version=1, peer_id=1, name="a", overlay_ip="100.64.0.1")
+    hub = _Hub(nm)
+    stream = _stream(hub, 1, 0)  # type: ignore[arg-type]
+    try:
+        assert json.loads(await anext(stream))["type"] == "full"
+        hub.publish(replace(nm, version=2, name="b"))
+        msg = json.loads(await asyncio.wait_for(anext(stream), 2.0))
+        assert msg["type"] == "delta" and msg["delta"]["to_version"] == 2
+    finally:
+        await stream.aclose()

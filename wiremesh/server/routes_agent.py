@@ -68,6 +68,9 @@ async def _stream(hub: NetmapHub, peer_id: int, since: int) -> AsyncIterator[byt
                 await asyncio.wait_for(ev.wait(), KEEPALIVE_S)
         sent: Netmap | None = hub.base_for(peer_id, since) if since else None
         while True:
+            # Cleared before reading: a change landing while a message is being sent (the
+            # yield below) must wake the next wait, not wait for the keepalive 15 s later.
+            ev.clear()
             cur = hub.current.get(peer_id)
             if cur is None:
                 yield encode({"type": "deleted"})
@@ -85,7 +88,6 @@ async def _stream(hub: NetmapHub, peer_id: int, since: int) -> AsyncIterator[byt
             else:
                 yield encode({"type": "ping", "version": cur.version})
             sent = cur
-            ev.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), KEEPALIVE_S)
     finally:
