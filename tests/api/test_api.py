@@ -249,3 +249,24 @@ async def test_enrolment_batch_refuses_each_on_its_own(api: ApiEnv) -> None:
     assert names == ["a", "c", "c-2"] and len(set(ips)) == 3
     listed = (await api.client.get("/api/v1/peers", headers=api.admin)).json()
     assert sorted(p["name"] for p in listed) == ["a", "c", "c-2"]
+
+
+async def test_endpoint_report_orders_candidates_and_names_the_stun_port(api: ApiEnv) -> None:
+    k = await make_key(api, reusable=True)
+    a = (await enroll(api, k["key"], "a", listen_port=51900)).json()
+    auth = {"Authorization": f"Bearer {a['token']}"}
+    body = {"listen_port": 51900, "candidates": [
+        {"endpoint": "198.19.1.2:51900", "kind": "local"},
+        {"endpoint": "203.0.113.9:40001", "kind": "mapped"},
+        {"endpoint": "198.19.1.2:51900", "kind": "local"}]}
+    r = await api.client.put("/api/v1/agent/endpoints", json=body, headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"observed": "192.0.2.50", "stun_port": None}
+    got = (await api.client.get("/api/v1/peers/a", headers=api.admin)).json()["endpoints"]
+    # Mapped first (it crosses NATs), then the LAN address, then what the server saw.
+    assert got == ["203.0.113.9:40001", "198.19.1.2:51900", "192.0.2.50"]
+    for bad, field in (({"endpoint": "203.0.113.9:0", "kind": "mapped"}, "endpoint"),
+                       ({"endpoint": "203.0.113.9:1", "kind": "relayed"}, "kind")):
+        r = await api.client.put("/api/v1/agent/endpoints", headers=auth,
+                                 json={"listen_port": 1, "candidates": [bad]})
+        assert r.status_code == 422 and field in str(field_of(r)), r.text

@@ -10,13 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wiremesh.gateway.sniffer import (
+from wiremesh.gateway.sniffer import initiation_filter
+from wiremesh.wg.tap import (
     ETH_P_IP,
     ETH_P_IPV6,
     PACKET_OUTGOING,
-    initiation_filter,
+    not_wireguard_filter,
     parse_ip_udp,
     run_filter,
+    udp_datagram,
 )
 
 PORT = 51820
@@ -92,3 +94,29 @@ def test_fuzz_filter_and_parser_never_raise(frame: bytes, proto: int, pkttype: i
         cap = parse_ip_udp(frame)
         assert cap is not None and cap.payload[0] == 1 and len(cap.payload) == 148
     parse_ip_udp(frame)
+
+
+@pytest.mark.parametrize(("payload", "passed"), [
+    (bytes.fromhex("010100002112a442") + bytes(12), True),  # a STUN answer
+    (b"WMD1" + bytes(60), True),
+    (PAYLOAD, False),
+    (b"\x02\x00\x00\x00" + bytes(88), False),
+    (b"\x04\x00\x00\x00" + bytes(32), False),
+    (b"\x01\x00", False),  # too short to tell
+])
+def test_not_wireguard_filter(payload: bytes, passed: bool) -> None:
+    prog = not_wireguard_filter(PORT)
+    assert run_filter(prog, ipv4(payload), PACKET_HOST, ETH_P_IP) == passed
+    assert run_filter(prog, ipv6(payload), PACKET_HOST, ETH_P_IPV6) == passed
+    assert not run_filter(prog, ipv4(payload, dport=PORT + 1), PACKET_HOST, ETH_P_IP)
+
+
+def test_udp_checksum_verifies() -> None:
+    """A receiver sums the pseudo header and the datagram (with its checksum) to 0xFFFF."""
+    dgram = udp_datagram(("198.51.100.2", 51820), ("192.0.2.1", 3478), b"abc")
+    pseudo = bytes([198, 51, 100, 2, 192, 0, 2, 1, 0, 17]) + struct.pack("!H", len(dgram))
+    data = pseudo + dgram + b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    assert total == 0xFFFF

@@ -61,10 +61,14 @@ class ServerClient:
         if r.status_code >= 400:
             raise ServerRefused(f"server answered {r.status_code}: {_problem(r)}")
 
-    async def report_endpoints(self, listen_port: int, endpoints: list[str]) -> None:
+    async def report_endpoints(self, listen_port: int, endpoints: list[str],
+                               candidates: list[dict[str, str]]) -> dict[str, Any]:
+        """Report this agent's candidates; the answer names the server's STUN port."""
         r = await self.http.put("/api/v1/agent/endpoints",
-                                json={"listen_port": listen_port, "endpoints": endpoints})
+                                json={"listen_port": listen_port, "endpoints": endpoints,
+                                      "candidates": candidates})
         self._check(r)
+        return r.json()
 
     async def netmap_stream(self, since: int) -> AsyncIterator[dict[str, Any]]:
         async with self.http.stream("GET", "/api/v1/agent/netmap",

@@ -57,3 +57,5 @@ class RelayCollector:
 
 RELAY = RelayCollector()
 REGISTRY.register(RELAY)
+STUN = Counter("wiremesh_agent_stun_requests_total",
+               "STUN mapping measurements of the WireGuard port", ["outcome"])

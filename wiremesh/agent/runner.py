@@ -30,6 +30,8 @@ from wiremesh.agent.client import (
 )
 from wiremesh.agent.connection import INSECURE_WARNING, Trust, TrustError, reason
 from wiremesh.agent.dataplane import DataPlane, make_backend
+from wiremesh.agent.discovery import Discovery
+from wiremesh.agent.portside import PortSide
 from wiremesh.agent.probe_responder import start_responder
 from wiremesh.agent.routes import RouteManager
 from wiremesh.agent.state import AgentConfig, AgentState
@@ -105,6 +107,7 @@ class Agent:
         self.private_key = load_or_create_private_key(statefile.private_key_path(state_dir))
         self.backend_kind = backend
         self.dataplane: DataPlane | None = None
+        self.portside: PortSide | None = None
         self.want_full = False
         self.refusals = 0  # 401s in a row, for their backoff
         self._release: asyncio.Task | None = None
@@ -149,17 +152,21 @@ class Agent:
             await _cancel(self._release)
 
     async def _follow(self, client: ServerClient) -> None:
-        cfg = self.state.config
-        await client.report_endpoints(cfg.listen_port, cfg.endpoints)
-        since = self.state.netmap.version if self.state.netmap and not self.want_full else 0
-        metrics.SERVER_CONNECTED.set(1)
-        metrics.CREDENTIALS_REFUSED.set(0)
-        self.refusals = 0
-        async for msg in client.netmap_stream(since):
-            new = next_netmap(self.state.netmap, msg)
-            if new is not None:
-                self.want_full = False
-                await self._apply(new)
+        discovery = Discovery(client, self.state.config, self.portside)
+        await discovery.refresh()
+        refresh = asyncio.create_task(discovery.run())
+        try:
+            since = self.state.netmap.version if self.state.netmap and not self.want_full else 0
+            metrics.SERVER_CONNECTED.set(1)
+            metrics.CREDENTIALS_REFUSED.set(0)
+            self.refusals = 0
+            async for msg in client.netmap_stream(since):
+                new = next_netmap(self.state.netmap, msg)
+                if new is not None:
+                    self.want_full = False
+                    await self._apply(new)
+        finally:
+            await _cancel(refresh)
 
     async def run(self) -> None:
         cfg = self.state.config
@@ -172,6 +179,10 @@ class Agent:
             # its routes.
             responder = await start_responder(cfg.overlay_ip)
             stack.callback(responder.close)
+            self.portside = _open_portside(cfg.listen_port)
+            if self.portside is not None:
+                self.portside.start()
+                stack.callback(self.portside.close)
             if self.state.netmap is not None:
                 log.info("rebuilding from saved netmap version=%d", self.state.netmap.version)
                 await self._apply(self.state.netmap, persist=False)
@@ -234,6 +245,14 @@ async def _until_trusted(cfg: AgentConfig) -> None:
             log.error("cannot verify the server: %s; enforcing the saved netmap, checking "
                       "again in %.0f s", e, REFUSED_BACKOFF_MAX)
             await asyncio.sleep(REFUSED_BACKOFF_MAX)
+
+
+def _open_portside(port: int) -> PortSide | None:
+    try:
+        return PortSide(port)
+    except OSError as e:
+        log.warning("no endpoint discovery through NAT (raw and packet sockets: %s)", e)
+        return None
 
 
 async def _cancel(task: asyncio.Task) -> None:

@@ -36,6 +36,10 @@ def server(
         None, "--relay-secret-file",
         help="Credential standalone relays check peer tokens with; created (mode 0600) if "
         "missing; give the same file to each `wiremesh relay --secret-file`"),
+    stun_listen: str = typer.Option(
+        "0.0.0.0:3478", "--stun-listen",
+        help="HOST:PORT (UDP) of the STUN responder agents learn their NAT mapping from; "
+             "'off' to run none"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging"),
 ) -> None:
     """Run the control server (HTTP API, netmap streams, /metrics).
@@ -53,6 +57,7 @@ def server(
     setup_logging(verbose)
     host, port = split_listen(listen, "--listen")
     tls = tls_files(tls_cert, tls_key)
+    stun = None if stun_listen == "off" else split_listen(stun_listen, "--stun-listen")
     try:
         async_url(db)
     except BadDatabaseURL as e:
@@ -69,7 +74,7 @@ def server(
     import uvicorn
 
     app = create_app(db, on_admin_token=show_token, relay=not no_relay, relays=advertised,
-                     relay_secret=secret)
+                     relay_secret=secret, stun_listen=stun)
     uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning",
                 timeout_graceful_shutdown=2,
                 ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None,

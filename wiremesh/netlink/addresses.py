@@ -25,3 +25,16 @@ def ensure_address(ifname: str, address: str, prefix_len: int) -> None:
                 if e.code != 17:  # EEXIST: raced with ourselves, fine
                     raise
         ipr.link("set", index=i, state="up")
+
+
+def local_addresses(exclude_ifname: str) -> list[str]:
+    """Global-scope addresses of this namespace's interfaces, except `exclude_ifname` (the
+    WireGuard interface, whose overlay address is no candidate) and loopback."""
+    out = []
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for a in ipr.get_addr():
+            if a["scope"] != 0 or names.get(a["index"]) in (exclude_ifname, "lo"):
+                continue
+            out.append(a.get_attr("IFA_ADDRESS"))
+    return out

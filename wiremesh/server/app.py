@@ -22,18 +22,21 @@ from wiremesh.server import (
 from wiremesh.server.bodylimit import BodyLimit
 from wiremesh.server.enrolment import EnrolmentQueue
 from wiremesh.server.hub import NetmapHub
+from wiremesh.server.stun import start_stun
 from wiremesh.store.db import make_engine, migrate
 from wiremesh.store.repo import Store
 
 
 def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
                poll_interval: float = 1.0, relay: bool = True, relays: Sequence[str] = (),
-               relay_secret: str | None = None) -> FastAPI:
+               relay_secret: str | None = None,
+               stun_listen: tuple[str, int] | None = None) -> FastAPI:
     """`on_admin_token` receives the initial admin token when the store was empty.
 
     `relay`: serve the embedded relay; `relays`: URLs of standalone relays to advertise to
     agents (before the embedded one); `relay_secret`: the credential standalone relays
-    introspect peer tokens with (None: no standalone relay may ask).
+    introspect peer tokens with (None: no standalone relay may ask); `stun_listen` (host,
+    port): run the STUN responder agents measure their NAT mapping with.
     """
 
     @contextlib.asynccontextmanager
@@ -49,6 +52,8 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
         enrolments = EnrolmentQueue(store)
         app.state.store, app.state.hub, app.state.enrolments = store, hub, enrolments
         app.state.relay = RelaySwitch(routes_relay.HubAuthority(store, hub)) if relay else None
+        stun = await start_stun(*stun_listen) if stun_listen else None
+        app.state.stun_port = stun_listen[1] if stun_listen else None
         tasks = [asyncio.create_task(hub.run(poll_interval)),
                  asyncio.create_task(enrolments.run())]
         # Changes committed through other replicas wake the hub at once (PostgreSQL);
@@ -58,6 +63,8 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
             yield
         finally:
             await stop_listening()
+            if stun is not None:
+                stun.close()
             # Both loops stop at a safe point: never in the middle of a transaction.
             hub.stop()
             enrolments.stop()

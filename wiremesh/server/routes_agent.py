@@ -18,7 +18,12 @@ from wiremesh.core.netmap import Netmap, netmap_to_json
 from wiremesh.server import metrics
 from wiremesh.server.auth import current_peer
 from wiremesh.server.hub import NetmapHub, delta_message, encode
-from wiremesh.server.schemas import EndpointReport, EnrollRequest, EnrollResponse
+from wiremesh.server.schemas import (
+    EndpointAnswer,
+    EndpointReport,
+    EnrollRequest,
+    EnrollResponse,
+)
 from wiremesh.store.repo import NewPeer
 from wiremesh.store.tables import Peer
 
@@ -47,13 +52,17 @@ async def enroll(body: EnrollRequest, request: Request) -> EnrollResponse:
                           overlay_prefix_len=OVERLAY_NET.prefixlen, token=got.token)
 
 
-@router.put("/agent/endpoints", status_code=204)
+@router.put("/agent/endpoints", response_model=EndpointAnswer)
 async def report_endpoints(body: EndpointReport, request: Request,
-                           peer: Peer = Depends(current_peer)) -> None:
+                           peer: Peer = Depends(current_peer)) -> EndpointAnswer:
+    """The agent's candidates; the answer says where the server sees it from and where to
+    measure its NAT mapping (STUN)."""
     changed = await request.app.state.store.report_endpoints(
-        peer.id, _observed(request, body.endpoints), body.listen_port)
+        peer.id, _observed(request, body.ordered()), body.listen_port)
     if changed:
         request.app.state.hub.poke()
+    return EndpointAnswer(observed=request.client.host if request.client else None,
+                          stun_port=request.app.state.stun_port)
 
 
 async def _stream(hub: NetmapHub, peer_id: int, since: int) -> AsyncIterator[bytes]:

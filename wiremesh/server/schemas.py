@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
@@ -88,14 +88,44 @@ class EnrollResponse(BaseModel):
     token: str
 
 
+class Candidate(Strict):
+    """An address a peer may be reached at, and how the agent learnt it."""
+
+    endpoint: str
+    kind: Literal["local", "mapped"] = Field(
+        description="local: an interface address; mapped: the NAT mapping of the WireGuard "
+                    "socket, measured with STUN")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _ep(cls, v: str) -> str:
+        return _check_endpoint(v)
+
+
 class EndpointReport(Strict):
     listen_port: int = Field(ge=1, le=65535)
-    endpoints: list[str] = Field(default_factory=list, max_length=16)
+    endpoints: list[str] = Field(default_factory=list, max_length=16,
+                                 description="fixed endpoints the operator configured")
+    candidates: list[Candidate] = Field(default_factory=list, max_length=16)
 
     @field_validator("endpoints")
     @classmethod
     def _eps(cls, v: list[str]) -> list[str]:
         return [_check_endpoint(e) for e in v]
+
+    def ordered(self) -> list[str]:
+        """Everything reported, best first: configured, mapped (works across NATs that
+        keep the mapping), then local addresses (peers on the same LAN); no duplicates."""
+        rank = {"mapped": 0, "local": 1}
+        picked = [*self.endpoints,
+                  *(c.endpoint for c in sorted(self.candidates, key=lambda c: rank[c.kind]))]
+        return list(dict.fromkeys(picked))
+
+
+class EndpointAnswer(BaseModel):
+    observed: str | None = Field(description="the address this report came from")
+    stun_port: int | None = Field(description="UDP port of the server's STUN responder "
+                                              "(same host as the API), if it runs one")
 
 
 class SetupKeyCreate(Strict):

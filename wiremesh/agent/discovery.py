@@ -1,0 +1,105 @@
+"""Endpoint discovery: the addresses other peers may reach this agent's WireGuard port at.
+
+Candidates are this namespace's interface addresses (peers on the same LAN) and the NAT
+mapping of the WireGuard socket itself, measured with a STUN Binding request sent *from* the
+WireGuard port to the server's STUN responder (portside.py); the server adds the address the
+report came from. They are measured again every `interval` seconds and reported whenever
+they change, which is how a roaming agent or a rebound NAT mapping reaches the other peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from wiremesh.agent import metrics
+from wiremesh.agent.client import ServerClient, ServerRefused
+from wiremesh.agent.portside import PortSide
+from wiremesh.agent.state import AgentConfig
+from wiremesh.netlink.addresses import local_addresses
+
+log = logging.getLogger("wiremesh.agent.discovery")
+INTERVAL_S = 2.0  # a roaming agent is found again within this (plus a round trip)
+MAX_MISSES = 3
+
+Candidates = list[dict[str, str]]
+
+
+def _endpoint(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+class Discovery:
+    def __init__(self, client: ServerClient, cfg: AgentConfig, side: PortSide | None,
+                 interval: float = INTERVAL_S) -> None:
+        self.client, self.cfg, self.side, self.interval = client, cfg, side, interval
+        self.reported: Candidates | None = None
+        self.stun_port: int | None = None
+        self.mapped: str | None = None
+        self.misses = 0
+
+    async def _stun_server(self) -> tuple[str, int] | None:
+        host = urlsplit(self.cfg.server).hostname
+        if self.side is None or self.stun_port is None or not host:
+            return None
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, self.stun_port, type=socket.SOCK_DGRAM)
+        except OSError as e:
+            log.warning("cannot resolve the server %s for STUN: %s", host, e)
+            return None
+        return infos[0][4][0], self.stun_port
+
+    async def candidates(self) -> Candidates:
+        port = self.cfg.listen_port
+        local = await asyncio.to_thread(local_addresses, self.cfg.interface)
+        out = [{"endpoint": _endpoint(ip, port), "kind": "local"} for ip in local]
+        server = await self._stun_server()
+        if server is not None and self.side is not None:
+            mapped = await self.side.stun(server)
+            metrics.STUN.labels("answered" if mapped else "unanswered").inc()
+            if mapped is not None:
+                if str(mapped) != self.mapped:
+                    log.info("WireGuard port %d is mapped to %s", port, mapped)
+                self.mapped, self.misses = str(mapped), 0
+            else:
+                # One lost datagram must not make every peer rewrite its endpoints.
+                self.misses += 1
+                if self.misses >= MAX_MISSES:
+                    self.mapped = None
+            if self.mapped is not None:
+                out.insert(0, {"endpoint": self.mapped, "kind": "mapped"})
+        return out
+
+    async def report(self, candidates: Candidates) -> None:
+        answer: dict[str, Any] = await self.client.report_endpoints(
+            self.cfg.listen_port, self.cfg.endpoints, candidates)
+        self.reported = candidates
+        self.stun_port = answer.get("stun_port")
+
+    async def refresh(self) -> None:
+        """Measure now; report if anything changed (or nothing was reported yet)."""
+        found = await self.candidates()
+        if found != self.reported:
+            await self.report(found)
+            if self.stun_port is not None and not any(c["kind"] == "mapped" for c in found):
+                # First report: the answer named the STUN port; measure the mapping now.
+                found = await self.candidates()
+                if found != self.reported:
+                    await self.report(found)
+            log.info("reported candidates %s", ", ".join(
+                f"{c['endpoint']} ({c['kind']})" for c in self.reported or []))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.refresh()
+            except (httpx.HTTPError, OSError, ServerRefused) as e:
+                # The netmap stream notices a dead server; keep measuring meanwhile.
+                log.warning("cannot report candidates: %s", e)

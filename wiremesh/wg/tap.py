@@ -1,0 +1,292 @@
+"""Passive taps on a UDP port: an AF_PACKET socket + a classic BPF filter; and sending from
+that port without owning it.
+
+WireGuard owns its UDP socket (wireguard-go or the kernel), yet two parts of wiremesh must see
+packets arriving at that port: the JIT gateway reads handshake initiations for keys it has not
+installed yet (gateway/sniffer.py), and the agent reads the STUN answers and path probes it
+sends *from* the WireGuard port (so NATs map them exactly like WireGuard traffic), which
+wireguard-go would silently drop. A packet socket is a copy on the side: WireGuard keeps
+receiving everything directly, the tap only ever slows itself down, and the kernel-side BPF
+program wakes it for nothing but the packets it asked for. It needs no firewall rules and sits
+before netfilter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import select
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+PACKET_OUTGOING = 4
+SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33
+_SKF_AD_OFF = -0x1000
+_SKF_AD_PROTOCOL = 0
+_SKF_AD_PKTTYPE = 4
+
+# Classic BPF opcodes (linux/filter.h).
+_LD_W_ABS, _LD_H_ABS, _LD_B_ABS = 0x20, 0x28, 0x30
+_LD_W_IND, _LD_H_IND, _LD_B_IND = 0x40, 0x48, 0x50
+_LDX_B_MSH = 0xB1
+_JEQ_K, _JSET_K = 0x15, 0x45
+_RET_K = 0x06
+
+Insn = tuple[int, int, str | None, str | None]  # code, k, jump-if-true label, jump-if-false label
+
+
+def _assemble(program: list[Insn | str]) -> list[tuple[int, int, int, int]]:
+    """Resolve labels (bare strings in the list) into relative jump offsets."""
+    labels: dict[str, int] = {}
+    insns: list[Insn] = []
+    for item in program:
+        if isinstance(item, str):
+            labels[item] = len(insns)
+        else:
+            insns.append(item)
+    out = []
+    for i, (code, k, jt, jf) in enumerate(insns):
+        rel_t = labels[jt] - i - 1 if jt else 0
+        rel_f = labels[jf] - i - 1 if jf else 0
+        out.append((code, rel_t, rel_f, k & 0xFFFFFFFF))
+    return out
+
+
+Load = Callable[[int, int], Insn]  # (size 1/2/4, offset from the UDP header) -> a load
+
+
+def udp_port_filter(port: int, checks: Callable[[Load], list[Insn | str]]
+                    ) -> list[tuple[int, int, int, int]]:
+    """BPF for a SOCK_DGRAM packet socket (data starts at the IP header): incoming,
+    unfragmented IPv4/IPv6 UDP to `port` that passes `checks`. `checks(load)` returns the
+    instructions testing the UDP header and payload, built with `load(size, offset)` and
+    jumping to the labels "ok" or "drop". Returns (code, jt, jf, k) tuples."""
+    ok, drop = "ok", "drop"
+
+    def load_v4(size: int, off: int) -> Insn:
+        return ({1: _LD_B_IND, 2: _LD_H_IND, 4: _LD_W_IND}[size], off, None, None)
+
+    def load_v6(size: int, off: int) -> Insn:  # no extension headers: WireGuard sends none
+        return ({1: _LD_B_ABS, 2: _LD_H_ABS, 4: _LD_W_ABS}[size], 40 + off, None, None)
+
+    return _assemble([
+        (_LD_B_ABS, _SKF_AD_OFF + _SKF_AD_PKTTYPE, None, None),
+        (_JEQ_K, PACKET_OUTGOING, drop, None),
+        (_LD_W_ABS, _SKF_AD_OFF + _SKF_AD_PROTOCOL, None, None),
+        (_JEQ_K, ETH_P_IP, "v4", None),
+        (_JEQ_K, ETH_P_IPV6, "v6", drop),
+        "v4",
+        (_LD_B_ABS, 9, None, None),
+        (_JEQ_K, socket.IPPROTO_UDP, None, drop),
+        (_LD_H_ABS, 6, None, None),
+        (_JSET_K, 0x3FFF, drop, None),  # any fragment
+        (_LDX_B_MSH, 0, None, None),  # X = IPv4 header length
+        load_v4(2, 2),
+        (_JEQ_K, port, None, drop),
+        *checks(load_v4),
+        "v6",
+        (_LD_B_ABS, 6, None, None),
+        (_JEQ_K, socket.IPPROTO_UDP, None, drop),
+        load_v6(2, 2),
+        (_JEQ_K, port, None, drop),
+        *checks(load_v6),
+        ok,
+        (_RET_K, 0xFFFF, None, None),
+        drop,
+        (_RET_K, 0, None, None),
+    ])
+
+
+def not_wireguard_filter(port: int) -> list[tuple[int, int, int, int]]:
+    """UDP to `port` whose payload does not start like a WireGuard message (type 1-4 and
+    three zero bytes): what the agent sends from its WireGuard port gets answered with."""
+    return udp_port_filter(port, lambda load: [
+        load(4, 8),
+        (_JEQ_K, 0x01000000, "drop", None),
+        (_JEQ_K, 0x02000000, "drop", None),
+        (_JEQ_K, 0x03000000, "drop", None),
+        (_JEQ_K, 0x04000000, "drop", "ok"),
+    ])
+
+
+def run_filter(program: list[tuple[int, int, int, int]], packet: bytes, pkttype: int,
+               protocol: int) -> bool:
+    """A tiny interpreter for the opcodes above, so the filter is unit-tested without root."""
+    a = x = 0
+    pc = 0
+    while True:
+        code, jt, jf, k = program[pc]
+        pc += 1
+        sk = k - (1 << 32) if k & 0x80000000 else k
+        if code in (_LD_W_ABS, _LD_B_ABS) and sk < 0:
+            a = {_SKF_AD_PKTTYPE: pkttype, _SKF_AD_PROTOCOL: protocol}[sk - _SKF_AD_OFF]
+        elif code in (_LD_W_ABS, _LD_B_ABS, _LD_H_ABS, _LD_W_IND, _LD_B_IND, _LD_H_IND):
+            off = k + (x if code in (_LD_W_IND, _LD_B_IND, _LD_H_IND) else 0)
+            size = {_LD_B_ABS: 1, _LD_B_IND: 1, _LD_H_ABS: 2, _LD_H_IND: 2}.get(code, 4)
+            if off + size > len(packet):
+                return False  # the kernel aborts with "drop" on out-of-bounds loads too
+            a = int.from_bytes(packet[off:off + size], "big")
+        elif code == _LDX_B_MSH:
+            if k >= len(packet):
+                return False
+            x = (packet[k] & 0x0F) * 4
+        elif code == _JEQ_K:
+            pc += jt if a == k else jf
+        elif code == _JSET_K:
+            pc += jt if a & k else jf
+        elif code == _RET_K:
+            return k != 0
+        else:
+            raise ValueError(f"opcode {code:#x} not interpreted")
+
+
+@dataclass(frozen=True)
+class Captured:
+    payload: bytes
+    src_addr: bytes  # 4 or 16 bytes
+    src_port: int
+    dst_addr: bytes  # the address it was sent to (the gateway answers from it)
+
+
+def parse_ip_udp(frame: bytes) -> Captured | None:
+    """IP header onwards -> the UDP payload and its source, or None if it does not fit."""
+    if len(frame) < 20:
+        return None
+    version = frame[0] >> 4
+    if version == 4:
+        udp = (frame[0] & 0x0F) * 4
+        if udp < 20:
+            return None
+        src, dst = frame[12:16], frame[16:20]
+    elif version == 6:
+        udp, src, dst = 40, frame[8:24], frame[24:40]
+    else:
+        return None
+    if len(frame) < udp + 8:
+        return None
+    sport, ulen = struct.unpack_from("!H2xH", frame, udp)
+    end = udp + ulen
+    if ulen < 8 or len(frame) < end:
+        return None
+    return Captured(bytes(frame[udp + 8:end]), bytes(src), sport, bytes(dst))
+
+
+class PacketTap:
+    """The packet socket; `read()` returns what arrived, in batches, without blocking long."""
+
+    def __init__(self, prog: list[tuple[int, int, int, int]], ifname: str | None = None,
+                 rcvbuf: int = 32 << 20) -> None:
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        try:
+            _attach(self.sock, prog)
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except PermissionError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if ifname:
+                self.sock.bind((ifname, ETH_P_ALL))
+            self.sock.setblocking(False)
+            # Packets queued between socket() and the filter attach were not filtered.
+            self._drain()
+        except BaseException:
+            self.sock.close()
+            raise
+        self._poll = select.poll()
+        self._poll.register(self.sock, select.POLLIN)
+        self._buf = bytearray(2048)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.sock.recv(2048)
+            except BlockingIOError:
+                return
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self, timeout: float, max_batch: int = 512) -> list[Captured]:
+        if not self._poll.poll(int(timeout * 1000)):
+            return []
+        out = []
+        view = memoryview(self._buf)
+        for _ in range(max_batch):
+            try:
+                n = self.sock.recv_into(self._buf)
+            except BlockingIOError:
+                break
+            cap = parse_ip_udp(view[:n])
+            if cap is not None:
+                out.append(cap)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _attach(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
+    raw = b"".join(struct.pack("HBBI", *insn) for insn in prog)
+    buf = ctypes.create_string_buffer(raw)
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                    struct.pack("HL", len(prog), ctypes.addressof(buf)))
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF or 0xFFFF
+
+
+def udp_datagram(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:
+    """A UDP header + payload with its checksum over the IPv4/IPv6 pseudo header."""
+    family = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
+    length = 8 + len(payload)
+    s, d = socket.inet_pton(family, src[0]), socket.inet_pton(family, dst[0])
+    pseudo = (s + d + struct.pack("!BBH", 0, socket.IPPROTO_UDP, length)
+              if family == socket.AF_INET else
+              s + d + struct.pack("!I3xB", length, socket.IPPROTO_UDP))
+    header = struct.pack("!HHHH", src[1], dst[1], length, 0)
+    csum = _checksum(pseudo + header + payload)
+    return struct.pack("!HHHH", src[1], dst[1], length, csum) + payload
+
+
+class PortSender:
+    """Sends UDP datagrams with source port `port` although another process owns that port
+    (raw sockets; root or CAP_NET_RAW). The source address is the one the kernel would pick
+    for the destination."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.socks: dict[int, socket.socket] = {}
+
+    def _sock(self, family: int) -> socket.socket:
+        sock = self.socks.get(family)
+        if sock is None:
+            sock = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_UDP)
+            # A raw UDP socket also receives a copy of every UDP datagram: refuse them all.
+            _attach(sock, [(_RET_K, 0, 0, 0)])
+            sock.setblocking(False)
+            self.socks[family] = sock
+        return sock
+
+    def sendto(self, payload: bytes, dst: tuple[str, int]) -> None:
+        family = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as route:
+            route.connect(dst)  # no packet is sent: only the route (source address) is looked up
+            src = route.getsockname()[0]
+        # Raw IPv6 sockets take the port field as the protocol: 0 keeps it UDP.
+        self._sock(family).sendto(udp_datagram((src, self.port), dst, payload),
+                                  (dst[0], 0))
+
+    def close(self) -> None:
+        for sock in self.socks.values():
+            sock.close()
+        self.socks.clear()
