@@ -128,7 +128,7 @@ async def test_unknown_token_is_refused_credentials_not_a_deleted_peer(
     client = ServerClient(tls_server.url, "wmp_unknown", Trust(str(tls_server.pki.ca_file)))
     try:
         with pytest.raises(CredentialsRefused, match="refuses this peer's token"):
-            await client.report_endpoints(51820, [])
+            await client.report_endpoints(51820, [], [])
         with pytest.raises(CredentialsRefused):
             await anext(aiter(client.netmap_stream(0)))
     finally:
