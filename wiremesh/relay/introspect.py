@@ -16,7 +16,7 @@ MAX_WAIT_S = 30.0
 
 
 class IntrospectRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # `false` is not 0 seconds
     token: str = Field(min_length=1, max_length=512, description="the peer's bearer token")
     since: int = Field(0, ge=0, description="netmap version the relay holds (0 = none)")
     wait: float = Field(0.0, ge=0.0, le=MAX_WAIT_S,

@@ -22,6 +22,7 @@ from wiremesh.server import (
 from wiremesh.server.bodylimit import BodyLimit
 from wiremesh.server.enrolment import EnrolmentQueue
 from wiremesh.server.hub import NetmapHub
+from wiremesh.server.links import add_links
 from wiremesh.server.stun import start_stun
 from wiremesh.store.db import make_engine, migrate
 from wiremesh.store.repo import Store
@@ -77,13 +78,14 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
                   description="Control plane of a WireGuard mesh overlay.")
     errors.install(app)
     app.add_middleware(BodyLimit)
-    app.include_router(routes_admin.router)
-    app.include_router(routes_agent.router)
-    app.include_router(routes_policy.router)
-    app.include_router(routes_relay.router)
+    for r in (routes_admin.router, routes_agent.router, routes_policy.router,
+              routes_relay.router):
+        app.include_router(r, responses=errors.PROBLEM_RESPONSES)
     if relay:
         app.include_router(routes_relay.ws_router)
     app.state.relay_secret = relay_secret
+    openapi = app.openapi
+    app.openapi = lambda: add_links(openapi())  # type: ignore[method-assign]
 
     @app.get("/healthz")
     async def healthz() -> dict[str, int]:

@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from wiremesh.core.policyfile import PolicyFileError
 from wiremesh.store.repo import StoreError
 
 PROBLEM = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """The body of every error response (RFC 9457)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, Any]] = Field(
+        default_factory=list, description="one per fault, naming its field (and line)")
+
+
+# What the API's operations may answer besides success, so that clients (and the fuzzer in
+# tests/api/test_fuzz.py) can hold every answer to the OpenAPI document.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": HTTPStatus(code).phrase,
+           "content": {PROBLEM: {"schema": Problem.model_json_schema()}}}
+    for code in (400, 401, 403, 404, 409, 413, 422)
+}
 
 
 def problem(status: int, title: str, detail: str, errors: list[dict[str, Any]] | None = None,
@@ -27,6 +50,14 @@ def problem(status: int, title: str, detail: str, errors: list[dict[str, Any]] |
 def _loc(loc: tuple[Any, ...]) -> str:
     parts = [str(x) for x in loc if x not in ("body", "query", "path")]
     return ".".join(parts) or str(loc[0] if loc else "body")
+
+
+def _allowed(app: FastAPI, request: Request) -> str:
+    """Every method some route takes at the request's path: the router's 405 names only the
+    first route whose path matched (GET for /peers/{ref}, though PATCH and DELETE are too)."""
+    return ", ".join(m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+                     if any(r.matches({**request.scope, "method": m})[0] == Match.FULL
+                            for r in app.routes))
 
 
 def install(app: FastAPI) -> None:
@@ -52,6 +83,8 @@ def install(app: FastAPI) -> None:
         return problem(422, "Invalid policy file", str(exc), errors)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), str(exc.detail),
-                       headers=getattr(exc, "headers", None))
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed(app, request)}
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=headers)

@@ -40,7 +40,8 @@ ExpirySeconds = bounded(1, MAX_EXPIRY_S, "seconds (10 years)")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON `false` is not the integer 0, nor "1" the integer 1, as the schema says.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def _check_endpoint(e: str) -> str:
