@@ -56,8 +56,8 @@ async def _agent(http, verify, key: str, i: int, n: int, done: dict[int, float],
             if msg["type"] == "full":
                 peers = {p["public_key"] for p in msg["netmap"]["peers"]}
             elif msg["type"] == "delta":
-                peers.difference_update(msg["delta"].get("remove_peers", ()))
-                peers.update(p["public_key"] for p in msg["delta"].get("upsert_peers", ()))
+                peers.difference_update(msg["delta"]["remove_peers"])
+                peers.update(p["public_key"] for p in msg["delta"]["upsert_peers"])
             if len(peers) == n - 1:
                 done[i] = time.time()
                 return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -102,6 +103,12 @@ async def test_revoked_invalid_and_expired_keys_refused(api: ApiEnv) -> None:
     ({"listen_port": 0}, "listen_port"),
     ({"endpoints": ["not-an-ip:51820"]}, "endpoints"),
     ({"endpoints": ["192.0.2.1:99999"]}, "endpoints"),
+    # Arabic-Indic digits: int() and str.isdigit() take them, wireguard-go does not.
+    ({"endpoints": ["192.0.2.1:\u0665\u0661\u0668\u0662\u0660"]}, "endpoints"),
+    ({"endpoints": ["\u0661\u0669\u0662.0.2.1:51820"]}, "endpoints"),
+    ({"endpoints": ["192.0.2.1:51820\nendpoint=203.0.113.9:1"]}, "endpoints"),
+    ({"hostname": "h\nremove=true"}, "hostname"),
+    ({"hostname": "h\u0665"}, "hostname"),
     ({"surprise": 1}, "surprise"),
 ])
 async def test_bad_enrolment_bodies(api: ApiEnv, bad: dict, field: str) -> None:
@@ -126,6 +133,44 @@ async def test_duplicate_public_key_refused(api: ApiEnv) -> None:
     assert (await api.client.post("/api/v1/enroll", json=body)).status_code == 201
     r = await api.client.post("/api/v1/enroll", json=body)
     assert r.status_code == 409 and field_of(r) == ["public_key"]
+
+
+async def test_same_key_written_differently_is_the_same_key(api: ApiEnv) -> None:
+    """Base64 spells 32 bytes several ways (padding bits); only the canonical spelling is a
+    key, so the same key cannot be enrolled twice under two spellings."""
+    k = await make_key(api, reusable=True)
+    key = pub()
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    twin = key[:42] + alphabet[alphabet.index(key[42]) ^ 1] + "="
+    assert base64.b64decode(twin) == base64.b64decode(key)
+    r = await api.client.post("/api/v1/enroll",
+                              json={"setup_key": k["key"], "public_key": twin, "hostname": "h"})
+    assert r.status_code == 422 and field_of(r) == ["public_key"], r.text
+    assert "canonical" in r.text
+    assert (await api.client.get("/api/v1/peers", headers=api.admin)).json() == []
+
+
+async def test_non_ascii_endpoint_report_never_stored_or_pushed(api: ApiEnv) -> None:
+    k = await make_key(api, reusable=True)
+    a = (await enroll(api, k["key"], "a", endpoints=["192.0.2.1:51820"])).json()
+    b = (await enroll(api, k["key"], "b")).json()
+    for bad in ["192.0.2.1:\u0665\u0661\u0668\u0662\u0660", "192.0.2.1:51820\n",
+                "[fd00::1\n]:1"]:
+        r = await api.client.put("/api/v1/agent/endpoints",
+                                 json={"listen_port": 51820, "endpoints": [bad]},
+                                 headers={"Authorization": f"Bearer {a['token']}"})
+        assert r.status_code == 422 and field_of(r)[0].startswith("endpoints"), r.text
+    await api.hub.refresh()
+    a_pub = (await api.client.get("/api/v1/peers/a", headers=api.admin)).json()["public_key"]
+    assert api.hub.current[b["peer_id"]].peers[a_pub].endpoints[0] == "192.0.2.1:51820"
+
+
+async def test_endpoints_are_stored_in_canonical_form(api: ApiEnv) -> None:
+    k = await make_key(api, reusable=True)
+    r = await enroll(api, k["key"], "a", endpoints=["[FD00:0::1]:51820", "192.0.2.1"])
+    assert r.status_code == 201, r.text
+    got = (await api.client.get("/api/v1/peers/a", headers=api.admin)).json()["endpoints"]
+    assert got[:2] == ["[fd00::1]:51820", "192.0.2.1"]
 
 
 async def test_bad_setup_key_requests(api: ApiEnv) -> None:

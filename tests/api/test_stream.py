@@ -88,12 +88,13 @@ def test_full_then_deltas_then_resume(live) -> None:
 
 def test_deleted_peer_stream_ends(live) -> None:
     c, admin = live
-    _, _, auth = first_peer(c, admin)
+    _, a, auth = first_peer(c, admin)
     with c.stream("GET", "/api/v1/agent/netmap", headers=auth) as r:
         it = messages(r)
         assert next(it)["type"] == "full"
         c.delete("/api/v1/peers/a", headers=admin)
-        assert next(it) == {"type": "deleted"}
+        gone = next(it)
+        assert gone["type"] == "deleted" and gone["peer_id"] == a["peer_id"]
     r = c.get("/api/v1/agent/netmap", headers=auth)
     assert r.status_code == 401
 

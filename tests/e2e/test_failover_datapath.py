@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from wiremesh.core.netmap import Netmap, NetmapPeer, RouteEntry, netmap_to_json
+from wiremesh.core.wire import NETMAP, Netmap, NetmapPeer, RouteEntry
 from wiremesh.lab.netns import Host, Lab, missing_requirements
 from wiremesh.wg.keys import generate_private_key, public_key_of
 from wiremesh.wg.uapi import UapiClient
@@ -58,7 +58,7 @@ CLIENT = """
 import asyncio, json, logging, sys
 from wiremesh.agent.dataplane import desired_peers
 from wiremesh.agent.routes import RouteManager
-from wiremesh.core.netmap import netmap_from_json
+from wiremesh.core.wire import NETMAP
 from wiremesh.netlink.addresses import ensure_address
 from wiremesh.wg.uapi import WireguardGoBackend
 
@@ -71,7 +71,7 @@ ensure_address(c["ifname"], c["overlay_ip"], 10)
 
 async def main():
     # The agent's order: take the netmap, write the peers with the routed prefixes, then run.
-    netmap = netmap_from_json(c["netmap"])
+    netmap = NETMAP.validate_python(c["netmap"])
     routes = RouteManager(c["ifname"])
     async with routes.applying(netmap):
         want = desired_peers(netmap, routes.routed_prefixes)
@@ -206,7 +206,7 @@ def test_failover_moves_traffic_to_the_standby_router() -> None:
         client_if = lab.name("wc")
         cfg = _config(lab, "client", {
             "ifname": client_if, "private_key": keys["c"], "listen_port": WG_PORT,
-            "overlay_ip": overlay["c"], "netmap": netmap_to_json(netmap),
+            "overlay_ip": overlay["c"], "netmap": NETMAP.dump_python(netmap, mode="json"),
         })
         client_log = lab.log_dir / "client.log"
         agent = client.popen([py, _script(lab, "client", CLIENT), cfg], log=client_log)

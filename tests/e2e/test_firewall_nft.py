@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pytest
 
 from wiremesh.core.models import PortRange
-from wiremesh.core.netmap import ForwardRule, InboundRule, Netmap
+from wiremesh.core.wire import ForwardRule, InboundRule, Netmap
 from wiremesh.firewall import nft
 from wiremesh.firewall.render import render
 from wiremesh.lab.netns import Host, Lab, missing_requirements

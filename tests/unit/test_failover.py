@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wiremesh.core.failover import FailoverConfig, FailoverMachine, Health, merge_candidates
-from wiremesh.core.netmap import RouteEntry
+from wiremesh.core.wire import RouteEntry
 
 PREFIX = "198.18.1.0/24"
 A, B, C = "router-a", "router-b", "router-c"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+
 from wiremesh.agent.dataplane import desired_peers
 from wiremesh.agent.routes import RouteManager
 from wiremesh.core.failover import FailoverConfig
-from wiremesh.core.netmap import Netmap, NetmapPeer, RouteEntry
+from wiremesh.core.wire import Netmap, NetmapPeer, RouteEntry
 
-A, B, GHOST = "router-a", "router-b", "router-not-in-peers"
+# Distinct canonical keys (the data plane refuses anything else).
+A, B, GHOST = (base64.b64encode(bytes([i]) * 32).decode() for i in (1, 2, 3))
 NET1, NET2 = "198.18.1.0/24", "198.18.2.0/24"
 
 

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from wiremesh.core.models import PortRange
-from wiremesh.core.netmap import ForwardRule, InboundRule, Netmap
+from wiremesh.core.wire import ForwardRule, InboundRule, Netmap
 from wiremesh.firewall.render import RenderError, render
 
 

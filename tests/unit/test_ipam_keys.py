@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import shutil
 import stat
 import subprocess
@@ -7,6 +8,7 @@ import subprocess
 import pytest
 
 from wiremesh.core.ipam import FIRST, LAST, IpamExhausted, address_at, next_free_index
+from wiremesh.core.wire import check_key
 from wiremesh.wg import keys
 
 
@@ -34,7 +36,7 @@ def test_ipam_exhausted() -> None:
 def test_key_pair_roundtrip_and_hex() -> None:
     priv = keys.generate_private_key()
     pub = keys.public_key_of(priv)
-    assert keys.validate_public_key(pub) == pub
+    assert check_key(pub) == pub
     assert keys.hex_to_key(keys.key_to_hex(pub)) == pub
     assert priv != pub
 
@@ -53,8 +55,24 @@ def test_bad_keys_rejected(bad: str) -> None:
 
 
 def test_zero_public_key_rejected() -> None:
-    with pytest.raises(keys.BadKey):
-        keys.validate_public_key(keys.encode_key(bytes(32)))
+    with pytest.raises(ValueError, match="all-zero"):
+        check_key(keys.encode_key(bytes(32)))
+
+
+def test_same_key_written_differently_is_refused() -> None:
+    """Base64 has several spellings of 32 bytes (the last character's low bits are padding);
+    only the one `wg` prints is a key, so a key can never be stored twice."""
+    pub = keys.public_key_of(keys.generate_private_key())
+    raw = keys.decode_key(pub)
+    last = pub[42]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    other = alphabet[alphabet.index(last) ^ 1]  # flips a padding bit only
+    twin = pub[:42] + other + "="
+    assert base64.b64decode(twin) == raw and twin != pub
+    with pytest.raises(keys.BadKey, match="canonical"):
+        keys.decode_key(twin)
+    with pytest.raises(ValueError, match="canonical"):
+        check_key(twin)
 
 
 def test_private_key_file_is_0600_and_reused(tmp_path) -> None:

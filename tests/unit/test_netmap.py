@@ -1,26 +1,27 @@
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from wiremesh.core.models import PortRange
-from wiremesh.core.netmap import (
-    DeltaMismatch,
+from wiremesh.core.netmap import DeltaMismatch, apply_delta, diff
+from wiremesh.core.wire import (
+    DeltaMessage,
     ForwardRule,
+    FullMessage,
     InboundRule,
     Netmap,
     NetmapPeer,
     RouteEntry,
-    apply_delta,
-    delta_from_json,
-    delta_to_json,
-    diff,
-    netmap_from_json,
-    netmap_to_json,
+    encode_message,
+    parse_message,
 )
 
-keys_ = st.sampled_from([f"{c * 43}=" for c in "ABCDEFGH"])
+keys_ = st.sampled_from([base64.b64encode(bytes([i]) * 32).decode() for i in range(1, 9)])
 ips = st.sampled_from([f"100.64.0.{i}" for i in range(1, 9)])
 peers = st.builds(NetmapPeer, keys_, st.sampled_from(["a", "b", "c"]), ips,
                   st.tuples(st.sampled_from(["192.0.2.1:51820", "192.0.2.2:51820"])))
@@ -49,12 +50,15 @@ def test_diff_then_apply_gives_new(old: Netmap, new: Netmap) -> None:
     d = diff(old, new)
     assert apply_delta(old, d) == new
     # The wire form carries the same delta.
-    assert apply_delta(old, delta_from_json(delta_to_json(d))) == new
+    msg = parse_message(encode_message(DeltaMessage(delta=d)))
+    assert isinstance(msg, DeltaMessage)
+    assert apply_delta(old, msg.delta) == new
 
 
 @given(netmaps(3))
-def test_json_roundtrip(n: Netmap) -> None:
-    assert netmap_from_json(netmap_to_json(n)) == n
+def test_wire_roundtrip(n: Netmap) -> None:
+    msg = parse_message(encode_message(FullMessage(netmap=n)))
+    assert isinstance(msg, FullMessage) and msg.netmap == n
 
 
 @given(netmaps(4))
@@ -70,14 +74,16 @@ def test_delta_only_applies_to_its_base() -> None:
 
 
 def test_delta_carries_only_changes() -> None:
-    p1 = NetmapPeer("A" * 43 + "=", "x", "100.64.0.2", ("192.0.2.2:51820",))
-    p2 = NetmapPeer("B" * 43 + "=", "y", "100.64.0.3", ("192.0.2.3:51820",))
+    k1, k2 = (base64.b64encode(bytes([i]) * 32).decode() for i in (1, 2))
+    p1 = NetmapPeer(k1, "x", "100.64.0.2", ("192.0.2.2:51820",))
+    p2 = NetmapPeer(k2, "y", "100.64.0.3", ("192.0.2.3:51820",))
     a = Netmap(version=1, peer_id=1, name="a", overlay_ip="100.64.0.1",
                peers={p1.public_key: p1, p2.public_key: p2})
     moved = NetmapPeer(p2.public_key, "y", "100.64.0.3", ("192.0.2.9:51820",))
     b = Netmap(version=2, peer_id=1, name="a", overlay_ip="100.64.0.1",
                peers={p1.public_key: p1, moved.public_key: moved})
-    d = delta_to_json(diff(a, b))
-    assert d == {"from_version": 1, "to_version": 2, "upsert_peers": [
-        {"public_key": moved.public_key, "name": "y", "overlay_ip": "100.64.0.3",
-         "endpoints": ["192.0.2.9:51820"]}]}
+    d = json.loads(encode_message(DeltaMessage(delta=diff(a, b))))["delta"]
+    assert {k: v for k, v in d.items() if v not in ([], None)} == {
+        "from_version": 1, "to_version": 2, "upsert_peers": [
+            {"public_key": moved.public_key, "name": "y", "overlay_ip": "100.64.0.3",
+             "endpoints": ["192.0.2.9:51820"]}]}

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from test_policy_oracle import members, oracle_netmaps
 
 from wiremesh.core.models import PROTOS, MeshState, PeerInfo, Policy, PortRange, Route
-from wiremesh.core.netmap import ForwardRule, InboundRule, RouteEntry
 from wiremesh.core.policy import PolicyCompiler, compile_netmaps
+from wiremesh.core.wire import ForwardRule, InboundRule, RouteEntry
 
 GROUPS = ("g0", "g1", "g2", "g3")
 ROUTES = ("r0", "r1")

@@ -9,8 +9,8 @@ from test_policy_compiler import mesh, states
 
 from wiremesh.core.explain import explain, matrix, normalise_access
 from wiremesh.core.models import Policy, PortRange
-from wiremesh.core.netmap import InboundRule
 from wiremesh.core.policy import compile_netmaps
+from wiremesh.core.wire import InboundRule
 
 
 def enforced(rules: frozenset[InboundRule], src_ip: str, proto: str, port: int | None) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from wiremesh.core.models import MeshState
-from wiremesh.core.netmap import ForwardRule, InboundRule, Netmap, NetmapPeer, RouteEntry
+from wiremesh.core.wire import ForwardRule, InboundRule, Netmap, NetmapPeer, RouteEntry
 
 
 def members(state: MeshState, groups: tuple[str, ...]) -> set[int]:

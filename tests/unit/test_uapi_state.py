@@ -7,7 +7,7 @@ import pytest
 from wiremesh.agent import state as statefile
 from wiremesh.agent.dataplane import desired_peers
 from wiremesh.agent.state import AgentConfig, AgentState
-from wiremesh.core.netmap import Netmap, NetmapPeer
+from wiremesh.core.wire import Netmap, NetmapPeer
 from wiremesh.wg.backend import WgError, WgPeerConfig
 from wiremesh.wg.keys import generate_private_key, key_to_hex, public_key_of
 from wiremesh.wg.uapi import parse_get, render_set

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -70,7 +69,8 @@ class ServerClient:
         self._check(r)
         return r.json()
 
-    async def netmap_stream(self, since: int) -> AsyncIterator[dict[str, Any]]:
+    async def netmap_stream(self, since: int) -> AsyncIterator[str]:
+        """The stream's lines as they come; the caller validates each one."""
         async with self.http.stream("GET", "/api/v1/agent/netmap",
                                     params={"since": since}) as r:
             if r.status_code >= 400:
@@ -78,4 +78,4 @@ class ServerClient:
                 self._check(r)
             async for line in r.aiter_lines():
                 if line.strip():
-                    yield json.loads(line)
+                    yield line

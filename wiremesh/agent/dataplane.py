@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from wiremesh.agent.state import AgentConfig
 from wiremesh.core.contact import FirstContact, initiates
-from wiremesh.core.netmap import Netmap, NetmapPeer
+from wiremesh.core.wire import Netmap, NetmapPeer, endpoint_host_port
 from wiremesh.firewall import nft
 from wiremesh.netlink.addresses import ensure_address
 from wiremesh.netlink.sysctl import set_forwarding
@@ -34,7 +34,9 @@ def make_backend(kind: str, ifname: str) -> WgBackend:
 
 
 def first_endpoint(peer: NetmapPeer) -> str | None:
-    return peer.endpoints[0] if peer.endpoints else None
+    """The first endpoint WireGuard can use: one with a port (the server also lists the bare
+    address a peer's requests came from)."""
+    return next((e for e in peer.endpoints if endpoint_host_port(e)[1] is not None), None)
 
 
 def desired_peers(netmap: Netmap,

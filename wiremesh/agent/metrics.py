@@ -22,6 +22,8 @@ CREDENTIALS_REFUSED = Gauge(
     "deleted peer); the agent keeps its last netmap and retries")
 NETMAP_UPDATES = Counter("wiremesh_agent_netmap_updates_total", "Netmaps applied")
 FAILOVERS = Gauge("wiremesh_agent_route_failovers", "Routed prefixes moved to another router")
+BAD_MESSAGES = Counter("wiremesh_agent_bad_messages_total",
+                       "Netmap stream messages refused (invalid); the held netmap stays")
 
 
 class RelayCollector:

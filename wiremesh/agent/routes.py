@@ -25,7 +25,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from wiremesh.agent.dataplane import desired_peers
 from wiremesh.agent.prober import Prober
 from wiremesh.core.failover import PROBE_PORT, FailoverConfig, FailoverMachine
-from wiremesh.core.netmap import Netmap, RouteEntry
+from wiremesh.core.wire import Netmap, RouteEntry
 from wiremesh.netlink.routes import LinkMissing, sync_device_routes
 from wiremesh.wg.backend import WgBackend, WgError
 

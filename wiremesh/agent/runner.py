@@ -14,7 +14,6 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 from prometheus_client import start_http_server
@@ -35,12 +34,15 @@ from wiremesh.agent.portside import PortSide
 from wiremesh.agent.probe_responder import start_responder
 from wiremesh.agent.routes import RouteManager
 from wiremesh.agent.state import AgentConfig, AgentState
-from wiremesh.core.netmap import (
-    DeltaMismatch,
+from wiremesh.core.netmap import DeltaMismatch, apply_delta
+from wiremesh.core.wire import (
+    BadMessage,
+    DeletedMessage,
+    DeltaMessage,
+    FullMessage,
     Netmap,
-    apply_delta,
-    delta_from_json,
-    netmap_from_json,
+    StreamMessage,
+    parse_message,
 )
 from wiremesh.firewall.nft import NftError
 from wiremesh.firewall.render import RenderError
@@ -83,19 +85,18 @@ async def enroll_peer(
     return st
 
 
-def next_netmap(held: Netmap | None, msg: dict[str, Any]) -> Netmap | None:
-    """The netmap after a stream message (None = nothing changed)."""
-    kind = msg.get("type")
-    if kind == "full":
-        return netmap_from_json(msg["netmap"])
-    if kind == "delta":
+def next_netmap(held: Netmap | None, msg: StreamMessage) -> Netmap | None:
+    """The netmap after a (validated) stream message (None = nothing changed)."""
+    if isinstance(msg, FullMessage):
+        return msg.netmap
+    if isinstance(msg, DeltaMessage):
         if held is None:
             raise ResyncNeeded("delta without a base")
         try:
-            return apply_delta(held, delta_from_json(msg["delta"]))
+            return apply_delta(held, msg.delta)
         except DeltaMismatch as e:
             raise ResyncNeeded(str(e)) from None
-    if kind == "deleted":
+    if isinstance(msg, DeletedMessage):
         raise PeerDeleted("this peer was deleted on the server")
     return None
 
@@ -160,7 +161,14 @@ class Agent:
             metrics.SERVER_CONNECTED.set(1)
             metrics.CREDENTIALS_REFUSED.set(0)
             self.refusals = 0
-            async for msg in client.netmap_stream(since):
+            async for line in client.netmap_stream(since):
+                try:
+                    msg = parse_message(line)
+                except BadMessage as e:
+                    # Nothing of it reaches WireGuard or nftables; the held netmap stays.
+                    metrics.BAD_MESSAGES.inc()
+                    log.error("ignoring an invalid netmap stream message: %s", e)
+                    continue
                 new = next_netmap(self.state.netmap, msg)
                 if new is not None:
                     self.want_full = False

@@ -7,32 +7,39 @@ that would stop the agent from rebuilding the mesh while the server is down.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import pydantic
+from pydantic import Field, TypeAdapter, ValidationError
 
 from wiremesh.agent.connection import Trust
-from wiremesh.core.netmap import Netmap, netmap_from_json, netmap_to_json
+from wiremesh.core.wire import NETMAP, Endpoint, Name, Netmap, OverlayIP, describe
 
 DEFAULT_STATE_DIR = Path("/var/lib/wiremesh")
+log = logging.getLogger("wiremesh.agent.state")
 
 
 class StateError(RuntimeError):
     pass
 
 
-@dataclass
+@pydantic.dataclasses.dataclass
 class AgentConfig:
+    """What enrolment gave this agent; validated on load like everything from the server."""
+
     server: str
     peer_id: int
-    name: str
+    name: Name
     token: str
-    overlay_ip: str
-    overlay_prefix_len: int
-    interface: str
-    listen_port: int
-    endpoints: list[str]
+    overlay_ip: OverlayIP
+    overlay_prefix_len: Annotated[int, Field(ge=1, le=32)]
+    interface: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
+    listen_port: Annotated[int, Field(ge=1, le=65535)]
+    endpoints: list[Endpoint]
     # How the server is verified, kept so `wiremesh agent` restarts check it the same way.
     ca_file: str | None = None
     insecure: bool = False
@@ -40,6 +47,9 @@ class AgentConfig:
     @property
     def trust(self) -> Trust:
         return Trust(self.ca_file, self.insecure)
+
+
+_CONFIG = TypeAdapter(AgentConfig)
 
 
 @dataclass
@@ -71,7 +81,7 @@ def write_private_json(path: Path, data: dict[str, Any]) -> None:
 def save(state_dir: Path, state: AgentState) -> None:
     data: dict[str, Any] = {"config": asdict(state.config)}
     if state.netmap is not None:
-        data["netmap"] = netmap_to_json(state.netmap)
+        data["netmap"] = NETMAP.dump_python(state.netmap, mode="json")
     write_private_json(files(state_dir)[0], data)
 
 
@@ -79,10 +89,19 @@ def load(state_dir: Path) -> AgentState:
     path = files(state_dir)[0]
     try:
         data = json.loads(path.read_text())
-        cfg = AgentConfig(**data["config"])
-        nm = netmap_from_json(data["netmap"]) if "netmap" in data else None
+        cfg = _CONFIG.validate_python(data["config"])
     except FileNotFoundError:
         raise StateError(f"no saved state in {state_dir}; enrol first with `wiremesh up`") from None
+    except ValidationError as e:
+        raise StateError(f"saved state {path} is unreadable: {describe(e)}") from None
     except (ValueError, KeyError, TypeError) as e:
         raise StateError(f"saved state {path} is unreadable: {e}") from None
+    nm = None
+    if data.get("netmap") is not None:
+        try:
+            nm = NETMAP.validate_python(data["netmap"])
+        except ValidationError as e:
+            # Never enforce what does not validate; the server sends a full map instead.
+            log.error("saved netmap in %s is invalid, starting without it: %s", path,
+                      describe(e))
     return AgentState(cfg, nm)

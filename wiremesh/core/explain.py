@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from wiremesh.core.models import MeshState, PeerInfo, Policy, PortRange, Proto
-from wiremesh.core.netmap import Netmap
 from wiremesh.core.policy import ALL_GROUP, compile_netmaps
+from wiremesh.core.wire import Netmap
 
 Verdict = Literal["allows", "disabled", "source", "destination", "proto", "port"]
 AskProto = Literal["all", "tcp", "udp", "icmp"]

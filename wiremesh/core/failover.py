@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Literal
 
-from wiremesh.core.netmap import RouteEntry
+from wiremesh.core.wire import RouteEntry
 
 # UDP port of the probe responder on every router peer's overlay address; the router's
 # inbound ACL opens it to the peers allowed to use its routes.

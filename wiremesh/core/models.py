@@ -6,11 +6,13 @@ compiler, the netmap differ and tests without defensive copies.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 Proto = Literal["all", "tcp", "udp", "icmp"]
 PROTOS: tuple[Proto, ...] = ("all", "tcp", "udp", "icmp")
+_PORTS = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
 
 
 @dataclass(frozen=True, order=True)
@@ -28,19 +30,15 @@ class PortRange:
 
     @classmethod
     def parse(cls, text: str | int) -> PortRange:
-        """Parse `22`, `"22"` or `"8000-8100"`; raises ValueError naming the bad text."""
+        """Parse `22`, `"22"` or `"8000-8100"` (ASCII digits only: `int()` would also take
+        other scripts' digits); raises ValueError naming the bad text."""
         if isinstance(text, int) and not isinstance(text, bool):
             return cls(text, text)
-        s = str(text).strip()
-        try:
-            if "-" in s:
-                a, b = s.split("-", 1)
-                return cls(int(a), int(b))
-            return cls(int(s), int(s))
-        except ValueError as e:
-            if "port range" in str(e):
-                raise
-            raise ValueError(f"bad port {text!r}: expected N or N-M with 1..65535") from None
+        m = _PORTS.fullmatch(str(text).strip())
+        if not m:
+            raise ValueError(f"bad port {text!r}: expected N or N-M with 1..65535")
+        start = int(m[1])
+        return cls(start, int(m[2]) if m[2] else start)
 
     def contains(self, port: int) -> bool:
         return self.start <= port <= self.end

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from wiremesh.core.models import MeshState, PeerInfo, Policy, Route
-from wiremesh.core.netmap import ForwardRule, InboundRule, Netmap, NetmapPeer, RouteEntry
+from wiremesh.core.wire import ForwardRule, InboundRule, Netmap, NetmapPeer, RouteEntry
 
 ALL_GROUP = "all"
 _EMPTY: frozenset = frozenset()

@@ -34,19 +34,16 @@ API:
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PlainValidator,
-    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -55,8 +52,8 @@ from pydantic import (
 
 from wiremesh.core.explain import Explanation, explain
 from wiremesh.core.models import MeshState, Policy, PortRange, Route
-from wiremesh.core.netmap import Netmap
 from wiremesh.core.policy import ALL_GROUP, PolicyCompiler
+from wiremesh.core.wire import Metric, Name, Netmap, PortRangeT, Prefix
 
 Path = tuple[str | int, ...]
 
@@ -97,19 +94,6 @@ def _field(path: Path) -> str:
 
 # --- the schema ------------------------------------------------------------------------------
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=64,
-                                        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")]
-
-
-def _port(v: Any) -> PortRange:
-    if isinstance(v, bool) or not isinstance(v, int | str):
-        raise ValueError(f"bad port {v!r}: expected N or \"N-M\" with 1..65535")
-    return PortRange.parse(v)
-
-
-Port = Annotated[PortRange, PlainValidator(_port)]
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -120,7 +104,7 @@ class _PolicyIn(_Model):
     sources: list[Name] = Field(min_length=1)
     destinations: list[Name] = []
     proto: Literal["all", "tcp", "udp", "icmp"] = "all"
-    ports: list[Port] = []
+    ports: list[PortRangeT] = []
     bidirectional: bool = False
     enabled: bool = True
     routes: list[Name] = []
@@ -142,20 +126,12 @@ class _PolicyIn(_Model):
 
 class _RouteIn(_Model):
     name: Name
-    prefix: str
+    prefix: Prefix
     routers: Name
     metric: int = Field(100, ge=0, le=1_000_000)
-    router_metrics: dict[str, Annotated[int, Field(ge=0, le=1_000_000)]] = {}
+    router_metrics: dict[Name, Metric] = {}
     masquerade: bool = True
     enabled: bool = True
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, v: str) -> str:
-        try:
-            return str(ipaddress.ip_network(v))
-        except ValueError as e:
-            raise ValueError(f"bad prefix {v!r}: {e}") from None
 
 
 class _TestIn(_Model):

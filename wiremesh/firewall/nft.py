@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from wiremesh.core.netmap import Netmap
+from wiremesh.core.wire import Netmap
 from wiremesh.firewall.render import OVERLAY, TABLE, render
 
 

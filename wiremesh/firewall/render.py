@@ -24,8 +24,8 @@ from collections.abc import Iterable
 
 from wiremesh.core.explain import Access, normalise_access
 from wiremesh.core.failover import PROBE_PORT
-from wiremesh.core.models import PortRange, Proto
-from wiremesh.core.netmap import Netmap
+from wiremesh.core.models import PROTOS, PortRange, Proto
+from wiremesh.core.wire import Netmap, check_ipv4, check_name, check_prefix
 
 TABLE = "wiremesh"
 OVERLAY = "100.64.0.0/10"
@@ -36,16 +36,20 @@ class RenderError(ValueError):
     pass
 
 
+# Every value is checked again here, whatever validated it before: only a canonical address,
+# prefix, port range or name may become part of an nft statement.
+
+
 def _ipv4(text: str, what: str) -> str:
     try:
-        return str(ipaddress.IPv4Address(text))
+        return check_ipv4(text)
     except ValueError:
         raise RenderError(f"{what}: {text!r} is not an IPv4 address") from None
 
 
 def _prefix(text: str) -> str:
     try:
-        return str(ipaddress.IPv4Network(text))
+        return str(ipaddress.IPv4Network(check_prefix(text)))
     except ValueError:
         raise RenderError(f"prefix: {text!r} is not an IPv4 prefix") from None
 
@@ -53,7 +57,16 @@ def _prefix(text: str) -> str:
 def _ports(ports: tuple[PortRange, ...]) -> list[str]:
     if not ports:
         return ["0-65535"]
+    for p in ports:
+        if not isinstance(p, PortRange):
+            raise RenderError(f"ports: {p!r} is not a port range")
     return [str(p) for p in ports]
+
+
+def _proto(proto: str) -> Proto:
+    if proto not in PROTOS:
+        raise RenderError(f"proto: {proto!r} is not one of {', '.join(PROTOS)}")
+    return proto
 
 
 def _set(name: str, typ: str, elements: Iterable[str], interval: bool) -> list[str]:
@@ -86,7 +99,7 @@ def _grants(items: Iterable[tuple[str, Proto, tuple[PortRange, ...]]]) -> dict[s
 
 
 def _no_overlap(prefixes: Iterable[str]) -> list[str]:
-    nets = [ipaddress.IPv4Network(p) for p in prefixes]
+    nets = [ipaddress.IPv4Network(_prefix(p)) for p in prefixes]
     return [str(n) for n in ipaddress.collapse_addresses(nets)]
 
 
@@ -95,20 +108,27 @@ def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY) -> str:
     if not _IFNAME.match(ifname):
         raise RenderError(f"ifname: {ifname!r} is not a valid interface name")
     overlay = _prefix(overlay)
+    try:
+        check_name(netmap.name)
+    except ValueError as e:
+        raise RenderError(f"name: {e}") from None
+    if isinstance(netmap.version, bool) or not isinstance(netmap.version, int):
+        raise RenderError(f"version: {netmap.version!r} is not a number")
 
     inbound = _by_proto(_grants(
-        (_ipv4(r.src, "inbound src"), r.proto, r.ports) for r in netmap.inbound))
+        (_ipv4(r.src, "inbound src"), _proto(r.proto), r.ports) for r in netmap.inbound))
     # Concatenated interval sets take overlapping elements (a /16 and a /24 in it), so forward
     # keys need no collapsing; only the plain interval set of masqueraded prefixes does.
     forward = _by_proto(_grants(
-        (f"{_ipv4(r.src, 'forward src')} . {_prefix(r.prefix)}", r.proto, r.ports)
+        (f"{_ipv4(r.src, 'forward src')} . {_prefix(r.prefix)}", _proto(r.proto), r.ports)
         for r in netmap.forward))
 
     def port_elements(entries: list[tuple[str, tuple[PortRange, ...]]]) -> list[str]:
         return [f"{key} . {p}" for key, ports in entries for p in _ports(ports)]
 
     lines = [
-        f"# wiremesh ruleset for {netmap.name} ({netmap.overlay_ip}), netmap version "
+        f"# wiremesh ruleset for {netmap.name} ({_ipv4(netmap.overlay_ip, 'overlay_ip')}), "
+        f"netmap version "
         f"{netmap.version}",
         f"table inet {TABLE}",
         f"delete table inet {TABLE}",

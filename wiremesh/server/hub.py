@@ -8,16 +8,15 @@ it last sent and sends the diff, which also coalesces bursts of changes into one
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
 from dataclasses import replace
-from typing import Any
 
 from wiremesh.core.models import MeshState
-from wiremesh.core.netmap import Netmap, delta_to_json, diff
+from wiremesh.core.netmap import diff
 from wiremesh.core.policy import PolicyCompiler
+from wiremesh.core.wire import DeltaMessage, Netmap, StreamMessage, encode_message
 from wiremesh.store.repo import Store
 
 log = logging.getLogger("wiremesh.server.hub")
@@ -25,14 +24,15 @@ HISTORY = 16  # old versions kept per peer so a reconnecting agent gets a delta,
 COALESCE_S = 0.1  # a burst of changes (enrolments, a policy apply) becomes one refresh
 
 
-def encode(msg: dict[str, Any]) -> bytes:
-    """One stream message: a JSON object on one line."""
-    return (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+def encode(msg: StreamMessage) -> bytes:
+    """One stream message on one line. The server built it from the store, so it skips
+    validation (`model_construct`); the agent validates every message it receives."""
+    return encode_message(msg) + b"\n"
 
 
 def delta_message(old: Netmap, new: Netmap) -> bytes:
     """The stream message taking an agent from `old` to `new`."""
-    return encode({"type": "delta", "delta": delta_to_json(diff(old, new))})
+    return encode(DeltaMessage.model_construct(delta=diff(old, new)))
 
 
 def _encode_deltas(

@@ -1,8 +1,5 @@
-"""Agent API: enrolment, endpoint reports and the netmap stream (NDJSON, one object a line).
-
-Stream messages: `{"type": "full", "netmap": {...}}`, `{"type": "delta", "delta": {...}}`,
-`{"type": "ping", "version": v}` (keepalive) and `{"type": "deleted"}` when the peer is removed.
-"""
+"""Agent API: enrolment, endpoint reports and the netmap stream (NDJSON, one message a
+line; the messages are defined in core/wire.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +11,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from wiremesh.core.ipam import OVERLAY_NET
-from wiremesh.core.netmap import Netmap, netmap_to_json
+from wiremesh.core.wire import (
+    DeletedMessage,
+    FullMessage,
+    Netmap,
+    PingMessage,
+)
 from wiremesh.server import metrics
 from wiremesh.server.auth import current_peer
 from wiremesh.server.hub import NetmapHub, delta_message, encode
@@ -65,7 +67,8 @@ async def report_endpoints(body: EndpointReport, request: Request,
                           stun_port=request.app.state.stun_port)
 
 
-async def _stream(hub: NetmapHub, peer_id: int, since: int) -> AsyncIterator[bytes]:
+async def _stream(hub: NetmapHub, peer_id: int, public_key: str,
+                  since: int) -> AsyncIterator[bytes]:
     ev = hub.subscribe(peer_id)
     metrics.STREAMS.inc()
     try:
@@ -82,10 +85,10 @@ async def _stream(hub: NetmapHub, peer_id: int, since: int) -> AsyncIterator[byt
             ev.clear()
             cur = hub.current.get(peer_id)
             if cur is None:
-                yield encode({"type": "deleted"})
+                yield encode(DeletedMessage.model_construct(peer_id=peer_id, public_key=public_key))
                 return
             if sent is None:
-                yield encode({"type": "full", "netmap": netmap_to_json(cur)})
+                yield encode(FullMessage.model_construct(netmap=cur))
                 metrics.PUSHES.labels("full").inc()
             elif sent.version != cur.version:
                 pre = hub.latest_delta.get(peer_id)
@@ -95,7 +98,7 @@ async def _stream(hub: NetmapHub, peer_id: int, since: int) -> AsyncIterator[byt
                     yield delta_message(sent, cur)
                 metrics.PUSHES.labels("delta").inc()
             else:
-                yield encode({"type": "ping", "version": cur.version})
+                yield encode(PingMessage.model_construct(version=cur.version))
             sent = cur
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), KEEPALIVE_S)
@@ -110,6 +113,6 @@ async def netmap_stream(
     since: int = Query(0, ge=0, description="netmap version the agent holds (0 = none)"),
     peer: Peer = Depends(current_peer),
 ) -> StreamingResponse:
-    return StreamingResponse(_stream(request.app.state.hub, peer.id, since),
+    return StreamingResponse(_stream(request.app.state.hub, peer.id, peer.public_key, since),
                              media_type="application/x-ndjson",
                              headers={"Cache-Control": "no-store"})

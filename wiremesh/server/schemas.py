@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
+from wiremesh.core.wire import NAME_PATTERN as NAME_RE
+from wiremesh.core.wire import Endpoint, Name, WgKey
 from wiremesh.store.repo import MAX_ID
-from wiremesh.wg.keys import BadKey, validate_public_key
 
-NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-Name = Annotated[str, Field(pattern=NAME_RE, description="letters, digits, '.', '_', '-'")]
 # A name or a numeric id in a URL path; anything else is refused before it reaches the store.
 NamePath = Annotated[str, Path(pattern=NAME_RE, description="letters, digits, '.', '_', '-'")]
 PeerRef = Annotated[str, Field(pattern=NAME_RE, description="peer name or id")]
@@ -44,41 +41,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def _check_endpoint(e: str) -> str:
-    """`IP`, `IP:PORT` or `[IPv6]:PORT`."""
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([0-9.]+):(\d+)|([0-9A-Fa-f:.]+)", e)
-    if not m:
-        raise ValueError(f"bad endpoint {e!r}: expected IP, IP:PORT or [IPv6]:PORT")
-    host = m.group(1) or m.group(3) or m.group(5)
-    port = m.group(2) or m.group(4)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"bad endpoint {e!r}: {host!r} is not an IP address") from None
-    if port is not None and not 1 <= int(port) <= 65535:
-        raise ValueError(f"bad endpoint {e!r}: port out of range")
-    return e
-
-
 class EnrollRequest(Strict):
     setup_key: str = Field(min_length=1, max_length=200)
-    public_key: str
+    public_key: WgKey
     hostname: Name
     listen_port: int = Field(51820, ge=1, le=65535)
-    endpoints: list[str] = Field(default_factory=list, max_length=16)
-
-    @field_validator("public_key")
-    @classmethod
-    def _key(cls, v: str) -> str:
-        try:
-            return validate_public_key(v)
-        except BadKey as e:
-            raise ValueError(f"malformed public key: {e}") from None
-
-    @field_validator("endpoints")
-    @classmethod
-    def _eps(cls, v: list[str]) -> list[str]:
-        return [_check_endpoint(e) for e in v]
+    endpoints: list[Endpoint] = Field(default_factory=list, max_length=16)
 
 
 class EnrollResponse(BaseModel):
@@ -92,27 +60,16 @@ class EnrollResponse(BaseModel):
 class Candidate(Strict):
     """An address a peer may be reached at, and how the agent learnt it."""
 
-    endpoint: str
+    endpoint: Endpoint
     kind: Literal["local", "mapped"] = Field(
         description="local: an interface address; mapped: the NAT mapping of the WireGuard "
                     "socket, measured with STUN")
 
-    @field_validator("endpoint")
-    @classmethod
-    def _ep(cls, v: str) -> str:
-        return _check_endpoint(v)
-
-
 class EndpointReport(Strict):
     listen_port: int = Field(ge=1, le=65535)
-    endpoints: list[str] = Field(default_factory=list, max_length=16,
-                                 description="fixed endpoints the operator configured")
+    endpoints: list[Endpoint] = Field(default_factory=list, max_length=16,
+                                      description="fixed endpoints the operator configured")
     candidates: list[Candidate] = Field(default_factory=list, max_length=16)
-
-    @field_validator("endpoints")
-    @classmethod
-    def _eps(cls, v: list[str]) -> list[str]:
-        return [_check_endpoint(e) for e in v]
 
     def ordered(self) -> list[str]:
         """Everything reported, best first: configured, mapped (works across NATs that

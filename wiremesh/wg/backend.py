@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from wiremesh.core.wire import check_endpoint, check_key, check_prefix, endpoint_host_port
+
 
 class WgError(RuntimeError):
     pass
@@ -18,6 +20,25 @@ class WgPeerConfig:
     allowed_ips: tuple[str, ...] = ()
     endpoint: str | None = None
     persistent_keepalive: int = 0
+
+    def __post_init__(self) -> None:
+        # Only validated values get this far, and each is checked again to be in canonical
+        # form: a raw string (a newline in it would start a new UAPI statement) never
+        # reaches a backend.
+        try:
+            check_key(self.public_key)
+            if self.endpoint is not None and (
+                    check_endpoint(self.endpoint) != self.endpoint
+                    or endpoint_host_port(self.endpoint)[1] is None):
+                raise ValueError(f"endpoint {self.endpoint!r} is not a canonical IP:PORT")
+            for ip in self.allowed_ips:
+                if check_prefix(ip) != ip:
+                    raise ValueError(f"allowed IP {ip!r} is not a canonical prefix")
+            if (not isinstance(self.persistent_keepalive, int)
+                    or not 0 <= self.persistent_keepalive <= 65535):
+                raise ValueError(f"keepalive {self.persistent_keepalive!r} is not 0..65535")
+        except ValueError as e:
+            raise WgError(f"refusing WireGuard peer {self.public_key!r}: {e}") from None
 
 
 @dataclass

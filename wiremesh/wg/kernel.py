@@ -11,6 +11,7 @@ from typing import Any
 from pyroute2 import IPRoute, WireGuard
 from pyroute2.netlink.exceptions import NetlinkError
 
+from wiremesh.core.wire import endpoint_host_port
 from wiremesh.wg.backend import WgDeviceStatus, WgError, WgPeerConfig, WgPeerStatus
 
 
@@ -26,11 +27,6 @@ def kernel_available() -> bool:
     return True
 
 
-def _endpoint(ep: str) -> tuple[str, int]:
-    host, _, port = ep.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _peer_msg(p: WgPeerConfig) -> dict[str, Any]:
     msg: dict[str, Any] = {
         "public_key": p.public_key,
@@ -39,7 +35,7 @@ def _peer_msg(p: WgPeerConfig) -> dict[str, Any]:
         "allowed_ips": list(p.allowed_ips),
     }
     if p.endpoint:
-        msg["endpoint_addr"], msg["endpoint_port"] = _endpoint(p.endpoint)
+        msg["endpoint_addr"], msg["endpoint_port"] = endpoint_host_port(p.endpoint)
     return msg
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from wiremesh.core.wire import key_bytes
 
 
 class BadKey(ValueError):
@@ -15,23 +16,11 @@ class BadKey(ValueError):
 
 
 def decode_key(b64: str) -> bytes:
-    """Decode a base64 WireGuard key; raises BadKey with the reason."""
-    if not isinstance(b64, str) or len(b64) != 44 or not b64.endswith("="):
-        raise BadKey("a WireGuard key is 44 characters of base64 ending in '='")
+    """The 32 bytes of a base64 WireGuard key in canonical form; raises BadKey with the reason."""
     try:
-        raw = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadKey("not valid base64") from None
-    if len(raw) != 32:
-        raise BadKey("a WireGuard key decodes to 32 bytes")
-    return raw
-
-
-def validate_public_key(b64: str) -> str:
-    raw = decode_key(b64)
-    if raw == bytes(32):
-        raise BadKey("the all-zero key is not a valid public key")
-    return b64
+        return key_bytes(b64)
+    except ValueError as e:
+        raise BadKey(str(e)) from None
 
 
 def encode_key(raw: bytes) -> str:

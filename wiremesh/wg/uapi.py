@@ -28,17 +28,24 @@ def render_set(
     listen_port: int | None = None,
     replace_all: bool = False,
 ) -> str:
-    """The body of one UAPI `set=1` request (pure; tested without a device)."""
+    """The body of one UAPI `set=1` request (pure; tested without a device). Keys go through
+    the canonical key check (key_to_hex) and peers are WgPeerConfig, checked when made, so
+    no raw text reaches the socket."""
     lines = ["set=1"]
     if private_key is not None:
         lines.append(f"private_key={key_to_hex(private_key)}")
     if listen_port is not None:
+        if isinstance(listen_port, bool) or not isinstance(listen_port, int) \
+                or not 0 <= listen_port <= 65535:
+            raise WgError(f"refusing listen port {listen_port!r}: not 0..65535")
         lines.append(f"listen_port={listen_port}")
     if replace_all:
         lines.append("replace_peers=true")
     for key in remove:
         lines += [f"public_key={key_to_hex(key)}", "remove=true"]
     for p in upsert:
+        if not isinstance(p, WgPeerConfig):
+            raise WgError(f"refusing peer {p!r}: not a WgPeerConfig")
         lines.append(f"public_key={key_to_hex(p.public_key)}")
         if p.endpoint:
             lines.append(f"endpoint={p.endpoint}")

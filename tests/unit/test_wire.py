@@ -1,0 +1,246 @@
+"""The wire contract: what the models accept, and that whatever they accept renders to UAPI and
+nftables text that parses back to the same values (so nothing accepted can inject a statement).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import re
+
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from wiremesh.agent.dataplane import desired_peers
+from wiremesh.core.models import PortRange
+from wiremesh.core.wire import (
+    NETMAP,
+    BadMessage,
+    FullMessage,
+    InboundRule,
+    Netmap,
+    NetmapPeer,
+    check_endpoint,
+    check_key,
+    check_name,
+    check_prefix,
+    encode_message,
+    parse_message,
+)
+from wiremesh.firewall.render import RenderError, render
+from wiremesh.wg.backend import WgError, WgPeerConfig
+from wiremesh.wg.uapi import parse_get, render_set
+
+KEYS = [base64.b64encode(bytes([i]) * 32).decode() for i in range(1, 6)]
+# Characters an attacker would try: line breaks, nft/UAPI syntax, other scripts' digits.
+HOSTILE = st.sampled_from(["\n", "\r", "\x00", " ", "=", ";", "{", "}", '"', "#", "\u0665",
+                           "\u0661", "\uff11", "\u00e9", "[", "]", ":", "/", "-", "."])
+
+
+def spiced(base: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """Valid-looking text, sometimes with a hostile character put in somewhere."""
+    @st.composite
+    def draw(d) -> str:
+        s = d(base)
+        if d(st.integers(0, 9)) == 5:  # hypothesis favours the ends of a range
+            i = d(st.integers(0, len(s)))
+            s = s[:i] + d(HOSTILE) + s[i:]
+        return s
+    return draw()
+
+
+names = spiced(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,10}", fullmatch=True))
+ipv4 = st.ip_addresses(v=4).map(str)
+ipv6 = st.ip_addresses(v=6).map(str)
+ports = st.integers(1, 65535)
+endpoints = spiced(st.one_of(
+    ipv4, st.builds(lambda a, p: f"{a}:{p}", ipv4, ports),
+    st.builds(lambda a, p: f"[{a}]:{p}", ipv6, ports)))
+keys = spiced(st.sampled_from(KEYS))
+overlay = spiced(st.builds(lambda i: str(ipaddress.IPv4Address(0x64400000 + i)),
+                           st.integers(1, 4000)))
+port_ranges = st.one_of(ports, st.sampled_from([0, 65536, True]),
+                        spiced(st.builds(lambda a, b: f"{min(a, b)}-{max(a, b)}", ports, ports)))
+
+
+@st.composite
+def raw_netmaps(draw) -> dict:
+    """A netmap as it could arrive on the wire (often invalid)."""
+    peers = draw(st.lists(st.fixed_dictionaries({
+        "public_key": keys, "name": names, "overlay_ip": overlay,
+        "endpoints": st.lists(endpoints, max_size=3)}), max_size=4,
+        unique_by=lambda p: p["public_key"]))
+    inbound = draw(st.lists(st.fixed_dictionaries({
+        "src": overlay,
+        "proto": st.sampled_from(["all", "tcp", "udp", "icmp"] * 3 + ["tcp\n"]),
+        "ports": st.lists(port_ranges, max_size=3)}), max_size=6))
+    return {"version": draw(st.integers(0, 10**6)), "peer_id": 1, "name": draw(names),
+            "overlay_ip": draw(overlay), "peers": peers, "inbound": inbound}
+
+
+def accepted(raw: dict) -> Netmap | None:
+    try:
+        nm = parse_message(json.dumps({"type": "full", "netmap": raw})).netmap
+    except BadMessage:
+        event("refused")
+        return None
+    event("accepted")
+    return nm
+
+
+UAPI_LINE = re.compile(r"set=1|replace_peers=true|remove=true|replace_allowed_ips=true"
+                       r"|public_key=[0-9a-f]{64}|persistent_keepalive_interval=[0-9]+"
+                       r"|endpoint=(\[[0-9a-f:.]+\]|[0-9.]+):[0-9]+"
+                       r"|allowed_ip=[0-9a-f:.]+/[0-9]+")
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw_netmaps())
+def test_accepted_netmaps_render_to_uapi_that_parses_back(raw: dict) -> None:
+    nm = accepted(raw)
+    if nm is None:
+        return
+    want = desired_peers(nm)
+    body = render_set(list(want.values()), [], replace_all=True)
+    lines = body.split("\n")
+    assert lines[-2:] == ["", ""]
+    for line in lines[:-2]:
+        assert UAPI_LINE.fullmatch(line), line
+    assert sum(line.startswith("public_key=") for line in lines) == len(want)
+    got = parse_get(body)
+    assert set(got.peers) == set(want)
+    for key, p in want.items():
+        assert got.peers[key].endpoint == p.endpoint
+        assert tuple(got.peers[key].allowed_ips) == p.allowed_ips
+
+
+def _elements(script: str) -> dict[str, list[str]]:
+    out = {}
+    for m in re.finditer(r"\tset (\w+) \{\n(.*?)\n\t\}", script, re.S):
+        out[m[1]] = [ln.strip().rstrip(",") for ln in m[2].splitlines()
+                     if ln.startswith("\t\t\t")]
+    return out
+
+
+def _rule_admits(nm: Netmap, src: str, proto: str, port: int) -> bool:
+    return any(r.src == src and (r.proto == "all" or (r.proto == proto and (
+        proto == "icmp" or not r.ports or any(p.contains(port) for p in r.ports))))
+        for r in nm.inbound)
+
+
+def _set_admits(sets: dict[str, list[str]], src: str, proto: str, port: int) -> bool:
+    if src in sets["in_any"] or (proto == "icmp" and src in sets["in_icmp"]):
+        return True
+    if proto not in ("tcp", "udp"):
+        return False
+    for e in sets[f"in_{proto}"]:
+        ip, rng = e.split(" . ")
+        r = PortRange.parse(rng.replace("0-", "1-", 1) if rng.startswith("0-") else rng)
+        if ip == src and r.contains(port):
+            return True
+    return False
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw_netmaps())
+def test_accepted_netmaps_render_to_nft_sets_that_parse_back(raw: dict) -> None:
+    nm = accepted(raw)
+    if nm is None:
+        return
+    script = render(nm, "wm0")
+    assert script.splitlines()[0] == (f"# wiremesh ruleset for {nm.name} ({nm.overlay_ip}), "
+                                      f"netmap version {nm.version}")
+    sets = _elements(script)
+    for name, elements in sets.items():
+        for e in elements:
+            parts = e.split(" . ")
+            ipaddress.IPv4Address(parts[0])  # each element parses back
+            assert name.startswith(("in_", "probe", "fwd_", "masq")), name
+    # The sets admit exactly what the rules admit, probed at every range edge.
+    probes = {1, 65535} | {x for r in nm.inbound for p in r.ports
+                           for x in (p.start - 1, p.start, p.end, p.end + 1) if 0 < x < 65536}
+    srcs = {r.src for r in nm.inbound}
+    for src in srcs:
+        for proto in ("tcp", "udp", "icmp"):
+            for port in probes:
+                assert _rule_admits(nm, src, proto, port) == _set_admits(sets, src, proto, port)
+    assert {e.split(" . ")[0] for es in sets.values() for e in es} <= srcs
+
+
+@pytest.mark.parametrize("bad", ["a\nb", "a\r", "a b", "-a", "", "a" * 64, "\u0665", "é"])
+def test_bad_names_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        check_name(bad)
+
+
+@pytest.mark.parametrize("bad", [
+    "192.0.2.1:51820\n", "192.0.2.1:\u0665\u0661", "\u0661\u0669\u0662.0.2.1", "192.0.2.1:0",
+    "192.0.2.1:65536", "[192.0.2.1]:1", "fd00::1:1:2:3:4:5:6:7", "[fd00::1%eth0]:1",
+    "host:1", "192.0.2.1:+1", "192.0.2.1: 1", " 192.0.2.1", "[fd00::1]"])
+def test_bad_endpoints_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        check_endpoint(bad)
+
+
+@pytest.mark.parametrize("given_,canonical", [
+    ("192.0.2.1:51820", "192.0.2.1:51820"), ("[FD00:0::1]:7", "[fd00::1]:7"),
+    ("fd00:0::1", "fd00::1"), ("192.0.2.1", "192.0.2.1"), ("192.0.2.1:00080", "192.0.2.1:80")])
+def test_endpoints_canonical(given_: str, canonical: str) -> None:
+    assert check_endpoint(given_) == canonical
+
+
+def test_prefix_and_key_checks() -> None:
+    assert check_prefix("198.18.0.0/16") == "198.18.0.0/16"
+    for bad in ["198.18.0.1/16", "198.18.0.0/16\n", "\u0661.0.0.0/8"]:
+        with pytest.raises(ValueError):
+            check_prefix(bad)
+    with pytest.raises(ValueError, match="canonical"):
+        check_key(KEYS[0][:42] + "B=")
+
+
+def test_renderers_refuse_raw_values() -> None:
+    """Values that never went through the wire types are refused where they would become
+    UAPI or nft text."""
+    with pytest.raises(WgError):
+        WgPeerConfig(KEYS[0], ("100.64.0.2/32",), "192.0.2.1:1\npublic_key=" + "0" * 64)
+    with pytest.raises(WgError):
+        WgPeerConfig(KEYS[0], ("100.64.0.2/32\nremove=true",))
+    with pytest.raises(WgError):
+        WgPeerConfig(KEYS[0], (), "192.0.2.1")  # an endpoint needs a port
+    with pytest.raises(WgError):
+        render_set([], [], listen_port=-1)
+    base = Netmap(version=1, peer_id=1, name="a", overlay_ip="100.64.0.1")
+    for bad in [Netmap(version=1, peer_id=1, name="a\n}", overlay_ip="100.64.0.1"),
+                Netmap(version=1, peer_id=1, name="a", overlay_ip="100.64.0.1\n"),
+                Netmap(**{**base.__dict__, "inbound": frozenset(
+                    {InboundRule("100.64.0.2", "tcp", ("22\n",))})}),  # type: ignore[arg-type]
+                Netmap(**{**base.__dict__, "inbound": frozenset(
+                    {InboundRule("100.64.0.2", "tcp; drop", ())})})]:  # type: ignore[arg-type]
+        with pytest.raises(RenderError):
+            render(bad, "wm0")
+
+
+def test_message_errors_name_the_field_on_one_line() -> None:
+    peer = NetmapPeer(KEYS[0], "b", "100.64.0.2", ("192.0.2.1:1",))
+    good = json.loads(encode_message(FullMessage(netmap=Netmap(
+        version=1, peer_id=1, name="a", overlay_ip="100.64.0.1", peers={peer.public_key: peer}))))
+    good["netmap"]["peers"][0]["endpoints"] = ["192.0.2.1:1\nremove=true"]
+    with pytest.raises(BadMessage, match=r"netmap\.peers\..*\.endpoints\.0: .*bad endpoint") as e:
+        parse_message(json.dumps(good))
+    assert "\n" not in str(e.value)
+    good["netmap"]["peers"] = [peer.__dict__ | {"endpoints": []}] * 2
+    with pytest.raises(BadMessage, match="listed twice"):
+        parse_message(json.dumps(good))
+    for junk in [b"", b"[]", b"{}", b'{"type":"full"}', b'{"type":"nope"}', b"\xff"]:
+        with pytest.raises(BadMessage):
+            parse_message(junk)
+
+
+def test_saved_netmap_form_is_the_wire_form() -> None:
+    peer = NetmapPeer(KEYS[0], "b", "100.64.0.2", ("[fd00::1]:1",))
+    nm = Netmap(version=3, peer_id=1, name="a", overlay_ip="100.64.0.1",
+                peers={peer.public_key: peer},
+                inbound=frozenset({InboundRule("100.64.0.2", "tcp", (PortRange(22, 22),))}))
+    assert NETMAP.validate_python(NETMAP.dump_python(nm, mode="json")) == nm

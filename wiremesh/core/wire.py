@@ -1,0 +1,382 @@
+"""The one contract between server and agent, and the value types every boundary shares.
+
+Value types (pydantic `Annotated` types; each validator returns the canonical form and refuses
+anything else with a message naming the bad value):
+
+- `Name`: ASCII `[A-Za-z0-9][A-Za-z0-9._-]{0,62}` (peers, groups, routes, policies, keys).
+- `WgKey`: a WireGuard public key as `wg` prints it. It must be the canonical base64 of its 32
+  bytes, so the same key can never be stored twice written differently; all-zero is refused.
+- `Endpoint`: `IP`, `IP:PORT` or `[IPv6]:PORT`, ASCII only, in canonical form (`1.2.3.4:5`,
+  `[fd00::1]:5`); an IPv6 address without a port is written bare.
+- `Prefix`: an IP network with no host bits set, canonical (`198.18.0.0/16`).
+- `OverlayIP`: an IPv4 address (the overlay is IPv4).
+- `Ports`: port ranges, written `22` or `"8000-8100"`.
+
+Wire messages. The netmap stream is NDJSON, one message a line, each one of:
+
+    {"type": "full",    "netmap": Netmap}
+    {"type": "delta",   "delta": NetmapDelta}     applies only to netmap version from_version
+    {"type": "ping",    "version": int}           keepalive; the version the server holds
+    {"type": "deleted", "peer_id": int, "public_key": WgKey}   the peer no longer exists
+
+`Netmap`, `NetmapPeer`, ... are frozen dataclasses: the policy compiler builds them at scale
+without validation cost, and pydantic (`STREAM`, `NETMAP`) validates them from JSON and
+serialises them to JSON in its Rust core. What crosses the wire is checked once on arrival
+(`parse_message`), so the agent never writes anything to UAPI or nftables that did not pass
+these types.
+
+Adding to the contract: give a new dataclass field a default (old servers omit it; old agents
+ignore unknown fields, see `_Message`), and add a new message as one more `_Message` subclass
+in the `StreamMessage` union.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+from wiremesh.core.models import PortRange, Proto
+
+# --- value types ---------------------------------------------------------------------------
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+NAME_PATTERN = f"^{_NAME.pattern}$"  # for validators that take a pattern (URL paths)
+_ASCII_DIGITS = re.compile(r"[0-9]{1,5}")
+
+
+def _str(v: Any, what: str) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"{what}: expected a string, got {type(v).__name__}")
+    return v
+
+
+def check_name(v: Any) -> str:
+    """A name (peer, group, route, policy): ASCII letters, digits, '.', '_', '-'."""
+    s = _str(v, "name")
+    if not _NAME.fullmatch(s):
+        raise ValueError(f"bad name {s[:80]!r}: 1-63 ASCII letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return s
+
+
+def key_bytes(v: Any) -> bytes:
+    """The 32 bytes of a WireGuard key written in canonical base64 (as `wg` prints it)."""
+    s = _str(v, "key")
+    if len(s) != 44 or not s.isascii():
+        raise ValueError("a WireGuard key is 44 characters of base64 ending in '='")
+    try:
+        raw = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("a WireGuard key is 44 characters of base64 ending in '='") from None
+    if len(raw) != 32 or base64.b64encode(raw).decode() != s:
+        raise ValueError(f"key {s!r} is not the canonical base64 of 32 bytes "
+                         f"(that would be {base64.b64encode(raw[:32]).decode()!r})")
+    return raw
+
+
+def check_key(v: Any) -> str:
+    """A WireGuard public key: canonical base64 of 32 bytes, not all zero."""
+    if key_bytes(v) == bytes(32):
+        raise ValueError("the all-zero key is not a valid public key")
+    return v
+
+
+def _port(text: str, whole: str) -> int:
+    if not _ASCII_DIGITS.fullmatch(text) or not 1 <= int(text) <= 65535:
+        raise ValueError(f"bad endpoint {whole!r}: port must be 1..65535")
+    return int(text)
+
+
+def check_endpoint(v: Any) -> str:
+    """`IP`, `IP:PORT` or `[IPv6]:PORT` (ASCII only), returned in canonical form."""
+    s = _str(v, "endpoint")
+    if not s.isascii() or not s.isprintable() or len(s) > 64:
+        raise ValueError(f"bad endpoint {s[:80]!r}: expected IP, IP:PORT or [IPv6]:PORT "
+                         "in ASCII")
+    host, port = s, None
+    if s.startswith("["):
+        host, sep, rest = s[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"bad endpoint {s!r}: expected [IPv6]:PORT")
+        port = _port(rest, s)
+    elif s.count(":") == 1:
+        host, rest = s.split(":")
+        port = _port(rest, s)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"bad endpoint {s!r}: {host!r} is not an IP address") from None
+    if s.startswith("[") and ip.version != 6:
+        raise ValueError(f"bad endpoint {s!r}: brackets are for IPv6 addresses")
+    if ip.version == 6 and ip.scope_id:
+        raise ValueError(f"bad endpoint {s!r}: scoped IPv6 addresses are not supported")
+    if port is None:
+        return str(ip)
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def endpoint_host_port(ep: str) -> tuple[str, int | None]:
+    """Split a canonical endpoint into address and port (None when it has none)."""
+    if ep.startswith("["):
+        host, _, port = ep[1:].partition("]:")
+        return host, int(port)
+    if ep.count(":") == 1:
+        host, port = ep.split(":")
+        return host, int(port)
+    return ep, None
+
+
+def check_prefix(v: Any) -> str:
+    """An IP network with no host bits set, canonical."""
+    s = _str(v, "prefix")
+    if not s.isascii() or len(s) > 64:
+        raise ValueError(f"bad prefix {s[:80]!r}: expected an ASCII IP network such as "
+                         "198.18.0.0/16")
+    try:
+        return str(ipaddress.ip_network(s))
+    except ValueError as e:
+        raise ValueError(f"bad prefix {s!r}: {e}") from None
+
+
+def check_ipv4(v: Any) -> str:
+    s = _str(v, "address")
+    try:
+        if not s.isascii():
+            raise ValueError
+        return str(ipaddress.IPv4Address(s))
+    except ValueError:
+        raise ValueError(f"bad address {s[:80]!r}: expected an IPv4 address") from None
+
+
+def parse_port_range(v: Any) -> PortRange:
+    """`22`, `"22"` or `"8000-8100"` (ASCII digits only)."""
+    if isinstance(v, PortRange):
+        return v
+    if isinstance(v, bool) or not isinstance(v, int | str):
+        raise ValueError(f"bad port {v!r}: expected N or \"N-M\" with 1..65535")
+    return PortRange.parse(v)
+
+
+# Each is a strict str with our check after it: serialised as a plain str (fast, in Rust),
+# while the JSON schema still says what is allowed.
+Name = Annotated[str, Strict(), AfterValidator(check_name),
+                 WithJsonSchema({"type": "string", "pattern": NAME_PATTERN})]
+WgKey = Annotated[str, Strict(), AfterValidator(check_key),
+                  WithJsonSchema({"type": "string", "minLength": 44, "maxLength": 44})]
+Endpoint = Annotated[str, Strict(), AfterValidator(check_endpoint),
+                     WithJsonSchema({"type": "string", "maxLength": 64})]
+Prefix = Annotated[str, Strict(), AfterValidator(check_prefix),
+                   WithJsonSchema({"type": "string", "maxLength": 64})]
+OverlayIP = Annotated[str, Strict(), AfterValidator(check_ipv4),
+                      WithJsonSchema({"type": "string", "maxLength": 15})]
+PortRangeT = Annotated[PortRange, PlainValidator(parse_port_range),
+                       PlainSerializer(str, return_type=str),
+                       WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1,
+                                                  "maximum": 65535},
+                                                 {"type": "string", "maxLength": 11}]})]
+Ports = tuple[PortRangeT, ...]
+Version = Annotated[int, Field(ge=0)]
+Metric = Annotated[int, Field(ge=0, le=1_000_000)]
+Endpoints = tuple[Endpoint, ...]
+
+# --- the netmap --------------------------------------------------------------------------------
+
+
+def _keyed_by(attr: str) -> Any:
+    """A dict of records by one of their fields, sent as a plain list of the records."""
+
+    def from_list(v: Any) -> Any:
+        if not isinstance(v, list | tuple):
+            return v
+        out: dict[Any, Any] = {}
+        for i, item in enumerate(v):
+            k = item.get(attr) if isinstance(item, dict) else getattr(item, attr, None)
+            k = k if isinstance(k, str) else f"(entry {i} has no valid {attr})"
+            if k in out:
+                raise ValueError(f"{attr} {k!r} is listed twice")
+            out[k] = item
+        return out
+
+    return BeforeValidator(from_list)
+
+
+def _values(d: dict[str, Any]) -> list[Any]:
+    return list(d.values())
+
+
+@dataclass(frozen=True)
+class NetmapPeer:
+    public_key: WgKey
+    name: Name
+    overlay_ip: OverlayIP
+    endpoints: Endpoints = ()
+
+
+@dataclass(frozen=True, order=True)
+class InboundRule:
+    """`src` (an overlay IP) may open connections to this peer with `proto` on `ports`."""
+
+    src: OverlayIP
+    proto: Proto
+    ports: Ports = ()
+
+
+@dataclass(frozen=True, order=True)
+class ForwardRule:
+    """On a router peer: `src` may open connections into `prefix` with `proto` on `ports`."""
+
+    src: OverlayIP
+    prefix: Prefix
+    proto: Proto
+    ports: Ports = ()
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """A network this peer may use, with candidate routers as (public key, metric)."""
+
+    name: Name
+    prefix: Prefix
+    routers: tuple[tuple[WgKey, Metric], ...]
+
+
+@dataclass(frozen=True)
+class Netmap:
+    version: Version
+    peer_id: int
+    name: Name
+    overlay_ip: OverlayIP
+    peers: Annotated[dict[WgKey, NetmapPeer], _keyed_by("public_key"),
+                     PlainSerializer(_values, return_type=list[NetmapPeer])] = field(
+        default_factory=dict)
+    inbound: frozenset[InboundRule] = frozenset()
+    routes: Annotated[dict[Name, RouteEntry], _keyed_by("name"),
+                      PlainSerializer(_values, return_type=list[RouteEntry])] = field(
+        default_factory=dict)
+    forward: frozenset[ForwardRule] = frozenset()
+    masquerade: frozenset[Prefix] = frozenset()  # prefixes this router masquerades into
+
+
+@dataclass(frozen=True)
+class NetmapDelta:
+    from_version: Version
+    to_version: Version
+    upsert_peers: tuple[NetmapPeer, ...] = ()
+    remove_peers: tuple[WgKey, ...] = ()
+    add_inbound: frozenset[InboundRule] = frozenset()
+    remove_inbound: frozenset[InboundRule] = frozenset()
+    upsert_routes: tuple[RouteEntry, ...] = ()
+    remove_routes: tuple[Name, ...] = ()
+    add_forward: frozenset[ForwardRule] = frozenset()
+    remove_forward: frozenset[ForwardRule] = frozenset()
+    masquerade: frozenset[Prefix] | None = None  # None = unchanged
+    name: Name | None = None
+    overlay_ip: OverlayIP | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.upsert_peers or self.remove_peers or self.add_inbound or self.remove_inbound
+            or self.upsert_routes or self.remove_routes or self.add_forward
+            or self.remove_forward or self.masquerade is not None or self.name is not None
+            or self.overlay_ip is not None
+        )
+
+
+def check_netmap(n: Netmap) -> Netmap:
+    """What the field types cannot say: map keys agree with the values they index."""
+    for k, p in n.peers.items():
+        if k != p.public_key:
+            raise ValueError(f"netmap peer listed under {k!r} has key {p.public_key!r}")
+    for k, r in n.routes.items():
+        if k != r.name:
+            raise ValueError(f"netmap route listed under {k!r} is named {r.name!r}")
+    return n
+
+
+# --- stream messages -----------------------------------------------------------------------
+
+
+class _Message(BaseModel):
+    # Unknown fields are ignored so a newer server can add some without breaking older agents.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class FullMessage(_Message):
+    type: Literal["full"] = "full"
+    netmap: Annotated[Netmap, AfterValidator(check_netmap)]
+
+
+class DeltaMessage(_Message):
+    type: Literal["delta"] = "delta"
+    delta: NetmapDelta
+
+    @model_validator(mode="after")
+    def _forward(self) -> DeltaMessage:
+        if self.delta.to_version < self.delta.from_version:
+            raise ValueError("delta goes back in versions")
+        return self
+
+
+class PingMessage(_Message):
+    type: Literal["ping"] = "ping"
+    version: Version
+
+
+class DeletedMessage(_Message):
+    type: Literal["deleted"] = "deleted"
+    peer_id: int
+    public_key: WgKey
+
+
+StreamMessage = Annotated[FullMessage | DeltaMessage | PingMessage | DeletedMessage,
+                          Field(discriminator="type")]
+STREAM: TypeAdapter[StreamMessage] = TypeAdapter(StreamMessage)
+NETMAP: TypeAdapter[Netmap] = TypeAdapter(Annotated[Netmap, AfterValidator(check_netmap)])
+
+
+class BadMessage(ValueError):
+    """A stream message (or saved netmap) that is not what the contract allows."""
+
+
+def describe(e: ValidationError) -> str:
+    """A validation error on one line: each bad field with what is wrong, no input echo."""
+    parts = []
+    for err in e.errors(include_url=False, include_input=False)[:5]:
+        loc = ".".join(str(x) for x in err["loc"]) or "message"
+        parts.append(f"{loc}: {err['msg']}")
+    more = e.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def parse_message(data: bytes | str) -> StreamMessage:
+    """Validate one stream message; raises BadMessage naming what is wrong."""
+    try:
+        return STREAM.validate_json(data)
+    except ValidationError as e:
+        raise BadMessage(describe(e)) from None
+
+
+def encode_message(msg: StreamMessage) -> bytes:
+    """One stream message as JSON (no newline). Serialised by its own class: going through
+    the `StreamMessage` union makes pydantic try each member, several times slower."""
+    return msg.model_dump_json().encode()
