@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import serve
 from wiremesh.agent.client import CredentialsRefused, ServerClient, enroll
 from wiremesh.agent.connection import Trust
+from wiremesh.core.wire import FullMessage, parse_message
 from wiremesh.lab.pki import ServerCert, make_ca_file, make_server_cert
 from wiremesh.server.app import create_app
 from wiremesh.wg.keys import generate_private_key, public_key_of
@@ -71,8 +72,8 @@ async def test_enrol_and_stream_over_verified_tls(tls_server: TlsServer) -> None
         first = await anext(aiter(client.netmap_stream(0)))
     finally:
         await client.close()
-    assert first["type"] == "full"
-    assert first["netmap"]["overlay_ip"] == got["overlay_ip"]
+    msg = parse_message(first)
+    assert isinstance(msg, FullMessage) and msg.netmap.overlay_ip == got["overlay_ip"]
 
 
 def test_wrong_ca_is_refused_with_the_certificate_problem(tls_server: TlsServer,
