@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import billion_laughs, serve
-from wiremesh.core.netmap import Netmap
+from wiremesh.core.wire import Netmap
 from wiremesh.server.app import create_app
 from wiremesh.server.routes_agent import _stream
 from wiremesh.wg.keys import generate_private_key, public_key_of

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from wiremesh.core.netmap import Netmap, NetmapPeer, netmap_to_json
+from wiremesh.core.wire import NETMAP, Netmap, NetmapPeer
 from wiremesh.lab.netns import Lab, missing_requirements
 from wiremesh.wg.keys import decode_key, generate_private_key, public_key_of
 
@@ -31,7 +31,7 @@ SIDE = """
 import json, subprocess, sys, time
 from wiremesh.agent.dataplane import DataPlane
 from wiremesh.agent.state import AgentConfig
-from wiremesh.core.netmap import netmap_from_json
+from wiremesh.core.wire import NETMAP
 from wiremesh.wg.uapi import WireguardGoBackend
 
 c = json.load(open(sys.argv[1]))
@@ -39,7 +39,7 @@ cfg = AgentConfig("http://192.0.2.1:1", 1, "x", "t", c["overlay_ip"], 10, c["ifn
                   c["listen_port"], [])
 dp = DataPlane(WireguardGoBackend(c["ifname"]), cfg, c["private_key"])
 dp.start()
-netmap = netmap_from_json(c["netmap"])
+netmap = NETMAP.validate_python(c["netmap"])
 print("ready", flush=True)
 start = float(sys.stdin.readline())  # CLOCK_MONOTONIC is machine-wide
 # Traffic waits for the peer before it is configured (so this side would initiate at once).
@@ -78,7 +78,8 @@ def _run_pair(lab: Lab, delays: tuple[float, float], tag: str) -> list[dict]:
         conf = lab.log_dir / f"{tag}{i}.json"
         conf.write_text(json.dumps({
             "ifname": lab.name(f"w{tag}{i}"), "listen_port": WG_PORT, "private_key": keys[i],
-            "overlay_ip": ips[i], "peer_ip": ips[j], "netmap": netmap_to_json(netmap),
+            "overlay_ip": ips[i], "peer_ip": ips[j],
+            "netmap": NETMAP.dump_python(netmap, mode="json"),
             "delay": delays[i]}))
         procs.append(subprocess.Popen(h.cmd([sys.executable, str(script), str(conf)]),
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
