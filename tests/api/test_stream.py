@@ -150,7 +150,7 @@ async def test_a_change_while_a_message_is_being_sent_is_not_lost() -> None:
     policy scenario's 15.5 s propagation)."""
     nm = Netmap(version=1, peer_id=1, name="a", overlay_ip="100.64.0.1")
     hub = _Hub(nm)
-    stream = _stream(hub, 1, 0)  # type: ignore[arg-type]
+    stream = _stream(hub, 1, "key-of-a", 0)  # type: ignore[arg-type]
     try:
         assert json.loads(await anext(stream))["type"] == "full"
         hub.publish(replace(nm, version=2, name="b"))

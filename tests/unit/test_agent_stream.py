@@ -52,7 +52,7 @@ class _Plane:
     def apply(self, netmap: Netmap) -> None:
         self.applied.append(netmap)
 
-    def next_release(self) -> None:
+    def next_due(self) -> None:
         return None
 
 
@@ -60,8 +60,9 @@ class _Client:
     def __init__(self, lines: list[str | bytes]) -> None:
         self.lines = lines
 
-    async def report_endpoints(self, listen_port: int, endpoints: list[str]) -> None:
-        return None
+    async def report_endpoints(self, listen_port: int, endpoints: list[str],
+                               candidates: list) -> dict:
+        return {}
 
     async def netmap_stream(self, since: int):
         for line in self.lines:
