@@ -285,3 +285,38 @@ def test_introspection_needs_the_relay_credential(env: RelayEnv) -> None:
     r = env.http.post("/api/v1/relay/introspect", json={"token": "nope", "wait": 99},
                       headers={"Authorization": f"Bearer {SECRET}"})
     assert r.status_code == 422 and "wait" in r.text
+
+
+@pytest.mark.parametrize(("embedded", "standalone", "advertised"), [
+    (True, [], ("/api/v1/relay",)),
+    (True, ["wss://r1.example:8443/api/v1/relay"],
+     ("wss://r1.example:8443/api/v1/relay", "/api/v1/relay")),
+    (False, ["wss://r1.example:8443/api/v1/relay"], ("wss://r1.example:8443/api/v1/relay",)),
+])
+async def test_netmaps_advertise_the_relays(tmp_path, embedded: bool, standalone: list[str],
+                                            advertised: tuple[str, ...]) -> None:
+    tokens: list[str] = []
+    app = create_app(f"sqlite:///{tmp_path}/s.db", on_admin_token=tokens.append,
+                     relay=embedded, relays=standalone)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://wm") as c:
+            key = (await c.post("/api/v1/setup-keys", json={"name": "k"}, headers={
+                "Authorization": f"Bearer {tokens[0]}"})).json()["key"]
+            r = await c.post("/api/v1/enroll", json={
+                "setup_key": key, "hostname": "a",
+                "public_key": public_key_of(generate_private_key())})
+            assert r.status_code == 201, r.text
+            await app.state.hub.refresh()
+            nm = app.state.hub.current[r.json()["peer_id"]]
+            assert nm.relays == advertised
+            assert (app.state.relay is not None) == embedded
+
+
+async def test_no_relay_means_no_relay_endpoint(tmp_path) -> None:
+    app = create_app(f"sqlite:///{tmp_path}/s.db", relay=False)
+    with serve(app) as url:
+        with pytest.raises(InvalidStatus) as e:
+            async with connect(relay_urls(url, ["/api/v1/relay"])[0], open_timeout=5):
+                pass
+        assert e.value.response.status_code in (403, 404)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from wiremesh.agent.relay_link import relay_urls
 from wiremesh.lab.demo import run_demo
 from wiremesh.lab.mesh import build_mesh, wait_until, wiremesh_cmd
 from wiremesh.lab.netns import Lab, new_run_id
@@ -41,6 +42,11 @@ def test_agent_reports_metrics_and_removes_its_firewall_on_stop() -> None:
         a = mesh.agents["m1"]
         m = a.metrics()
         assert m["wiremesh_agent_peers"] == 1 and m["wiremesh_agent_netmap_version"] > 0
+        # The netmap advertised the server's embedded relay; the agent holds a verified
+        # wss connection to it.
+        relay = relay_urls(mesh.url, ["/api/v1/relay"])[0]
+        wait_until(lambda: a.metrics().get(
+            f'wiremesh_agent_relay_connected{{url="{relay}"}}') == 1, 20, "the relay link")
         tables = a.host.run(["nft", "list", "tables"]).stdout
         assert "inet wiremesh" in tables
         mesh.stop_agent(a)

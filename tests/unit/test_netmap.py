@@ -42,6 +42,8 @@ def netmaps(draw, version: int) -> Netmap:
         inbound=frozenset(draw(st.lists(rules, max_size=6))),
         routes={r.name: r for r in rs}, forward=frozenset(draw(st.lists(fwd, max_size=3))),
         masquerade=frozenset(draw(st.sets(st.sampled_from(["198.18.1.0/24"])))),
+        relays=draw(st.sampled_from([(), ("/api/v1/relay",),
+                                     ("wss://r1.example:8443/api/v1/relay", "/api/v1/relay")])),
     )
 
 

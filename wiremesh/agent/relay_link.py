@@ -38,19 +38,18 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 10.0
 QUEUE_FRAMES = 1024
 
 
-class BadRelayURL(ValueError):
-    pass
-
-
 def relay_urls(server: str, relays: Sequence[str]) -> list[str]:
     """WebSocket URLs of `relays`; a relative entry (the server's embedded relay) is resolved
-    against the server URL, http(s) becomes ws(s)."""
+    against the server URL, http(s) becomes ws(s). Entries that are none of these are left
+    out (and logged): one bad entry must not cost the others."""
     out = []
     for r in relays:
         parts = urlsplit(urljoin(server.rstrip("/") + "/", r))
         scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-        if scheme not in ("ws", "wss") or not parts.hostname:
-            raise BadRelayURL(f"relay URL {r!r}: expected ws(s)://, http(s):// or a path")
+        if scheme not in ("ws", "wss") or not parts.hostname or not (
+                r.startswith("/") or "://" in r) or any(c.isspace() for c in r):
+            log.warning("ignoring relay %r: expected ws(s)://, http(s):// or a /path", r)
+            continue
         out.append(urlunsplit((scheme, parts.netloc, parts.path, parts.query, "")))
     return out
 

@@ -32,6 +32,7 @@ from wiremesh.agent.dataplane import DataPlane, make_backend
 from wiremesh.agent.discovery import Discovery
 from wiremesh.agent.portside import PortSide
 from wiremesh.agent.probe_responder import start_responder
+from wiremesh.agent.relay_link import RelayLink, relay_urls
 from wiremesh.agent.routes import RouteManager
 from wiremesh.agent.state import AgentConfig, AgentState
 from wiremesh.core.netmap import DeltaMismatch, apply_delta
@@ -114,6 +115,9 @@ class Agent:
         self._release: asyncio.Task | None = None
         self.routes = RouteManager(self.state.config.interface)
         metrics.FAILOVERS.set_function(lambda: self.routes.failovers)
+        # The path manager points a peer's WireGuard endpoint at `relay.endpoint(key)` when
+        # direct fails; the link stays connected either way so relayed peers reach us.
+        self.relay: RelayLink | None = None
 
     async def _write(self, step: Callable[[Netmap], None], netmap: Netmap) -> None:
         """Run a data-plane step for `netmap`. Holding the route manager's lock keeps a
@@ -130,6 +134,8 @@ class Agent:
         metrics.PEERS.set(len(netmap.peers))
         metrics.INBOUND_RULES.set(len(netmap.inbound))
         metrics.NETMAP_UPDATES.inc()
+        if self.relay is not None:
+            self.relay.set_relays(relay_urls(self.state.config.server, netmap.relays))
         if persist:
             self.state.netmap = netmap
             statefile.save(self.state_dir, self.state)
@@ -200,6 +206,14 @@ class Agent:
             if cfg.insecure:
                 log.warning(INSECURE_WARNING.format(url=cfg.server))
             await _until_trusted(cfg)
+            # Relays are verified like the server; the link works while the server is down.
+            held = self.state.netmap.relays if self.state.netmap else ()
+            self.relay = RelayLink(relay_urls(cfg.server, held), cfg.token, cfg.listen_port,
+                                   verify=cfg.trust.verify())
+            metrics.RELAY.link = self.relay
+            relay_task = asyncio.create_task(self.relay.run())
+            stack.push_async_callback(_cancel, relay_task)
+            stack.push_async_callback(self.relay.close)
             client = ServerClient(cfg.server, cfg.token, cfg.trust)
             stack.push_async_callback(client.close)
             await self._follow_forever(client)

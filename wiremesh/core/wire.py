@@ -38,6 +38,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -104,6 +105,19 @@ def _port(text: str, whole: str) -> int:
     if not _ASCII_DIGITS.fullmatch(text) or not 1 <= int(text) <= 65535:
         raise ValueError(f"bad endpoint {whole!r}: port must be 1..65535")
     return int(text)
+
+
+def check_relay(v: Any) -> str:
+    """Where a relay is: a ws(s):// or http(s):// URL with a host, or a path on the server's
+    own URL (its embedded relay), ASCII without spaces."""
+    s = _str(v, "relay")
+    parts = urlsplit(s) if s.isascii() and s.isprintable() and " " not in s else None
+    ok = parts is not None and len(s) <= 512 and (
+        (parts.scheme in ("ws", "wss", "http", "https") and bool(parts.hostname))
+        or (not parts.scheme and not parts.netloc and s.startswith("/")))
+    if not ok:
+        raise ValueError(f"bad relay {s[:80]!r}: expected wss://HOST[:PORT]/PATH or /PATH")
+    return s
 
 
 def check_endpoint(v: Any) -> str:
@@ -197,6 +211,8 @@ Ports = tuple[PortRangeT, ...]
 Version = Annotated[int, Field(ge=0)]
 Metric = Annotated[int, Field(ge=0, le=1_000_000)]
 Endpoints = tuple[Endpoint, ...]
+Relay = Annotated[str, Strict(), AfterValidator(check_relay),
+                  WithJsonSchema({"type": "string", "maxLength": 512})]
 
 # --- the netmap --------------------------------------------------------------------------------
 
@@ -274,6 +290,9 @@ class Netmap:
         default_factory=dict)
     forward: frozenset[ForwardRule] = frozenset()
     masquerade: frozenset[Prefix] = frozenset()  # prefixes this router masquerades into
+    # Relays to reach peers through when direct fails, in order of preference (server-wide,
+    # set by the hub): standalone relays' URLs, and the embedded relay as a path.
+    relays: tuple[Relay, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -289,6 +308,7 @@ class NetmapDelta:
     add_forward: frozenset[ForwardRule] = frozenset()
     remove_forward: frozenset[ForwardRule] = frozenset()
     masquerade: frozenset[Prefix] | None = None  # None = unchanged
+    relays: tuple[Relay, ...] | None = None  # None = unchanged
     name: Name | None = None
     overlay_ip: OverlayIP | None = None
 
@@ -298,7 +318,7 @@ class NetmapDelta:
             self.upsert_peers or self.remove_peers or self.add_inbound or self.remove_inbound
             or self.upsert_routes or self.remove_routes or self.add_forward
             or self.remove_forward or self.masquerade is not None or self.name is not None
-            or self.overlay_ip is not None
+            or self.overlay_ip is not None or self.relays is not None
         )
 
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from wiremesh.relay.switch import RelaySwitch
+from wiremesh.relay.switch import RELAY_PATH, RelaySwitch
 from wiremesh.server import (
     errors,
     metrics,
@@ -48,7 +48,9 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
         token = await store.bootstrap()
         if token is not None and on_admin_token is not None:
             on_admin_token(token)
-        hub = NetmapHub(store)
+        # Standalone relays first: every agent picks the first that works, so peers meet
+        # on the same relay; the embedded one (a path on the server's URL) is the fallback.
+        hub = NetmapHub(store, [*relays, *([RELAY_PATH] if relay else [])])
         await hub.refresh()
         enrolments = EnrolmentQueue(store)
         app.state.store, app.state.hub, app.state.enrolments = store, hub, enrolments

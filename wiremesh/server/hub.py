@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 
 from wiremesh.core.models import MeshState
@@ -43,8 +44,9 @@ def _encode_deltas(
 
 
 class NetmapHub:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, relays: Sequence[str] = ()) -> None:
         self.store = store
+        self.relays = tuple(relays)  # advertised in every netmap
         self.revision = 0
         self.state = MeshState()
         self.compiler: PolicyCompiler | None = None
@@ -84,7 +86,7 @@ class NetmapHub:
                     current.pop(pid, None)
                     self.history.pop(pid, None)
                     continue
-                current[pid] = replace(nm, version=rev)
+                current[pid] = replace(nm, version=rev, relays=self.relays)
                 if old is not None:
                     self.history.setdefault(pid, deque(maxlen=HISTORY)).append(old)
                     pairs[pid] = (old, current[pid])
