@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--pings", type=int, default=20)
     args = p.parse_args()
     console = Console(stderr=True)
-    with Lab() as lab, relay_pair(lab) as (_, a, b):
+    with Lab() as lab, relay_pair(lab) as (mesh, a, b):
         first = ping_pairs([(a.host, b.overlay_ip)], deadline_s=20)
         if first[(a.host.name, b.overlay_ip)] is None:
             raise SystemExit("no ping through the relay within 20 s")
@@ -76,6 +76,7 @@ def main() -> None:
         got = bulk(a, b, args.seconds)
         mbit = got["bytes"] * 8 / got["seconds"] / 1e6
         m = host_metrics(a.host)
+        srv = host_metrics(mesh.server, f"{mesh.url}/metrics", mesh.tls.ca_file)
     result = {
         "relay_mbit": round(mbit, 1),
         "bulk_seconds": round(got["seconds"], 2),
@@ -84,6 +85,8 @@ def main() -> None:
         "ping_ms_max": round(max(ok), 2) if ok else None,
         "pings_lost": len(rtts) - len(ok),
         "link_dropped": int(m.get("wiremesh_agent_relay_dropped_total", 0)),
+        "relay_forwarded": int(srv.get('wiremesh_relay_frames_total{outcome="forwarded"}', 0)),
+        "relay_congested": int(srv.get('wiremesh_relay_frames_total{outcome="congested"}', 0)),
     }
     t = Table(title="WireGuard over the relay (UDP blocked, wss to the server's relay)")
     t.add_column("measure")
