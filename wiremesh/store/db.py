@@ -6,10 +6,10 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -71,6 +71,35 @@ def make_engine(url: str) -> AsyncEngine:
     return create_async_engine(aurl, pool_size=10, max_overflow=20)
 
 
+# PostgreSQL advisory lock keys (one 64-bit namespace per database, shared with any other
+# application in it, hence the unlikely values).
+MIGRATE_LOCK = 0x776D_6D69_6772_6174
+WRITE_LOCK = 0x776D_7772_6974_6573
+
+
+def is_postgres(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def snapshot_reads(engine: AsyncEngine) -> AsyncEngine:
+    """The engine for read-only transactions. On PostgreSQL each one is one consistent
+    snapshot (REPEATABLE READ; READ COMMITTED would let every statement see a different
+    database); SQLite in WAL mode gives that already from a transaction's first read."""
+    opts: dict[str, object] = {READ_ONLY: True}
+    if is_postgres(engine):
+        opts.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    return engine.execution_options(**opts)
+
+
+async def lock_writers(conn: AsyncConnection) -> None:
+    """Make this transaction the only writer until it ends, as SQLite's BEGIN IMMEDIATE
+    does: each statement after the lock sees every write committed before it, so a
+    read-then-write (IPAM, unique names, replace-all) cannot race a writer of another
+    replica."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK})
+
+
 def _upgrade(conn: Connection) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -80,4 +109,8 @@ def _upgrade(conn: Connection) -> None:
 
 async def migrate(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
+        if is_postgres(engine):
+            # Replicas starting at once: the first migrates, the others wait and find the
+            # schema at head (released at commit). SQLite's BEGIN IMMEDIATE does the same.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATE_LOCK})
         await conn.run_sync(_upgrade)

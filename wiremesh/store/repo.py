@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from wiremesh.core.ipam import IpamExhausted, address_at, next_free_index
 from wiremesh.core.models import MeshState, PeerInfo, Policy, PortRange, Route
-from wiremesh.store.db import READ_ONLY
+from wiremesh.store.db import is_postgres, lock_writers, snapshot_reads
 from wiremesh.store.tables import (
     AdminToken,
     AuditEntry,
@@ -166,12 +166,11 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self.reads = async_sessionmaker(engine.execution_options(**{READ_ONLY: True}),
-                                        expire_on_commit=False)
+        self.reads = async_sessionmaker(snapshot_reads(engine), expire_on_commit=False)
         # SQLite has one writer at a time and its busy handler is a sleep-and-retry loop
         # that lets an unlucky writer starve; queueing our writers in a fair FIFO lock keeps
         # busy waits for the rare writer from another process.
-        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        self._write_lock = None if is_postgres(engine) else asyncio.Lock()
         self._peer_infos: dict[int, tuple[tuple[Any, ...], PeerInfo]] = {}
 
     @asynccontextmanager
@@ -181,6 +180,7 @@ class Store:
                 await stack.enter_async_context(self._write_lock)
             s = await stack.enter_async_context(self.sessions())
             await stack.enter_async_context(s.begin())
+            await lock_writers(await s.connection())
             yield s
 
     # --- counters ------------------------------------------------------------------------
@@ -190,9 +190,14 @@ class Store:
         return int(v or 0)
 
     async def _bump(self, s: AsyncSession) -> int:
-        rev = await self._counter(s, "revision") + 1
-        await s.execute(update(Meta).where(Meta.key == "revision").values(value=rev))
-        if self.engine.dialect.name == "postgresql":
+        # One statement, so no two changes can ever get the same revision (a hub that holds
+        # a revision never loads a second change committed under it).
+        rev = await s.scalar(
+            update(Meta).where(Meta.key == "revision").values(value=Meta.value + 1)
+            .returning(Meta.value).execution_options(synchronize_session=False))
+        if rev is None:
+            raise RuntimeError("the store has no revision counter: was it bootstrapped?")
+        if is_postgres(self.engine):
             # Delivered at commit (never for a rolled-back change) to every replica's listen().
             await s.execute(text(f"NOTIFY {CHANGES_CHANNEL}"))
         return rev
@@ -201,7 +206,7 @@ class Store:
         """Call `on_change` whenever any replica commits a change (PostgreSQL LISTEN); returns
         the coroutine function that stops listening. On SQLite, replicas share a file on one
         machine and the hub's revision poll is all there is, so this does nothing."""
-        if self.engine.dialect.name != "postgresql":
+        if not is_postgres(self.engine):
             async def nothing() -> None:
                 return None
 
@@ -292,7 +297,7 @@ class Store:
         hashes = [hash_secret(r.setup_key) for r in reqs]
         async with self.tx() as s:
             keys = {k.key_hash: k for k in await s.scalars(
-                select(SetupKey).where(SetupKey.key_hash.in_(set(hashes))).with_for_update())}
+                select(SetupKey).where(SetupKey.key_hash.in_(set(hashes))))}
             taken_keys = set(await s.scalars(select(Peer.public_key).where(
                 Peer.public_key.in_([r.public_key for r in reqs]))))
             used_ips = set(await s.scalars(select(Peer.overlay_ip)))
