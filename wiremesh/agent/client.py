@@ -41,7 +41,8 @@ async def enroll(server: str, body: dict[str, Any], trust: Trust,
         r = await c.post("/api/v1/enroll", json=body)
     if r.status_code != 201:
         raise ServerRefused(f"enrolment refused ({r.status_code}): {_problem(r)}")
-    return r.json()
+    enrolled: dict[str, Any] = r.json()
+    return enrolled
 
 
 class ServerClient:
@@ -67,7 +68,8 @@ class ServerClient:
                                 json={"listen_port": listen_port, "endpoints": endpoints,
                                       "candidates": candidates})
         self._check(r)
-        return r.json()
+        answer: dict[str, Any] = r.json()
+        return answer
 
     async def netmap_stream(self, since: int) -> AsyncIterator[str]:
         """The stream's lines as they come; the caller validates each one."""

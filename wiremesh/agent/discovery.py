@@ -53,7 +53,7 @@ class Discovery:
         except OSError as e:
             log.warning("cannot resolve the server %s for STUN: %s", host, e)
             return None
-        return infos[0][4][0], self.stun_port
+        return str(infos[0][4][0]), self.stun_port
 
     async def candidates(self) -> Candidates:
         port = self.cfg.listen_port

@@ -6,6 +6,7 @@ import os
 import secrets
 import ssl
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import typer
@@ -95,7 +96,7 @@ def tls_files(cert: Path | None, key: Path | None) -> tuple[str, str] | None:
 
 
 # Relay frames are at most 32 + 65535 bytes; encrypted packets do not compress.
-RELAY_WS_OPTIONS = {"ws_max_size": 1 << 17, "ws_per_message_deflate": False}
+RELAY_WS_OPTIONS: dict[str, Any] = {"ws_max_size": 1 << 17, "ws_per_message_deflate": False}
 
 
 def write_secret(path: Path, text: str) -> None:

@@ -222,10 +222,10 @@ class PolicyCompiler:
         new_pols = {p.name: p for p in new.policies}
         for name in self._policies.keys() - new_pols.keys():
             todo |= self._set_policy(name, None)
-        for name, p in new_pols.items():
+        for name, pol in new_pols.items():
             old_pol = self._policies.get(name)
-            if old_pol is None or (old_pol is not p and old_pol != p):
-                todo |= self._set_policy(name, p)
+            if old_pol is None or (old_pol is not pol and old_pol != pol):
+                todo |= self._set_policy(name, pol)
         # Keep the snapshot's policy and route order (it is what `state()` gives back).
         self._policies = new_pols
         self._routes = new_routes
@@ -286,6 +286,7 @@ class PolicyCompiler:
                 todo |= self._refresh_group(g)
             return todo
         todo = {p.id} | self._known(p.id)
+        assert old_np is not None  # a known peer has its netmap entry
         if old_np != new_np:
             for g in groups:
                 for name in self._by_src.get(g, ()):
@@ -332,7 +333,7 @@ class PolicyCompiler:
             self._members[g] = new_eff
             todo: set[int] = set()
         else:
-            todo = (old_eff ^ new_eff) | self._refresh_group(g)
+            todo = self._refresh_group(g) | (old_eff ^ new_eff)
         if members is None:
             self._members.pop(g, None)
         return todo

@@ -35,7 +35,7 @@ API:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -224,7 +224,8 @@ def _check_limits(text: str) -> None:
     open_: list[list[Any]] = [[None, 0, 0]]  # open collections: [anchor, values, height]
 
     def refuse(ev: yaml.Event, why: str) -> PolicyFileError:
-        return PolicyFileError("policy", [Issue(ev.start_mark.line + 1, "", f"refused: {why}")])
+        line = ev.start_mark.line + 1 if ev.start_mark else None
+        return PolicyFileError("policy", [Issue(line, "", f"refused: {why}")])
 
     for ev in yaml.parse(text, Loader=_SafeLoader):
         if isinstance(ev, yaml.CollectionStartEvent):
@@ -235,6 +236,7 @@ def _check_limits(text: str) -> None:
         elif isinstance(ev, yaml.ScalarEvent):
             anchor, size, height = ev.anchor, 1, 1
         elif isinstance(ev, yaml.AliasEvent):
+            assert ev.anchor is not None  # an alias always names its anchor
             if any(c[0] == ev.anchor for c in open_):
                 raise refuse(ev, f"alias *{ev.anchor} refers to a node that contains it")
             anchor, (size, height) = None, anchored.get(ev.anchor, (1, 1))
@@ -355,7 +357,8 @@ def parse(text: str, state: MeshState | None = None, source: str = "policy") -> 
     )
 
 
-def _check_names(f: _FileIn, state: MeshState | None, issue) -> None:
+def _check_names(f: _FileIn, state: MeshState | None,
+                 issue: Callable[[Path, str], None]) -> None:
     peers = None if state is None else {p.name for p in state.peers.values()}
     groups = {ALL_GROUP, *f.groups, *(state.groups if state else ())}
     routes = {r.name for r in f.routes} if f.routes is not None else (
@@ -389,9 +392,9 @@ def _check_names(f: _FileIn, state: MeshState | None, issue) -> None:
             for j, g in enumerate(getattr(p, key)):
                 if g not in groups:
                     issue(("policies", i, key, j), f"unknown group {g!r}")
-        for j, r in enumerate(p.routes):
-            if routes is not None and r not in routes:
-                issue(("policies", i, "routes", j), f"unknown route {r!r}")
+        for j, rname in enumerate(p.routes):
+            if routes is not None and rname not in routes:
+                issue(("policies", i, "routes", j), f"unknown route {rname!r}")
     for i, t in enumerate(f.tests):
         peer(("tests", i, "src"), t.src)
         peer(("tests", i, "dst"), t.dst)
@@ -477,11 +480,11 @@ def export(state: MeshState, tests: Iterable[PolicyTest] = ()) -> str:
             out["routes"] = _Flow(p.destination_routes)
         policies.append(out)
     doc["policies"] = policies
-    tests = [{k: v for k, v in (("src", t.src), ("dst", t.dst), ("proto", t.proto),
-                                ("port", t.port), ("expect", t.expect)) if v is not None}
-             for t in tests]
-    if tests:
-        doc["tests"] = tests
+    tests_out = [{k: v for k, v in (("src", t.src), ("dst", t.dst), ("proto", t.proto),
+                                    ("port", t.port), ("expect", t.expect)) if v is not None}
+                 for t in tests]
+    if tests_out:
+        doc["tests"] = tests_out
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
 
 

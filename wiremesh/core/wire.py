@@ -98,7 +98,7 @@ def check_key(v: Any) -> str:
     """A WireGuard public key: canonical base64 of 32 bytes, not all zero."""
     if key_bytes(v) == bytes(32):
         raise ValueError("the all-zero key is not a valid public key")
-    return v
+    return _str(v, "key")
 
 
 def _port(text: str, whole: str) -> int:

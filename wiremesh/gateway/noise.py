@@ -119,6 +119,8 @@ def tai64n(unix_seconds: float | None = None) -> bytes:
 
 
 def tai64n_to_unix(ts: bytes) -> float:
+    secs: int
+    nanos: int
     secs, nanos = struct.unpack(">QI", ts)
     return secs - _TAI64_BASE + nanos / 1e9
 

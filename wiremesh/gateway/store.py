@@ -186,12 +186,12 @@ class KnownPeerStore:
 
     def count(self) -> int:
         try:
-            return self.db.execute("SELECT count(*) FROM known_peers").fetchone()[0]
+            return int(self.db.execute("SELECT count(*) FROM known_peers").fetchone()[0])
         except sqlite3.Error as e:
             raise StoreUnavailable(f"{self.path}: count: {e}") from None
 
     def _read_data_version(self) -> int:
-        return self.db.execute("PRAGMA data_version").fetchone()[0]
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     def changed(self) -> bool:
         """True when another connection committed since the last call (e.g. an import ended),

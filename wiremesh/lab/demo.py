@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wiremesh.lab.mesh import MeshLab, build_mesh, ping_pairs
-from wiremesh.lab.netns import Lab
+from wiremesh.lab.netns import Host, Lab
 
 
 def pair_table(title: str, mesh: MeshLab, ips: dict[str, str],
@@ -32,7 +32,7 @@ def pair_table(title: str, mesh: MeshLab, ips: dict[str, str],
     return t
 
 
-def all_pairs(mesh: MeshLab, ips: dict[str, str]):
+def all_pairs(mesh: MeshLab, ips: dict[str, str]) -> list[tuple[Host, str]]:
     return [(a.host, ips[b]) for a_name, a in mesh.agents.items() for b in mesh.agents
             if b != a_name]
 

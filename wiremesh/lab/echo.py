@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def send(dst: tuple[str, int], out: Path, interval: float) -> dict[str, int]:
             return counts
 
 
-def _receive(s: socket.socket, log, counts: dict[str, int]) -> None:
+def _receive(s: socket.socket, log: TextIO, counts: dict[str, int]) -> None:
     try:
         data, _ = s.recvfrom(2048)
     except OSError:

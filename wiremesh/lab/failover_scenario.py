@@ -227,9 +227,9 @@ class FailoverScenario:
 
         def steady() -> bool:
             actives = {self.active_router(c) for c in CLIENTS}
-            if len(actives) != 1 or None in actives:
+            active = actives.pop() if len(actives) == 1 else None
+            if active is None:
                 return False
-            active = next(iter(actives))
             rx = {c: self.router_rx(c) for c in CLIENTS}
             answering = all(rx[c].get(r, 0) - base[c].get(r, 0) >= ANSWERING_BYTES
                             for c in CLIENTS for r in ROUTER_METRICS)

@@ -26,7 +26,8 @@ AGENT_METRICS_PORT = 9101  # on each agent host's own loopback
 UNDERLAY = "192.0.2.0/24"
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.05):
+def wait_until(pred: Callable[[], bool], timeout: float, what: str,
+               interval: float = 0.05) -> None:
     """Poll `pred` until true; raises LabError naming `what` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -66,7 +67,8 @@ class LabAgent:
     def overlay_ip(self) -> str:
         """From the agent's saved state (no round trip to the server)."""
         state = json.loads((self.state_dir / "state.json").read_text())
-        return state["config"]["overlay_ip"]
+        ip: str = state["config"]["overlay_ip"]
+        return ip
 
     def metrics(self) -> dict[str, float]:
         """The agent's Prometheus samples (name -> value), read inside its namespace."""

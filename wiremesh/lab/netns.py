@@ -40,7 +40,7 @@ class LabError(RuntimeError):
 
 def check_lab_address(addr: str) -> None:
     net = ipaddress.ip_interface(addr).network
-    if not any(net.subnet_of(a) for a in ALLOWED_NETS if a.version == net.version):
+    if not any(net.network_address in a and net.broadcast_address in a for a in ALLOWED_NETS):
         raise LabError(f"{addr} is outside the lab's address ranges")
 
 
@@ -57,7 +57,8 @@ def missing_requirements() -> list[str]:
     return missing
 
 
-def run(cmd: Sequence[str], check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+def run(cmd: Sequence[str], check: bool = True,
+        timeout: float = 30) -> subprocess.CompletedProcess[str]:
     res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
         raise LabError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
@@ -85,7 +86,8 @@ class Host:
     def cmd(self, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.ns, *argv]
 
-    def run(self, argv: Sequence[str], check: bool = True, timeout: float = 30):
+    def run(self, argv: Sequence[str], check: bool = True,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return run(self.cmd(argv), check=check, timeout=timeout)
 
     def popen(self, argv: Sequence[str], log: Path | None = None,

@@ -295,8 +295,8 @@ def live_change(mesh: MeshLab, ips: Mapping[str, str],
 
 def summary_table(title: str, tally: Tally) -> Table:
     t = Table(title=title)
-    for c in ("proto", "probes", "allowed_ok", "denied_blocked", "violations"):
-        t.add_column(c, justify="left" if c == "proto" else "right")
+    for col in ("proto", "probes", "allowed_ok", "denied_blocked", "violations"):
+        t.add_column(col, justify="left" if col == "proto" else "right")
     for proto in ("tcp", "udp", "icmp"):
         c = tally.counts.get(proto, {})
         v = c.get("violations", 0)

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from wiremesh.lab.mesh import AGENT_METRICS_PORT, MeshLab, build_mesh
 from wiremesh.lab.netns import Host, Lab, LabError
@@ -34,7 +34,7 @@ WG_PORT = 51820
 class RelayPeer:
     host: Host
     wg: WireguardGoBackend
-    proc: subprocess.Popen
+    proc: subprocess.Popen[str]
     public_key: str
     overlay_ip: str
 
@@ -43,7 +43,8 @@ class RelayPeer:
         assert self.proc.stdin is not None
         self.proc.stdin.write(peer_key + "\n")
         self.proc.stdin.flush()
-        return _line(self.proc, self.host)["endpoint"]
+        endpoint: str = _line(self.proc, self.host)["endpoint"]
+        return endpoint
 
     def relay_through(self, other: RelayPeer) -> None:
         """Point wireguard-go's peer `other` at the relay link."""
@@ -51,12 +52,13 @@ class RelayPeer:
                                         self.endpoint_for(other.public_key))], [])
 
 
-def _line(proc: subprocess.Popen, host: Host) -> dict:
+def _line(proc: subprocess.Popen[str], host: Host) -> dict[str, Any]:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
         raise LabError(f"relay peer on {host.name} exited ({proc.wait()}); see its log")
-    return json.loads(line)
+    msg: dict[str, Any] = json.loads(line)
+    return msg
 
 
 def start_peer(mesh: MeshLab, host: Host, ifname: str, setup_key: str) -> RelayPeer:

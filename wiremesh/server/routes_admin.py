@@ -26,7 +26,8 @@ router = APIRouter(prefix="/api/v1")
 
 
 def _store(request: Request) -> Store:
-    return request.app.state.store
+    store: Store = request.app.state.store
+    return store
 
 
 def _key_out(k: SetupKey, plaintext: str | None = None) -> SetupKeyOut:

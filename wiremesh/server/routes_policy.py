@@ -48,7 +48,8 @@ class RouteIn(Strict):
 
 
 def _store(request: Request) -> Store:
-    return request.app.state.store
+    store: Store = request.app.state.store
+    return store
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ async def policy_apply(body: PolicyText, request: Request,
 
 @router.get("/policy/export", response_class=PlainTextResponse)
 async def policy_export(request: Request, _: str = Depends(admin_actor)) -> str:
-    _, state = await _store(request).load_state()
+    state = (await _store(request).load_state())[1]
     return export(state)
 
 
@@ -136,7 +137,7 @@ async def policy_explain(
     port: int | None = Query(None, ge=1, le=65535),
     _: str = Depends(admin_actor),
 ) -> Any:
-    _, state = await _store(request).load_state()
+    state = (await _store(request).load_state())[1]
     try:
         ex = explain(state, src, dst, proto, port)
     except ValueError as e:

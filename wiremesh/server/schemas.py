@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
@@ -20,20 +20,22 @@ IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 MAX_EXPIRY_S = 10 * 365 * 86400
 
 
-def bounded(lo: int, hi: int, unit: str) -> Any:
-    """An int in [lo, hi] whose error names the whole allowed range, not just one bound."""
+def in_range(lo: int, hi: int, unit: str) -> AfterValidator:
+    """An int check whose error names the whole allowed range, not just one bound."""
 
     def check(v: int) -> int:
         if not lo <= v <= hi:
             raise ValueError(f"must be between {lo} and {hi} {unit}")
         return v
 
-    return Annotated[int, AfterValidator(check),
-                     WithJsonSchema({"type": "integer", "minimum": lo, "maximum": hi})]
+    return AfterValidator(check)
 
 
-UsageLimit = bounded(0, MAX_ID, "enrolments")
-ExpirySeconds = bounded(1, MAX_EXPIRY_S, "seconds (10 years)")
+UsageLimit = Annotated[int, in_range(0, MAX_ID, "enrolments"),
+                       WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_ID})]
+ExpirySeconds = Annotated[int, in_range(1, MAX_EXPIRY_S, "seconds (10 years)"),
+                          WithJsonSchema({"type": "integer", "minimum": 1,
+                                          "maximum": MAX_EXPIRY_S})]
 
 
 class Strict(BaseModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, cast
 
 from wiremesh.core.stun import Mapped, StunError, binding_response, parse_request
 from wiremesh.server import metrics
@@ -17,10 +18,12 @@ DEFAULT_PORT = 3478
 
 
 class _Responder(asyncio.DatagramProtocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    transport: asyncio.DatagramTransport
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         try:
             txid = parse_request(data)
         except StunError as e:

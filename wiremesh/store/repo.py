@@ -213,6 +213,7 @@ class Store:
             return nothing
         conn = await self.engine.connect()
         raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None  # asyncpg's connection, open until stop()
         callback = lambda *_args: on_change()  # noqa: E731 - asyncpg passes 4 arguments
         await raw.add_listener(CHANGES_CHANNEL, callback)
 

@@ -153,7 +153,7 @@ class Captured:
     dst_addr: bytes  # the address it was sent to (the gateway answers from it)
 
 
-def parse_ip_udp(frame: bytes) -> Captured | None:
+def parse_ip_udp(frame: bytes | memoryview) -> Captured | None:
     """IP header onwards -> the UDP payload and its source, or None if it does not fit."""
     if len(frame) < 20:
         return None
