@@ -8,7 +8,9 @@ Phases, in one lab run (namespaces, real wireguard-go everywhere):
   3. install rate: initiations crafted by our Noise initiator for known keys, blasted from
      many source addresses; installs/s as counted by the gateway's own metrics
   4. once everything was evicted (TTL), the clients connect again while a flood of
-     unknown-key initiations (valid mac1, fresh keys) and garbage hits the gateway
+     unknown-key initiations (valid mac1, fresh keys) and garbage hits the gateway; the flood
+     exceeds the gateway's DH budget, so the clients get cookie replies and come back with
+     mac2 at wireguard-go's 5 s handshake retry (their first reply time shows that price)
   5. eager baseline: all known peers written into a plain wireguard-go in batches, bounded
      by a timeout and an RSS cap (so it cannot take the machine down)
 Prints a table, then one JSON line.
@@ -67,6 +69,14 @@ def connect_waves(clients: list[labkit.WgClient], waves: int, gap_s: float = 0.0
     return out
 
 
+def installed_or_not(m: dict[str, float]) -> tuple[float, float]:
+    """Installs, and initiations the gateway will never install: beyond the DH budget
+    (answered with a cookie, which crafted senders ignore) or skipped as stale."""
+    return (m["wiremesh_gateway_installed_total"],
+            m['wiremesh_gateway_dropped_total{reason="stale"}']
+            + sum(v for k, v in m.items() if k.startswith("wiremesh_gateway_cookie_replies_total")))
+
+
 def crafted(privs: list[bytes], gw_pub: bytes) -> bytes:
     return b"".join(noise.create_initiation(p, gw_pub) for p in privs)
 
@@ -111,8 +121,8 @@ def eager_baseline(lab: Lab, host: Host, lines: list[tuple[str, str]], timeout_s
 
 
 def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float,
-        flood_unique: int, flood_wave_gap: float, sources: int, ttl: float, eager: bool,
-        eager_timeout: float, eager_rss_cap_mb: float) -> dict:
+        flood_unique: int, flood_wave_gap: float, sources: int, ttl: float, dh_per_second: float,
+        eager: bool, eager_timeout: float, eager_rss_cap_mb: float) -> dict:
     console.print(f"generating {known} known keys ({n_clients} clients, {synthetic} synthetic)")
     client_keys = [generate_private_key() for _ in range(n_clients)]
     synth_priv = [os.urandom(32) for _ in range(synthetic)]
@@ -140,7 +150,8 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
             flooder.run(["ip", "addr", "add", f"{ip}/24", "dev", lab.link_of(flooder, sw)])
         gw = labkit.start_gateway(lab, gw_host, db, "--ttl", str(ttl), "--poll-interval", "0.5",
                                   "--max-active", str(max(100_000, synthetic + n_clients)),
-                                  timeout_s=120)
+                                  "--dh-per-second", str(dh_per_second),
+                                  "--dh-burst", str(dh_per_second), timeout_s=120)
         cleanup.callback(gw.stop)
         gw_pub = decode_key(gw.public_key)
         clients = []
@@ -158,14 +169,17 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
         console.print(f"phase 2: {synthetic} crafted initiations for known keys")
         packets = lab.log_dir / "synthetic.bin"
         packets.write_bytes(crafted(synth_priv, gw_pub))
-        before = gw.metrics()["wiremesh_gateway_installed_total"]
+        before = installed_or_not(gw.metrics())
         sent = subprocess.run(labkit.blast_cmd(flooder, packets, GW_IP, 0, 0, flood_ips),
                               check=True, stdout=subprocess.PIPE, text=True, timeout=300)
-        wait_until(lambda: gw.metrics()["wiremesh_gateway_installed_total"] >= before + synthetic,
+        wait_until(lambda: sum(installed_or_not(gw.metrics())) >= sum(before) + synthetic,
                    120, "synthetic installs", interval=0.02)
         # From the first crafted packet sent to the last install counted (same clock).
         res["install_s"] = time.time() - json.loads(sent.stdout)["started_unix"]
-        res["installs_per_s"] = synthetic / res["install_s"]
+        installed, not_installed = (a - b for a, b in zip(installed_or_not(gw.metrics()), before,
+                                                    strict=True))
+        res["installs_per_s"] = installed / res["install_s"]
+        res["synthetic_not_installed"] = not_installed
 
         console.print("waiting for the TTL to evict everything")
         wait_until(lambda: gw.metrics()["wiremesh_gateway_active_peers"] == 0, ttl * 3 + 30,
@@ -176,7 +190,7 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
         flood = lab.log_dir / "flood.bin"
         garbage = b"".join(b"\x01\x00\x00\x00" + os.urandom(144) for _ in range(flood_unique))
         flood.write_bytes(crafted(strangers, gw_pub) + garbage)
-        m0 = gw.metrics()
+        m0, t0 = gw.metrics(), time.monotonic()
         blaster = subprocess.Popen(labkit.blast_cmd(flooder, flood, GW_IP, flood_pps, 600,
                                                     flood_ips), stdout=subprocess.DEVNULL)
         try:
@@ -188,7 +202,7 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
             res["flood_connect_ms"] = connect_waves(clients, waves, gap_s=flood_wave_gap)
             pids = gw.pids()
             res["rss"] = {name: labkit.rss_mb(pid) for name, pid in pids.items()}
-            m1 = gw.metrics()
+            m1, t1 = gw.metrics(), time.monotonic()
         finally:
             blaster.kill()
             blaster.wait()
@@ -196,6 +210,12 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
                         for k in m1 if k.startswith("wiremesh_gateway_dropped_total")}
         res["flood"]["sniffed"] = (m1["wiremesh_gateway_initiations_total"]
                                    - m0["wiremesh_gateway_initiations_total"])
+        res["flood_cookies"] = {k.split('"')[1]: m1[k] - m0.get(k, 0) for k in m1
+                                if k.startswith("wiremesh_gateway_cookie_replies_total")}
+        res["flood_proven"] = (m1["wiremesh_gateway_cookie_proven_total"]
+                               - m0["wiremesh_gateway_cookie_proven_total"])
+        res["flood_dh_per_s"] = (m1["wiremesh_gateway_dh_operations_total"]
+                                 - m0["wiremesh_gateway_dh_operations_total"]) / (t1 - t0)
         gw.stop()
 
         if eager:
@@ -216,7 +236,12 @@ def report(known: int, n_clients: int, flood_pps: float, res: dict) -> dict:
         "first_connect_ms_p99": round(percentile(conn, 99), 2),
         "installs_per_s": round(res["installs_per_s"], 1),
         "gateway_rss_mb": round(sum(res["rss"].values()), 1),
+        "first_connect_ms_p50_under_flood": round(percentile(flood, 50), 2),
         "first_connect_ms_p99_under_flood": round(percentile(flood, 99), 2),
+        "dh_budget_per_s": res["dh_per_second"],
+        "dh_per_s_under_flood": round(res["flood_dh_per_s"], 1),
+        "cookie_replies_under_flood": round(sum(res["flood_cookies"].values())),
+        "cookie_proven_under_flood": round(res["flood_proven"]),
         "eager_load_s": (round(eager["seconds"], 2)
                          if eager and eager["status"] == "complete" else None),
     }
@@ -226,12 +251,19 @@ def report(known: int, n_clients: int, flood_pps: float, res: dict) -> dict:
     t.add_row("import of known peers", f"{res['import_s']:.1f} s")
     t.add_row("first connect p50 / p99 / max",
               f"{percentile(conn, 50):.1f} / {percentile(conn, 99):.1f} / {max(conn):.1f} ms")
-    t.add_row("installs (crafted initiations)", f"{res['installs_per_s']:.0f} /s")
+    t.add_row("installs (crafted initiations)", f"{res['installs_per_s']:.0f} /s"
+              + (f" ({res['synthetic_not_installed']:.0f} beyond the DH budget or stale)"
+                 if res["synthetic_not_installed"] else ""))
     t.add_row(f"first connect under {flood_pps:.0f} pkt/s flood p50 / p99",
               f"{percentile(flood, 50):.1f} / {percentile(flood, 99):.1f} ms")
     t.add_row("flood: sniffed / dropped by reason",
               f"{res['flood']['sniffed']:.0f} / " + ", ".join(
                   f"{k} {v:.0f}" for k, v in res["flood"].items() if k != "sniffed" and v))
+    t.add_row(f"flood: DH operations/s (budget {res['dh_per_second']:.0f}/s)",
+              f"{res['flood_dh_per_s']:.0f}")
+    t.add_row("flood: cookie replies by limit / proven retries let in",
+              ", ".join(f"{k} {v:.0f}" for k, v in res["flood_cookies"].items())
+              + f" / {res['flood_proven']:.0f}")
     t.add_row("gateway RSS (daemon + wireguard-go)",
               " + ".join(f"{v:.0f}" for v in res["rss"].values()) + " MB")
     if eager:
@@ -265,6 +297,8 @@ def main(
     sources: int = typer.Option(128, "--sources", min=1, max=150,
                                 help="Source addresses of the crafted traffic"),
     ttl: float = typer.Option(3.0, "--ttl", help="The gateway's idle TTL during the run"),
+    dh_per_second: float = typer.Option(1000.0, "--dh-per-second", min=1.0,
+                                        help="The gateway's global DH budget (and burst)"),
     eager: bool = typer.Option(True, "--eager/--no-eager", help="Run the eager baseline"),
     eager_timeout: float = typer.Option(300.0, "--eager-timeout"),
     eager_rss_cap_mb: float = typer.Option(8000.0, "--eager-rss-cap-mb"),
@@ -276,7 +310,8 @@ def main(
         console.print("error: --known must be at least --clients + --synthetic")
         raise typer.Exit(2)
     res = run(known, clients, waves, synthetic, flood_pps, flood_unique, flood_wave_gap, sources,
-              ttl, eager, eager_timeout, eager_rss_cap_mb)
+              ttl, dh_per_second, eager, eager_timeout, eager_rss_cap_mb)
+    res["dh_per_second"] = dh_per_second
     summary = report(known, clients, flood_pps, res)
     sys.stdout.write(json.dumps(summary) + "\n")
 
