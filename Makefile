@@ -1,6 +1,6 @@
 # Two entry points for a newcomer on a fresh Debian machine, as root:
 #   make demo   installs everything and runs `wiremesh lab demo`
-#   make test   installs everything and runs the linters and the test suite
+#   make test   installs everything and runs the linters, the type checker and the test suite
 VENV ?= .venv
 PYTHON ?= python3
 DEB_PACKAGES = wireguard-go wireguard-tools nftables iproute2 iputils-ping procps python3-venv
@@ -23,6 +23,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
 clean:
