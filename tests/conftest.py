@@ -93,11 +93,12 @@ async def api(db_url: str) -> AsyncIterator[ApiEnv]:
 
 
 @contextmanager
-def serve(app: object, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free loopback port (HTTPS with the (cert, key) pair
-    `tls`) in a thread; yields its base URL."""
+def serve(app: object, tls: tuple[Path, Path] | None = None, port: int = 0) -> Iterator[str]:
+    """Serve `app` with uvicorn on loopback `port` (default: a free one; HTTPS with the
+    (cert, key) pair `tls`) in a thread; yields its base URL."""
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
     cert, key = tls or (None, None)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ssl_certfile=cert,
                                            ssl_keyfile=key))

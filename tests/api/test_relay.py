@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -247,13 +248,18 @@ async def test_relay_link_skips_a_dead_relay_and_carries_udp(env: RelayEnv) -> N
         await asyncio.gather(*tasks)
 
 
-async def test_relay_link_moves_to_the_next_relay_when_its_relay_dies(tmp_path) -> None:
+async def test_relay_link_moves_to_the_next_relay_and_back(tmp_path) -> None:
     """Two embedded relays of two servers over one database: when the first one goes away,
-    the link finds the second."""
+    the link finds the second; when the first comes back, the link returns to it (peers meet
+    only on the same relay, and every agent prefers the first)."""
     tokens: list[str] = []
     db = f"sqlite:///{tmp_path}/s.db"
     first = create_app(db, on_admin_token=tokens.append, poll_interval=0.2)
     second = create_app(db, on_admin_token=tokens.append, poll_interval=0.2)
+
+    def on(url: str) -> bool:
+        return link.relay_in_use == relay_urls(url, ["/api/v1/relay"])[0]
+
     with serve(second) as url2:
         with serve(first) as url1, httpx.Client(base_url=url1, timeout=10.0) as http:
             admin = {"Authorization": f"Bearer {tokens[0]}"}
@@ -263,12 +269,14 @@ async def test_relay_link_moves_to_the_next_relay_when_its_relay_dies(tmp_path) 
                 "public_key": public_key_of(generate_private_key())})
             link = RelayLink(relay_urls(url1, ["/api/v1/relay"]) +
                              relay_urls(url2, ["/api/v1/relay"]),
-                             r.json()["token"], FakeWireGuard().port, connect_timeout=2)
+                             r.json()["token"], FakeWireGuard().port, connect_timeout=2,
+                             prefer_after=0.3)
             task = asyncio.create_task(link.run())
-            await apoll(lambda: link.relay_in_use is not None and url1.replace(
-                "http", "ws") in link.relay_in_use, "the link on the first relay")
-        await apoll(lambda: link.relay_in_use is not None and url2.replace(
-            "http", "ws") in link.relay_in_use, "the link on the second relay", timeout=30)
+            await apoll(lambda: on(url1), "the link on the first relay")
+        await apoll(lambda: on(url2), "the link on the second relay", timeout=30)
+        port1 = int(url1.rsplit(":", 1)[1])
+        with serve(create_app(db, poll_interval=0.2), port=port1):
+            await apoll(lambda: on(url1), "the link back on the first relay", timeout=30)
         await link.close()
         await task
 
@@ -320,3 +328,23 @@ async def test_no_relay_means_no_relay_endpoint(tmp_path) -> None:
             async with connect(relay_urls(url, ["/api/v1/relay"])[0], open_timeout=5):
                 pass
         assert e.value.response.status_code in (403, 404)
+
+
+async def test_a_failing_authority_answers_503_and_the_relay_goes_on() -> None:
+    class Broken:
+        async def authenticate(self, token: str) -> None:
+            raise OSError("database is gone")
+
+    app = FastAPI()
+    switch = RelaySwitch(Broken())
+
+    @app.websocket("/api/v1/relay")
+    async def relay(ws: WebSocket) -> None:
+        await switch.serve(ws, "some-token")
+
+    with serve(app) as url:
+        for _ in range(2):
+            with pytest.raises(InvalidStatus) as e:
+                async with connect(relay_urls(url, ["/api/v1/relay"])[0], open_timeout=5):
+                    pass
+            assert e.value.response.status_code == 503

@@ -12,7 +12,9 @@ that can only reach us through the relay needs.
 
 The link connects to the first relay of its list that answers, skips dead ones, and starts
 over from the top with backoff when it loses its relay; it stays connected even when no peer
-is relayed, so peers that need the relay can reach us through it.
+is relayed, so peers that need the relay can reach us through it. Two peers meet only on the
+same relay and every agent gets the same list, so a link that fell back to a later relay goes
+back to an earlier one as soon as that answers again.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger("wiremesh.agent.relay")
 LOOPBACK = "127.0.0.1"
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 10.0
 QUEUE_FRAMES = 1024
+PREFER_AFTER_S = 30.0
 
 
 def relay_urls(server: str, relays: Sequence[str]) -> list[str]:
@@ -67,7 +70,8 @@ class RelayStats:
 
 class RelayLink:
     def __init__(self, relays: Sequence[str], token: str, wg_port: int,
-                 verify: ssl.SSLContext | bool = True, connect_timeout: float = 5.0) -> None:
+                 verify: ssl.SSLContext | bool = True, connect_timeout: float = 5.0,
+                 prefer_after: float = PREFER_AFTER_S) -> None:
         """`relays`: ws(s):// URLs (see `relay_urls`), tried in order; `wg_port`: the UDP
         port wireguard-go listens on (on this host); `verify`: like httpx's, how to check the
         relay's certificate (an SSL context, True for the system CAs, False for none)."""
@@ -76,6 +80,7 @@ class RelayLink:
         self.wg_addr = (LOOPBACK, wg_port)
         self.verify = verify
         self.connect_timeout = connect_timeout
+        self.prefer_after = prefer_after  # seconds between checks for an earlier relay
         self.stats = RelayStats()
         self.relay_in_use: str | None = None
         self._socks: dict[bytes, socket.socket] = {}
@@ -217,13 +222,30 @@ class RelayLink:
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
+    async def _connect(self, url: str) -> ClientConnection:
+        return await connect(
+            url, additional_headers={"Authorization": f"Bearer {self.token}"},
+            ssl=self._ssl(url), open_timeout=self.connect_timeout, compression=None,
+            max_size=MAX_FRAME, ping_interval=5, ping_timeout=10)
+
+    async def _earlier_relay_answers(self, url: str) -> None:
+        """Return once a relay listed before `url` accepts us."""
+        while True:
+            await asyncio.sleep(self.prefer_after)
+            ahead = self.relays[:self.relays.index(url)] if url in self.relays else []
+            for better in ahead:
+                try:
+                    ws = await self._connect(better)
+                except (OSError, TimeoutError, WebSocketException):
+                    continue
+                await ws.close()
+                log.info("relay %s answers again; leaving %s for it", better, url)
+                return
+
     async def _session(self, url: str) -> bool:
         """Serve one connection to `url`; False when it could not be opened."""
         try:
-            ws = await connect(
-                url, additional_headers={"Authorization": f"Bearer {self.token}"},
-                ssl=self._ssl(url), open_timeout=self.connect_timeout, compression=None,
-                max_size=MAX_FRAME, ping_interval=5, ping_timeout=10)
+            ws = await self._connect(url)
         except InvalidStatus as e:
             log.warning("relay %s refused us (HTTP %d)", url, e.response.status_code)
             return False
@@ -233,7 +255,8 @@ class RelayLink:
         self._ws, self.relay_in_use = ws, url
         log.info("relay %s connected", url)
         tasks = [asyncio.create_task(self._send(ws)), asyncio.create_task(self._receive(ws)),
-                 asyncio.create_task(self._wake.wait())]
+                 asyncio.create_task(self._wake.wait()),
+                 asyncio.create_task(self._earlier_relay_answers(url))]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -67,11 +67,17 @@ class RelaySwitch:
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] += 1
-        metrics.FRAMES.labels(outcome).inc()
+        metrics.FRAME_OUTCOMES[outcome].inc()
 
     async def serve(self, ws: WebSocket, token: str | None) -> None:
         """Run one peer's connection until it closes, fails or is revoked."""
-        grant = await self.authority.authenticate(token) if token else None
+        try:
+            grant = await self.authority.authenticate(token) if token else None
+        except Exception as e:  # the store or the server failed us, not the peer
+            log.error("relay: cannot check a peer's credential: %r", e)
+            await ws.send_denial_response(JSONResponse(
+                {"detail": "the relay cannot check credentials right now"}, status_code=503))
+            return
         if grant is None:
             self.counts["refused"] += 1
             metrics.REFUSED.inc()
