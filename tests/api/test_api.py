@@ -127,11 +127,13 @@ async def test_not_json_body(api: ApiEnv) -> None:
 
 
 async def test_duplicate_public_key_refused(api: ApiEnv) -> None:
-    k = await make_key(api, reusable=True)
+    # The same key pair with the same setup key is a retry (test_enrolment); with another
+    # setup key it is a second peer claiming an enrolled identity.
+    k1, k2 = await make_key(api, reusable=True), await make_key(api, reusable=True)
     key = pub()
-    body = {"setup_key": k["key"], "public_key": key, "hostname": "h"}
+    body = {"setup_key": k1["key"], "public_key": key, "hostname": "h"}
     assert (await api.client.post("/api/v1/enroll", json=body)).status_code == 201
-    r = await api.client.post("/api/v1/enroll", json=body)
+    r = await api.client.post("/api/v1/enroll", json={**body, "setup_key": k2["key"]})
     assert r.status_code == 409 and field_of(r) == ["public_key"]
 
 

@@ -83,6 +83,8 @@ async def enroll_peer(
     st = AgentState(cfg)
     statefile.save(state_dir, st)
     log.info("enrolled as %s overlay_ip=%s", cfg.name, cfg.overlay_ip)
+    if got.get("note"):
+        log.warning("enrolled under another name than asked: %s", got["note"])
     return st
 
 

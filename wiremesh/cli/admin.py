@@ -33,13 +33,15 @@ def keys_create(
     expires_in: int | None = typer.Option(None, "--expires-in", min=1,
                                           help="Seconds until the key expires"),
     group: list[str] = typer.Option([], "--group", help="Auto-group for enrolled peers"),
+    peer_name: str | None = typer.Option(
+        None, "--peer-name", help="The name its peer gets, reserved until then (one-off keys)"),
     server: str | None = ServerOpt, token: str | None = TokenOpt,
     ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Create a setup key; its secret is shown only now."""
     k = Api(server, token, ca_file, insecure).call("POST", "/setup-keys", json={
         "name": name, "reusable": reusable, "usage_limit": usage_limit,
-        "expires_in_s": expires_in, "auto_groups": group})
+        "expires_in_s": expires_in, "auto_groups": group, "peer_name": peer_name})
     if as_json:
         print_json(k)
     else:

@@ -37,7 +37,8 @@ def _key_out(k: SetupKey, plaintext: str | None = None) -> SetupKeyOut:
     return SetupKeyOut(
         id=k.id, name=k.name, prefix=k.key_prefix, reusable=k.reusable,
         usage_limit=k.usage_limit, used_count=k.used_count, expires_at=exp,
-        revoked=k.revoked, valid=valid, auto_groups=list(k.auto_groups), key=plaintext,
+        revoked=k.revoked, valid=valid, auto_groups=list(k.auto_groups),
+        peer_name=k.peer_name, key=plaintext,
     )
 
 
@@ -46,9 +47,13 @@ async def create_setup_key(body: SetupKeyCreate, request: Request,
                            actor: str = Depends(admin_actor)) -> SetupKeyOut:
     if not body.reusable and body.usage_limit > 1:
         raise StoreError("a one-off key is used once; set reusable for a limit", "usage_limit")
+    if body.reusable and body.peer_name is not None:
+        raise StoreError("a key that names its peer enrols one peer; it cannot be reusable",
+                         "peer_name")
     row, key = await _store(request).create_setup_key(
         actor, body.name, body.reusable, body.usage_limit,
         timedelta(seconds=body.expires_in_s) if body.expires_in_s else None, body.auto_groups,
+        body.peer_name,
     )
     return _key_out(row, key)
 

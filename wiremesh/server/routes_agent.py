@@ -51,7 +51,8 @@ async def enroll(body: EnrollRequest, request: Request) -> EnrollResponse:
     request.app.state.hub.poke()
     return EnrollResponse(peer_id=got.peer.id, name=got.peer.name,
                           overlay_ip=got.peer.overlay_ip,
-                          overlay_prefix_len=OVERLAY_NET.prefixlen, token=got.token)
+                          overlay_prefix_len=OVERLAY_NET.prefixlen, token=got.token,
+                          note=got.note)
 
 
 @router.put("/agent/endpoints", response_model=EndpointAnswer)

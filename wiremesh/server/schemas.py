@@ -57,6 +57,7 @@ class EnrollResponse(BaseModel):
     overlay_ip: str
     overlay_prefix_len: int
     token: str
+    note: str | None = Field(None, description="why `name` is not the hostname asked for")
 
 
 class Candidate(Strict):
@@ -95,6 +96,8 @@ class SetupKeyCreate(Strict):
     expires_in_s: ExpirySeconds | None = Field(
         None, description="seconds until expiry, at most 10 years; none = never")
     auto_groups: list[Name] = Field(default_factory=list)
+    peer_name: Name | None = Field(
+        None, description="the name its peer gets (one-off keys); no other peer may take it")
 
 
 class SetupKeyOut(BaseModel):
@@ -108,6 +111,7 @@ class SetupKeyOut(BaseModel):
     revoked: bool
     valid: bool
     auto_groups: list[str]
+    peer_name: str | None = None
     key: str | None = None  # only in the answer to create, never again
 
 

@@ -92,6 +92,13 @@ class NewPeer:
 class Enrolled:
     peer: Peer
     token: str
+    note: str | None = None  # why the peer's name is not the one it asked for
+
+
+# A client whose enrolment timed out after the server committed may ask again, with the same
+# key pair and setup key, for this long; later, a peer's public key is never enrolled twice.
+RETRY_WINDOW = timedelta(minutes=10)
+MAX_NAME = 63  # the longest Name (core/wire.py)
 
 
 def _refusal(key: SetupKey | None, key_hash: str) -> StoreError | None:
@@ -121,13 +128,30 @@ def _as_id(ref: str | int) -> int | None:
     return int(ref) if 0 < int(ref) <= MAX_ID else None
 
 
-def _unique_name(hostname: str, taken: set[str]) -> str:
-    if hostname not in taken:
-        return hostname
+def _unique_name(wanted: str, taken: set[str] | dict[str, Any]) -> str:
+    """`wanted`, or `wanted-N` with the smallest free N (shortened to stay a valid name)."""
+    if wanted not in taken:
+        return wanted
     n = 2
-    while f"{hostname}-{n}" in taken:
+    while True:
+        suffix = f"-{n}"
+        name = wanted[:MAX_NAME - len(suffix)] + suffix
+        if name not in taken:
+            return name
         n += 1
-    return f"{hostname}-{n}"
+
+
+def _reservations(keys: list[SetupKey]) -> dict[str, SetupKey]:
+    """Peer names held for the keys that can still enrol their peer."""
+    return {k.peer_name: k for k in keys if k.peer_name and _refusal(k, k.key_hash) is None}
+
+
+def _again(peer: Peer, key: SetupKey | None, key_hash: str) -> bool:
+    """Is this the retry of the enrolment that made `peer` (same key pair, same setup key)?"""
+    created = _aware(peer.created_at)
+    return (key is not None and secrets.compare_digest(key.key_hash, key_hash)
+            and peer.setup_key_id == key.id and not key.revoked
+            and created is not None and now() - created <= RETRY_WINDOW)
 
 
 def policy_from_row(r: PolicyRow) -> Policy:
@@ -259,22 +283,35 @@ class Store:
 
     async def create_setup_key(
         self, actor: str, name: str, reusable: bool, usage_limit: int,
-        expires_in: timedelta | None, auto_groups: list[str],
+        expires_in: timedelta | None, auto_groups: list[str], peer_name: str | None = None,
     ) -> tuple[SetupKey, str]:
         key = new_secret("wmk")
         async with self.tx() as s:
             for g in auto_groups:
                 await self._group(s, g, field="auto_groups")
+            if peer_name is not None:
+                await self._check_name_free(s, peer_name, "peer_name")
             row = SetupKey(
                 name=name, key_hash=hash_secret(key), key_prefix=key[:10], reusable=reusable,
                 usage_limit=usage_limit if reusable else 1, used_count=0,
                 expires_at=now() + expires_in if expires_in else None, revoked=False,
-                auto_groups=auto_groups, created_at=now(),
+                auto_groups=auto_groups, created_at=now(), peer_name=peer_name,
             )
             s.add(row)
             await s.flush()
-            await self.audit(s, actor, "setup_key.create", id=row.id, name=name)
+            await self.audit(s, actor, "setup_key.create", id=row.id, name=name,
+                             peer_name=peer_name)
         return row, key
+
+    async def _check_name_free(self, s: AsyncSession, name: str, field: str) -> None:
+        """Refuse a name another peer has, or a usable setup key holds for its peer."""
+        if await s.scalar(select(Peer.id).where(Peer.name == name)) is not None:
+            raise Conflict(f"a peer named {name!r} already exists", field)
+        held = _reservations(list(await s.scalars(
+            select(SetupKey).where(SetupKey.peer_name == name))))
+        if name in held:
+            raise Conflict(f"the name {name!r} is reserved by setup key "
+                           f"{held[name].name!r} (id {held[name].id})", field)
 
     async def list_setup_keys(self) -> list[SetupKey]:
         async with self.reads() as s:
@@ -299,20 +336,46 @@ class Store:
         async with self.tx() as s:
             keys = {k.key_hash: k for k in await s.scalars(
                 select(SetupKey).where(SetupKey.key_hash.in_(set(hashes))))}
-            taken_keys = set(await s.scalars(select(Peer.public_key).where(
-                Peer.public_key.in_([r.public_key for r in reqs]))))
+            existing = {p.public_key: p for p in await s.scalars(select(Peer).where(
+                Peer.public_key.in_([r.public_key for r in reqs])))}
+            taken_keys = set(existing)
             used_ips = set(await s.scalars(select(Peer.overlay_ip)))
             names = set(await s.scalars(select(Peer.name)))
+            reserved = _reservations(list(await s.scalars(
+                select(SetupKey).where(SetupKey.peer_name.is_not(None)))))
             groups = {g.name: g.id for g in await s.scalars(select(Group))}
             cursor = await self._counter(s, "ipam_next")
             out: list[Enrolled | StoreError] = []
             added: list[tuple[Peer, SetupKey]] = []
             for req, h in zip(reqs, hashes, strict=True):
                 key = keys.get(h)
+                before = existing.get(req.public_key)
+                if before is not None and _again(before, key, h):
+                    # Same peer, fresh token (the first one never reached the client); the
+                    # key is not spent again.
+                    token = new_secret("wmp")
+                    before.token_hash = hash_secret(token)
+                    await self.audit(s, f"peer:{before.name}", "peer.enroll_again",
+                                     id=before.id, setup_key_id=before.setup_key_id)
+                    out.append(Enrolled(before, token))
+                    continue
                 refused = _refusal(key, h)
                 if refused is None and req.public_key in taken_keys:
                     refused = Conflict("a peer with this public key is already enrolled",
                                        "public_key")
+                name, note = req.hostname, None
+                if refused is None and key is not None and key.peer_name:
+                    name = key.peer_name
+                    if name in names:
+                        refused = Conflict(f"this setup key names its peer {name!r}, and a "
+                                           "peer with that name already exists", "setup_key")
+                    elif name != req.hostname:
+                        note = f"this setup key names its peer {name!r}"
+                elif refused is None:
+                    held = {n for n, k in reserved.items() if k is not key}
+                    name = _unique_name(req.hostname, names | held)
+                    if name != req.hostname:
+                        note = f"the name {req.hostname!r} is taken; this peer is {name!r}"
                 if refused is None:
                     try:
                         idx = next_free_index(cursor, used_ips)
@@ -328,7 +391,6 @@ class Store:
                 cursor = idx + 1
                 ip = address_at(idx)
                 used_ips.add(ip)
-                name = _unique_name(req.hostname, names)
                 names.add(name)
                 taken_keys.add(req.public_key)
                 token = new_secret("wmp")
@@ -340,7 +402,7 @@ class Store:
                 )
                 s.add(peer)
                 added.append((peer, key))
-                out.append(Enrolled(peer, token))
+                out.append(Enrolled(peer, token, note))
             if not added:
                 return out
             await s.flush()
@@ -412,6 +474,9 @@ class Store:
             async with self.tx() as s:
                 peer = await self._peer(s, ref)
                 old = peer.name
+                if name == old:
+                    return peer
+                await self._check_name_free(s, name, "name")
                 peer.name = name
                 await s.flush()
                 await self._bump(s)

@@ -42,6 +42,8 @@ class SetupKey(Base):
     revoked: Mapped[bool] = mapped_column(default=False)
     auto_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The name its (one) peer gets; reserved from other peers while the key can be used.
+    peer_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class Peer(Base):

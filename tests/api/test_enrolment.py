@@ -1,0 +1,103 @@
+"""Enrolment is idempotent for the same key pair and setup key, and peer names are the
+server's: unique, chosen by it when the one asked for is taken, or fixed by the setup key."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from tests.api.test_api import enroll, field_of, make_key, pub
+from tests.conftest import ApiEnv
+from wiremesh.store.repo import RETRY_WINDOW, now
+from wiremesh.store.tables import Peer
+
+
+async def test_retried_enrolment_returns_the_same_peer(api: ApiEnv) -> None:
+    # A client that timed out after the server committed asks again: same peer, a fresh
+    # token, and the one-off key is not spent twice.
+    k = await make_key(api)
+    body = {"setup_key": k["key"], "public_key": pub(), "hostname": "h"}
+    first = await api.client.post("/api/v1/enroll", json=body)
+    again = await api.client.post("/api/v1/enroll", json={**body, "hostname": "other"})
+    assert first.status_code == 201 and again.status_code == 201, again.text
+    a, b = first.json(), again.json()
+    assert (b["peer_id"], b["name"], b["overlay_ip"]) == (a["peer_id"], a["name"],
+                                                          a["overlay_ip"])
+    assert b["token"] != a["token"]
+    peers = (await api.client.get("/api/v1/peers", headers=api.admin)).json()
+    assert len(peers) == 1
+    keys = (await api.client.get("/api/v1/setup-keys", headers=api.admin)).json()
+    assert keys[0]["used_count"] == 1
+    # The new token is the peer's credential; the one never delivered is dead.
+    assert await api.store.peer_for_token(b["token"]) is not None
+    assert await api.store.peer_for_token(a["token"]) is None
+    # And the used-up key still enrols no one else.
+    assert (await enroll(api, k["key"])).status_code == 403
+
+
+async def test_retry_refused_with_another_key_or_too_late_or_revoked(api: ApiEnv) -> None:
+    k1, k2 = await make_key(api, reusable=True), await make_key(api, reusable=True)
+    body = {"setup_key": k1["key"], "public_key": pub(), "hostname": "h"}
+    assert (await api.client.post("/api/v1/enroll", json=body)).status_code == 201
+    r = await api.client.post("/api/v1/enroll", json={**body, "setup_key": k2["key"]})
+    assert r.status_code == 409 and field_of(r) == ["public_key"]
+    async with api.store.tx() as s:
+        await s.execute(update(Peer).values(created_at=now() - RETRY_WINDOW
+                                            - timedelta(seconds=1)))
+    r = await api.client.post("/api/v1/enroll", json=body)
+    assert r.status_code == 409 and field_of(r) == ["public_key"]
+    body2 = {**body, "public_key": pub()}
+    assert (await api.client.post("/api/v1/enroll", json=body2)).status_code == 201
+    await api.client.delete(f"/api/v1/setup-keys/{k1['id']}", headers=api.admin)
+    r = await api.client.post("/api/v1/enroll", json=body2)
+    assert r.status_code == 403 and field_of(r) == ["setup_key"]
+
+
+async def test_taken_name_gets_a_server_chosen_one_and_says_so(api: ApiEnv) -> None:
+    k = await make_key(api, reusable=True)
+    a = (await enroll(api, k["key"], "web")).json()
+    b = (await enroll(api, k["key"], "web")).json()
+    assert a["name"] == "web" and a["note"] is None
+    assert b["name"] == "web-2" and "'web' is taken" in b["note"]
+    long = "x" * 63
+    c = (await enroll(api, k["key"], long)).json()
+    d = (await enroll(api, k["key"], long)).json()
+    assert c["name"] == long and d["name"] == "x" * 61 + "-2"
+
+
+async def test_setup_key_fixes_and_reserves_the_peer_name(api: ApiEnv) -> None:
+    fixed = await make_key(api, peer_name="db1")
+    assert fixed["peer_name"] == "db1"
+    other = await make_key(api, reusable=True)
+    # Another peer asking for the reserved name does not get it...
+    squat = (await enroll(api, other["key"], "db1")).json()
+    assert squat["name"] == "db1-2" and "taken" in squat["note"]
+    # ...nor may an admin rename a peer to it, or reserve it twice.
+    r = await api.client.patch(f"/api/v1/peers/{squat['peer_id']}", json={"name": "db1"},
+                               headers=api.admin)
+    assert r.status_code == 409 and "reserved by setup key" in r.json()["detail"]
+    r = await api.client.post("/api/v1/setup-keys", json={"name": "k2", "peer_name": "db1"},
+                              headers=api.admin)
+    assert r.status_code == 409 and field_of(r) == ["peer_name"]
+    # The key's own peer gets the name, whatever hostname it asks for.
+    mine = (await enroll(api, fixed["key"], "localhost")).json()
+    assert mine["name"] == "db1" and "names its peer 'db1'" in mine["note"]
+
+
+async def test_peer_name_key_refusals(api: ApiEnv) -> None:
+    k = await make_key(api, reusable=True)
+    await enroll(api, k["key"], "taken")
+    r = await api.client.post("/api/v1/setup-keys", json={"name": "k", "peer_name": "taken"},
+                              headers=api.admin)
+    assert r.status_code == 409 and field_of(r) == ["peer_name"]
+    r = await api.client.post("/api/v1/setup-keys", json={
+        "name": "k", "peer_name": "x", "reusable": True}, headers=api.admin)
+    assert r.status_code == 400 and field_of(r) == ["peer_name"]
+    r = await api.client.post("/api/v1/setup-keys", json={"name": "k", "peer_name": "bad name"},
+                              headers=api.admin)
+    assert r.status_code == 422 and field_of(r) == ["peer_name"]
+    # A revoked key holds its name no longer.
+    held = await make_key(api, peer_name="free-again")
+    await api.client.delete(f"/api/v1/setup-keys/{held['id']}", headers=api.admin)
+    assert (await enroll(api, k["key"], "free-again")).json()["name"] == "free-again"
