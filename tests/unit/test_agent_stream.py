@@ -74,6 +74,7 @@ def test_invalid_messages_are_ignored_and_the_held_netmap_stays(tmp_path, caplog
     import json
 
     from wiremesh.agent import state as statefile
+    from wiremesh.agent.discovery import Discovery
     from wiremesh.agent.runner import Agent
     from wiremesh.agent.state import AgentConfig, AgentState
 
@@ -90,7 +91,8 @@ def test_invalid_messages_are_ignored_and_the_held_netmap_stays(tmp_path, caplog
     lines = ["{not json", json.dumps(hostile), json.dumps(bad_endpoint),
              '{"type": "delta", "delta": {"from_version": 3}}', good]
     with caplog.at_level("ERROR", logger="wiremesh.agent"):
-        asyncio.run(agent._follow(_Client(lines)))  # type: ignore[arg-type]
+        client = _Client(lines)
+        asyncio.run(agent._follow(client, Discovery(client, cfg, None)))  # type: ignore[arg-type]
     assert plane.applied == [B]  # only the valid message reached the data plane
     assert statefile.load(tmp_path).netmap == B
     refused = [r.getMessage() for r in caplog.records if "invalid" in r.getMessage()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -47,10 +49,22 @@ async def enroll(server: str, body: dict[str, Any], trust: Trust,
 
 class ServerClient:
     def __init__(self, server: str, token: str, trust: Trust) -> None:
-        self.http = httpx.AsyncClient(
-            base_url=server, headers={"Authorization": f"Bearer {token}"}, verify=trust.verify(),
-            timeout=httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT),
+        self.server, self.token, self.trust = server, token, trust
+        self.http = self._new()
+
+    def _new(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.server, headers={"Authorization": f"Bearer {self.token}"},
+            verify=self.trust.verify(), timeout=httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT),
         )
+
+    async def reset(self) -> None:
+        """Drop every connection: this machine changed networks, and a request on a
+        connection through the old one would hang until its timeout. An open netmap stream
+        ends with an error, and is opened again."""
+        old, self.http = self.http, self._new()
+        with contextlib.suppress(httpx.HTTPError, OSError, TimeoutError):
+            await asyncio.wait_for(old.aclose(), 2.0)
 
     async def close(self) -> None:
         await self.http.aclose()

@@ -57,14 +57,17 @@ def desired_peers(netmap: Netmap,
 
 class DataPlane:
     """`extra_allowed(key)` names the routed prefixes peer `key` holds right now (the
-    failover RouteManager decides)."""
+    failover RouteManager decides); `endpoint(peer)` where its packets go (direct or the
+    relay: the PathManager decides)."""
 
     def __init__(self, backend: WgBackend, config: AgentConfig, private_key: str,
-                 extra_allowed: Callable[[str], tuple[str, ...]] = lambda _k: ()) -> None:
+                 extra_allowed: Callable[[str], tuple[str, ...]] = lambda _k: (),
+                 endpoint: Callable[[NetmapPeer], str | None] = first_endpoint) -> None:
         self.backend = backend
         self.config = config
         self.private_key = private_key
         self.extra_allowed = extra_allowed
+        self.endpoint = endpoint
         self.applied: dict[str, WgPeerConfig] | None = None
         self.netmap: Netmap | None = None
         self.forwarding = False
@@ -110,7 +113,7 @@ class DataPlane:
         want = desired_peers(
             netmap, self.extra_allowed,
             keepalive=lambda k: 0 if holding(k) else KEEPALIVE_S,
-            endpoint=lambda p: None if holding(p.public_key) else first_endpoint(p))
+            endpoint=lambda p: None if holding(p.public_key) else self.endpoint(p))
         if self.applied is None:
             # First write after start: replace whatever a previous run left on the device.
             self.backend.set_peers(list(want.values()), [], replace_all=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,7 +25,7 @@ from wiremesh.agent.state import AgentConfig
 from wiremesh.netlink.addresses import local_addresses
 
 log = logging.getLogger("wiremesh.agent.discovery")
-INTERVAL_S = 2.0  # a roaming agent is found again within this (plus a round trip)
+INTERVAL_S = 1.0  # a roaming agent is found again within this (plus a round trip)
 MAX_MISSES = 3
 
 Candidates = list[dict[str, str]]
@@ -36,9 +37,14 @@ def _endpoint(ip: str, port: int) -> str:
 
 class Discovery:
     def __init__(self, client: ServerClient, cfg: AgentConfig, side: PortSide | None,
-                 interval: float = INTERVAL_S) -> None:
+                 interval: float = INTERVAL_S,
+                 on_moved: Callable[[], None] = lambda: None) -> None:
+        """`on_moved()`: our addresses or NAT mapping changed (roaming)."""
         self.client, self.cfg, self.side, self.interval = client, cfg, side, interval
+        self.on_moved = on_moved
         self.reported: Candidates | None = None
+        self.local: set[str] | None = None
+        self.moved = False
         self.stun_port: int | None = None
         self.mapped: str | None = None
         self.misses = 0
@@ -58,6 +64,9 @@ class Discovery:
     async def candidates(self) -> Candidates:
         port = self.cfg.listen_port
         local = await asyncio.to_thread(local_addresses, self.cfg.interface)
+        if self.local is not None and set(local) != self.local:
+            self.moved = True
+        self.local = set(local)
         out = [{"endpoint": _endpoint(ip, port), "kind": "local"} for ip in local]
         server = await self._stun_server()
         if server is not None and self.side is not None:
@@ -66,6 +75,9 @@ class Discovery:
             if mapped is not None:
                 if str(mapped) != self.mapped:
                     log.info("WireGuard port %d is mapped to %s", port, mapped)
+                    # A new mapping is a move (NAT rebinding, another network); the first
+                    # one, or one after losing it, is not.
+                    self.moved |= self.mapped is not None
                 self.mapped, self.misses = str(mapped), 0
             else:
                 # One lost datagram must not make every peer rewrite its endpoints.
@@ -85,6 +97,13 @@ class Discovery:
     async def refresh(self) -> None:
         """Measure now; report if anything changed (or nothing was reported yet)."""
         found = await self.candidates()
+        if self.moved:
+            # Roamed or rebound: paths are looked for again at once, and connections to the
+            # server through the old network are dropped before the report is sent.
+            self.moved = False
+            log.info("this agent moved: %s", ", ".join(c["endpoint"] for c in found))
+            self.on_moved()
+            await self.client.reset()
         if found != self.reported:
             await self.report(found)
             if self.stun_port is not None and not any(c["kind"] == "mapped" for c in found):

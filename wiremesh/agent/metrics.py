@@ -61,3 +61,9 @@ RELAY = RelayCollector()
 REGISTRY.register(RELAY)
 STUN = Counter("wiremesh_agent_stun_requests_total",
                "STUN mapping measurements of the WireGuard port", ["outcome"])
+PATHS = Gauge("wiremesh_agent_peer_paths", "Peers by the path their packets take",
+              ["path"])
+PUNCH_ATTEMPTS = Gauge("wiremesh_agent_punch_attempts",
+                       "Hole-punch attempts: probe bursts toward a peer's candidates")
+PUNCH_SUCCESSES = Gauge("wiremesh_agent_punch_successes",
+                        "Probe bursts that found a direct path")

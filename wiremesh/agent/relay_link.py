@@ -89,6 +89,7 @@ class RelayLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()  # relays changed or closing: leave the current relay
         self._closing = False
+        self._stale = False
 
     # --- what the path manager uses -------------------------------------------------------
 
@@ -118,6 +119,12 @@ class RelayLink:
         self.relays = new
         if not keep:
             self._wake.set()
+
+    def reconnect(self) -> None:
+        """This machine changed networks: the connection to the relay runs through the old
+        one and is dead, however long its pings take to tell. Drop it and connect again."""
+        self._stale = True
+        self._wake.set()
 
     async def run(self) -> None:
         """Stay connected to the first relay that works, until `close()`."""
@@ -264,7 +271,12 @@ class RelayLink:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await ws.close()
+            if self._stale:
+                # A closing handshake over a dead connection would wait for its timeout.
+                self._stale = False
+                ws.transport.abort()
+            else:
+                await ws.close()
         log.info("relay %s disconnected", url)
         return True
 

@@ -28,8 +28,9 @@ from wiremesh.agent.client import (
     enroll,
 )
 from wiremesh.agent.connection import INSECURE_WARNING, Trust, TrustError, reason
-from wiremesh.agent.dataplane import DataPlane, make_backend
+from wiremesh.agent.dataplane import DataPlane, first_endpoint, make_backend
 from wiremesh.agent.discovery import Discovery
+from wiremesh.agent.paths import PathManager
 from wiremesh.agent.portside import PortSide
 from wiremesh.agent.probe_responder import start_responder
 from wiremesh.agent.relay_link import RelayLink, relay_urls
@@ -112,6 +113,7 @@ class Agent:
         self.backend_kind = backend
         self.dataplane: DataPlane | None = None
         self.portside: PortSide | None = None
+        self.paths: PathManager | None = None
         self.want_full = False
         self.refusals = 0  # 401s in a row, for their backoff
         self._release: asyncio.Task | None = None
@@ -131,6 +133,8 @@ class Agent:
 
     async def _apply(self, netmap: Netmap, persist: bool = True) -> None:
         assert self.dataplane is not None
+        if self.paths is not None:
+            self.paths.set_netmap(netmap)
         await self._write(self.dataplane.apply, netmap)
         metrics.NETMAP_VERSION.set(netmap.version)
         metrics.PEERS.set(len(netmap.peers))
@@ -138,6 +142,8 @@ class Agent:
         metrics.NETMAP_UPDATES.inc()
         if self.relay is not None:
             self.relay.set_relays(relay_urls(self.state.config.server, netmap.relays))
+        if self.paths is not None:
+            self.paths.table.relay = self.relay is not None and bool(netmap.relays)
         if persist:
             self.state.netmap = netmap
             statefile.save(self.state_dir, self.state)
@@ -160,8 +166,19 @@ class Agent:
         if self._release is not None:
             await _cancel(self._release)
 
-    async def _follow(self, client: ServerClient) -> None:
-        discovery = Discovery(client, self.state.config, self.portside)
+    def _moved(self) -> None:
+        """This machine changed networks: look for every path again, and get off
+        connections that ran through the old network."""
+        if self.paths is not None:
+            self.paths.rebind()
+        if self.relay is not None:
+            self.relay.reconnect()
+
+    async def _path_changed(self) -> None:
+        if self.dataplane is not None and self.dataplane.netmap is not None:
+            await self._write(self.dataplane.sync_peers, self.dataplane.netmap)
+
+    async def _follow(self, client: ServerClient, discovery: Discovery) -> None:
         await discovery.refresh()
         refresh = asyncio.create_task(discovery.run())
         try:
@@ -187,7 +204,12 @@ class Agent:
     async def run(self) -> None:
         cfg = self.state.config
         backend = await asyncio.to_thread(make_backend, self.backend_kind, cfg.interface)
-        self.dataplane = DataPlane(backend, cfg, self.private_key, self.routes.routed_prefixes)
+        self.portside = _open_portside(cfg.listen_port)
+        if self.portside is not None:
+            # The relay link joins once the server can be verified (see _until_trusted).
+            self.paths = PathManager(self.portside, self.private_key, None, self._path_changed)
+        self.dataplane = DataPlane(backend, cfg, self.private_key, self.routes.routed_prefixes,
+                                   self.paths.endpoint if self.paths else first_endpoint)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(asyncio.to_thread, self.dataplane.close)
             await asyncio.to_thread(self.dataplane.start)
@@ -195,10 +217,12 @@ class Agent:
             # its routes.
             responder = await start_responder(cfg.overlay_ip)
             stack.callback(responder.close)
-            self.portside = _open_portside(cfg.listen_port)
             if self.portside is not None:
                 self.portside.start()
                 stack.callback(self.portside.close)
+            if self.paths is not None:
+                paths = asyncio.create_task(self.paths.run())
+                stack.push_async_callback(_cancel, paths)
             if self.state.netmap is not None:
                 log.info("rebuilding from saved netmap version=%d", self.state.netmap.version)
                 await self._apply(self.state.netmap, persist=False)
@@ -216,15 +240,19 @@ class Agent:
             relay_task = asyncio.create_task(self.relay.run())
             stack.push_async_callback(_cancel, relay_task)
             stack.push_async_callback(self.relay.close)
+            if self.paths is not None:
+                self.paths.relay = self.relay
+                self.paths.table.relay = bool(held)
             client = ServerClient(cfg.server, cfg.token, cfg.trust)
             stack.push_async_callback(client.close)
-            await self._follow_forever(client)
+            discovery = Discovery(client, cfg, self.portside, on_moved=self._moved)
+            await self._follow_forever(client, discovery)
 
-    async def _follow_forever(self, client: ServerClient) -> None:
+    async def _follow_forever(self, client: ServerClient, discovery: Discovery) -> None:
         backoff = 0.5
         while True:
             try:
-                await self._follow(client)
+                await self._follow(client, discovery)
                 backoff = 0.5
             except ResyncNeeded as e:
                 # Keep enforcing what we hold while asking for a full map.
