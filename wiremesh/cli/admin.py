@@ -20,6 +20,7 @@ from wiremesh.cli.common import (
 
 keys_app = typer.Typer(help="Setup keys: create, list, revoke.", no_args_is_help=True)
 peers_app = typer.Typer(help="Peers: list, show, rename, delete.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Admin tokens: create, list, revoke.", no_args_is_help=True)
 groups_app = typer.Typer(help="Groups: create, list, add/remove members, delete.",
                          no_args_is_help=True)
 
@@ -72,6 +73,46 @@ def keys_revoke(key_id: int = typer.Argument(..., help="Setup key id"),
     """Revoke a setup key; enrolled peers stay."""
     Api(server, token, ca_file, insecure).call("DELETE", f"/setup-keys/{key_id}")
     console.print(f"revoked setup key {key_id}")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: str = typer.Argument(..., help="A name for the token (the audit log shows it)"),
+    role: str = typer.Option("admin", "--role", help="admin, or auditor (read only)"),
+    server: str | None = ServerOpt, token: str | None = TokenOpt,
+    ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Create an admin token; its secret is shown only now."""
+    t = Api(server, token, ca_file, insecure).call("POST", "/admin-tokens",
+                                                   json={"name": name, "role": role})
+    if as_json:
+        print_json(t)
+    else:
+        console.print(f"admin token [bold]{t['name']}[/] ({t['role']}): {t['token']}",
+                      highlight=False)
+
+
+@tokens_app.command("list")
+def tokens_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
+                ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
+                as_json: bool = JsonOpt) -> None:
+    """List admin tokens (never their secrets)."""
+    tokens = Api(server, token, ca_file, insecure).call("GET", "/admin-tokens")
+    if as_json:
+        print_json(tokens)
+        return
+    print_table("admin tokens", ["name", "role", "created", "revoked"],
+                [[t["name"], t["role"], t["created_at"], t["revoked_at"] or "-"]
+                 for t in tokens])
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(name: str = typer.Argument(..., help="Admin token name"),
+                  server: str | None = ServerOpt, token: str | None = TokenOpt,
+                  ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
+    """Revoke an admin token: every replica refuses it from now on."""
+    Api(server, token, ca_file, insecure).call("DELETE", f"/admin-tokens/{name}")
+    console.print(f"revoked admin token {name}")
 
 
 @peers_app.command("list")

@@ -18,6 +18,7 @@ from wiremesh.server import (
     routes_agent,
     routes_policy,
     routes_relay,
+    routes_tokens,
 )
 from wiremesh.server.bodylimit import BodyLimit
 from wiremesh.server.enrolment import EnrolmentQueue
@@ -81,7 +82,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
     errors.install(app)
     app.add_middleware(BodyLimit)
     for r in (routes_admin.router, routes_agent.router, routes_policy.router,
-              routes_relay.router):
+              routes_relay.router, routes_tokens.router):
         app.include_router(r, responses=errors.PROBLEM_RESPONSES)
     if relay:
         app.include_router(routes_relay.ws_router)

@@ -23,12 +23,20 @@ def _bearer(request: Request) -> str:
     return token
 
 
+READS = {"GET", "HEAD", "OPTIONS"}
+
+
 async def admin_actor(request: Request) -> str:
+    """The acting admin token's name for the audit log; an auditor token may only read."""
     store: Store = request.app.state.store
-    actor = await store.admin_for_token(_bearer(request))
-    if actor is None:
-        raise HTTPException(401, "invalid admin token", headers={"WWW-Authenticate": "Bearer"})
-    return actor
+    row = await store.admin_for_token(_bearer(request))
+    if row is None:
+        raise HTTPException(401, "invalid admin token (unknown or revoked)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if row.role != "admin" and request.method not in READS:
+        raise HTTPException(403, f"admin token {row.name!r} has the read-only role "
+                            f"{row.role!r}: it may not {request.method} {request.url.path}")
+    return f"admin:{row.name}"
 
 
 async def current_peer(request: Request) -> Peer:

@@ -267,17 +267,48 @@ class Store:
             s.add_all([Meta(key="revision", value=1), Meta(key="ipam_next", value=1)])
             s.add(PolicyRow(**policy_to_row_values(DEFAULT_POLICY)))
             token = new_secret("wma")
-            s.add(AdminToken(name="initial", token_hash=hash_secret(token), created_at=now()))
+            s.add(AdminToken(name="initial", token_hash=hash_secret(token), created_at=now(),
+                             role="admin"))
             await self.audit(s, "system", "bootstrap")
             return token
 
-    async def admin_for_token(self, token: str) -> str | None:
+    async def admin_for_token(self, token: str) -> AdminToken | None:
+        """The live admin token with this secret (read on every request, so a revocation
+        through any replica holds at once everywhere)."""
         h = hash_secret(token)
         async with self.reads() as s:
             row = await s.scalar(select(AdminToken).where(AdminToken.token_hash == h))
-        if row is None or not secrets.compare_digest(row.token_hash, h):
+        if row is None or row.revoked_at is not None or not secrets.compare_digest(
+                row.token_hash, h):
             return None
-        return f"admin:{row.name}"
+        return row
+
+    async def create_admin_token(self, actor: str, name: str, role: str,
+                                 ) -> tuple[AdminToken, str]:
+        token = new_secret("wma")
+        async with self.tx() as s:
+            if await s.scalar(select(AdminToken.id).where(
+                    AdminToken.name == name, AdminToken.revoked_at.is_(None))) is not None:
+                raise Conflict(f"an admin token named {name!r} already exists", "name")
+            row = AdminToken(name=name, token_hash=hash_secret(token), created_at=now(),
+                             role=role)
+            s.add(row)
+            await self.audit(s, actor, "admin_token.create", name=name, role=role)
+        return row, token
+
+    async def list_admin_tokens(self) -> list[AdminToken]:
+        async with self.reads() as s:
+            return list(await s.scalars(select(AdminToken).order_by(AdminToken.id)))
+
+    async def revoke_admin_token(self, actor: str, name: str) -> AdminToken:
+        async with self.tx() as s:
+            row = await s.scalar(select(AdminToken).where(
+                AdminToken.name == name, AdminToken.revoked_at.is_(None)))
+            if row is None:
+                raise NotFound(f"no admin token named {name!r}", "name")
+            row.revoked_at = now()
+            await self.audit(s, actor, "admin_token.revoke", name=name)
+            return row
 
     # --- setup keys --------------------------------------------------------------------------
 
