@@ -23,8 +23,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from wiremesh.lab.mesh import MeshLab, build_mesh
+from wiremesh.lab.mesh import MeshLab
 from wiremesh.lab.netns import Lab, missing_requirements
+from wiremesh.lab.topology import build_mesh
 
 
 async def _agent(http, verify, key: str, i: int, n: int, done: dict[int, float],

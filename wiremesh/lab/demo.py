@@ -9,8 +9,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from wiremesh.lab.mesh import MeshLab, build_mesh, ping_pairs
-from wiremesh.lab.netns import Host, Lab
+from wiremesh.lab.mesh import MeshLab, ping_pairs
+from wiremesh.lab.netns import Host
+from wiremesh.lab.topology import mesh_lab
 
 
 def pair_table(title: str, mesh: MeshLab, ips: dict[str, str],
@@ -38,23 +39,17 @@ def all_pairs(mesh: MeshLab, ips: dict[str, str]) -> list[tuple[Host, str]]:
 
 
 def run_demo(n_agents: int, console: Console, run_id: str | None = None) -> dict[str, Any]:
-    with Lab(run_id) as lab:
-        console.print(f"lab [bold]{lab.id}[/]: 1 server + {n_agents} agents on 192.0.2.0/24")
-        mesh = build_mesh(lab, [f"a{i}" for i in range(1, n_agents + 1)])
-        try:
-            return _scenario(mesh, n_agents, console)
-        except BaseException:
-            for name in ["server", *mesh.agents]:
-                console.print(f"[dim]--- {name} log ---\n{mesh.tail(name)}[/]", highlight=False)
-            raise
+    with mesh_lab([f"a{i}" for i in range(1, n_agents + 1)], console, run_id) as mesh:
+        console.print(f"lab [bold]{mesh.lab.id}[/]: 1 server + {n_agents} agents on "
+                      f"{mesh.topo.internet.network}")
+        return _scenario(mesh, n_agents, console)
 
 
 def _scenario(mesh: MeshLab, n: int, console: Console) -> dict[str, Any]:
     mesh.start_server()
-    key = mesh.admin("keys", "create", "demo", "--reusable", "--usage-limit", str(n))["key"]
+    key = mesh.create_setup_key("demo")
     t0 = time.monotonic()
-    for a in mesh.agents.values():
-        mesh.start_agent(a, key)
+    mesh.start_agents(key)
     mesh.wait_agents_configured(mesh.agents.values(), n - 1)
     ips = {name: a.overlay_ip for name, a in mesh.agents.items()}
     pairs = all_pairs(mesh, ips)

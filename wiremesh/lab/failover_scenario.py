@@ -40,8 +40,9 @@ from rich.table import Table
 
 from wiremesh.agent.dataplane import KEEPALIVE_S
 from wiremesh.lab.echo import Reply, read_replies
-from wiremesh.lab.mesh import LabAgent, MeshLab, build_mesh, stop, wait_until
-from wiremesh.lab.netns import Lab, LabError, run
+from wiremesh.lab.mesh import LabAgent, MeshLab, stop, wait_until
+from wiremesh.lab.netns import LabError, run
+from wiremesh.lab.topology import mesh_lab
 from wiremesh.wg.backend import WgPeerConfig
 from wiremesh.wg.uapi import UapiClient, render_set
 
@@ -174,12 +175,8 @@ class FailoverScenario:
 
     def setup(self) -> None:
         mesh = self.mesh
-        mesh.start_server()
         names = list(mesh.agents)
-        key = mesh.admin("keys", "create", "failover", "--reusable",
-                         "--usage-limit", str(len(names)))["key"]
-        for a in mesh.agents.values():
-            mesh.start_agent(a, key)
+        mesh.start("failover")
         wait_until(lambda: len(mesh.admin("peers", "list")) == len(names), 60,
                    "every agent to enrol")
         for p in mesh.admin("peers", "list"):
@@ -254,7 +251,7 @@ class FailoverScenario:
     # --- breaking and restoring routers -----------------------------------------------------------
 
     def underlay_link(self, router: str) -> str:
-        return self.lab.link_of(self.agent(router).host, self.lab.switches["u"])
+        return self.lab.link_of(self.agent(router).host, self.mesh.topo.internet)
 
     def break_router(self, router: str, method: str) -> None:
         a = self.agent(router)
@@ -403,18 +400,12 @@ def run_failover(trials: int, console: Console, run_id: str | None = None
     """Run the scenario; returns the figures (see `summarize`) and every trial."""
     if trials < 1:
         raise LabError("trials: must be >= 1")
-    with Lab(run_id) as lab:
-        console.print(f"lab [bold]{lab.id}[/]: server, routers {', '.join(ROUTER_METRICS)} "
+    with mesh_lab([*ROUTER_METRICS, *CLIENTS, OUTSIDER], console, run_id) as mesh:
+        console.print(f"lab [bold]{mesh.lab.id}[/]: server, routers {', '.join(ROUTER_METRICS)} "
                       f"-> {PREFIX}, clients {', '.join(CLIENTS)}, outsider {OUTSIDER}")
-        mesh = build_mesh(lab, [*ROUTER_METRICS, *CLIENTS, OUTSIDER])
         scenario = FailoverScenario(mesh, console)
-        try:
-            done = scenario.run(trials, lambda t: console.print(
-                "trial", *trial_row(t)[:4], f"{t.worst_ms} ms", highlight=False))
-            outsider = scenario.outsider_figures()
-        except BaseException:
-            for name in ["server", *mesh.agents]:
-                console.print(f"[dim]--- {name} log ---\n{mesh.tail(name)}[/]", highlight=False)
-            raise
+        done = scenario.run(trials, lambda t: console.print(
+            "trial", *trial_row(t)[:4], f"{t.worst_ms} ms", highlight=False))
+        outsider = scenario.outsider_figures()
     console.print(trials_table(done))
     return summarize(done, outsider), done

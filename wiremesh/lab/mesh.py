@@ -1,4 +1,4 @@
-"""A lab mesh: one server host and agent hosts on an underlay switch, all real processes.
+"""The processes of a lab mesh: a real server and real agents on hosts of a `Topology`.
 
 Admin calls go through the real CLI run inside the server's namespace, so the lab exercises
 exactly what an operator would type.
@@ -13,17 +13,21 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from wiremesh.lab.netns import Host, Lab, LabError
-from wiremesh.lab.pki import ServerCert, make_server_cert
+from wiremesh.lab.pki import ServerCert
 from wiremesh.wg.uapi import UapiClient
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from wiremesh.lab.topology import Topology
 
 SERVER_PORT = 8080
 AGENT_METRICS_PORT = 9101  # on each agent host's own loopback
-UNDERLAY = "192.0.2.0/24"
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str,
@@ -86,12 +90,16 @@ class MeshLab:
     """The server speaks HTTPS with a certificate from a throw-away CA (`tls`); every agent
     and admin call verifies it with that CA, as a real deployment would."""
 
-    lab: Lab
+    topo: Topology
     server: Host
     tls: ServerCert
     agents: dict[str, LabAgent] = field(default_factory=dict)
     server_proc: subprocess.Popen | None = None
     admin_token: str = ""
+
+    @property
+    def lab(self) -> Lab:
+        return self.topo.lab
 
     @property
     def url(self) -> str:
@@ -141,9 +149,8 @@ class MeshLab:
 
     # --- agents -------------------------------------------------------------------------------
 
-    def add_agent(self, name: str, switch_name: str = "u") -> LabAgent:
-        host = self.lab.add_host(name)
-        self.lab.connect(host, self.lab.switches[switch_name])
+    def add_agent(self, name: str, host: Host) -> LabAgent:
+        """An agent (not started yet) that will run on `host`."""
         idx = len(self.agents) + 1
         a = LabAgent(name, host, self.lab.name(f"w{idx}"), self.lab.log_dir / f"state-{name}")
         self.agents[name] = a
@@ -160,6 +167,21 @@ class MeshLab:
         else:
             argv = wiremesh_cmd("agent", *common)
         a.proc = a.host.popen(argv, log=self.log(a.name))
+
+    def start(self, key_name: str) -> None:
+        """The server, then every agent enrolling with one setup key."""
+        self.start_server()
+        self.start_agents(self.create_setup_key(key_name))
+
+    def create_setup_key(self, name: str) -> str:
+        """A reusable setup key good for every agent of the lab."""
+        key = self.admin("keys", "create", name, "--reusable",
+                         "--usage-limit", str(max(1, len(self.agents))))["key"]
+        return str(key)
+
+    def start_agents(self, setup_key: str) -> None:
+        for a in self.agents.values():
+            self.start_agent(a, setup_key)
 
     def stop_agent(self, a: LabAgent) -> None:
         stop(a.proc)
@@ -186,6 +208,11 @@ class MeshLab:
         except OSError:
             return "(no log)"
 
+    def print_logs(self, console: Console) -> None:
+        """The last lines of the server's and every agent's log (after a failure)."""
+        for name in ["server", *self.agents]:
+            console.print(f"[dim]--- {name} log ---\n{self.tail(name)}[/]", highlight=False)
+
 
 def stop(proc: subprocess.Popen | None, timeout: float = 10) -> None:
     if proc is None or proc.poll() is not None:
@@ -196,16 +223,6 @@ def stop(proc: subprocess.Popen | None, timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def build_mesh(lab: Lab, agent_names: Iterable[str]) -> MeshLab:
-    sw = lab.add_switch("u", UNDERLAY)
-    server = lab.add_host("srv")
-    lab.connect(server, sw)
-    mesh = MeshLab(lab, server, make_server_cert(lab.log_dir / "pki", [server.ip]))
-    for name in agent_names:
-        mesh.add_agent(name)
-    return mesh
 
 
 def ping_pairs(pairs: list[tuple[Host, str]], deadline_s: float,

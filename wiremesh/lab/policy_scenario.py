@@ -27,8 +27,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from wiremesh.lab.mesh import MeshLab, build_mesh, wait_until
-from wiremesh.lab.netns import Lab, LabError
+from wiremesh.lab.mesh import MeshLab, wait_until
+from wiremesh.lab.netns import LabError
+from wiremesh.lab.topology import mesh_lab
 
 GROUPS = {"web": ("web1", "web2"), "app": ("app1", "app2"), "db": ("db1", "db2")}
 PEERS = tuple(n for members in GROUPS.values() for n in members)
@@ -199,26 +200,17 @@ def run_policy_scenario(console: Console, run_id: str | None = None) -> dict[str
     for f in (POLICY, POLICY_CHANGE):
         if not f.exists():
             raise LabError(f"policy file {f} is missing (the scenario runs from a source tree)")
-    with Lab(run_id) as lab:
-        console.print(f"lab [bold]{lab.id}[/]: 1 server + {len(PEERS)} agents in groups "
+    with mesh_lab(PEERS, console, run_id) as mesh:
+        console.print(f"lab [bold]{mesh.lab.id}[/]: 1 server + {len(PEERS)} agents in groups "
                       + ", ".join(f"{g}={'/'.join(m)}" for g, m in GROUPS.items()))
-        mesh = build_mesh(lab, PEERS)
-        try:
-            return _scenario(mesh, console)
-        except BaseException:
-            for name in ["server", *mesh.agents]:
-                console.print(f"[dim]--- {name} log ---\n{mesh.tail(name)}[/]", highlight=False)
-            raise
+        return _scenario(mesh, console)
 
 
 def _scenario(mesh: MeshLab, console: Console) -> dict[str, Any]:
     n = len(mesh.agents)
     t_start = time.monotonic()
     start_listeners(mesh)
-    mesh.start_server()
-    key = mesh.admin("keys", "create", "policy-lab", "--reusable", "--usage-limit", str(n))["key"]
-    for a in mesh.agents.values():
-        mesh.start_agent(a, key)
+    mesh.start("policy-lab")
     mesh.wait_agents_configured(mesh.agents.values(), n - 1)
     ips = {p["name"]: p["overlay_ip"] for p in mesh.admin("peers", "list")}
     console.print(f"mesh up in {time.monotonic() - t_start:.1f}s")

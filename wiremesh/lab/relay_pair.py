@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from wiremesh.lab.mesh import AGENT_METRICS_PORT, MeshLab, build_mesh
+from wiremesh.lab.mesh import AGENT_METRICS_PORT, MeshLab
 from wiremesh.lab.netns import Host, Lab, LabError
+from wiremesh.lab.topology import build_mesh
 from wiremesh.wg.backend import WgPeerConfig
 from wiremesh.wg.keys import generate_private_key, public_key_of
 from wiremesh.wg.uapi import WireguardGoBackend
@@ -92,9 +93,7 @@ def start_peer(mesh: MeshLab, host: Host, ifname: str, setup_key: str) -> RelayP
 def relay_pair(lab: Lab) -> Iterator[tuple[MeshLab, RelayPeer, RelayPeer]]:
     """A server (embedded relay) and two UDP-blocked peers relayed to each other."""
     mesh = build_mesh(lab, [])
-    a_host, b_host = lab.add_host("a"), lab.add_host("b")
-    for h in (a_host, b_host):
-        lab.connect(h, lab.switches["u"])
+    a_host, b_host = mesh.topo.public_host("a"), mesh.topo.public_host("b")
     mesh.start_server()
     key = mesh.admin("keys", "create", "relay-lab", "--reusable", "--usage-limit", "2")["key"]
     peers = []
