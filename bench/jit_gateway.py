@@ -35,9 +35,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from wiremesh.gateway import labkit, noise
+from wiremesh.gateway import noise
+from wiremesh.lab import gateway
 from wiremesh.lab.mesh import wait_until
 from wiremesh.lab.netns import Host, Lab, missing_requirements
+from wiremesh.lab.topology import Topology
 from wiremesh.wg.backend import WgError, WgPeerConfig
 from wiremesh.wg.keys import decode_key, encode_key, generate_private_key, public_key_of
 from wiremesh.wg.uapi import WireguardGoBackend, render_set
@@ -53,7 +55,7 @@ def percentile(values: list[float], p: float) -> float:
     return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
 
 
-def connect_waves(clients: list[labkit.WgClient], waves: int, gap_s: float = 0.0) -> list[float]:
+def connect_waves(clients: list[gateway.WgClient], waves: int, gap_s: float = 0.0) -> list[float]:
     """First-ping round trips, `waves` groups pinging concurrently, `gap_s` apart; a failure
     counts as the ping timeout (never silently dropped from the percentiles)."""
     size = math.ceil(len(clients) / waves)
@@ -64,7 +66,7 @@ def connect_waves(clients: list[labkit.WgClient], waves: int, gap_s: float = 0.0
         procs = [subprocess.Popen(c.ping_cmd(PING_TIMEOUT_S), stdout=subprocess.PIPE, text=True)
                  for c in clients[w:w + size]]
         for p in procs:
-            ms = labkit.parse_ping_ms(p.communicate()[0])
+            ms = gateway.parse_ping_ms(p.communicate()[0])
             out.append(PING_TIMEOUT_S * 1000 if ms is None else ms)
     return out
 
@@ -88,9 +90,9 @@ def eager_baseline(lab: Lab, host: Host, lines: list[tuple[str, str]], timeout_s
               for i in range(0, len(lines), chunk)]
     wg = WireguardGoBackend(lab.name("eg"), netns=host.ns)
     try:
-        wg.set_device(generate_private_key(), labkit.GATEWAY_PORT)
+        wg.set_device(generate_private_key(), gateway.GATEWAY_PORT)
         host.run(["ip", "link", "set", wg.ifname, "up"])
-        base_rss = labkit.rss_mb(wg.proc.pid)
+        base_rss = gateway.rss_mb(wg.proc.pid)
         status, peak = "complete", base_rss
         start = time.monotonic()
         for body in bodies:
@@ -100,7 +102,7 @@ def eager_baseline(lab: Lab, host: Host, lines: list[tuple[str, str]], timeout_s
                 # wireguard-go caps a device at 65536 peers (MaxPeers) and closes the socket.
                 status = f"failed: wireguard-go refused more peers ({e.__class__.__name__})"
                 break
-            peak = max(peak, labkit.rss_mb(wg.proc.pid))
+            peak = max(peak, gateway.rss_mb(wg.proc.pid))
             if peak > rss_cap_mb:
                 status = f"stopped at RSS cap {rss_cap_mb:.0f} MB"
                 break
@@ -131,7 +133,7 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
     res: dict = {}
     with Lab() as lab, ExitStack() as cleanup:
         src = lab.log_dir / "known.txt"
-        labkit.write_import_file(src, keys)
+        gateway.write_import_file(src, keys)
         db = lab.log_dir / "known.db"
         t = time.monotonic()
         subprocess.run([str(Path(sys.executable).with_name("wiremesh")), "gateway", "import",
@@ -139,15 +141,14 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
         res["import_s"] = time.monotonic() - t
 
         console.print(f"building the lab: gateway, {n_clients} client namespaces, a flooder")
-        sw = lab.add_switch("u", f"{SUBNET}.0/24")
-        gw_host = lab.add_host("gw")
-        lab.connect(gw_host, sw, f"{GW_IP}/24")
-        flooder = lab.add_host("fl")
-        lab.connect(flooder, sw, f"{SUBNET}.100/24")
+        topo = Topology(lab, f"{SUBNET}.0/24")
+        gw_host = topo.public_host("gw", f"{GW_IP}/24")
+        flooder = topo.public_host("fl", f"{SUBNET}.100/24")
         flood_ips = [f"{SUBNET}.{100 + i}" for i in range(sources)]
         for ip in flood_ips[1:]:
-            flooder.run(["ip", "addr", "add", f"{ip}/24", "dev", lab.link_of(flooder, sw)])
-        gw = labkit.start_gateway(lab, gw_host, db, "--ttl", str(ttl), "--poll-interval", "0.5",
+            flooder.run(["ip", "addr", "add", f"{ip}/24", "dev",
+                         lab.link_of(flooder, topo.internet)])
+        gw = gateway.start_gateway(lab, gw_host, db, "--ttl", str(ttl), "--poll-interval", "0.5",
                                   "--max-active", str(max(100_000, synthetic + n_clients)),
                                   "--dh-per-second", str(dh_per_second),
                                   "--dh-burst", str(dh_per_second), timeout_s=120)
@@ -155,9 +156,8 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
         gw_pub = decode_key(gw.public_key)
         clients = []
         for i, key in enumerate(client_keys):
-            h = lab.add_host(f"c{i}")
-            lab.connect(h, sw, f"{SUBNET}.{10 + i}/24")
-            c = labkit.start_client(h, lab.name(f"w{i}"), key, labkit.overlay_ip(i),
+            h = topo.public_host(f"c{i}", f"{SUBNET}.{10 + i}/24")
+            c = gateway.start_client(h, lab.name(f"w{i}"), key, gateway.overlay_ip(i),
                                     gw.public_key, GW_IP)
             cleanup.callback(c.wg.close)
             clients.append(c)
@@ -169,7 +169,7 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
         packets = lab.log_dir / "synthetic.bin"
         packets.write_bytes(crafted(synth_priv, gw_pub))
         before = installed_or_not(gw.metrics())
-        sent = subprocess.run(labkit.blast_cmd(flooder, packets, GW_IP, 0, 0, flood_ips),
+        sent = subprocess.run(gateway.blast_cmd(flooder, packets, GW_IP, 0, 0, flood_ips),
                               check=True, stdout=subprocess.PIPE, text=True, timeout=300)
         wait_until(lambda: sum(installed_or_not(gw.metrics())) >= sum(before) + synthetic,
                    120, "synthetic installs", interval=0.02)
@@ -190,7 +190,7 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
         garbage = b"".join(b"\x01\x00\x00\x00" + os.urandom(144) for _ in range(flood_unique))
         flood.write_bytes(crafted(strangers, gw_pub) + garbage)
         m0, t0 = gw.metrics(), time.monotonic()
-        blaster = subprocess.Popen(labkit.blast_cmd(flooder, flood, GW_IP, flood_pps, 600,
+        blaster = subprocess.Popen(gateway.blast_cmd(flooder, flood, GW_IP, flood_pps, 600,
                                                     flood_ips), stdout=subprocess.DEVNULL)
         try:
             wait_until(lambda: gw.metrics()["wiremesh_gateway_initiations_total"]
@@ -200,7 +200,7 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
                 c.forget_session()
             res["flood_connect_ms"] = connect_waves(clients, waves, gap_s=flood_wave_gap)
             pids = gw.pids()
-            res["rss"] = {name: labkit.rss_mb(pid) for name, pid in pids.items()}
+            res["rss"] = {name: gateway.rss_mb(pid) for name, pid in pids.items()}
             m1, t1 = gw.metrics(), time.monotonic()
         finally:
             blaster.kill()
@@ -220,7 +220,7 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
         if eager:
             console.print(f"phase 4: eager baseline, {known} peers into wireguard-go")
             host = lab.add_host("eg")
-            lines = [(k, f"{labkit.overlay_ip(i)}/32") for i, k in enumerate(keys)]
+            lines = [(k, f"{gateway.overlay_ip(i)}/32") for i, k in enumerate(keys)]
             res["eager"] = eager_baseline(lab, host, lines, eager_timeout, eager_rss_cap_mb)
     return res
 

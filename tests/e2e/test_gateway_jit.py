@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from wiremesh.gateway import labkit, noise
+from wiremesh.gateway import noise
+from wiremesh.lab import gateway
 from wiremesh.lab.mesh import wait_until
 from wiremesh.lab.netns import Host, Lab, missing_requirements
+from wiremesh.lab.topology import Topology
 from wiremesh.wg.backend import WgPeerConfig
 from wiremesh.wg.keys import decode_key, generate_private_key, public_key_of
 from wiremesh.wg.uapi import UapiClient, WireguardGoBackend
@@ -41,8 +43,8 @@ class Env:
     cleanup: ExitStack
 
     def client(self, host: Host, ifname: str, key: str, overlay: str,
-               gateway_public: str) -> labkit.WgClient:
-        c = labkit.start_client(host, ifname, key, overlay, gateway_public, GW_IP)
+               gateway_public: str) -> gateway.WgClient:
+        c = gateway.start_client(host, ifname, key, overlay, gateway_public, GW_IP)
         self.cleanup.callback(c.wg.close)
         return c
 
@@ -51,7 +53,7 @@ def import_known(lab: Lab, keys: list[str]) -> Path:
     """Known peers through the real CLI: `keys` first, then random filler keys."""
     filler = [base64.b64encode(os.urandom(32)).decode() for _ in range(FILLER)]
     src = lab.log_dir / "peers.txt"
-    labkit.write_import_file(src, keys + filler)
+    gateway.write_import_file(src, keys + filler)
     db = lab.log_dir / "peers.db"
     wiremesh = str(Path(sys.executable).with_name("wiremesh"))
     subprocess.run([wiremesh, "gateway", "import", str(src), "--db", str(db), "--json"],
@@ -62,24 +64,19 @@ def import_known(lab: Lab, keys: list[str]) -> Path:
 @pytest.fixture
 def env() -> Iterator[Env]:
     with Lab() as lab, ExitStack() as cleanup:
-        sw = lab.add_switch("u", "198.51.100.0/24")
-        gw = lab.add_host("gw")
-        lab.connect(gw, sw, f"{GW_IP}/24")
-        hosts = []
-        for i in range(3):
-            h = lab.add_host(f"h{i}")
-            lab.connect(h, sw, f"198.51.100.{10 + i}/24")
-            hosts.append(h)
+        topo = Topology(lab, "198.51.100.0/24")
+        gw = topo.public_host("gw", f"{GW_IP}/24")
+        hosts = [topo.public_host(f"h{i}", f"198.51.100.{10 + i}/24") for i in range(3)]
         yield Env(lab, gw, hosts, cleanup)
 
 
 def test_first_handshake_completes_at_once_then_ttl_eviction_and_reinstall(env: Env) -> None:
     key = generate_private_key()
     db = import_known(env.lab, [public_key_of(key)])
-    gw = labkit.start_gateway(env.lab, env.gateway_host, db, "--ttl", "1.5",
+    gw = gateway.start_gateway(env.lab, env.gateway_host, db, "--ttl", "1.5",
                               "--poll-interval", "0.2")
     try:
-        client = env.client(env.hosts[0], env.lab.name("w0"), key, labkit.overlay_ip(0),
+        client = env.client(env.hosts[0], env.lab.name("w0"), key, gateway.overlay_ip(0),
                             gw.public_key)
         first = client.ping_ms(timeout_s=8)
         # Without the gateway's own handshake the reply would come after the 5 s retry.
@@ -89,7 +86,7 @@ def test_first_handshake_completes_at_once_then_ttl_eviction_and_reinstall(env: 
         assert m["wiremesh_gateway_active_peers"] == 1
         assert m["wiremesh_gateway_known_peers"] == FILLER + 1
         peer = UapiClient(gw.ifname).get().peers[client.public_key]
-        assert peer.allowed_ips == [f"{labkit.overlay_ip(0)}/32"]
+        assert peer.allowed_ips == [f"{gateway.overlay_ip(0)}/32"]
         assert peer.persistent_keepalive == 0  # the kick left nothing periodic behind
 
         m = gw.wait_metric('wiremesh_gateway_evicted_total{reason="ttl"}', 1, timeout_s=10)
@@ -108,11 +105,11 @@ def test_strangers_garbage_and_replays_are_dropped_and_counted(env: Env) -> None
     known = generate_private_key()
     synthetic = generate_private_key()
     db = import_known(env.lab, [public_key_of(known), public_key_of(synthetic)])
-    gw = labkit.start_gateway(env.lab, env.gateway_host, db, "--ttl", "60")
+    gw = gateway.start_gateway(env.lab, env.gateway_host, db, "--ttl", "60")
     try:
         # A real wireguard-go client whose key the gateway does not know gets nothing back.
         stranger = env.client(env.hosts[1], env.lab.name("w1"), generate_private_key(),
-                              labkit.overlay_ip(50), gw.public_key)
+                              gateway.overlay_ip(50), gw.public_key)
         assert stranger.ping_ms(timeout_s=1) is None
         gw.wait_metric('wiremesh_gateway_dropped_total{reason="unknown_key"}', 1, 5)
 
@@ -123,14 +120,14 @@ def test_strangers_garbage_and_replays_are_dropped_and_counted(env: Env) -> None
         packets = env.lab.log_dir / "packets.bin"
         packets.write_bytes(b"".join(b"\x01\x00\x00\x00" + os.urandom(144) for _ in range(500))
                             + crafted + crafted)
-        subprocess.run(labkit.blast_cmd(env.hosts[2], packets, GW_IP, pps=0, duration=0),
+        subprocess.run(gateway.blast_cmd(env.hosts[2], packets, GW_IP, pps=0, duration=0),
                        check=True, capture_output=True, timeout=30)
         m = gw.wait_metric('wiremesh_gateway_dropped_total{reason="replay"}', 1, 5)
         assert m['wiremesh_gateway_dropped_total{reason="bad_mac1"}'] == 500
         assert m["wiremesh_gateway_installed_total"] == 1
 
         # Known peers are unaffected.
-        client = env.client(env.hosts[0], env.lab.name("w0"), known, labkit.overlay_ip(0),
+        client = env.client(env.hosts[0], env.lab.name("w0"), known, gateway.overlay_ip(0),
                             gw.public_key)
         ms = client.ping_ms(timeout_s=8)
         assert ms is not None and ms < 1000, ms
@@ -150,19 +147,19 @@ def test_gateway_survives_a_locked_store_and_admits_a_peer_imported_under_the_lo
         env: Env) -> None:
     known, late = generate_private_key(), generate_private_key()
     db = import_known(env.lab, [public_key_of(known)])
-    gw = labkit.start_gateway(env.lab, env.gateway_host, db, "--ttl", "60")
+    gw = gateway.start_gateway(env.lab, env.gateway_host, db, "--ttl", "60")
     try:
         # A real second writer, as an import is.
         importer = sqlite3.connect(db, isolation_level=None)
         try:
             importer.execute("BEGIN EXCLUSIVE")
             importer.execute("INSERT INTO known_peers(public_key, allowed_ips) VALUES (?, ?)",
-                             (decode_key(public_key_of(late)), f"{labkit.overlay_ip(1)}/32"))
-            client = env.client(env.hosts[0], env.lab.name("w0"), known, labkit.overlay_ip(0),
+                             (decode_key(public_key_of(late)), f"{gateway.overlay_ip(1)}/32"))
+            client = env.client(env.hosts[0], env.lab.name("w0"), known, gateway.overlay_ip(0),
                                 gw.public_key)
             ms = client.ping_ms(timeout_s=8)  # lookups go on under the lock
             assert ms is not None and ms < 1000, ms
-            newcomer = env.client(env.hosts[1], env.lab.name("w1"), late, labkit.overlay_ip(1),
+            newcomer = env.client(env.hosts[1], env.lab.name("w1"), late, gateway.overlay_ip(1),
                                   gw.public_key)
             assert newcomer.ping_ms(timeout_s=1) is None  # its row is not committed yet
             gw.wait_metric('wiremesh_gateway_dropped_total{reason="unknown_key"}', 1, 5)
@@ -195,19 +192,19 @@ def test_under_a_flood_a_real_client_gets_a_cookie_proves_its_address_and_gets_i
     db = import_known(env.lab, [public_key_of(key)])
     # A DH budget the flood keeps empty (one DH per 100 s): every initiation without mac2
     # gets a cookie reply. No per-source limit gets in the way of the flood.
-    gw = labkit.start_gateway(env.lab, env.gateway_host, db, "--ttl", "60",
+    gw = gateway.start_gateway(env.lab, env.gateway_host, db, "--ttl", "60",
                               "--dh-per-second", "0.01", "--dh-burst", "1",
                               "--rate-per-source", "100000", "--burst-per-source", "100000")
     flood = env.lab.log_dir / "flood.bin"
     gw_pub = decode_key(gw.public_key)
     flood.write_bytes(b"".join(noise.create_initiation(os.urandom(32), gw_pub)
                                for _ in range(200)))
-    blaster = subprocess.Popen(labkit.blast_cmd(env.hosts[2], flood, GW_IP, 100, 120),
+    blaster = subprocess.Popen(gateway.blast_cmd(env.hosts[2], flood, GW_IP, 100, 120),
                                stdout=subprocess.DEVNULL)
     try:
         m = gw.wait_metric('wiremesh_gateway_cookie_replies_total{reason="dh_budget"}', 50, 20)
         assert m["wiremesh_gateway_dh_operations_total"] <= 1
-        client = env.client(env.hosts[0], env.lab.name("w0"), key, labkit.overlay_ip(0),
+        client = env.client(env.hosts[0], env.lab.name("w0"), key, gateway.overlay_ip(0),
                             gw.public_key)
         # wireguard-go sends its next initiation, now with mac2, at its 5 s handshake retry.
         ms = client.ping_ms(timeout_s=20)

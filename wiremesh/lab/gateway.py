@@ -200,7 +200,7 @@ def blast(packets_file: str, dest: str, port: int, pps: float, duration: float,
           sources: str = "") -> None:
     """Send 148-byte packets from `packets_file` round-robin to dest:port at `pps` for
     `duration` s (0 = each packet once), from the comma-separated `sources` addresses.
-    Runs inside a lab namespace: `python -c 'from wiremesh.gateway.labkit import blast; ...'`.
+    Runs inside a lab namespace: `python -c 'from wiremesh.lab.gateway import blast; ...'`.
     """
     data = Path(packets_file).read_bytes()
     packets = [data[i:i + 148] for i in range(0, len(data), 148)]
@@ -224,7 +224,7 @@ def blast(packets_file: str, dest: str, port: int, pps: float, duration: float,
 
 def blast_cmd(host: Host, packets_file: Path, dest: str, pps: float, duration: float,
               sources: list[str] | None = None) -> list[str]:
-    code = ("import sys; from wiremesh.gateway.labkit import blast; "
+    code = ("import sys; from wiremesh.lab.gateway import blast; "
             "blast(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), "
             "float(sys.argv[5]), sys.argv[6])")
     return host.cmd([sys.executable, "-c", code, str(packets_file), dest, str(GATEWAY_PORT),
