@@ -133,11 +133,16 @@ def test_strangers_garbage_and_replays_are_dropped_and_counted(env: Env) -> None
         assert ms is not None and ms < 1000, ms
 
         # The guard kept every initiation it did not admit away from wireguard-go, and lets
-        # the installed client's endpoint through.
-        table = env.gateway_host.run(["nft", "list", "table", "inet", "wiremesh_gateway"]).stdout
-        drops = re.search(r"counter packets (\d+)", table)
-        assert drops and int(drops.group(1)) >= 501, table
-        assert "198.51.100.10 . " in table
+        # the installed client's endpoint through (the provisioner adds it to the set after
+        # wireguard-go has the peer, so the reply can come first).
+        def guard_table() -> str:
+            return env.gateway_host.run(["nft", "list", "table", "inet",
+                                         "wiremesh_gateway"]).stdout
+
+        wait_until(lambda: "198.51.100.10 . " in guard_table(), 5,
+                   "the client's endpoint in the guard's set")
+        drops = re.search(r"counter packets (\d+)", guard_table())
+        assert drops and int(drops.group(1)) >= 501, guard_table()
     finally:
         gw.stop()
     assert "wiremesh_gateway" not in env.gateway_host.run(["nft", "list", "tables"]).stdout
