@@ -115,6 +115,15 @@ class UapiClient:
                 buf += b
         return buf.decode()
 
+    def accepts(self) -> bool:
+        """Whether a UAPI server listens on the socket (a connection that sends nothing)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(self.path))
+            except OSError:
+                return False
+        return True
+
     def set(self, body: str) -> None:
         answer = self._request(body)
         for line in answer.splitlines():
@@ -156,7 +165,8 @@ class WireguardGoBackend:
             start_new_session=True,
         )
         deadline = time.monotonic() + start_timeout
-        while not self.client.path.exists():
+        # The socket file appears at bind(), a moment before listen(): wait for an accept.
+        while not self.client.accepts():
             if self.proc.poll() is not None:
                 raise WgError(f"wireguard-go for {ifname} exited with {self.proc.returncode}")
             if time.monotonic() > deadline:
