@@ -23,6 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from wiremesh.lab.layout import Layout
 from wiremesh.lab.mesh import MeshLab
 from wiremesh.lab.netns import Lab, missing_requirements
 from wiremesh.lab.topology import build_mesh
@@ -117,7 +118,7 @@ def main() -> int:
         return 2
     console = Console(stderr=True)
     with Lab() as lab:
-        mesh: MeshLab = build_mesh(lab, [])
+        mesh: MeshLab = build_mesh(lab, Layout.public([]))
         mesh.start_server()
         key = mesh.admin("keys", "create", "bench", "--reusable")["key"]
         console.print(f"server up in lab {lab.id}; {args.peers} simulated agents enrol ...")

@@ -37,6 +37,7 @@ from rich.table import Table
 
 from wiremesh.gateway import noise
 from wiremesh.lab import gateway
+from wiremesh.lab.figures import percentile
 from wiremesh.lab.mesh import wait_until
 from wiremesh.lab.netns import Host, Lab, missing_requirements
 from wiremesh.lab.topology import Topology
@@ -48,11 +49,6 @@ SUBNET = "198.51.100"
 GW_IP = f"{SUBNET}.1"
 PING_TIMEOUT_S = 8.0
 console = Console(stderr=True)
-
-
-def percentile(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
 
 
 def connect_waves(clients: list[gateway.WgClient], waves: int, gap_s: float = 0.0) -> list[float]:

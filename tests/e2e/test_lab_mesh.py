@@ -11,6 +11,7 @@ from rich.console import Console
 
 from wiremesh.agent.relay_link import relay_urls
 from wiremesh.lab.demo import run_demo
+from wiremesh.lab.layout import Layout
 from wiremesh.lab.mesh import wait_until, wiremesh_cmd
 from wiremesh.lab.netns import Lab, new_run_id
 from wiremesh.lab.topology import build_mesh
@@ -34,7 +35,7 @@ def test_demo_mesh_survives_server_death_and_leaves_nothing() -> None:
 
 def test_agent_reports_metrics_and_removes_its_firewall_on_stop() -> None:
     with Lab() as lab:
-        mesh = build_mesh(lab, ["m1", "m2"])
+        mesh = build_mesh(lab, Layout.public(["m1", "m2"]))
         mesh.start("t")
         mesh.wait_agents_configured(mesh.agents.values(), 1)
         a = mesh.agents["m1"]
@@ -53,7 +54,7 @@ def test_agent_reports_metrics_and_removes_its_firewall_on_stop() -> None:
 
 def test_agent_keeps_the_mesh_when_the_server_forgets_it_and_only_down_removes_it() -> None:
     with Lab() as lab:
-        mesh = build_mesh(lab, ["m1", "m2"])
+        mesh = build_mesh(lab, Layout.public(["m1", "m2"]))
         mesh.start("t")
         mesh.wait_agents_configured(mesh.agents.values(), 1)
         m1, m2 = mesh.agents["m1"], mesh.agents["m2"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -40,6 +39,8 @@ from rich.table import Table
 
 from wiremesh.agent.dataplane import KEEPALIVE_S
 from wiremesh.lab.echo import Reply, read_replies
+from wiremesh.lab.figures import percentile
+from wiremesh.lab.layout import Layout
 from wiremesh.lab.mesh import LabAgent, MeshLab, stop, wait_until
 from wiremesh.lab.netns import LabError, run
 from wiremesh.lab.topology import mesh_lab
@@ -133,12 +134,6 @@ class EchoLog:
 
     def since(self, t: float) -> list[Reply]:
         return [r for r in self.poll() if r.recv >= t]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    xs = sorted(values)
-    return xs[max(0, math.ceil(q / 100 * len(xs)) - 1)]
 
 
 def longest_gap_ms(replies: list[Reply], start: float, end: float) -> float:
@@ -400,7 +395,8 @@ def run_failover(trials: int, console: Console, run_id: str | None = None
     """Run the scenario; returns the figures (see `summarize`) and every trial."""
     if trials < 1:
         raise LabError("trials: must be >= 1")
-    with mesh_lab([*ROUTER_METRICS, *CLIENTS, OUTSIDER], console, run_id) as mesh:
+    layout = Layout.public([*ROUTER_METRICS, *CLIENTS, OUTSIDER])
+    with mesh_lab(layout, console, run_id) as mesh:
         console.print(f"lab [bold]{mesh.lab.id}[/]: server, routers {', '.join(ROUTER_METRICS)} "
                       f"-> {PREFIX}, clients {', '.join(CLIENTS)}, outsider {OUTSIDER}")
         scenario = FailoverScenario(mesh, console)

@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from wiremesh.agent.state import private_key_path
 from wiremesh.lab.netns import Host, Lab, LabError
 from wiremesh.lab.pki import ServerCert
+from wiremesh.wg.backend import WgDeviceStatus
+from wiremesh.wg.keys import public_key_of
 from wiremesh.wg.uapi import UapiClient
 
 if TYPE_CHECKING:
@@ -78,11 +81,24 @@ class LabAgent:
         """The agent's Prometheus samples (name -> value), read inside its namespace."""
         return host_metrics(self.host)
 
-    def wg_peers(self) -> dict[str, Any]:
+    @property
+    def public_key(self) -> str | None:
+        """Its WireGuard public key, once it has made its key pair."""
         try:
-            return UapiClient(self.ifname).get().peers
+            return public_key_of(private_key_path(self.state_dir).read_text().strip())
+        except OSError:
+            return None
+
+    def wg_status(self) -> WgDeviceStatus | None:
+        """The agent's WireGuard device over UAPI; None while it is not up."""
+        try:
+            return UapiClient(self.ifname).get()
         except Exception:
-            return {}
+            return None
+
+    def wg_peers(self) -> dict[str, Any]:
+        status = self.wg_status()
+        return status.peers if status else {}
 
 
 @dataclass
@@ -94,6 +110,8 @@ class MeshLab:
     server: Host
     tls: ServerCert
     agents: dict[str, LabAgent] = field(default_factory=dict)
+    # Public hosts for relays; `tls` is valid for their addresses too, so a relay can serve it.
+    relays: dict[str, Host] = field(default_factory=dict)
     server_proc: subprocess.Popen | None = None
     admin_token: str = ""
 

@@ -200,6 +200,11 @@ class Lab:
         host.addresses[inner] = address
         return address
 
+    def disconnect(self, host: Host, ifname: str) -> None:
+        """Unplug one of `host`'s links (deleting one end of a veth deletes both)."""
+        run(["ip", "-n", host.ns, "link", "del", ifname])
+        del host.addresses[ifname]
+
     def link_of(self, host: Host, switch: Switch) -> str:
         """The host's interface on `switch`."""
         for ifname, addr in host.addresses.items():

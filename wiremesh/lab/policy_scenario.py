@@ -27,6 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from wiremesh.lab.layout import Layout
 from wiremesh.lab.mesh import MeshLab, wait_until
 from wiremesh.lab.netns import LabError
 from wiremesh.lab.topology import mesh_lab
@@ -200,7 +201,7 @@ def run_policy_scenario(console: Console, run_id: str | None = None) -> dict[str
     for f in (POLICY, POLICY_CHANGE):
         if not f.exists():
             raise LabError(f"policy file {f} is missing (the scenario runs from a source tree)")
-    with mesh_lab(PEERS, console, run_id) as mesh:
+    with mesh_lab(Layout.public(PEERS), console, run_id) as mesh:
         console.print(f"lab [bold]{mesh.lab.id}[/]: 1 server + {len(PEERS)} agents in groups "
                       + ", ".join(f"{g}={'/'.join(m)}" for g, m in GROUPS.items()))
         return _scenario(mesh, console)

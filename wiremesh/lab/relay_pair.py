@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from wiremesh.lab.layout import Layout
 from wiremesh.lab.mesh import AGENT_METRICS_PORT, MeshLab
 from wiremesh.lab.netns import Host, Lab, LabError
 from wiremesh.lab.topology import build_mesh
@@ -92,7 +93,7 @@ def start_peer(mesh: MeshLab, host: Host, ifname: str, setup_key: str) -> RelayP
 @contextlib.contextmanager
 def relay_pair(lab: Lab) -> Iterator[tuple[MeshLab, RelayPeer, RelayPeer]]:
     """A server (embedded relay) and two UDP-blocked peers relayed to each other."""
-    mesh = build_mesh(lab, [])
+    mesh = build_mesh(lab, Layout.public([]))
     a_host, b_host = mesh.topo.public_host("a"), mesh.topo.public_host("b")
     mesh.start_server()
     key = mesh.admin("keys", "create", "relay-lab", "--reusable", "--usage-limit", "2")["key"]
