@@ -95,6 +95,22 @@ def failover(
          lambda r: not r["trials_without_recovery"] and not r["unauthorized_reached"])
 
 
+@app.command("nat")
+def nat(as_json: bool = JsonOpt) -> None:
+    """Seven agents on a simulated internet: public, behind port-preserving NATs, behind a
+    random-port (symmetric) NAT, two on one LAN, one whose network lets no UDP out. Every
+    ordered pair pings over the overlay (direct or relayed, and how fast it first connects);
+    then one peer moves to another NAT with its agent running and must reconnect.
+
+    Exits 1 unless every pair connects, every pair that can run direct does, connect p99 <
+    2 s and the roaming peer is back within 3 s. With --json the last line is one JSON object
+    with the figures.
+    """
+    from wiremesh.lab.nat_scenario import run_nat_scenario, summary_ok
+
+    _run(lambda out: run_nat_scenario(out)[0], as_json, summary_ok)
+
+
 @app.command("clean")
 def clean(prefix: str = typer.Option("wm", "--prefix", help="Name prefix of lab runs")) -> None:
     """Remove namespaces, processes and sockets left by crashed lab runs."""
