@@ -259,6 +259,19 @@ def test_one_peer_joining_a_small_group_touches_only_its_counterparts() -> None:
     assert dict(c.netmaps) == oracle_netmaps(c.state())
 
 
+def test_re_upserting_an_unchanged_peer_keeps_its_later_edits_exact() -> None:
+    """Found by hypothesis: a peer upserted twice unchanged, then given a new overlay IP,
+    left its old IP's rules behind (in its own netmap and its counterparts')."""
+    pol = Policy("pol0", ("g0",), ("g0",))
+    c = PolicyCompiler(MeshState({2: peer(2)}, {"g0": frozenset({1, 2})}, (pol,), ()))
+    c.upsert_peer(peer(1))  # joins g0, which named it before it existed
+    assert c.upsert_peer(peer(1)) == set()
+    assert c.upsert_peer(peer(1, ip=50)) == {1, 2}
+    assert c.netmap(2).inbound == {InboundRule("100.64.0.50", "all")}
+    assert c.netmap(1).inbound == {InboundRule("100.64.0.2", "all")}
+    assert dict(c.netmaps) == oracle_netmaps(c.state())
+
+
 def test_duplicate_names_are_refused() -> None:
     p = Policy("same", ("all",), ("all",))
     with pytest.raises(ValueError, match="duplicate policy name 'same'"):

@@ -274,31 +274,27 @@ class PolicyCompiler:
     # --- change internals: each mutates the indexes and returns the peers to recompile -----
 
     def _upsert_peer(self, p: PeerInfo) -> set[int]:
-        old = self._peers.get(p.id)
         self._peers[p.id] = p
         old_np, new_np = self._np.get(p.id), _netmap_peer(p)
+        if old_np == new_np:
+            return set()  # nothing netmaps carry changed (at most the listen port)
         self._np[p.id] = new_np
         groups = (*self._groups_of.get(p.id, ()), ALL_GROUP)
-        if old is None:
+        if old_np is None:
             self._all = self._all | {p.id}
             todo = {p.id}
             for g in groups:
                 todo |= self._refresh_group(g)
             return todo
         todo = {p.id} | self._known(p.id)
-        assert old_np is not None  # a known peer has its netmap entry
-        if old_np != new_np:
-            for g in groups:
-                for name in self._by_src.get(g, ()):
-                    cp = self._cpol[name]
-                    if p.id in cp.src and cp.src_peers.get(old_np.public_key) is old_np:
-                        cp.shift_src([old_np], [new_np])
-                        self._touch(cp)
-                for name in self._by_dst.get(g, ()):
-                    cp = self._cpol[name]
-                    if p.id in cp.dst and cp.dst_peers.get(old_np.public_key) is old_np:
-                        cp.shift_dst([old_np], [new_np])
-                        self._touch(cp)
+        # The peer is in every policy its groups are named by; a policy naming several of
+        # them holds it once, so it is patched once.
+        for index, shift in ((self._by_src, _CompiledPolicy.shift_src),
+                             (self._by_dst, _CompiledPolicy.shift_dst)):
+            for name in set().union(*(index.get(g, ()) for g in groups)):
+                cp = self._cpol[name]
+                shift(cp, [old_np], [new_np])
+                self._touch(cp)
         # Names order routers and key metric overrides; keys identify them in route entries.
         for g in groups:
             for rname in self._routes_by_group.get(g, ()):
