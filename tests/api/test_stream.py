@@ -14,7 +14,15 @@ import httpx
 import pytest
 
 from tests.conftest import billion_laughs, serve
-from wiremesh.core.wire import Netmap
+from wiremesh.core.wire import (
+    BadMessage,
+    FullMessage,
+    Netmap,
+    Signer,
+    fingerprint,
+    open_line,
+    parse_message,
+)
 from wiremesh.server.app import create_app
 from wiremesh.server.routes_agent import _stream
 from wiremesh.wg.keys import generate_private_key, public_key_of
@@ -46,9 +54,11 @@ def first_peer(c: httpx.Client, admin: dict[str, str]) -> tuple[str, dict, dict[
 
 
 def messages(r: httpx.Response) -> Iterator[dict]:
+    """The messages of a stream, without their signatures (test_stream_is_signed_for_the_peer
+    checks those)."""
     for line in r.iter_lines():
         if line:
-            msg = json.loads(line)
+            msg = json.loads(line)["msg"]
             if msg["type"] != "ping":
                 yield msg
 
@@ -81,7 +91,7 @@ def test_full_then_deltas_then_resume(live) -> None:
     # Resuming from the current version: nothing to send but a keepalive.
     cur = d2["delta"]["to_version"]
     with c.stream("GET", "/api/v1/agent/netmap", params={"since": cur}, headers=auth) as r:
-        first_line = json.loads(next(r.iter_lines()))
+        first_line = json.loads(next(r.iter_lines()))["msg"]
         assert first_line == {"type": "ping", "version": cur}
     assert b["peer_id"] != a["peer_id"]
 
@@ -125,10 +135,20 @@ def test_streams_and_health_stay_responsive_while_a_hostile_policy_is_refused(li
 class _Hub:
     """Just what the stream reads of the hub, so the test decides when a change lands."""
 
-    def __init__(self, netmap: Netmap) -> None:
-        self.current = {1: netmap}
+    def __init__(self, netmap: Netmap | None, exists: bool = True) -> None:
+        self.current = {1: netmap} if netmap else {}
         self.latest_delta: dict = {}
         self.waiters: set[asyncio.Event] = set()
+        self.signer = SIGNER
+        self.store = self
+        self.exists = exists
+        self.pokes = 0
+
+    async def peer_exists(self, _peer_id: int) -> bool:
+        return self.exists
+
+    def poke(self) -> None:
+        self.pokes += 1
 
     def subscribe(self, _peer_id: int) -> asyncio.Event:
         ev = asyncio.Event()
@@ -150,11 +170,59 @@ async def test_a_change_while_a_message_is_being_sent_is_not_lost() -> None:
     policy scenario's 15.5 s propagation)."""
     nm = Netmap(version=1, peer_id=1, name="a", overlay_ip="100.64.0.1")
     hub = _Hub(nm)
-    stream = _stream(hub, 1, "key-of-a", 0)  # type: ignore[arg-type]
+    stream = _stream(hub, 1, PEER_KEY, 0)  # type: ignore[arg-type]
     try:
-        assert json.loads(await anext(stream))["type"] == "full"
+        assert _open(await anext(stream))["type"] == "full"
         hub.publish(replace(nm, version=2, name="b"))
-        msg = json.loads(await asyncio.wait_for(anext(stream), 2.0))
+        msg = _open(await asyncio.wait_for(anext(stream), 2.0))
         assert msg["type"] == "delta" and msg["delta"]["to_version"] == 2
     finally:
         await stream.aclose()
+
+
+SIGNER = Signer(Signer.generate())
+PEER_KEY = public_key_of(generate_private_key())
+
+
+def _open(line: bytes) -> dict:
+    return json.loads(open_line(SIGNER.public_key, PEER_KEY, line))
+
+
+async def test_a_late_netmap_is_not_a_deletion(monkeypatch) -> None:
+    """A peer whose netmap is not compiled yet (enrolled a moment ago, maybe through another
+    replica) gets keepalives until it comes, never `deleted`; a peer gone from the store
+    gets `deleted`, signed for it."""
+    from wiremesh.server import routes_agent
+
+    monkeypatch.setattr(routes_agent, "KEEPALIVE_S", 0.05)
+    hub = _Hub(None)
+    stream = _stream(hub, 1, PEER_KEY, 0)  # type: ignore[arg-type]
+    try:
+        for _ in range(3):
+            assert _open(await anext(stream)) == {"type": "ping", "version": 0}
+        assert hub.pokes >= 3
+        hub.publish(Netmap(version=4, peer_id=1, name="a", overlay_ip="100.64.0.1"))
+        assert _open(await anext(stream))["type"] == "full"
+    finally:
+        await stream.aclose()
+    gone = _stream(_Hub(None, exists=False), 1, PEER_KEY, 0)  # type: ignore[arg-type]
+    assert _open(await anext(gone)) == {"type": "deleted", "peer_id": 1, "public_key": PEER_KEY}
+
+
+def test_stream_is_signed_for_the_peer(live) -> None:
+    c, admin = live
+    made = c.post("/api/v1/setup-keys", json={"name": "k", "reusable": True}, headers=admin)
+    identity = c.get("/api/v1/server-key").json()
+    assert made.json()["server_fingerprint"] == identity["fingerprint"]
+    assert identity["fingerprint"] == fingerprint(identity["public_key"])
+    me = public_key_of(generate_private_key())
+    a = c.post("/api/v1/enroll", json={"setup_key": made.json()["key"], "hostname": "a",
+                                        "public_key": me}).json()
+    assert a["server_key"] == identity
+    with c.stream("GET", "/api/v1/agent/netmap",
+                  headers={"Authorization": f"Bearer {a['token']}"}) as r:
+        line = next(x for x in r.iter_lines() if x)
+    msg = parse_message(open_line(identity["public_key"], me, line))
+    assert isinstance(msg, FullMessage) and msg.netmap.peer_id == a["peer_id"]
+    with pytest.raises(BadMessage):
+        open_line(identity["public_key"], public_key_of(generate_private_key()), line)

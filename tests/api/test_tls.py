@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import serve
 from wiremesh.agent.client import CredentialsRefused, ServerClient, enroll
 from wiremesh.agent.connection import Trust
-from wiremesh.core.wire import FullMessage, parse_message
+from wiremesh.core.wire import FullMessage, open_line, parse_message
 from wiremesh.lab.pki import ServerCert, make_ca_file, make_server_cert
 from wiremesh.server.app import create_app
 from wiremesh.wg.keys import generate_private_key, public_key_of
@@ -64,15 +64,16 @@ async def test_enrol_and_stream_over_verified_tls(tls_server: TlsServer) -> None
 
     key = json.loads(res.stdout)["key"]
     trust = Trust(str(tls_server.pki.ca_file))
+    me = public_key_of(generate_private_key())
     got = await enroll(tls_server.url, {
-        "setup_key": key, "public_key": public_key_of(generate_private_key()),
+        "setup_key": key, "public_key": me,
         "hostname": "a", "endpoints": ["192.0.2.7:51820"]}, trust)
     client = ServerClient(tls_server.url, got["token"], trust)
     try:
         first = await anext(aiter(client.netmap_stream(0)))
     finally:
         await client.close()
-    msg = parse_message(first)
+    msg = parse_message(open_line(got["server_key"]["public_key"], me, first))
     assert isinstance(msg, FullMessage) and msg.netmap.overlay_ip == got["overlay_ip"]
 
 
@@ -134,3 +135,26 @@ async def test_unknown_token_is_refused_credentials_not_a_deleted_peer(
             await anext(aiter(client.netmap_stream(0)))
     finally:
         await client.close()
+
+
+def test_wrong_server_fingerprint_refuses_before_the_setup_key_is_sent(
+        tls_server: TlsServer, tmp_path: Path) -> None:
+    made = admin(tls_server, "keys", "create", "k", "--json")
+    assert made.returncode == 0, made.stderr
+    import json
+
+    key = json.loads(made.stdout)
+    real = key["server_fingerprint"]
+    assert real.startswith("SHA256:")
+    shown = admin(tls_server, "keys", "create", "k2")
+    assert f"--server-fingerprint {real}" in " ".join(shown.stdout.split())
+    state = tmp_path / "state"
+    wrong = "SHA256:" + "A" * 43
+    res = wiremesh("up", "--server", tls_server.url, "--setup-key", key["key"],
+                   "--ca-file", str(tls_server.pki.ca_file), "--state-dir", str(state),
+                   "--server-fingerprint", wrong)
+    assert one_error_line(res) == (
+        f"error: server key fingerprint is {real}, expected {wrong}: refusing to enrol")
+    assert not (state / "state.json").exists()
+    listed = admin(tls_server, "keys", "list", "--json")
+    assert {k["name"]: k["used_count"] for k in json.loads(listed.stdout)}["k"] == 0

@@ -1,35 +1,50 @@
+"""The agent's side of the stream: which lines it accepts (signed with the pinned server key,
+for this peer, valid) and what each message does to the netmap it holds."""
+
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 
 import pytest
 
+from wiremesh.agent import state as statefile
 from wiremesh.agent.client import PeerDeleted
-from wiremesh.agent.runner import ResyncNeeded, next_netmap
+from wiremesh.agent.discovery import Discovery
+from wiremesh.agent.runner import Agent, ResyncNeeded, next_netmap
+from wiremesh.agent.state import AgentConfig, AgentState
 from wiremesh.core.wire import (
     DeletedMessage,
+    DeltaMessage,
     FullMessage,
     Netmap,
     NetmapPeer,
     PingMessage,
+    Signer,
+    encode_message,
+    open_line,
     parse_message,
 )
-from wiremesh.server.hub import delta_message, encode
+from wiremesh.server.hub import delta_message
+from wiremesh.wg.keys import generate_private_key, public_key_of, write_private_key
 
 KEY = base64.b64encode(bytes([7]) * 32).decode()
 A = Netmap(version=3, peer_id=1, name="a", overlay_ip="100.64.0.1")
 P = NetmapPeer(KEY, "b", "100.64.0.2", ("192.0.2.2:51820",))
 B = Netmap(version=5, peer_id=1, name="a", overlay_ip="100.64.0.1", peers={P.public_key: P})
+SERVER = Signer(Signer.generate())
 
 
 def test_full_replaces_what_is_held() -> None:
-    msg = parse_message(encode(FullMessage(netmap=B)))
+    msg = parse_message(encode_message(FullMessage(netmap=B)))
     assert next_netmap(None, msg) == B
     assert next_netmap(A, msg) == B
 
 
 def test_delta_applies_only_to_its_base() -> None:
-    msg = parse_message(delta_message(A, B))
+    msg = parse_message(open_line(SERVER.public_key, KEY, delta_message(SERVER, KEY, A, B)))
+    assert isinstance(msg, DeltaMessage)
     assert next_netmap(A, msg) == B
     with pytest.raises(ResyncNeeded):
         next_netmap(B, msg)
@@ -38,9 +53,9 @@ def test_delta_applies_only_to_its_base() -> None:
 
 
 def test_keepalive_changes_nothing_and_deletion_stops() -> None:
-    assert next_netmap(A, parse_message(encode(PingMessage(version=3)))) is None
+    assert next_netmap(A, PingMessage(version=3)) is None
     with pytest.raises(PeerDeleted):
-        next_netmap(A, parse_message(encode(DeletedMessage(peer_id=1, public_key=KEY))))
+        next_netmap(A, DeletedMessage(peer_id=1, public_key=KEY))
 
 
 class _Plane:
@@ -57,7 +72,7 @@ class _Plane:
 
 
 class _Client:
-    def __init__(self, lines: list[str | bytes]) -> None:
+    def __init__(self, lines: list[str]) -> None:
         self.lines = lines
 
     async def report_endpoints(self, listen_port: int, endpoints: list[str],
@@ -69,32 +84,76 @@ class _Client:
             yield line
 
 
-def test_invalid_messages_are_ignored_and_the_held_netmap_stays(tmp_path, caplog) -> None:
-    import asyncio
-    import json
-
-    from wiremesh.agent import state as statefile
-    from wiremesh.agent.discovery import Discovery
-    from wiremesh.agent.runner import Agent
-    from wiremesh.agent.state import AgentConfig, AgentState
-
-    cfg = AgentConfig("https://192.0.2.1:8443", 1, "a", "t", "100.64.0.1", 10, "wm0", 51820, [])
+def _agent(tmp_path) -> tuple[Agent, _Plane]:
+    private = generate_private_key()
+    write_private_key(statefile.private_key_path(tmp_path), private)
+    cfg = AgentConfig("https://192.0.2.1:8443", 1, "a", "t", "100.64.0.1", 10, "wm0", 51820, [],
+                      server_key=SERVER.public_key)
     statefile.save(tmp_path, AgentState(cfg, A))
     agent = Agent(tmp_path)
+    assert agent.public_key == public_key_of(private)
     plane = _Plane()
     agent.dataplane = plane  # type: ignore[assignment]
-    good = encode(FullMessage(netmap=B)).decode()
+    return agent, plane
+
+
+def _follow(agent: Agent, lines: list[bytes | str], caplog) -> list[str]:
+    """Run the agent over `lines`; the refusals it logged."""
+    text = [x.decode() if isinstance(x, bytes) else x for x in lines]
+    client = _Client(text)
+    discovery = Discovery(client, agent.state.config, None)  # type: ignore[arg-type]
+    with caplog.at_level("ERROR", logger="wiremesh.agent"):
+        asyncio.run(agent._follow(client, discovery))  # type: ignore[arg-type]
+    return [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
+
+
+def test_invalid_messages_are_ignored_and_the_held_netmap_stays(tmp_path, caplog) -> None:
+    agent, plane = _agent(tmp_path)
+    good = encode_message(FullMessage(netmap=B))
     hostile = json.loads(good)
     hostile["netmap"]["peers"][0]["name"] = "b\nremove=true"
     bad_endpoint = json.loads(good)
     bad_endpoint["netmap"]["peers"][0]["endpoints"] = ["192.0.2.2:\u0665\u0661\u0668\u0662\u0660"]
-    lines = ["{not json", json.dumps(hostile), json.dumps(bad_endpoint),
-             '{"type": "delta", "delta": {"from_version": 3}}', good]
-    with caplog.at_level("ERROR", logger="wiremesh.agent"):
-        client = _Client(lines)
-        asyncio.run(agent._follow(client, Discovery(client, cfg, None)))  # type: ignore[arg-type]
+    seal = lambda body: SERVER.seal(agent.public_key, body)  # noqa: E731
+    lines = [seal(b"{not json"), seal(json.dumps(hostile).encode()),
+             seal(json.dumps(bad_endpoint).encode()),
+             seal(b'{"type": "delta", "delta": {"from_version": 3}}'), seal(good)]
+    refused = _follow(agent, lines, caplog)
     assert plane.applied == [B]  # only the valid message reached the data plane
     assert statefile.load(tmp_path).netmap == B
-    refused = [r.getMessage() for r in caplog.records if "invalid" in r.getMessage()]
     assert len(refused) == 4
     assert "name" in refused[1] and "endpoints" in refused[2]
+
+
+def test_a_netmap_not_signed_by_the_pinned_key_is_refused(tmp_path, caplog) -> None:
+    agent, plane = _agent(tmp_path)
+    body = encode_message(FullMessage(netmap=B))
+    impostor = Signer(Signer.generate())
+    other_peer = public_key_of(generate_private_key())
+    sig_ok = SERVER.seal(agent.public_key, body)
+    tampered = sig_ok.replace(b'"name":"b"', b'"name":"x"')
+    assert tampered != sig_ok
+    lines = [
+        body,  # unsigned
+        impostor.seal(agent.public_key, body),  # another server's key
+        SERVER.seal(other_peer, body),  # signed for another peer: a replay
+        tampered,
+        SERVER.seal(agent.public_key, encode_message(FullMessage(  # names another peer id
+            netmap=Netmap(version=9, peer_id=2, name="z", overlay_ip="100.64.0.9")))),
+        SERVER.seal(agent.public_key, encode_message(DeletedMessage(  # someone else's deletion
+            peer_id=2, public_key=other_peer))),
+    ]
+    refused = _follow(agent, lines, caplog)
+    assert plane.applied == [] and statefile.load(tmp_path).netmap == A
+    assert len(refused) == 6
+    assert "not a signed stream line" in refused[0]
+    assert all("does not verify" in r for r in refused[1:4])
+    assert "another peer" in refused[4] and "another peer" in refused[5]
+
+
+def test_a_signed_deletion_naming_this_peer_stops_the_agent(tmp_path, caplog) -> None:
+    agent, _ = _agent(tmp_path)
+    line = SERVER.seal(agent.public_key, encode_message(DeletedMessage(
+        peer_id=1, public_key=agent.public_key)))
+    with pytest.raises(PeerDeleted):
+        _follow(agent, [line], caplog)

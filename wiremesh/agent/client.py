@@ -37,6 +37,15 @@ def _problem(r: httpx.Response) -> str:
         return r.text.strip() or f"HTTP {r.status_code}"
 
 
+async def server_key(server: str, trust: Trust, timeout: float = 15.0) -> dict[str, Any]:
+    """The key the server signs netmap streams with: {"public_key", "fingerprint"}."""
+    async with httpx.AsyncClient(base_url=server, timeout=timeout, verify=trust.verify()) as c:
+        r = await c.get("/api/v1/server-key")
+    if r.status_code != 200:
+        raise ServerRefused(f"server key refused ({r.status_code}): {_problem(r)}")
+    return r.json()
+
+
 async def enroll(server: str, body: dict[str, Any], trust: Trust,
                  timeout: float = 15.0) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=server, timeout=timeout, verify=trust.verify()) as c:

@@ -26,6 +26,7 @@ from wiremesh.agent.client import (
     ServerClient,
     ServerRefused,
     enroll,
+    server_key,
 )
 from wiremesh.agent.connection import INSECURE_WARNING, Trust, TrustError, reason
 from wiremesh.agent.dataplane import DataPlane, first_endpoint, make_backend
@@ -44,6 +45,8 @@ from wiremesh.core.wire import (
     FullMessage,
     Netmap,
     StreamMessage,
+    fingerprint,
+    open_line,
     parse_message,
 )
 from wiremesh.firewall.nft import NftError
@@ -63,9 +66,21 @@ class ResyncNeeded(Exception):
 
 async def enroll_peer(
     state_dir: Path, server: str, setup_key: str, name: str | None, interface: str,
-    listen_port: int, endpoints: list[str], trust: Trust,
+    listen_port: int, endpoints: list[str], trust: Trust, server_fingerprint: str | None = None,
 ) -> AgentState:
-    """Generate (or reuse) the key pair locally, enrol with the public key, save the state."""
+    """Generate (or reuse) the key pair locally, enrol with the public key, save the state.
+
+    The server's signing key is checked against `server_fingerprint` (when given) before the
+    setup key is sent, so an impostor learns nothing; the agent pins the key either way."""
+    identity = await server_key(server, trust)
+    pinned = identity.get("public_key")
+    try:
+        got_fp = fingerprint(pinned)
+    except ValueError:
+        raise ServerRefused(f"the server's signing key {pinned!r} is malformed") from None
+    if server_fingerprint is not None and got_fp != server_fingerprint:
+        raise ServerRefused(f"server key fingerprint is {got_fp}, expected "
+                            f"{server_fingerprint}: refusing to enrol")
     private = load_or_create_private_key(statefile.private_key_path(state_dir))
     body = {
         "setup_key": setup_key,
@@ -75,15 +90,19 @@ async def enroll_peer(
         "endpoints": endpoints,
     }
     got = await enroll(server, body, trust)
+    if got.get("server_key", {}).get("public_key") != pinned:
+        raise ServerRefused("the enrolment answer names another server key than the server "
+                            "showed before; refusing it")
     cfg = AgentConfig(
         server=server, peer_id=got["peer_id"], name=got["name"], token=got["token"],
         overlay_ip=got["overlay_ip"], overlay_prefix_len=got["overlay_prefix_len"],
         interface=interface, listen_port=listen_port, endpoints=endpoints,
-        ca_file=trust.ca_file, insecure=trust.insecure,
+        ca_file=trust.ca_file, insecure=trust.insecure, server_key=pinned,
     )
     st = AgentState(cfg)
     statefile.save(state_dir, st)
-    log.info("enrolled as %s overlay_ip=%s", cfg.name, cfg.overlay_ip)
+    log.info("enrolled as %s overlay_ip=%s; pinned server key %s", cfg.name, cfg.overlay_ip,
+             got_fp)
     if got.get("note"):
         log.warning("enrolled under another name than asked: %s", got["note"])
     return st
@@ -106,10 +125,26 @@ def next_netmap(held: Netmap | None, msg: StreamMessage) -> Netmap | None:
 
 
 class Agent:
+    def _verified(self, line: str) -> StreamMessage:
+        """A stream line's message, only when it is signed with the pinned server key for
+        this peer, validates, and (when it names a peer) names this one."""
+        cfg = self.state.config
+        if cfg.server_key is None:
+            raise BadMessage("no server key pinned (state from before signed netmaps); "
+                             "enrol again with `wiremesh up`")
+        msg = parse_message(open_line(cfg.server_key, self.public_key, line))
+        named = (msg.netmap.peer_id if isinstance(msg, FullMessage) else
+                 msg.peer_id if isinstance(msg, DeletedMessage) else cfg.peer_id)
+        if named != cfg.peer_id or (isinstance(msg, DeletedMessage)
+                                    and msg.public_key != self.public_key):
+            raise BadMessage(f"a {msg.type} message for another peer (id {named})")
+        return msg
+
     def __init__(self, state_dir: Path, backend: str = "auto") -> None:
         self.state_dir = state_dir
         self.state = statefile.load(state_dir)
         self.private_key = load_or_create_private_key(statefile.private_key_path(state_dir))
+        self.public_key = public_key_of(self.private_key)
         self.backend_kind = backend
         self.dataplane: DataPlane | None = None
         self.portside: PortSide | None = None
@@ -188,11 +223,11 @@ class Agent:
             self.refusals = 0
             async for line in client.netmap_stream(since):
                 try:
-                    msg = parse_message(line)
+                    msg = self._verified(line)
                 except BadMessage as e:
                     # Nothing of it reaches WireGuard or nftables; the held netmap stays.
                     metrics.BAD_MESSAGES.inc()
-                    log.error("ignoring an invalid netmap stream message: %s", e)
+                    log.error("refusing a netmap stream message (the held netmap stays): %s", e)
                     continue
                 new = next_netmap(self.state.netmap, msg)
                 if new is not None:

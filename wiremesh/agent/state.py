@@ -17,7 +17,7 @@ import pydantic
 from pydantic import Field, TypeAdapter, ValidationError
 
 from wiremesh.agent.connection import Trust
-from wiremesh.core.wire import NETMAP, Endpoint, Name, Netmap, OverlayIP, describe
+from wiremesh.core.wire import NETMAP, Endpoint, Name, Netmap, OverlayIP, WgKey, describe
 
 DEFAULT_STATE_DIR = Path("/var/lib/wiremesh")
 log = logging.getLogger("wiremesh.agent.state")
@@ -40,6 +40,9 @@ class AgentConfig:
     interface: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
     listen_port: Annotated[int, Field(ge=1, le=65535)]
     endpoints: list[Endpoint]
+    # The key every netmap stream line must be signed with, pinned at enrolment (None only
+    # in state saved before signing existed: such an agent accepts no update until re-enrolled).
+    server_key: WgKey | None = None
     # How the server is verified, kept so `wiremesh agent` restarts check it the same way.
     ca_file: str | None = None
     insecure: bool = False

@@ -46,8 +46,9 @@ def keys_create(
     if as_json:
         print_json(k)
     else:
-        console.print(f"setup key [bold]{k['name']}[/] (id {k['id']}): {k['key']}",
-                      highlight=False)
+        console.print(f"setup key [bold]{k['name']}[/] (id {k['id']}): {k['key']}\n"
+                      f"server fingerprint: {k['server_fingerprint']}  (wiremesh up "
+                      f"--server-fingerprint {k['server_fingerprint']})", highlight=False)
 
 
 @keys_app.command("list")

@@ -25,6 +25,7 @@ from wiremesh.cli.common import (
     setup_logging,
     split_listen,
 )
+from wiremesh.core.wire import fingerprint
 
 StateDirOpt = typer.Option(statefile.DEFAULT_STATE_DIR, "--state-dir",
                            help="Where the key pair and saved state live")
@@ -60,6 +61,11 @@ def up(
     metrics_listen: str | None = MetricsOpt,
     ca_file: Path | None = CaFileOpt,
     insecure: bool = InsecureOpt,
+    server_fingerprint: str | None = typer.Option(
+        None, "--server-fingerprint",
+        help="Refuse to enrol unless the server's signing key has this fingerprint (shown by "
+             "`wiremesh keys create` and at server start); without it the key is pinned as "
+             "the server shows it"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Enrol this machine (if not enrolled yet) and run the agent.
@@ -82,12 +88,14 @@ def up(
     if enrolled_with is None:
         trust = server_trust(server, ca_file, insecure)
         try:
-            asyncio.run(enroll_peer(state_dir, server, setup_key, name, interface,
-                                    listen_port, endpoint, trust))
+            st = asyncio.run(enroll_peer(state_dir, server, setup_key, name, interface,
+                                         listen_port, endpoint, trust, server_fingerprint))
         except ServerRefused as e:
             fail(str(e))
         except (OSError, httpx.HTTPError) as e:
             fail(unreachable(server, e))
+        console.print(f"enrolled as {st.config.name}; pinned server key "
+                      f"{fingerprint(st.config.server_key or '')}", highlight=False)
     _run(state_dir, backend, metrics_listen)
 
 

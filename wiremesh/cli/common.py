@@ -75,6 +75,8 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # One line per HTTP request is noise (and would split a CLI error over two lines).
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def server_trust(server: str, ca_file: Path | None, insecure: bool) -> Trust:

@@ -74,7 +74,12 @@ def server(
 
     import uvicorn
 
-    app = create_app(db, on_admin_token=show_token, relay=not no_relay, relays=advertised,
+    def show_fingerprint(fp: str) -> None:
+        console.print(f"[bold]server key fingerprint:[/] {fp}  (agents pin it: "
+                      "wiremesh up --server-fingerprint)", highlight=False)
+
+    app = create_app(db, on_admin_token=show_token, on_fingerprint=show_fingerprint,
+                     relay=not no_relay, relays=advertised,
                      relay_secret=secret, stun_listen=stun)
     uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning",
                 timeout_graceful_shutdown=2,

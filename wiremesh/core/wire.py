@@ -12,7 +12,8 @@ anything else with a message naming the bad value):
 - `OverlayIP`: an IPv4 address (the overlay is IPv4).
 - `Ports`: port ranges, written `22` or `"8000-8100"`.
 
-Wire messages. The netmap stream is NDJSON, one message a line, each one of:
+Wire messages. The netmap stream is NDJSON, one signed message a line (see `Signer`), each
+message one of:
 
     {"type": "full",    "netmap": Netmap}
     {"type": "delta",   "delta": NetmapDelta}     applies only to netmap version from_version
@@ -34,12 +35,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -400,3 +407,61 @@ def encode_message(msg: StreamMessage) -> bytes:
     """One stream message as JSON (no newline). Serialised by its own class: going through
     the `StreamMessage` union makes pydantic try each member, several times slower."""
     return msg.model_dump_json().encode()
+
+
+# --- signed stream lines -------------------------------------------------------------------
+#
+# Each stream line is `{"sig":"<base64 Ed25519 signature>","msg":<message JSON>}`. The server
+# signs CONTEXT + the receiving peer's 32-byte public key + the exact bytes of `msg`, so a
+# line verifies only for the peer it was made for (one peer's netmap or `deleted` cannot be
+# replayed to another) and only against the server key the agent pinned at enrolment (a
+# stolen TLS key or a misissued certificate cannot feed it a netmap). The envelope's layout
+# is fixed, so the agent finds the signed bytes by position, without parsing them first.
+
+CONTEXT = b"wiremesh netmap stream v1\0"
+_SIG_LEN = 88  # base64 of 64 bytes
+_HEAD, _MID, _TAIL = b'{"sig":"', b'","msg":', b"}"
+
+
+def fingerprint(public_key: str) -> str:
+    """How people compare a server key: `SHA256:` + unpadded base64 of its digest."""
+    digest = hashlib.sha256(key_bytes(public_key)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class Signer:
+    """The server's signing key (Ed25519, 32 raw bytes)."""
+
+    def __init__(self, private_raw: bytes) -> None:
+        self._key = Ed25519PrivateKey.from_private_bytes(private_raw)
+        self.public_key = base64.b64encode(self._key.public_key().public_bytes_raw()).decode()
+        self.fingerprint = fingerprint(self.public_key)
+
+    @staticmethod
+    def generate() -> bytes:
+        return Ed25519PrivateKey.generate().private_bytes_raw()
+
+    def seal(self, peer_key: str, body: bytes) -> bytes:
+        """One stream line carrying `body` for the peer with public key `peer_key`."""
+        sig = self._key.sign(CONTEXT + key_bytes(peer_key) + body)
+        return _HEAD + base64.b64encode(sig) + _MID + body + _TAIL + b"\n"
+
+
+def open_line(server_key: str, peer_key: str, line: bytes | str) -> bytes:
+    """The message bytes of a stream line that verifies against `server_key` for peer
+    `peer_key`; raises BadMessage otherwise."""
+    raw = line.encode() if isinstance(line, str) else line
+    raw = raw.rstrip(b"\r\n")
+    head = len(_HEAD) + _SIG_LEN + len(_MID)
+    if (len(raw) <= head + len(_TAIL) or not raw.startswith(_HEAD)
+            or raw[len(_HEAD) + _SIG_LEN:head] != _MID or not raw.endswith(_TAIL)):
+        raise BadMessage("not a signed stream line")
+    body = raw[head:-len(_TAIL)]
+    try:
+        sig = base64.b64decode(raw[len(_HEAD):len(_HEAD) + _SIG_LEN], validate=True)
+        Ed25519PublicKey.from_public_bytes(key_bytes(server_key)).verify(
+            sig, CONTEXT + key_bytes(peer_key) + body)
+    except (InvalidSignature, binascii.Error, ValueError):
+        raise BadMessage(f"signature does not verify against the pinned server key "
+                         f"{fingerprint(server_key)}") from None
+    return body

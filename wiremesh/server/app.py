@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from wiremesh.core.wire import Signer
 from wiremesh.relay.switch import RELAY_PATH, RelaySwitch
 from wiremesh.server import (
     errors,
@@ -30,10 +31,12 @@ from wiremesh.store.repo import Store
 
 
 def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
+               on_fingerprint: Callable[[str], None] | None = None,
                poll_interval: float = 1.0, relay: bool = True, relays: Sequence[str] = (),
                relay_secret: str | None = None,
                stun_listen: tuple[str, int] | None = None) -> FastAPI:
-    """`on_admin_token` receives the initial admin token when the store was empty.
+    """`on_admin_token` receives the initial admin token when the store was empty;
+    `on_fingerprint` the fingerprint of the key netmaps are signed with.
 
     `relay`: serve the embedded relay; `relays`: URLs of standalone relays to advertise to
     agents (before the embedded one); `relay_secret`: the credential standalone relays
@@ -49,9 +52,13 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
         token = await store.bootstrap()
         if token is not None and on_admin_token is not None:
             on_admin_token(token)
+        # One signing key for every replica of the database: agents pin it at enrolment.
+        signer = Signer(await store.signing_key(Signer.generate))
+        if on_fingerprint is not None:
+            on_fingerprint(signer.fingerprint)
         # Standalone relays first: every agent picks the first that works, so peers meet
         # on the same relay; the embedded one (a path on the server's URL) is the fallback.
-        hub = NetmapHub(store, [*relays, *([RELAY_PATH] if relay else [])])
+        hub = NetmapHub(store, signer, [*relays, *([RELAY_PATH] if relay else [])])
         await hub.refresh()
         enrolments = EnrolmentQueue(store)
         app.state.store, app.state.hub, app.state.enrolments = store, hub, enrolments

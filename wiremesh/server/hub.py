@@ -17,7 +17,7 @@ from dataclasses import replace
 from wiremesh.core.models import MeshState
 from wiremesh.core.netmap import diff
 from wiremesh.core.policy import PolicyCompiler
-from wiremesh.core.wire import DeltaMessage, Netmap, StreamMessage, encode_message
+from wiremesh.core.wire import DeltaMessage, Netmap, Signer, encode_message
 from wiremesh.store.repo import Store
 
 log = logging.getLogger("wiremesh.server.hub")
@@ -25,33 +25,32 @@ HISTORY = 16  # old versions kept per peer so a reconnecting agent gets a delta,
 COALESCE_S = 0.1  # a burst of changes (enrolments, a policy apply) becomes one refresh
 
 
-def encode(msg: StreamMessage) -> bytes:
-    """One stream message on one line. The server built it from the store, so it skips
-    validation (`model_construct`); the agent validates every message it receives."""
-    return encode_message(msg) + b"\n"
-
-
-def delta_message(old: Netmap, new: Netmap) -> bytes:
-    """The stream message taking an agent from `old` to `new`."""
-    return encode(DeltaMessage.model_construct(delta=diff(old, new)))
+def delta_message(signer: Signer, peer_key: str, old: Netmap, new: Netmap) -> bytes:
+    """The signed stream line taking peer `peer_key` from `old` to `new`. The server built
+    it from the store, so it skips validation (`model_construct`); the agent validates every
+    message it receives."""
+    return signer.seal(peer_key, encode_message(DeltaMessage.model_construct(
+        delta=diff(old, new))))
 
 
 def _encode_deltas(
-    pairs: dict[int, tuple[Netmap, Netmap]],
+    signer: Signer, state: MeshState, pairs: dict[int, tuple[Netmap, Netmap]],
 ) -> dict[int, tuple[int, int, bytes]]:
-    return {pid: (old.version, new.version, delta_message(old, new))
+    return {pid: (old.version, new.version,
+                  delta_message(signer, state.peers[pid].public_key, old, new))
             for pid, (old, new) in pairs.items()}
 
 
 class NetmapHub:
-    def __init__(self, store: Store, relays: Sequence[str] = ()) -> None:
+    def __init__(self, store: Store, signer: Signer, relays: Sequence[str] = ()) -> None:
         self.store = store
+        self.signer = signer
         self.relays = tuple(relays)  # advertised in every netmap
         self.revision = 0
         self.state = MeshState()
         self.compiler: PolicyCompiler | None = None
-        # Per peer, the delta from its previous version to its current one, encoded once
-        # per change (not once per stream): (from version, to version, message line).
+        # Per peer, the delta from its previous version to its current one, encoded and
+        # signed once per change (not once per stream): (from version, to version, line).
         self.latest_delta: dict[int, tuple[int, int, bytes]] = {}
         self._last_cost = 0.0
         self.current: dict[int, Netmap] = {}
@@ -91,7 +90,7 @@ class NetmapHub:
                     self.history.setdefault(pid, deque(maxlen=HISTORY)).append(old)
                     pairs[pid] = (old, current[pid])
             t_compiled = time.monotonic()
-            encoded = await asyncio.to_thread(_encode_deltas, pairs)
+            encoded = await asyncio.to_thread(_encode_deltas, self.signer, state, pairs)
             self.current, self.state, self.revision = current, state, rev
             for pid in touched:
                 self.latest_delta.pop(pid, None)

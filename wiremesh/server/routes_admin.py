@@ -55,7 +55,10 @@ async def create_setup_key(body: SetupKeyCreate, request: Request,
         timedelta(seconds=body.expires_in_s) if body.expires_in_s else None, body.auto_groups,
         body.peer_name,
     )
-    return _key_out(row, key)
+    out = _key_out(row, key)
+    # Travels with the key, so the agent can check whom it enrols with.
+    out.server_fingerprint = request.app.state.hub.signer.fingerprint
+    return out
 
 
 @router.get("/setup-keys", response_model=list[SetupKeyOut])

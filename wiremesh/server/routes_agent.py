@@ -16,15 +16,18 @@ from wiremesh.core.wire import (
     FullMessage,
     Netmap,
     PingMessage,
+    StreamMessage,
+    encode_message,
 )
 from wiremesh.server import metrics
 from wiremesh.server.auth import current_peer
-from wiremesh.server.hub import NetmapHub, delta_message, encode
+from wiremesh.server.hub import NetmapHub, delta_message
 from wiremesh.server.schemas import (
     EndpointAnswer,
     EndpointReport,
     EnrollRequest,
     EnrollResponse,
+    ServerKeyOut,
 )
 from wiremesh.store.repo import NewPeer
 from wiremesh.store.tables import Peer
@@ -52,7 +55,19 @@ async def enroll(body: EnrollRequest, request: Request) -> EnrollResponse:
     return EnrollResponse(peer_id=got.peer.id, name=got.peer.name,
                           overlay_ip=got.peer.overlay_ip,
                           overlay_prefix_len=OVERLAY_NET.prefixlen, token=got.token,
-                          note=got.note)
+                          note=got.note, server_key=_server_key(request))
+
+
+def _server_key(request: Request) -> ServerKeyOut:
+    signer = request.app.state.hub.signer
+    return ServerKeyOut(public_key=signer.public_key, fingerprint=signer.fingerprint)
+
+
+@router.get("/server-key", response_model=ServerKeyOut)
+async def server_key(request: Request) -> ServerKeyOut:
+    """The key netmap streams are signed with. Agents check it against the fingerprint they
+    were given before they send a setup key, and pin it."""
+    return _server_key(request)
 
 
 @router.put("/agent/endpoints", response_model=EndpointAnswer)
@@ -70,6 +85,11 @@ async def report_endpoints(body: EndpointReport, request: Request,
 
 async def _stream(hub: NetmapHub, peer_id: int, public_key: str,
                   since: int) -> AsyncIterator[bytes]:
+    """Every line is signed for this peer (`public_key`), so no other peer can replay it."""
+
+    def seal(msg: StreamMessage) -> bytes:
+        return hub.signer.seal(public_key, encode_message(msg))
+
     ev = hub.subscribe(peer_id)
     metrics.STREAMS.inc()
     try:
@@ -86,21 +106,27 @@ async def _stream(hub: NetmapHub, peer_id: int, public_key: str,
             ev.clear()
             cur = hub.current.get(peer_id)
             if cur is None:
-                yield encode(DeletedMessage.model_construct(peer_id=peer_id, public_key=public_key))
-                return
-            if sent is None:
-                yield encode(FullMessage.model_construct(netmap=cur))
+                if not await hub.store.peer_exists(peer_id):
+                    yield seal(DeletedMessage.model_construct(peer_id=peer_id,
+                                                              public_key=public_key))
+                    return
+                # Not gone, only late (enrolled a moment ago, here or through another
+                # replica, and not compiled yet): its netmap comes with a coming refresh.
+                hub.poke()
+                yield seal(PingMessage.model_construct(version=sent.version if sent else 0))
+            elif sent is None:
+                yield seal(FullMessage.model_construct(netmap=cur))
                 metrics.PUSHES.labels("full").inc()
             elif sent.version != cur.version:
                 pre = hub.latest_delta.get(peer_id)
                 if pre is not None and pre[:2] == (sent.version, cur.version):
                     yield pre[2]
                 else:
-                    yield delta_message(sent, cur)
+                    yield delta_message(hub.signer, public_key, sent, cur)
                 metrics.PUSHES.labels("delta").inc()
             else:
-                yield encode(PingMessage.model_construct(version=cur.version))
-            sent = cur
+                yield seal(PingMessage.model_construct(version=cur.version))
+            sent = cur if cur is not None else sent
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), KEEPALIVE_S)
     finally:

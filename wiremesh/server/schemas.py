@@ -51,6 +51,13 @@ class EnrollRequest(Strict):
     endpoints: list[Endpoint] = Field(default_factory=list, max_length=16)
 
 
+class ServerKeyOut(BaseModel):
+    """The key the server signs netmap streams with (Ed25519, base64) and its fingerprint."""
+
+    public_key: str
+    fingerprint: str
+
+
 class EnrollResponse(BaseModel):
     peer_id: int
     name: str
@@ -58,6 +65,7 @@ class EnrollResponse(BaseModel):
     overlay_prefix_len: int
     token: str
     note: str | None = Field(None, description="why `name` is not the hostname asked for")
+    server_key: ServerKeyOut
 
 
 class Candidate(Strict):
@@ -113,6 +121,9 @@ class SetupKeyOut(BaseModel):
     auto_groups: list[str]
     peer_name: str | None = None
     key: str | None = None  # only in the answer to create, never again
+    server_fingerprint: str | None = Field(
+        None, description="in the answer to create: the server key agents pin "
+                          "(wiremesh up --server-fingerprint)")
 
 
 class PeerOut(BaseModel):

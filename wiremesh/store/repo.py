@@ -4,6 +4,7 @@ a netmap bumps the `revision` counter in that same transaction so replicas see i
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import ipaddress
@@ -30,6 +31,7 @@ from wiremesh.store.tables import (
     Peer,
     PolicyRow,
     RouteRow,
+    ServerKey,
     SetupKey,
 )
 
@@ -272,6 +274,22 @@ class Store:
             await self.audit(s, "system", "bootstrap")
             return token
 
+    async def signing_key(self, generate: Callable[[], bytes]) -> bytes:
+        """The server's signing key (raw bytes), made with `generate` on first use. Replicas
+        starting together may both generate one: the first insert wins, the other reads it."""
+        for _ in range(2):
+            async with self.reads() as s:
+                row = await s.scalar(select(ServerKey).where(ServerKey.id == 1))
+            if row is not None:
+                return base64.b64decode(row.private_key)
+            try:
+                async with self.tx() as s:
+                    s.add(ServerKey(id=1, private_key=base64.b64encode(generate()).decode(),
+                                    created_at=now()))
+            except IntegrityError:
+                continue
+        raise StoreError("could not read or create the server signing key")
+
     async def admin_for_token(self, token: str) -> AdminToken | None:
         """The live admin token with this secret (read on every request, so a revocation
         through any replica holds at once everywhere)."""
@@ -483,6 +501,10 @@ class Store:
             for pid, name in rows:
                 out.setdefault(pid, []).append(name)
             return out
+
+    async def peer_exists(self, peer_id: int) -> bool:
+        async with self.reads() as s:
+            return await s.get(Peer, peer_id) is not None
 
     async def get_peer(self, ref: str | int) -> Peer:
         async with self.reads() as s:

@@ -111,3 +111,12 @@ class AuditEntry(Base):
     actor: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ServerKey(Base):
+    """The server's netmap signing key: one row, shared by every replica of the database."""
+
+    __tablename__ = "server_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    private_key: Mapped[str] = mapped_column(String(64))  # base64 of the raw 32 bytes
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
