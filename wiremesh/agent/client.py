@@ -43,7 +43,8 @@ async def server_key(server: str, trust: Trust, timeout: float = 15.0) -> dict[s
         r = await c.get("/api/v1/server-key")
     if r.status_code != 200:
         raise ServerRefused(f"server key refused ({r.status_code}): {_problem(r)}")
-    return r.json()
+    identity: dict[str, Any] = r.json()
+    return identity
 
 
 async def enroll(server: str, body: dict[str, Any], trust: Trust,

@@ -75,6 +75,8 @@ async def enroll_peer(
     identity = await server_key(server, trust)
     pinned = identity.get("public_key")
     try:
+        if not isinstance(pinned, str):
+            raise ValueError
         got_fp = fingerprint(pinned)
     except ValueError:
         raise ServerRefused(f"the server's signing key {pinned!r} is malformed") from None
