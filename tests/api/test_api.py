@@ -317,3 +317,29 @@ async def test_endpoint_report_orders_candidates_and_names_the_stun_port(api: Ap
         r = await api.client.put("/api/v1/agent/endpoints", headers=auth,
                                  json={"listen_port": 1, "candidates": [bad]})
         assert r.status_code == 422 and field in str(field_of(r)), r.text
+
+
+async def test_agents_report_how_they_reach_each_peer(api: ApiEnv) -> None:
+    k = await make_key(api, reusable=True)
+    a = (await enroll(api, k["key"], "a")).json()
+    b_key = pub()
+    b = (await api.client.post("/api/v1/enroll", json={
+        "setup_key": k["key"], "public_key": b_key, "hostname": "b"})).json()
+    auth = {"Authorization": f"Bearer {a['token']}"}
+    body = {"peers": [{"peer": b_key, "path": "direct", "endpoint": "203.0.113.7:40001",
+                       "last_handshake": 1_800_000_000.5}]}
+    r = await api.client.put("/api/v1/agent/paths", json=body, headers=auth)
+    assert r.status_code == 204, r.text
+    got = (await api.client.get("/api/v1/peers/a", headers=api.admin)).json()["paths"]
+    assert got == [{"peer": "b", "path": "direct", "endpoint": "203.0.113.7:40001",
+                    "last_handshake": "2027-01-15T08:00:00.500000Z"}]
+    listed = {p["name"]: p["paths"] for p in
+              (await api.client.get("/api/v1/peers", headers=api.admin)).json()}
+    assert listed["a"] == got and listed["b"] == []
+    assert b["name"] == "b"
+    for bad in ({"peer": b_key, "path": "sideways"}, {"peer": "nokey", "path": "relayed"},
+                {"peer": b_key, "path": "direct", "endpoint": "x:1"}):
+        r = await api.client.put("/api/v1/agent/paths", json={"peers": [bad]}, headers=auth)
+        assert r.status_code == 422 and field_of(r) and field_of(r)[0].startswith("peers.0")
+    r = await api.client.put("/api/v1/agent/paths", json=body)
+    assert r.status_code == 401

@@ -95,6 +95,10 @@ class ServerClient:
         answer: dict[str, Any] = r.json()
         return answer
 
+    async def report_paths(self, peers: list[dict[str, Any]]) -> None:
+        """How this agent reaches each peer (direct or relayed), for `peers list`."""
+        self._check(await self.http.put("/api/v1/agent/paths", json={"peers": peers}))
+
     async def netmap_stream(self, since: int) -> AsyncIterator[str]:
         """The stream's lines as they come; the caller validates each one."""
         async with self.http.stream("GET", "/api/v1/agent/netmap",

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from wiremesh.agent import metrics
 from wiremesh.agent.dataplane import first_endpoint
@@ -26,6 +27,7 @@ from wiremesh.agent.relay_link import RelayLink
 from wiremesh.core import disco
 from wiremesh.core.paths import Mode, PathTable
 from wiremesh.core.wire import Netmap, NetmapPeer, endpoint_host_port
+from wiremesh.wg.backend import WgPeerStatus
 from wiremesh.wg.keys import decode_key, encode_key, public_key_of
 
 log = logging.getLogger("wiremesh.agent.paths")
@@ -84,13 +86,18 @@ class PathManager:
             return self.relay.endpoint(peer.public_key)
         return first_endpoint(peer)
 
-    def status(self, key: str) -> tuple[str, str | None]:
-        """(mode, direct endpoint) of a peer, for reports."""
-        p = self.table.peers.get(key)
-        if p is None:
-            return "unknown", None
-        return ("relay" if p.relayed else "direct" if p.mode == Mode.DIRECT else "probing",
-                p.endpoint)
+    def report(self, wg: dict[str, WgPeerStatus]) -> list[dict[str, Any]]:
+        """Per peer: its path, the WireGuard endpoint in use (direct only) and the last
+        handshake, as the server's path report takes them."""
+        out = []
+        for key, p in sorted(self.table.peers.items()):
+            st = wg.get(key)
+            path = "relayed" if p.relayed else "direct" if p.mode == Mode.DIRECT else "probing"
+            out.append({"peer": key, "path": path,
+                        "endpoint": st.endpoint if st and path != "relayed" else None,
+                        "last_handshake": st.last_handshake if st and st.last_handshake
+                        else None})
+        return out
 
     # --- the loop -------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 from prometheus_client import start_http_server
@@ -55,6 +56,7 @@ from wiremesh.wg.backend import WgError
 from wiremesh.wg.keys import load_or_create_private_key, public_key_of
 
 log = logging.getLogger("wiremesh.agent")
+PATH_REPORT_S = 2.0
 # A refused token is an operator's problem, not a network blip: ask again slowly.
 REFUSED_BACKOFF_MIN = 5.0
 REFUSED_BACKOFF_MAX = 120.0
@@ -218,6 +220,7 @@ class Agent:
     async def _follow(self, client: ServerClient, discovery: Discovery) -> None:
         await discovery.refresh()
         refresh = asyncio.create_task(discovery.run())
+        reports = asyncio.create_task(self._report_paths(client))
         try:
             since = self.state.netmap.version if self.state.netmap and not self.want_full else 0
             metrics.SERVER_CONNECTED.set(1)
@@ -237,6 +240,27 @@ class Agent:
                     await self._apply(new)
         finally:
             await _cancel(refresh)
+            await _cancel(reports)
+
+    async def _report_paths(self, client: ServerClient) -> None:
+        """Tell the server how each peer is reached, when that changes (and at least every
+        minute, for the handshake times)."""
+        last: list[dict[str, Any]] | None = None
+        sent_at = 0.0
+        while True:
+            await asyncio.sleep(PATH_REPORT_S)
+            if self.paths is None or self.dataplane is None:
+                return
+            status = await asyncio.to_thread(self.dataplane.backend.status)
+            report = self.paths.report(status.peers)
+            shape = [{k: v for k, v in r.items() if k != "last_handshake"} for r in report]
+            if shape != last or time.monotonic() - sent_at > 60:
+                try:
+                    await client.report_paths(report)
+                except (httpx.HTTPError, OSError, ServerRefused) as e:
+                    log.warning("cannot report paths: %s", e)
+                    continue
+                last, sent_at = shape, time.monotonic()
 
     async def run(self) -> None:
         cfg = self.state.config

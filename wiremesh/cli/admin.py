@@ -125,9 +125,18 @@ def peers_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
     if as_json:
         print_json(peers)
         return
-    print_table("peers", ["id", "name", "overlay ip", "endpoints", "groups", "connected"],
-           [[p["id"], p["name"], p["overlay_ip"], ",".join(p["endpoints"]),
-             ",".join(p["groups"]), p["connected"]] for p in peers])
+    print_table("peers", ["id", "name", "overlay ip", "endpoints", "groups", "connected",
+                          "paths (peer: direct endpoint | relayed, last handshake)"],
+                [[p["id"], p["name"], p["overlay_ip"], ",".join(p["endpoints"]),
+                  ",".join(p["groups"]), p["connected"], _paths(p.get("paths", []))]
+                 for p in peers])
+
+
+def _paths(paths: list[dict]) -> str:
+    return "\n".join(
+        f"{x['peer']}: {x['endpoint'] or x['path'] if x['path'] == 'direct' else x['path']}"
+        f"{', ' + x['last_handshake'][11:19] if x.get('last_handshake') else ''}"
+        for x in paths)
 
 
 @peers_app.command("show")

@@ -96,6 +96,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
     app.state.relay_secret = relay_secret
     openapi = app.openapi
     app.openapi = lambda: add_links(openapi())  # type: ignore[method-assign]
+    app.state.paths = {}  # peer id -> its agent's last path report
 
     @app.get("/healthz")
     async def healthz() -> dict[str, int]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Depends, Request
 
@@ -14,6 +14,7 @@ from wiremesh.server.schemas import (
     MemberRef,
     NamePath,
     PeerOut,
+    PeerPathOut,
     PeerRefPath,
     PeerRename,
     SetupKeyCreate,
@@ -72,26 +73,40 @@ async def revoke_setup_key(key_id: IdPath, request: Request,
     return _key_out(await _store(request).revoke_setup_key(actor, key_id))
 
 
-def _peer_out(request: Request, p: Peer, groups: dict[int, list[str]]) -> PeerOut:
+def _peer_out(request: Request, p: Peer, groups: dict[int, list[str]],
+              names: dict[str, str]) -> PeerOut:
     return PeerOut(
         id=p.id, name=p.name, public_key=p.public_key, overlay_ip=p.overlay_ip,
         endpoints=list(p.endpoints), listen_port=p.listen_port,
         groups=sorted([ALL_GROUP, *groups.get(p.id, [])]), created_at=_aware(p.created_at),
         last_seen=_aware(p.last_seen), connected=p.id in request.app.state.hub._waiters,
+        paths=[PeerPathOut(
+            peer=names.get(r.peer, r.peer), path=r.path, endpoint=r.endpoint,
+            last_handshake=datetime.fromtimestamp(r.last_handshake, UTC)
+            if r.last_handshake else None)
+            for r in request.app.state.paths.get(p.id, [])],
     )
+
+
+async def _names(request: Request) -> dict[str, str]:
+    """Public key -> peer name, for the paths agents report by key."""
+    return {q.public_key: q.name for q in await _store(request).list_peers()}
 
 
 @router.get("/peers", response_model=list[PeerOut])
 async def list_peers(request: Request, _: str = Depends(admin_actor)) -> list[PeerOut]:
     store = _store(request)
     groups = await store.peer_groups()
-    return [_peer_out(request, p, groups) for p in await store.list_peers()]
+    peers = await store.list_peers()
+    names = {q.public_key: q.name for q in peers}
+    return [_peer_out(request, p, groups, names) for p in peers]
 
 
 @router.get("/peers/{ref}", response_model=PeerOut)
 async def get_peer(ref: PeerRefPath, request: Request, _: str = Depends(admin_actor)) -> PeerOut:
     store = _store(request)
-    return _peer_out(request, await store.get_peer(ref), await store.peer_groups())
+    return _peer_out(request, await store.get_peer(ref), await store.peer_groups(),
+                     await _names(request))
 
 
 @router.patch("/peers/{ref}", response_model=PeerOut)
@@ -100,7 +115,7 @@ async def rename_peer(ref: PeerRefPath, body: PeerRename, request: Request,
     store = _store(request)
     peer = await store.rename_peer(actor, ref, body.name)
     request.app.state.hub.poke()
-    return _peer_out(request, peer, await store.peer_groups())
+    return _peer_out(request, peer, await store.peer_groups(), await _names(request))
 
 
 @router.delete("/peers/{ref}", status_code=204)

@@ -27,6 +27,7 @@ from wiremesh.server.schemas import (
     EndpointReport,
     EnrollRequest,
     EnrollResponse,
+    PathsReport,
     ServerKeyOut,
 )
 from wiremesh.store.repo import NewPeer
@@ -81,6 +82,14 @@ async def report_endpoints(body: EndpointReport, request: Request,
         request.app.state.hub.poke()
     return EndpointAnswer(observed=request.client.host if request.client else None,
                           stun_port=request.app.state.stun_port)
+
+
+@router.put("/agent/paths", status_code=204)
+async def report_paths(body: PathsReport, request: Request,
+                       peer: Peer = Depends(current_peer)) -> None:
+    """How this agent reaches each of its peers (direct or relayed, endpoint, last
+    handshake); kept in memory for `peers list` on this replica, never in the store."""
+    request.app.state.paths[peer.id] = body.peers
 
 
 async def _stream(hub: NetmapHub, peer_id: int, public_key: str,

@@ -126,6 +126,26 @@ class SetupKeyOut(BaseModel):
                           "(wiremesh up --server-fingerprint)")
 
 
+class PathReport(Strict):
+    """How this agent's WireGuard reaches one of its peers right now."""
+
+    peer: WgKey
+    path: Literal["direct", "relayed", "probing"]
+    endpoint: Endpoint | None = Field(None, description="the WireGuard endpoint in use")
+    last_handshake: float | None = Field(None, ge=0, description="unix seconds; none = never")
+
+
+class PathsReport(Strict):
+    peers: list[PathReport] = Field(default_factory=list, max_length=100_000)
+
+
+class PeerPathOut(BaseModel):
+    peer: str = Field(description="the other peer's name")
+    path: str
+    endpoint: str | None
+    last_handshake: datetime | None
+
+
 class PeerOut(BaseModel):
     id: int
     name: str
@@ -137,6 +157,9 @@ class PeerOut(BaseModel):
     created_at: datetime
     last_seen: datetime | None
     connected: bool
+    paths: list[PeerPathOut] = Field(
+        default_factory=list, description="as this peer's agent last reported them to this "
+                                          "server replica: per peer, direct or relayed")
 
 
 class PeerRename(Strict):
