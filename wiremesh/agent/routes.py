@@ -66,7 +66,7 @@ class RouteManager:
     # --- what the agent calls ------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def applying(self, netmap: Netmap) -> AsyncIterator[None]:
+    async def applying(self, netmap: Netmap | None) -> AsyncIterator[None]:
         """Take a new netmap (from the stream or the saved state) and hold off failover writes
         while the agent writes its WireGuard peers inside the block:
 
@@ -74,9 +74,10 @@ class RouteManager:
                 await asyncio.to_thread(dataplane.apply, netmap)  # uses routed_prefixes
 
         so the agent's write, computed from `routed_prefixes`, can never land after (and undo)
-        a failover decided meanwhile."""
+        a failover decided meanwhile. `None` rewrites for the netmap already taken."""
         async with self._wg_lock:
-            self._set_netmap(netmap)
+            if netmap is not None:
+                self._set_netmap(netmap)
             yield
 
     def routed_prefixes(self, key: str) -> tuple[str, ...]:

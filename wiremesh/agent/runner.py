@@ -187,6 +187,18 @@ class Agent:
             self.state.netmap = netmap
             statefile.save(self.state_dir, self.state)
 
+    async def _rewrite_peers(self) -> None:
+        """Rewrite the WireGuard peers (first contact due, a path changed) for the netmap the
+        data plane holds once the lock is ours: a rewrite that waited behind a netmap apply
+        must not bring back the netmap that apply replaced (it removed a new pair's peers)."""
+        if self.dataplane is None:
+            return
+        dataplane = self.dataplane
+        async with self.routes.applying(None):
+            if dataplane.netmap is not None:
+                await asyncio.to_thread(dataplane.sync_peers, dataplane.netmap)
+        self._schedule_release()
+
     def _schedule_release(self) -> None:
         """Rewrite the peers when first contact with a new peer is due (core/contact.py)."""
         due = self.dataplane.next_due() if self.dataplane else None
@@ -196,8 +208,7 @@ class Agent:
         async def release() -> None:
             await asyncio.sleep(max(0.0, due - time.monotonic()) + 0.01)
             self._release = None  # the write below schedules the next release, if any
-            if self.dataplane is not None and self.dataplane.netmap is not None:
-                await self._write(self.dataplane.sync_peers, self.dataplane.netmap)
+            await self._rewrite_peers()
 
         self._release = asyncio.create_task(release())
 
@@ -213,9 +224,6 @@ class Agent:
         if self.relay is not None:
             self.relay.reconnect()
 
-    async def _path_changed(self) -> None:
-        if self.dataplane is not None and self.dataplane.netmap is not None:
-            await self._write(self.dataplane.sync_peers, self.dataplane.netmap)
 
     async def _follow(self, client: ServerClient, discovery: Discovery) -> None:
         await discovery.refresh()
@@ -268,7 +276,7 @@ class Agent:
         self.portside = _open_portside(cfg.listen_port)
         if self.portside is not None:
             # The relay link joins once the server can be verified (see _until_trusted).
-            self.paths = PathManager(self.portside, self.private_key, None, self._path_changed)
+            self.paths = PathManager(self.portside, self.private_key, None, self._rewrite_peers)
         self.dataplane = DataPlane(backend, cfg, self.private_key, self.routes.routed_prefixes,
                                    self.paths.endpoint if self.paths else first_endpoint)
         async with contextlib.AsyncExitStack() as stack:
