@@ -173,3 +173,14 @@ def test_a_direct_peer_probing_from_a_new_address_is_followed() -> None:
     assert t.probed_from("k", "192.0.2.77:4000", 5.0)
     changes = run_until(t, 5.0, 5.5, lambda _k, ep, _n: ep == "192.0.2.77:4000")
     assert changes == [Change("k", Mode.DIRECT, "192.0.2.77:4000")]
+
+
+def test_a_relayed_peer_that_pings_us_is_probed_back_at_once() -> None:
+    """It came up after our burst gave up: no waiting for the aligned retry."""
+    t = PathTable(relay=True, retry=30.0)
+    t.set_peers({"k": A}, 0.0)
+    run_until(t, 0.0, 1.0)
+    assert t.peers["k"].mode == Mode.RELAY
+    t.pinged("k", 3.0)
+    changes = run_until(t, 3.0, 3.5, lambda _k, ep, _n: ep == A[0])
+    assert changes == [Change("k", Mode.DIRECT, A[0])]

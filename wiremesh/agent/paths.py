@@ -82,7 +82,9 @@ class PathManager:
         ep = self.table.direct_endpoint(peer.public_key)
         if ep is not None:
             return ep
-        if self.relay is not None and peer.public_key in self.table.peers:
+        # Called from the data plane's worker thread: only a loopback socket that run()
+        # already made on the event loop may be used here (making one registers a reader).
+        if self.relay is not None and peer.public_key in self.relay.peers:
             return self.relay.endpoint(peer.public_key)
         return first_endpoint(peer)
 
@@ -158,9 +160,11 @@ class PathManager:
         key, src = encode_key(sender), _join(ip, port)
         if probe.kind == disco.PING:
             self.side.send(disco.encode(disco.PONG, self.public, probe.txid, link), (ip, port))
-            if self.table.probed_from(key, src, time.monotonic()):
-                self.table.peers[key].next_probe = time.monotonic()
-                self._wake.set()
+            now = time.monotonic()
+            self.table.pinged(key, now)
+            if self.table.probed_from(key, src, now):
+                self.table.peers[key].next_probe = now
+            self._wake.set()
         elif self.outstanding.pop(probe.txid, None) == key:
             before = self.table.direct_endpoint(key)
             if self.table.answered(key, src, time.monotonic()) is not None:

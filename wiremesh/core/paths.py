@@ -105,6 +105,13 @@ class PathTable:
         p.next_probe = now + self.keepalive
         return Change(key, p.mode, p.endpoint)
 
+    def pinged(self, key: str, now: float) -> None:
+        """The peer probed us: it is up and wants a path now. A peer we are not direct with
+        is probed back at once (it may have come up after our last burst gave up)."""
+        p = self.peers.get(key)
+        if p is not None and p.mode != Mode.DIRECT and not p.burst_until:
+            self._burst(p, now)
+
     def probed_from(self, key: str, source: str, now: float) -> bool:
         """A peer's probe arrived from `source`: probe it back there (the NAT mapping it
         came through may be the only way in). True if it is new."""
