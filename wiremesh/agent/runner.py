@@ -12,7 +12,6 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,19 +161,16 @@ class Agent:
         # direct fails; the link stays connected either way so relayed peers reach us.
         self.relay: RelayLink | None = None
 
-    async def _write(self, step: Callable[[Netmap], None], netmap: Netmap) -> None:
-        """Run a data-plane step for `netmap`. Holding the route manager's lock keeps a
-        failover decided meanwhile from being undone by this write; pyroute2's sync API runs
-        its own event loop, so netlink work stays off ours."""
-        async with self.routes.applying(netmap):
-            await asyncio.to_thread(step, netmap)
-        self._schedule_release()
-
     async def _apply(self, netmap: Netmap, persist: bool = True) -> None:
         assert self.dataplane is not None
         if self.paths is not None:
             self.paths.set_netmap(netmap)
-        await self._write(self.dataplane.apply, netmap)
+        # Holding the route manager's lock keeps a failover decided meanwhile from being
+        # undone by this write; pyroute2's sync API runs its own event loop, so netlink work
+        # stays off ours.
+        async with self.routes.applying(netmap):
+            await asyncio.to_thread(self.dataplane.apply, netmap)
+        self._schedule_release()
         metrics.NETMAP_VERSION.set(netmap.version)
         metrics.PEERS.set(len(netmap.peers))
         metrics.INBOUND_RULES.set(len(netmap.inbound))
