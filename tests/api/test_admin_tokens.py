@@ -27,7 +27,7 @@ async def test_create_list_revoke_and_audit(api: ApiEnv) -> None:
     listed = (await api.client.get("/api/v1/admin-tokens", headers=api.admin)).json()
     assert [(x["name"], x["role"], x["token"]) for x in listed] == [
         ("initial", "admin", None), ("ci", "admin", None)]
-    rows = await api.store.list_admin_tokens()
+    rows = await api.store.admin_tokens.all()
     assert t["token"] not in {r.token_hash for r in rows}
     # The new token acts, and the audit log names it.
     r = await api.client.post("/api/v1/groups", json={"name": "g"}, headers=bearer(t["token"]))

@@ -49,9 +49,9 @@ async def test_admin_token_only_on_first_start(api: ApiEnv) -> None:
 async def test_secrets_are_stored_hashed(api: ApiEnv) -> None:
     k = await make_key(api)
     r = await enroll(api, k["key"])
-    rows = await api.store.list_setup_keys()
+    rows = await api.store.setup_keys.all()
     assert k["key"] not in {row.key_hash for row in rows}
-    peer = await api.store.get_peer(r.json()["peer_id"])
+    peer = await api.store.peers.get(r.json()["peer_id"])
     assert peer.token_hash != r.json()["token"] and len(peer.token_hash) == 64
     listed = (await api.client.get("/api/v1/setup-keys", headers=api.admin)).json()
     assert listed[0]["key"] is None and listed[0]["prefix"] == k["key"][:10]
@@ -83,7 +83,7 @@ async def test_revoked_invalid_and_expired_keys_refused(api: ApiEnv) -> None:
     assert r.status_code == 403 and "not valid" in r.json()["detail"]
 
     k2 = await make_key(api, reusable=True, expires_in_s=3600)
-    async with api.store.tx() as s:
+    async with api.store.db.tx() as s:
         await s.execute(update(SetupKey).where(SetupKey.id == k2["id"])
                         .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     r = await enroll(api, k2["key"])
@@ -271,17 +271,18 @@ async def test_openapi_and_metrics(api: ApiEnv) -> None:
 
 async def test_audit_log_records_changes(api: ApiEnv) -> None:
     await make_key(api)
-    log = await api.store.audit_log()
+    log = await api.store.audit.recent()
     assert log[0].action == "setup_key.create" and log[0].actor == "admin:initial"
 
 
 async def test_enrolment_batch_refuses_each_on_its_own(api: ApiEnv) -> None:
-    from wiremesh.store.repo import Conflict, Enrolled, NewPeer, Refused
+    from wiremesh.store.enrolment import Enrolled, NewPeer
+    from wiremesh.store.errors import Conflict, Refused
 
     one_off = (await make_key(api))["key"]
     reusable = (await make_key(api, reusable=True))["key"]
     dup = pub()
-    got = await api.store.enroll_many([
+    got = await api.store.enrolment.enroll_many([
         NewPeer(one_off, pub(), "a", 51820, []),
         NewPeer(one_off, pub(), "b", 51820, []),       # the one-off key is now used up
         NewPeer(reusable, dup, "c", 51820, []),

@@ -17,8 +17,9 @@ from fastapi import FastAPI
 from tests.api.test_api import pub
 from wiremesh.core.policy import compile_netmaps
 from wiremesh.server.app import create_app
+from wiremesh.store import Store
 from wiremesh.store.db import make_engine, migrate
-from wiremesh.store.repo import DEFAULT_POLICY, Store
+from wiremesh.store.policies import DEFAULT_POLICY
 
 # A broken store deadlocks or waits rather than fails: end such a test in reasonable time.
 pytestmark = pytest.mark.timeout(120)
@@ -54,12 +55,12 @@ async def test_concurrent_writers_never_share_a_revision(db_url: str) -> None:
         stores = [Store(e) for e in engines]
         await stores[0].bootstrap()
         n = 40
-        r0 = await stores[0].revision()
-        await asyncio.gather(*(stores[i % 2].create_group("t", f"g{i}", []) for i in range(n)))
-        assert await stores[1].revision() == r0 + n, "a change did not get its own revision"
+        r0 = await stores[0].changes.revision()
+        await asyncio.gather(*(stores[i % 2].groups.create("t", f"g{i}", []) for i in range(n)))
+        assert await stores[1].changes.revision() == r0 + n, "a change did not get its own revision"
         # Replace-everything writes too, which also must not trip over each other.
         revs = await asyncio.gather(*(
-            stores[i % 2].replace_policy("t", {}, [DEFAULT_POLICY], None, f"w{i}")
+            stores[i % 2].policies.replace("t", {}, [DEFAULT_POLICY], None, f"w{i}")
             for i in range(n)))
         assert sorted(revs) == list(range(r0 + n + 1, r0 + 2 * n + 1))
     finally:
@@ -73,7 +74,7 @@ async def _settled(apps: list[FastAPI]) -> None:
     store = apps[0].state.store
     deadline = time.monotonic() + 20
     while True:
-        rev, state = await store.load_state()
+        rev, state = await store.mesh.load_state()
         want = compile_netmaps(state)
         got = [{pid: replace(nm, version=0, relays=()) for pid, nm in a.state.hub.current.items()}
                for a in apps]

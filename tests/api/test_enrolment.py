@@ -9,7 +9,8 @@ from sqlalchemy import update
 
 from tests.api.test_api import enroll, field_of, make_key, pub
 from tests.conftest import ApiEnv
-from wiremesh.store.repo import RETRY_WINDOW, now
+from wiremesh.store.common import now
+from wiremesh.store.enrolment import RETRY_WINDOW
 from wiremesh.store.tables import Peer
 
 
@@ -30,8 +31,8 @@ async def test_retried_enrolment_returns_the_same_peer(api: ApiEnv) -> None:
     keys = (await api.client.get("/api/v1/setup-keys", headers=api.admin)).json()
     assert keys[0]["used_count"] == 1
     # The new token is the peer's credential; the one never delivered is dead.
-    assert await api.store.peer_for_token(b["token"]) is not None
-    assert await api.store.peer_for_token(a["token"]) is None
+    assert await api.store.peers.for_token(b["token"]) is not None
+    assert await api.store.peers.for_token(a["token"]) is None
     # And the used-up key still enrols no one else.
     assert (await enroll(api, k["key"])).status_code == 403
 
@@ -42,7 +43,7 @@ async def test_retry_refused_with_another_key_or_too_late_or_revoked(api: ApiEnv
     assert (await api.client.post("/api/v1/enroll", json=body)).status_code == 201
     r = await api.client.post("/api/v1/enroll", json={**body, "setup_key": k2["key"]})
     assert r.status_code == 409 and field_of(r) == ["public_key"]
-    async with api.store.tx() as s:
+    async with api.store.db.tx() as s:
         await s.execute(update(Peer).values(created_at=now() - RETRY_WINDOW
                                             - timedelta(seconds=1)))
     r = await api.client.post("/api/v1/enroll", json=body)

@@ -24,6 +24,7 @@ from wiremesh.core.wire import (
     parse_message,
 )
 from wiremesh.server.app import create_app
+from wiremesh.server.hub import delta_message
 from wiremesh.server.routes_agent import _stream
 from wiremesh.wg.keys import generate_private_key, public_key_of
 
@@ -137,12 +138,16 @@ class _Hub:
 
     def __init__(self, netmap: Netmap | None, exists: bool = True) -> None:
         self.current = {1: netmap} if netmap else {}
-        self.latest_delta: dict = {}
         self.waiters: set[asyncio.Event] = set()
         self.signer = SIGNER
-        self.store = self
         self.exists = exists
         self.pokes = 0
+
+    def netmap(self, peer_id: int) -> Netmap | None:
+        return self.current.get(peer_id)
+
+    def delta_line(self, _peer_id: int, peer_key: str, old: Netmap, new: Netmap) -> bytes:
+        return delta_message(SIGNER, peer_key, old, new)
 
     async def peer_exists(self, _peer_id: int) -> bool:
         return self.exists

@@ -26,8 +26,8 @@ from wiremesh.server.enrolment import EnrolmentQueue
 from wiremesh.server.hub import NetmapHub
 from wiremesh.server.links import add_links
 from wiremesh.server.stun import start_stun
+from wiremesh.store import Store
 from wiremesh.store.db import make_engine, migrate
-from wiremesh.store.repo import Store
 
 
 def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
@@ -58,9 +58,9 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
             on_fingerprint(signer.fingerprint)
         # Standalone relays first: every agent picks the first that works, so peers meet
         # on the same relay; the embedded one (a path on the server's URL) is the fallback.
-        hub = NetmapHub(store, signer, [*relays, *([RELAY_PATH] if relay else [])])
+        hub = NetmapHub(store.mesh, signer, [*relays, *([RELAY_PATH] if relay else [])])
         await hub.refresh()
-        enrolments = EnrolmentQueue(store)
+        enrolments = EnrolmentQueue(store.enrolment)
         app.state.store, app.state.hub, app.state.enrolments = store, hub, enrolments
         app.state.relay = RelaySwitch(routes_relay.HubAuthority(store, hub)) if relay else None
         stun = await start_stun(*stun_listen) if stun_listen else None
@@ -69,7 +69,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
                  asyncio.create_task(enrolments.run())]
         # Changes committed through other replicas wake the hub at once (PostgreSQL);
         # the revision poll stays as the fallback.
-        stop_listening = await store.listen(hub.poke)
+        stop_listening = await store.changes.listen(hub.poke)
         try:
             yield
         finally:

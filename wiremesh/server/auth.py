@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import HTTPException, Request
 from starlette.requests import HTTPConnection
 
-from wiremesh.store.repo import Store
+from wiremesh.store import Store
 from wiremesh.store.tables import Peer
 
 
@@ -29,7 +29,7 @@ READS = {"GET", "HEAD", "OPTIONS"}
 async def admin_actor(request: Request) -> str:
     """The acting admin token's name for the audit log; an auditor token may only read."""
     store: Store = request.app.state.store
-    row = await store.admin_for_token(_bearer(request))
+    row = await store.admin_tokens.for_token(_bearer(request))
     if row is None:
         raise HTTPException(401, "invalid admin token (unknown or revoked)",
                             headers={"WWW-Authenticate": "Bearer"})
@@ -41,7 +41,7 @@ async def admin_actor(request: Request) -> str:
 
 async def current_peer(request: Request) -> Peer:
     store: Store = request.app.state.store
-    peer = await store.peer_for_token(_bearer(request))
+    peer = await store.peers.for_token(_bearer(request))
     if peer is None:
         raise HTTPException(401, "invalid peer credential (was this peer deleted?)",
                             headers={"WWW-Authenticate": "Bearer"})

@@ -11,7 +11,8 @@ import asyncio
 import logging
 import time
 
-from wiremesh.store.repo import Enrolled, NewPeer, Store, StoreError
+from wiremesh.store.enrolment import Enrolled, Enrolment, NewPeer
+from wiremesh.store.errors import StoreError
 
 log = logging.getLogger("wiremesh.server.enrolment")
 MAX_BATCH = 128
@@ -20,7 +21,7 @@ _Item = tuple[NewPeer, "asyncio.Future[Enrolled]"]
 
 
 class EnrolmentQueue:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Enrolment) -> None:
         self.store = store
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
 

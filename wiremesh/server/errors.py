@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from wiremesh.core.policyfile import PolicyFileError
-from wiremesh.store.repo import StoreError
+from wiremesh.store.errors import Conflict, NotFound, Refused, StoreError
 
 PROBLEM = "application/problem+json"
 
@@ -35,6 +35,12 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": HTTPStatus(code).phrase,
            "content": {PROBLEM: {"schema": Problem.model_json_schema()}}}
     for code in (400, 401, 403, 404, 409, 413, 422)
+}
+
+
+# The store's refusals, as HTTP answers (anything else it refuses is a bad request).
+STORE_ERRORS: dict[type[StoreError], tuple[int, str]] = {
+    Refused: (403, "Refused"), NotFound: (404, "Not found"), Conflict: (409, "Conflict"),
 }
 
 
@@ -74,8 +80,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:
         errors = [{"field": exc.field, "message": str(exc)}] if exc.field else None
-        titles = {403: "Refused", 404: "Not found", 409: "Conflict"}
-        return problem(exc.status, titles.get(exc.status, "Bad request"), str(exc), errors)
+        status, title = next((v for k, v in STORE_ERRORS.items() if isinstance(exc, k)),
+                             (400, "Bad request"))
+        return problem(status, title, str(exc), errors)
 
     @app.exception_handler(PolicyFileError)
     async def _policy_file(_: Request, exc: PolicyFileError) -> JSONResponse:

@@ -11,14 +11,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 from wiremesh.core.models import MeshState
 from wiremesh.core.netmap import diff
 from wiremesh.core.policy import PolicyCompiler
 from wiremesh.core.wire import DeltaMessage, Netmap, Signer, encode_message
-from wiremesh.store.repo import Store
 
 log = logging.getLogger("wiremesh.server.hub")
 HISTORY = 16  # old versions kept per peer so a reconnecting agent gets a delta, not a full map
@@ -41,8 +41,18 @@ def _encode_deltas(
             for pid, (old, new) in pairs.items()}
 
 
+class MeshSource(Protocol):
+    """What the hub reads from the store."""
+
+    async def load_state(self) -> tuple[int, MeshState]: ...
+
+    async def revision(self) -> int: ...
+
+    async def peer_exists(self, peer_id: int) -> bool: ...
+
+
 class NetmapHub:
-    def __init__(self, store: Store, signer: Signer, relays: Sequence[str] = ()) -> None:
+    def __init__(self, store: MeshSource, signer: Signer, relays: Sequence[str] = ()) -> None:
         self.store = store
         self.signer = signer
         self.relays = tuple(relays)  # advertised in every netmap
@@ -159,6 +169,29 @@ class NetmapHub:
             if old.version == version:
                 return old
         return None
+
+    def netmap(self, peer_id: int) -> Netmap | None:
+        """The peer's current netmap (None: deleted, or enrolled and not compiled yet)."""
+        return self.current.get(peer_id)
+
+    async def peer_exists(self, peer_id: int) -> bool:
+        return await self.store.peer_exists(peer_id)
+
+    def delta_line(self, peer_id: int, peer_key: str, old: Netmap, new: Netmap) -> bytes:
+        """The stream line from `old` to `new`: the one encoded at the change when it is
+        that step, else made for this stream."""
+        pre = self.latest_delta.get(peer_id)
+        if pre is not None and pre[:2] == (old.version, new.version):
+            return pre[2]
+        return delta_message(self.signer, peer_key, old, new)
+
+    def connected(self, peer_id: int) -> bool:
+        """Does this replica hold a stream (or relay session) of the peer?"""
+        return peer_id in self._waiters
+
+    def snapshot(self) -> tuple[MeshState, Mapping[int, Netmap] | None]:
+        """The mesh as of the last refresh, and its compiled netmaps (None before one)."""
+        return self.state, self.compiler.netmaps if self.compiler else None
 
     @property
     def streams(self) -> int:

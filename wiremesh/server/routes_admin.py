@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Depends, Request
 
+from wiremesh.core.policy import ALL_GROUP
 from wiremesh.server.auth import admin_actor
 from wiremesh.server.schemas import (
     GroupCreate,
@@ -20,7 +21,9 @@ from wiremesh.server.schemas import (
     SetupKeyCreate,
     SetupKeyOut,
 )
-from wiremesh.store.repo import ALL_GROUP, Store, StoreError, _aware, now
+from wiremesh.store import Store
+from wiremesh.store.common import aware, now
+from wiremesh.store.errors import Invalid
 from wiremesh.store.tables import Peer, SetupKey
 
 router = APIRouter(prefix="/api/v1")
@@ -32,7 +35,7 @@ def _store(request: Request) -> Store:
 
 
 def _key_out(k: SetupKey, plaintext: str | None = None) -> SetupKeyOut:
-    exp = _aware(k.expires_at)
+    exp = aware(k.expires_at)
     valid = not k.revoked and (exp is None or exp > now()) and (
         not k.usage_limit or k.used_count < k.usage_limit)
     return SetupKeyOut(
@@ -47,11 +50,11 @@ def _key_out(k: SetupKey, plaintext: str | None = None) -> SetupKeyOut:
 async def create_setup_key(body: SetupKeyCreate, request: Request,
                            actor: str = Depends(admin_actor)) -> SetupKeyOut:
     if not body.reusable and body.usage_limit > 1:
-        raise StoreError("a one-off key is used once; set reusable for a limit", "usage_limit")
+        raise Invalid("a one-off key is used once; set reusable for a limit", "usage_limit")
     if body.reusable and body.peer_name is not None:
-        raise StoreError("a key that names its peer enrols one peer; it cannot be reusable",
+        raise Invalid("a key that names its peer enrols one peer; it cannot be reusable",
                          "peer_name")
-    row, key = await _store(request).create_setup_key(
+    row, key = await _store(request).setup_keys.create(
         actor, body.name, body.reusable, body.usage_limit,
         timedelta(seconds=body.expires_in_s) if body.expires_in_s else None, body.auto_groups,
         body.peer_name,
@@ -64,13 +67,13 @@ async def create_setup_key(body: SetupKeyCreate, request: Request,
 
 @router.get("/setup-keys", response_model=list[SetupKeyOut])
 async def list_setup_keys(request: Request, _: str = Depends(admin_actor)) -> list[SetupKeyOut]:
-    return [_key_out(k) for k in await _store(request).list_setup_keys()]
+    return [_key_out(k) for k in await _store(request).setup_keys.all()]
 
 
 @router.delete("/setup-keys/{key_id}", response_model=SetupKeyOut)
 async def revoke_setup_key(key_id: IdPath, request: Request,
                            actor: str = Depends(admin_actor)) -> SetupKeyOut:
-    return _key_out(await _store(request).revoke_setup_key(actor, key_id))
+    return _key_out(await _store(request).setup_keys.revoke(actor, key_id))
 
 
 def _peer_out(request: Request, p: Peer, groups: dict[int, list[str]],
@@ -78,8 +81,8 @@ def _peer_out(request: Request, p: Peer, groups: dict[int, list[str]],
     return PeerOut(
         id=p.id, name=p.name, public_key=p.public_key, overlay_ip=p.overlay_ip,
         endpoints=list(p.endpoints), listen_port=p.listen_port,
-        groups=sorted([ALL_GROUP, *groups.get(p.id, [])]), created_at=_aware(p.created_at),
-        last_seen=_aware(p.last_seen), connected=p.id in request.app.state.hub._waiters,
+        groups=sorted([ALL_GROUP, *groups.get(p.id, [])]), created_at=aware(p.created_at),
+        last_seen=aware(p.last_seen), connected=request.app.state.hub.connected(p.id),
         paths=[PeerPathOut(
             peer=names.get(r.peer, r.peer), path=r.path, endpoint=r.endpoint,
             last_handshake=datetime.fromtimestamp(r.last_handshake, UTC)
@@ -90,14 +93,14 @@ def _peer_out(request: Request, p: Peer, groups: dict[int, list[str]],
 
 async def _names(request: Request) -> dict[str, str]:
     """Public key -> peer name, for the paths agents report by key."""
-    return {q.public_key: q.name for q in await _store(request).list_peers()}
+    return {q.public_key: q.name for q in await _store(request).peers.all()}
 
 
 @router.get("/peers", response_model=list[PeerOut])
 async def list_peers(request: Request, _: str = Depends(admin_actor)) -> list[PeerOut]:
     store = _store(request)
-    groups = await store.peer_groups()
-    peers = await store.list_peers()
+    groups = await store.peers.groups()
+    peers = await store.peers.all()
     names = {q.public_key: q.name for q in peers}
     return [_peer_out(request, p, groups, names) for p in peers]
 
@@ -105,7 +108,7 @@ async def list_peers(request: Request, _: str = Depends(admin_actor)) -> list[Pe
 @router.get("/peers/{ref}", response_model=PeerOut)
 async def get_peer(ref: PeerRefPath, request: Request, _: str = Depends(admin_actor)) -> PeerOut:
     store = _store(request)
-    return _peer_out(request, await store.get_peer(ref), await store.peer_groups(),
+    return _peer_out(request, await store.peers.get(ref), await store.peers.groups(),
                      await _names(request))
 
 
@@ -113,35 +116,35 @@ async def get_peer(ref: PeerRefPath, request: Request, _: str = Depends(admin_ac
 async def rename_peer(ref: PeerRefPath, body: PeerRename, request: Request,
                       actor: str = Depends(admin_actor)) -> PeerOut:
     store = _store(request)
-    peer = await store.rename_peer(actor, ref, body.name)
+    peer = await store.peers.rename(actor, ref, body.name)
     request.app.state.hub.poke()
-    return _peer_out(request, peer, await store.peer_groups(), await _names(request))
+    return _peer_out(request, peer, await store.peers.groups(), await _names(request))
 
 
 @router.delete("/peers/{ref}", status_code=204)
 async def delete_peer(ref: PeerRefPath, request: Request,
                       actor: str = Depends(admin_actor)) -> None:
-    await _store(request).delete_peer(actor, ref)
+    await _store(request).peers.delete(actor, ref)
     request.app.state.hub.poke()
 
 
 async def _group_out(request: Request, name: str) -> GroupOut:
-    return GroupOut(name=name, members=(await _store(request).list_groups())[name])
+    return GroupOut(name=name, members=(await _store(request).groups.all())[name])
 
 
 @router.get("/groups", response_model=list[GroupOut])
 async def list_groups(request: Request, _: str = Depends(admin_actor)) -> list[GroupOut]:
     store = _store(request)
-    everyone = sorted(p.name for p in await store.list_peers())
+    everyone = sorted(p.name for p in await store.peers.all())
     groups = [GroupOut(name=ALL_GROUP, members=everyone, builtin=True)]
-    groups += [GroupOut(name=g, members=m) for g, m in (await store.list_groups()).items()]
+    groups += [GroupOut(name=g, members=m) for g, m in (await store.groups.all()).items()]
     return groups
 
 
 @router.post("/groups", status_code=201, response_model=GroupOut)
 async def create_group(body: GroupCreate, request: Request,
                        actor: str = Depends(admin_actor)) -> GroupOut:
-    await _store(request).create_group(actor, body.name, body.members)
+    await _store(request).groups.create(actor, body.name, body.members)
     request.app.state.hub.poke()
     return await _group_out(request, body.name)
 
@@ -149,7 +152,7 @@ async def create_group(body: GroupCreate, request: Request,
 @router.post("/groups/{name}/members", response_model=GroupOut)
 async def add_member(name: NamePath, body: MemberRef, request: Request,
                      actor: str = Depends(admin_actor)) -> GroupOut:
-    await _store(request).set_membership(actor, name, body.peer, True)
+    await _store(request).groups.set_membership(actor, name, body.peer, True)
     request.app.state.hub.poke()
     return await _group_out(request, name)
 
@@ -157,12 +160,12 @@ async def add_member(name: NamePath, body: MemberRef, request: Request,
 @router.delete("/groups/{name}/members/{peer}", response_model=GroupOut)
 async def remove_member(name: NamePath, peer: PeerRefPath, request: Request,
                         actor: str = Depends(admin_actor)) -> GroupOut:
-    await _store(request).set_membership(actor, name, peer, False)
+    await _store(request).groups.set_membership(actor, name, peer, False)
     request.app.state.hub.poke()
     return await _group_out(request, name)
 
 
 @router.delete("/groups/{name}", status_code=204)
 async def delete_group(name: NamePath, request: Request, actor: str = Depends(admin_actor)) -> None:
-    await _store(request).delete_group(actor, name)
+    await _store(request).groups.delete(actor, name)
     request.app.state.hub.poke()

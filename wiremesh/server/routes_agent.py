@@ -21,7 +21,7 @@ from wiremesh.core.wire import (
 )
 from wiremesh.server import metrics
 from wiremesh.server.auth import current_peer
-from wiremesh.server.hub import NetmapHub, delta_message
+from wiremesh.server.hub import NetmapHub
 from wiremesh.server.schemas import (
     EndpointAnswer,
     EndpointReport,
@@ -30,7 +30,7 @@ from wiremesh.server.schemas import (
     PathsReport,
     ServerKeyOut,
 )
-from wiremesh.store.repo import NewPeer
+from wiremesh.store.enrolment import NewPeer
 from wiremesh.store.tables import Peer
 
 router = APIRouter(prefix="/api/v1")
@@ -76,7 +76,7 @@ async def report_endpoints(body: EndpointReport, request: Request,
                            peer: Peer = Depends(current_peer)) -> EndpointAnswer:
     """The agent's candidates; the answer says where the server sees it from and where to
     measure its NAT mapping (STUN)."""
-    changed = await request.app.state.store.report_endpoints(
+    changed = await request.app.state.store.peers.report_endpoints(
         peer.id, _observed(request, body.ordered()), body.listen_port)
     if changed:
         request.app.state.hub.poke()
@@ -102,7 +102,7 @@ async def _stream(hub: NetmapHub, peer_id: int, public_key: str,
     ev = hub.subscribe(peer_id)
     metrics.STREAMS.inc()
     try:
-        if peer_id not in hub.current:
+        if hub.netmap(peer_id) is None:
             # Enrolled a moment ago (here or through another replica): the next coalesced
             # refresh brings its netmap and wakes us.
             hub.poke()
@@ -113,9 +113,9 @@ async def _stream(hub: NetmapHub, peer_id: int, public_key: str,
             # Cleared before reading: a change landing while a message is being sent (the
             # yield below) must wake the next wait, not wait for the keepalive 15 s later.
             ev.clear()
-            cur = hub.current.get(peer_id)
+            cur = hub.netmap(peer_id)
             if cur is None:
-                if not await hub.store.peer_exists(peer_id):
+                if not await hub.peer_exists(peer_id):
                     yield seal(DeletedMessage.model_construct(peer_id=peer_id,
                                                               public_key=public_key))
                     return
@@ -127,11 +127,7 @@ async def _stream(hub: NetmapHub, peer_id: int, public_key: str,
                 yield seal(FullMessage.model_construct(netmap=cur))
                 metrics.PUSHES.labels("full").inc()
             elif sent.version != cur.version:
-                pre = hub.latest_delta.get(peer_id)
-                if pre is not None and pre[:2] == (sent.version, cur.version):
-                    yield pre[2]
-                else:
-                    yield delta_message(hub.signer, public_key, sent, cur)
+                yield hub.delta_line(peer_id, public_key, sent, cur)
                 metrics.PUSHES.labels("delta").inc()
             else:
                 yield seal(PingMessage.model_construct(version=cur.version))

@@ -27,7 +27,7 @@ from wiremesh.core.policyfile import (
 from wiremesh.server.auth import admin_actor
 from wiremesh.server.errors import problem
 from wiremesh.server.schemas import Name, NamePath, Strict
-from wiremesh.store.repo import Store
+from wiremesh.store import Store
 
 router = APIRouter(prefix="/api/v1")
 
@@ -68,7 +68,7 @@ def _evaluate(text: str, source: str, state: MeshState) -> _Evaluated:
 async def _evaluated(request: Request, body: PolicyText) -> _Evaluated:
     """Parse, apply, plan and test the file in a worker thread: a large or hostile file must
     not hold up the event loop that serves every netmap stream."""
-    _, state = await _store(request).load_state()
+    _, state = await _store(request).mesh.load_state()
     return await asyncio.to_thread(_evaluate, body.text, body.source, state)
 
 
@@ -96,7 +96,7 @@ async def policy_apply(body: PolicyText, request: Request,
                   for f in failures]
         return problem(422, "Policy tests failed",
                        f"{len(failures)} policy test(s) failed; nothing was changed", errors)
-    rev = await _store(request).replace_policy(
+    rev = await _store(request).policies.replace(
         actor, {g: list(m) for g, m in pf.groups.items()}, list(pf.policies),
         list(pf.routes) if pf.routes is not None else None, body.source)
     request.app.state.hub.poke()
@@ -105,7 +105,7 @@ async def policy_apply(body: PolicyText, request: Request,
 
 @router.get("/policy/export", response_class=PlainTextResponse)
 async def policy_export(request: Request, _: str = Depends(admin_actor)) -> str:
-    state = (await _store(request).load_state())[1]
+    state = (await _store(request).mesh.load_state())[1]
     return export(state)
 
 
@@ -113,9 +113,9 @@ async def policy_export(request: Request, _: str = Depends(admin_actor)) -> str:
 async def policy_matrix(request: Request, _: str = Depends(admin_actor)) -> Any:
     hub = request.app.state.hub
     await hub.refresh()  # read-after-write: include a change committed a moment ago
-    state = hub.state
+    state, netmaps = hub.snapshot()
     names = {pid: p.name for pid, p in state.peers.items()}
-    m = matrix(state, hub.compiler.netmaps if hub.compiler else None)
+    m = matrix(state, netmaps)
     return {
         "peers": sorted(names.values()),
         "pairs": [
@@ -137,7 +137,7 @@ async def policy_explain(
     port: int | None = Query(None, ge=1, le=65535),
     _: str = Depends(admin_actor),
 ) -> Any:
-    state = (await _store(request).load_state())[1]
+    state = (await _store(request).mesh.load_state())[1]
     try:
         ex = explain(state, src, dst, proto, port)
     except ValueError as e:
@@ -156,7 +156,7 @@ def _route_json(r: Route) -> dict[str, Any]:
 
 @router.get("/routes")
 async def list_routes(request: Request, _: str = Depends(admin_actor)) -> Any:
-    return [_route_json(r) for r in await _store(request).list_routes()]
+    return [_route_json(r) for r in await _store(request).routes.all()]
 
 
 @router.put("/routes/{name}")
@@ -167,17 +167,17 @@ async def put_route(name: NamePath, body: RouteIn, request: Request,
     doc = {"routes": [{"name": name, "prefix": body.prefix, "routers": body.router_group,
                        "metric": body.metric, "router_metrics": body.router_metrics,
                        "masquerade": body.masquerade, "enabled": body.enabled}]}
-    _, state = await _store(request).load_state()
+    _, state = await _store(request).mesh.load_state()
     pf = parse(json.dumps(doc), state, source="route")
     assert pf.routes
-    await _store(request).upsert_route(actor, pf.routes[0])
+    await _store(request).routes.upsert(actor, pf.routes[0])
     request.app.state.hub.poke()
     return _route_json(pf.routes[0])
 
 
 @router.delete("/routes/{name}", status_code=204)
 async def delete_route(name: NamePath, request: Request, actor: str = Depends(admin_actor)) -> None:
-    await _store(request).delete_route(actor, name)
+    await _store(request).routes.delete(actor, name)
     request.app.state.hub.poke()
 
 
@@ -185,4 +185,4 @@ async def delete_route(name: NamePath, request: Request, actor: str = Depends(ad
 async def audit(request: Request, limit: int = Query(100, ge=1, le=10000),
                 _: str = Depends(admin_actor)) -> Any:
     return [{"at": e.at, "actor": e.actor, "action": e.action, "detail": e.detail}
-            for e in await _store(request).audit_log(limit)]
+            for e in await _store(request).audit.recent(limit)]

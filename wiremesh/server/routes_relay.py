@@ -16,7 +16,7 @@ from wiremesh.relay.introspect import PATH, IntrospectRequest, IntrospectRespons
 from wiremesh.relay.switch import RELAY_PATH, RelaySwitch
 from wiremesh.server.auth import bearer_token
 from wiremesh.server.hub import NetmapHub
-from wiremesh.store.repo import Store
+from wiremesh.store import Store
 from wiremesh.wg.keys import decode_key, encode_key
 
 ws_router = APIRouter()
@@ -31,7 +31,7 @@ class HubGrant:
     name: str
 
     def may_reach(self, dst: bytes) -> bool:
-        nm = self.hub.current.get(self.peer_id)
+        nm = self.hub.netmap(self.peer_id)
         return nm is not None and encode_key(dst) in nm.peers
 
     async def watch(self) -> None:
@@ -41,7 +41,7 @@ class HubGrant:
         try:
             seen = False
             while True:
-                present = self.peer_id in self.hub.current
+                present = self.hub.netmap(self.peer_id) is not None
                 if seen and not present:
                     return
                 seen = seen or present
@@ -57,7 +57,7 @@ class HubAuthority:
     hub: NetmapHub
 
     async def authenticate(self, token: str) -> HubGrant | None:
-        peer = await self.store.peer_for_token(token)
+        peer = await self.store.peers.for_token(token)
         if peer is None:
             return None
         return HubGrant(self.hub, peer.id, decode_key(peer.public_key), peer.name)
@@ -88,10 +88,10 @@ async def introspect(body: IntrospectRequest, request: Request) -> IntrospectRes
                             headers={"WWW-Authenticate": "Bearer"})
     store: Store = request.app.state.store
     hub: NetmapHub = request.app.state.hub
-    peer = await store.peer_for_token(body.token)
+    peer = await store.peers.for_token(body.token)
     if peer is None:
         return IntrospectResponse(active=False)
-    nm = hub.current.get(peer.id)
+    nm = hub.netmap(peer.id)
     if body.wait and (nm.version if nm else 0) == body.since:
         ev = hub.subscribe(peer.id)
         # A relay that goes away ends its long poll at once, so shutdowns do not wait.
@@ -102,8 +102,8 @@ async def introspect(body: IntrospectRequest, request: Request) -> IntrospectRes
             hub.unsubscribe(peer.id, ev)
             for t in waits:
                 t.cancel()
-        nm = hub.current.get(peer.id)
-        if nm is None and await store.peer_for_token(body.token) is None:
+        nm = hub.netmap(peer.id)
+        if nm is None and await store.peers.for_token(body.token) is None:
             return IntrospectResponse(active=False)  # deleted while we waited
     return IntrospectResponse(active=True, name=peer.name, public_key=peer.public_key,
                               version=nm.version if nm else 0,

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from wiremesh.server.auth import admin_actor
 from wiremesh.server.schemas import Name, NamePath, Strict
-from wiremesh.store.repo import _aware
+from wiremesh.store.common import aware
 from wiremesh.store.tables import AdminToken
 
 router = APIRouter(prefix="/api/v1")
@@ -30,23 +30,23 @@ class AdminTokenOut(BaseModel):
 
 
 def _out(t: AdminToken, plaintext: str | None = None) -> AdminTokenOut:
-    return AdminTokenOut(name=t.name, role=t.role, created_at=_aware(t.created_at),
-                         revoked_at=_aware(t.revoked_at), token=plaintext)
+    return AdminTokenOut(name=t.name, role=t.role, created_at=aware(t.created_at),
+                         revoked_at=aware(t.revoked_at), token=plaintext)
 
 
 @router.post("/admin-tokens", status_code=201, response_model=AdminTokenOut)
 async def create_token(body: AdminTokenCreate, request: Request,
                        actor: str = Depends(admin_actor)) -> AdminTokenOut:
-    row, token = await request.app.state.store.create_admin_token(actor, body.name, body.role)
+    row, token = await request.app.state.store.admin_tokens.create(actor, body.name, body.role)
     return _out(row, token)
 
 
 @router.get("/admin-tokens", response_model=list[AdminTokenOut])
 async def list_tokens(request: Request, _: str = Depends(admin_actor)) -> list[AdminTokenOut]:
-    return [_out(t) for t in await request.app.state.store.list_admin_tokens()]
+    return [_out(t) for t in await request.app.state.store.admin_tokens.all()]
 
 
 @router.delete("/admin-tokens/{name}", response_model=AdminTokenOut)
 async def revoke_token(name: NamePath, request: Request,
                        actor: str = Depends(admin_actor)) -> AdminTokenOut:
-    return _out(await request.app.state.store.revoke_admin_token(actor, name))
+    return _out(await request.app.state.store.admin_tokens.revoke(actor, name))

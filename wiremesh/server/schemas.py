@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 
 from wiremesh.core.wire import NAME_PATTERN as NAME_RE
 from wiremesh.core.wire import Endpoint, Name, WgKey
-from wiremesh.store.repo import MAX_ID
+from wiremesh.store.common import MAX_ID
 
 # A name or a numeric id in a URL path; anything else is refused before it reaches the store.
 NamePath = Annotated[str, Path(pattern=NAME_RE, description="letters, digits, '.', '_', '-'")]

@@ -1,0 +1,57 @@
+"""Admin tokens: the credentials of the admin API (stored hashed)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from wiremesh.store import audit
+from wiremesh.store.common import hash_secret, new_secret, now, same_secret
+from wiremesh.store.database import Database
+from wiremesh.store.errors import Conflict, NotFound
+from wiremesh.store.tables import AdminToken
+
+
+def new_admin_token(name: str, role: str) -> tuple[AdminToken, str]:
+    """A row to add and its secret (shown once)."""
+    token = new_secret("wma")
+    return AdminToken(name=name, token_hash=hash_secret(token), created_at=now(),
+                      role=role), token
+
+
+class AdminTokens:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def for_token(self, token: str) -> AdminToken | None:
+        """The live admin token with this secret (read on every request, so a revocation
+        through any replica holds at once everywhere)."""
+        h = hash_secret(token)
+        async with self.db.reads() as s:
+            row = await s.scalar(select(AdminToken).where(AdminToken.token_hash == h))
+        if row is None or row.revoked_at is not None or not same_secret(row.token_hash, h):
+            return None
+        return row
+
+    async def create(self, actor: str, name: str, role: str) -> tuple[AdminToken, str]:
+        async with self.db.tx() as s:
+            if await s.scalar(select(AdminToken.id).where(
+                    AdminToken.name == name, AdminToken.revoked_at.is_(None))) is not None:
+                raise Conflict(f"an admin token named {name!r} already exists", "name")
+            row, token = new_admin_token(name, role)
+            s.add(row)
+            audit.record(s, actor, "admin_token.create", name=name, role=role)
+        return row, token
+
+    async def all(self) -> list[AdminToken]:
+        async with self.db.reads() as s:
+            return list(await s.scalars(select(AdminToken).order_by(AdminToken.id)))
+
+    async def revoke(self, actor: str, name: str) -> AdminToken:
+        async with self.db.tx() as s:
+            row = await s.scalar(select(AdminToken).where(
+                AdminToken.name == name, AdminToken.revoked_at.is_(None)))
+            if row is None:
+                raise NotFound(f"no admin token named {name!r}", "name")
+            row.revoked_at = now()
+            audit.record(s, actor, "admin_token.revoke", name=name)
+            return row

@@ -1,0 +1,146 @@
+"""Enrolment: a batch of agents becomes peers in one transaction (names, overlay addresses,
+tokens, auto groups), each refused or enrolled on its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from wiremesh.core.ipam import IpamExhausted, address_at, next_free_index
+from wiremesh.store import audit
+from wiremesh.store.changes import bump
+from wiremesh.store.common import (
+    aware,
+    counter,
+    hash_secret,
+    new_secret,
+    now,
+    same_secret,
+    unique_name,
+)
+from wiremesh.store.database import Database
+from wiremesh.store.errors import Conflict, StoreError
+from wiremesh.store.setup_keys import refusal, reservations
+from wiremesh.store.tables import Group, GroupMember, Meta, Peer, SetupKey
+
+# A client whose enrolment timed out after the server committed may ask again, with the same
+# key pair and setup key, for this long; later, a peer's public key is never enrolled twice.
+RETRY_WINDOW = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class NewPeer:
+    setup_key: str
+    public_key: str
+    hostname: str
+    listen_port: int
+    endpoints: list[str]
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    peer: Peer
+    token: str
+    note: str | None = None  # why the peer's name is not the one it asked for
+
+
+def _again(peer: Peer, key: SetupKey | None, key_hash: str) -> bool:
+    """Is this the retry of the enrolment that made `peer` (same key pair, same setup key)?"""
+    created = aware(peer.created_at)
+    return (key is not None and same_secret(key.key_hash, key_hash)
+            and peer.setup_key_id == key.id and not key.revoked
+            and created is not None and now() - created <= RETRY_WINDOW)
+
+
+class Enrolment:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def enroll_many(self, reqs: list[NewPeer]) -> list[Enrolled | StoreError]:
+        """Enrol a batch in one transaction; each request gets its peer or the reason it was
+        refused, and a refused one never affects the others. One transaction per batch is
+        what lets a burst of agents enrol at the rate of the store, not of its round trips."""
+        hashes = [hash_secret(r.setup_key) for r in reqs]
+        async with self.db.tx() as s:
+            keys = {k.key_hash: k for k in await s.scalars(
+                select(SetupKey).where(SetupKey.key_hash.in_(set(hashes))))}
+            existing = {p.public_key: p for p in await s.scalars(select(Peer).where(
+                Peer.public_key.in_([r.public_key for r in reqs])))}
+            taken_keys = set(existing)
+            used_ips = set(await s.scalars(select(Peer.overlay_ip)))
+            names = set(await s.scalars(select(Peer.name)))
+            reserved = reservations(list(await s.scalars(
+                select(SetupKey).where(SetupKey.peer_name.is_not(None)))))
+            groups = {g.name: g.id for g in await s.scalars(select(Group))}
+            cursor = await counter(s, "ipam_next")
+            out: list[Enrolled | StoreError] = []
+            added: list[tuple[Peer, SetupKey]] = []
+            for req, h in zip(reqs, hashes, strict=True):
+                key = keys.get(h)
+                before = existing.get(req.public_key)
+                if before is not None and _again(before, key, h):
+                    # Same peer, fresh token (the first one never reached the client); the
+                    # key is not spent again.
+                    token = new_secret("wmp")
+                    before.token_hash = hash_secret(token)
+                    audit.record(s, f"peer:{before.name}", "peer.enroll_again",
+                                 id=before.id, setup_key_id=before.setup_key_id)
+                    out.append(Enrolled(before, token))
+                    continue
+                refused = refusal(key, h)
+                if refused is None and req.public_key in taken_keys:
+                    refused = Conflict("a peer with this public key is already enrolled",
+                                       "public_key")
+                name, note = req.hostname, None
+                if refused is None and key is not None and key.peer_name:
+                    name = key.peer_name
+                    if name in names:
+                        refused = Conflict(f"this setup key names its peer {name!r}, and a "
+                                           "peer with that name already exists", "setup_key")
+                    elif name != req.hostname:
+                        note = f"this setup key names its peer {name!r}"
+                elif refused is None:
+                    held = {n for n, k in reserved.items() if k is not key}
+                    name = unique_name(req.hostname, names | held)
+                    if name != req.hostname:
+                        note = f"the name {req.hostname!r} is taken; this peer is {name!r}"
+                if refused is None:
+                    try:
+                        idx = next_free_index(cursor, used_ips)
+                    except IpamExhausted as e:
+                        refused = Conflict(str(e))
+                if refused is not None:
+                    out.append(refused)
+                    continue
+                assert key is not None
+                key.used_count += 1
+                # A monotonic cursor means an address is never handed out twice while its
+                # peer exists; deleted peers' addresses come back only after a wrap-around.
+                cursor = idx + 1
+                ip = address_at(idx)
+                used_ips.add(ip)
+                names.add(name)
+                taken_keys.add(req.public_key)
+                token = new_secret("wmp")
+                peer = Peer(
+                    name=name, public_key=req.public_key, overlay_ip=ip,
+                    endpoints=req.endpoints, listen_port=req.listen_port,
+                    token_hash=hash_secret(token), setup_key_id=key.id, created_at=now(),
+                    last_seen=now(),
+                )
+                s.add(peer)
+                added.append((peer, key))
+                out.append(Enrolled(peer, token, note))
+            if not added:
+                return out
+            await s.flush()
+            for peer, key in added:
+                s.add_all(GroupMember(group_id=groups[g], peer_id=peer.id)
+                          for g in key.auto_groups if g in groups)
+                audit.record(s, f"peer:{peer.name}", "peer.enroll", id=peer.id,
+                             setup_key_id=key.id)
+            await s.execute(update(Meta).where(Meta.key == "ipam_next").values(value=cursor))
+            await bump(s)
+        return out

@@ -1,0 +1,81 @@
+"""Groups of peers (besides the built-in `all`, which always holds every peer)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from wiremesh.core.policy import ALL_GROUP
+from wiremesh.store import audit, lookup
+from wiremesh.store.changes import bump
+from wiremesh.store.database import Database
+from wiremesh.store.errors import Conflict
+from wiremesh.store.tables import Group, GroupMember, Peer, PolicyRow, RouteRow
+
+
+class Groups:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, actor: str, name: str, members: list[str]) -> Group:
+        if name == ALL_GROUP:
+            raise Conflict(f"{ALL_GROUP!r} is built in", "name")
+        try:
+            async with self.db.tx() as s:
+                grp = Group(name=name)
+                s.add(grp)
+                await s.flush()
+                for m in members:
+                    peer = await lookup.peer(s, m, field="members")
+                    s.add(GroupMember(group_id=grp.id, peer_id=peer.id))
+                await bump(s)
+                audit.record(s, actor, "group.create", name=name, members=members)
+                return grp
+        except IntegrityError:
+            raise Conflict(f"group {name!r} already exists", "name") from None
+
+    async def all(self) -> dict[str, list[str]]:
+        """Members' names by group name (without `all`)."""
+        async with self.db.reads() as s:
+            out: dict[str, list[str]] = {
+                g: [] for g in await s.scalars(select(Group.name).order_by(Group.name))
+            }
+            rows = await s.execute(
+                select(Group.name, Peer.name)
+                .join(GroupMember, GroupMember.group_id == Group.id)
+                .join(Peer, Peer.id == GroupMember.peer_id)
+                .order_by(Peer.name)
+            )
+            for g, p in rows:
+                out[g].append(p)
+            return out
+
+    async def set_membership(self, actor: str, group: str, peer_ref: str, member: bool) -> None:
+        if group == ALL_GROUP:
+            raise Conflict(f"{ALL_GROUP!r} always holds every peer", "group")
+        async with self.db.tx() as s:
+            grp = await lookup.group(s, group)
+            peer = await lookup.peer(s, peer_ref)
+            exists = await s.get(GroupMember, (grp.id, peer.id))
+            if member and exists is None:
+                s.add(GroupMember(group_id=grp.id, peer_id=peer.id))
+            elif not member and exists is not None:
+                await s.delete(exists)
+            else:
+                return
+            await bump(s)
+            audit.record(s, actor, "group.add" if member else "group.remove",
+                         group=group, peer=peer.name)
+
+    async def delete(self, actor: str, name: str) -> None:
+        async with self.db.tx() as s:
+            grp = await lookup.group(s, name)
+            users = [
+                p.name for p in await s.scalars(select(PolicyRow))
+                if name in p.sources or name in p.destinations
+            ] + [r.name for r in await s.scalars(select(RouteRow)) if r.router_group == name]
+            if users:
+                raise Conflict(f"group {name!r} is used by {', '.join(sorted(users))}", "name")
+            await s.delete(grp)
+            await bump(s)
+            audit.record(s, actor, "group.delete", name=name)

@@ -1,0 +1,30 @@
+"""Rows by the references admins write (a peer by id or name, a group by name), or NotFound
+naming the field that held the reference."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from wiremesh.store.common import as_id
+from wiremesh.store.errors import NotFound
+from wiremesh.store.tables import Group, Peer
+
+
+async def peer(s: AsyncSession, ref: str | int, field: str = "peer") -> Peer:
+    row = None
+    pid = as_id(ref)
+    if pid is not None:
+        row = await s.get(Peer, pid)
+    if row is None:
+        row = await s.scalar(select(Peer).where(Peer.name == str(ref)))
+    if row is None:
+        raise NotFound(f"no peer {ref!r}", field)
+    return row
+
+
+async def group(s: AsyncSession, name: str, field: str = "group") -> Group:
+    row = await s.scalar(select(Group).where(Group.name == name))
+    if row is None:
+        raise NotFound(f"no group {name!r}", field)
+    return row

@@ -1,0 +1,76 @@
+"""Policies, replaced all at once by applying a policy file (with its groups and routes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from wiremesh.core.models import Policy, PortRange, Route
+from wiremesh.core.policy import ALL_GROUP
+from wiremesh.store import audit, routes
+from wiremesh.store.changes import bump
+from wiremesh.store.database import Database
+from wiremesh.store.errors import NotFound
+from wiremesh.store.tables import Group, GroupMember, Peer, PolicyRow, RouteRow
+
+DEFAULT_POLICY = Policy(name="default", sources=(ALL_GROUP,), destinations=(ALL_GROUP,),
+                        description="all peers reach all peers")
+
+
+def from_row(r: PolicyRow) -> Policy:
+    return Policy(
+        name=r.name, sources=tuple(r.sources), destinations=tuple(r.destinations),
+        protocol=r.protocol,  # type: ignore[arg-type]
+        ports=tuple(PortRange.parse(p) for p in r.ports), bidirectional=r.bidirectional,
+        enabled=r.enabled, destination_routes=tuple(r.destination_routes),
+        description=r.description,
+    )
+
+
+def row_values(p: Policy) -> dict[str, Any]:
+    return dict(
+        name=p.name, description=p.description, enabled=p.enabled, sources=list(p.sources),
+        destinations=list(p.destinations), destination_routes=list(p.destination_routes),
+        protocol=p.protocol, ports=[str(x) for x in p.ports], bidirectional=p.bidirectional,
+    )
+
+
+class Policies:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def all(self) -> list[Policy]:
+        async with self.db.reads() as s:
+            return [from_row(r) for r in await s.scalars(select(PolicyRow).order_by(
+                PolicyRow.name))]
+
+    async def replace(
+        self, actor: str, groups: dict[str, list[str]], policies: list[Policy],
+        new_routes: list[Route] | None, source: str,
+    ) -> int:
+        """Set the listed groups' members and replace every policy (and every route, when
+        given) in one transaction; groups not listed keep their members."""
+        async with self.db.tx() as s:
+            peers = {p.name: p.id for p in await s.scalars(select(Peer))}
+            existing = {g.name: g for g in await s.scalars(select(Group))}
+            for name, members in groups.items():
+                grp = existing.get(name)
+                if grp is None:
+                    grp = Group(name=name)
+                    s.add(grp)
+                    await s.flush()
+                await s.execute(delete(GroupMember).where(GroupMember.group_id == grp.id))
+                for m in sorted(set(members)):
+                    if m not in peers:
+                        raise NotFound(f"no peer named {m!r}", f"groups.{name}")
+                    s.add(GroupMember(group_id=grp.id, peer_id=peers[m]))
+            await s.execute(delete(PolicyRow))
+            s.add_all(PolicyRow(**row_values(p)) for p in policies)
+            if new_routes is not None:
+                await s.execute(delete(RouteRow))
+                s.add_all(RouteRow(**routes.row_values(r)) for r in new_routes)
+            rev = await bump(s)
+            audit.record(s, actor, "policy.apply", source=source,
+                         policies=[p.name for p in policies], groups=sorted(groups))
+            return rev

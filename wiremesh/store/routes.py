@@ -1,0 +1,58 @@
+"""Routes: prefixes behind router peers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from wiremesh.core.models import Route
+from wiremesh.store import audit
+from wiremesh.store.changes import bump
+from wiremesh.store.database import Database
+from wiremesh.store.errors import NotFound
+from wiremesh.store.tables import RouteRow
+
+
+def from_row(r: RouteRow) -> Route:
+    return Route(
+        name=r.name, prefix=r.prefix, router_group=r.router_group, metric=r.metric,
+        router_metrics=tuple(sorted(r.router_metrics.items())), masquerade=r.masquerade,
+        enabled=r.enabled,
+    )
+
+
+def row_values(r: Route) -> dict[str, Any]:
+    return dict(name=r.name, prefix=r.prefix, router_group=r.router_group, metric=r.metric,
+                router_metrics=dict(r.router_metrics), masquerade=r.masquerade,
+                enabled=r.enabled)
+
+
+class Routes:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def all(self) -> list[Route]:
+        async with self.db.reads() as s:
+            return [from_row(r) for r in await s.scalars(select(RouteRow).order_by(
+                RouteRow.name))]
+
+    async def upsert(self, actor: str, route: Route) -> None:
+        async with self.db.tx() as s:
+            row = await s.scalar(select(RouteRow).where(RouteRow.name == route.name))
+            if row is None:
+                s.add(RouteRow(**row_values(route)))
+            else:
+                for k, v in row_values(route).items():
+                    setattr(row, k, v)
+            await bump(s)
+            audit.record(s, actor, "route.upsert", name=route.name, prefix=route.prefix)
+
+    async def delete(self, actor: str, name: str) -> None:
+        async with self.db.tx() as s:
+            row = await s.scalar(select(RouteRow).where(RouteRow.name == name))
+            if row is None:
+                raise NotFound(f"no route {name!r}", "name")
+            await s.delete(row)
+            await bump(s)
+            audit.record(s, actor, "route.delete", name=name)
