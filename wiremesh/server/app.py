@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from wiremesh.core.wire import Signer
 from wiremesh.relay.switch import RELAY_PATH, RelaySwitch
 from wiremesh.server import (
+    console,
     errors,
     metrics,
     routes_admin,
@@ -97,6 +98,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
     openapi = app.openapi
     app.openapi = lambda: add_links(openapi())  # type: ignore[method-assign]
     app.state.paths = {}  # peer id -> its agent's last path report
+    console.install(app)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, int]:

@@ -1,0 +1,84 @@
+"""The web console: static assets shipped in the package, served at `/` under a strict
+Content-Security-Policy, and the one endpoint the page asks who is logged in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from wiremesh.server.auth import admin_actor
+
+STATIC = Path(__file__).parent / "static"
+ASSETS = "/assets"
+
+# Scripts, styles and fetches from this origin only: no inline script or style, no eval, no
+# other site, no framing; text reaches the DOM as text (Trusted Types leaves no HTML sink).
+CSP = "; ".join((
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self'",
+    "connect-src 'self'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+    "base-uri 'none'",
+    "require-trusted-types-for 'script'",
+    "trusted-types 'none'",
+))
+HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+
+
+class ConsoleHeaders:
+    """Adds the console's security headers to the pages and assets it serves."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/" or path.startswith(ASSETS + "/")):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(msg: Message) -> None:
+            if msg["type"] == "http.response.start":
+                msg["headers"] = [*msg.get("headers", []), *HEADERS]
+            await send(msg)
+
+        await self.app(scope, receive, with_headers)
+
+
+async def session(request: Request) -> dict[str, Any]:
+    """Who the browser is logged in as; a page that is not logged in gets an answer too (not
+    a 401) so the console can offer the login link without an error in the browser."""
+    try:
+        actor = await admin_actor(request)
+    except HTTPException as e:
+        if e.status_code != 401:
+            raise
+        return {"authenticated": False, "login_url": "/auth/login"}
+    row = await request.app.state.store.admin_for_token(
+        request.headers["authorization"].partition(" ")[2].strip())
+    return {"authenticated": True, "name": actor, "role": row.role,
+            "login_url": "/auth/login", "logout_url": "/auth/logout", "csrf_token": None}
+
+
+def install(app: FastAPI) -> None:
+    app.add_middleware(ConsoleHeaders)
+    app.mount(ASSETS, StaticFiles(directory=STATIC / "assets"), name="console-assets")
+    app.add_api_route("/console/session", session, methods=["GET"], include_in_schema=False)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        # Revalidated on each load so a new release's page never runs old cached scripts.
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})

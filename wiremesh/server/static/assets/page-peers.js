@@ -1,0 +1,41 @@
+import { api } from "./api.js";
+import { badge, h, list, table, when } from "./dom.js";
+
+function paths(peer) {
+  if (!peer.paths || !peer.paths.length) return h("span", { class: "muted" }, "—");
+  const direct = peer.paths.filter((p) => p.path === "direct").length;
+  const relayed = peer.paths.filter((p) => p.path === "relayed").length;
+  return h("span", { title: peer.paths.map((p) => `${p.peer}: ${p.path}`).join("\n") },
+    `${direct} direct, ${relayed} relayed`);
+}
+
+export async function peersPage(ctx) {
+  const peers = await api.get("/peers");
+  const online = peers.filter((p) => p.connected).length;
+  return h("section", {},
+    h("p", {}, `${peers.length} peers, ${online} online.`),
+    table("Peers", [
+      ["Name", (p) => h("strong", {}, p.name)],
+      ["Status", (p) => (p.connected ? badge("online", "good") : badge("offline", "muted"))],
+      ["Last seen", (p) => when(p.last_seen)],
+      ["Overlay IP", (p) => h("code", {}, p.overlay_ip)],
+      ["Owner", (p) => p.owner || h("span", { class: "muted" }, "setup key")],
+      ["Paths", paths],
+      ["Version", (p) => p.version || h("span", { class: "muted" }, "—")],
+      ["Groups", (p) => list(p.groups)],
+      ...(ctx.canWrite ? [["", (p) => deleteButton(ctx, p)]] : []),
+    ], peers, "No peers have enrolled yet."));
+}
+
+function deleteButton(ctx, peer) {
+  return h("button", {
+    type: "button",
+    class: "danger",
+    "aria-label": `Delete peer ${peer.name}`,
+    onclick: async () => {
+      if (!confirm(`Delete peer ${peer.name}? It loses access at once.`)) return;
+      await api.del(`/peers/${encodeURIComponent(peer.name)}`);
+      await ctx.reload();
+    },
+  }, "Delete");
+}
