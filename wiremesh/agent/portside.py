@@ -34,7 +34,8 @@ class PortSide:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.tap.fileno(), self._readable)
+        for fd in self.tap.filenos():
+            self._loop.add_reader(fd, self._readable)
 
     def _readable(self) -> None:
         for cap in self.tap.read(0):
@@ -78,6 +79,7 @@ class PortSide:
 
     def close(self) -> None:
         if self._loop is not None:
-            self._loop.remove_reader(self.tap.fileno())
+            for fd in self.tap.filenos():
+                self._loop.remove_reader(fd)
         self.tap.close()
         self.sender.close()
