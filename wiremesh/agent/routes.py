@@ -61,6 +61,8 @@ class RouteManager:
         self._dirty_peers: set[str] = set()
         self._wg_lock = asyncio.Lock()
         self._routes_synced = False
+        # Set by a new netmap: wakes the loop, which sleeps while there is no router to probe.
+        self._netmap_taken = asyncio.Event()
         self.failovers = 0
 
     # --- what the agent calls ------------------------------------------------------------
@@ -119,6 +121,13 @@ class RouteManager:
                         await self._flush(backend)
                 if not self._routes_synced:
                     await self._sync_routes()
+                if not self.machine.routers() and self._routes_synced and not self._dirty_peers:
+                    # Nothing to probe or judge: an idle agent (most of them) must not wake
+                    # 40 times a second for nothing, as it did, costing a laptop's battery.
+                    self._netmap_taken.clear()
+                    await self._netmap_taken.wait()
+                    next_probe = next_handshake = self._clock()
+                    continue
                 await asyncio.sleep(max(0.0, min(self._tick, next_probe - self._clock())))
         finally:
             prober.close()
@@ -136,6 +145,7 @@ class RouteManager:
         before = self.machine.actives()
         self._note(self.machine.set_routes(routes, self._clock()), before)
         self._routes_synced = False
+        self._netmap_taken.set()
 
     def _on_reply(self, key: str, sent_at: float, received_at: float) -> None:
         self.machine.probe_reply(key, sent_at, received_at)
