@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -109,6 +110,27 @@ def nat(as_json: bool = JsonOpt) -> None:
     from wiremesh.lab.nat_scenario import run_nat_scenario, summary_ok
 
     _run(lambda out: run_nat_scenario(out)[0], as_json, summary_ok)
+
+
+@app.command("dataplane")
+def dataplane(
+    rounds: int = typer.Option(4, "--rounds", min=1, max=50,
+                               help="Alternating raw/mesh iperf3 rounds"),
+    seconds: float = typer.Option(4.0, "--seconds", min=1.0, max=60.0,
+                                  help="Length of each iperf3 run"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The everyday data plane in one run: iperf3 TCP through the mesh against a plain
+    wireguard-go pair on the same network (alternating rounds, same run).
+
+    Exits 1 when a figure misses issue 14's bar (mesh/raw ratio < 0.95, ...). With --json the
+    last line is one JSON object with the figures (null for a section that did not run).
+    """
+    from wiremesh.lab.dataplane_scenario import run_dataplane, summary_ok
+
+    if not shutil.which("iperf3"):
+        fail("the dataplane benchmark needs iperf3 (apt-get install iperf3)")
+    _run(lambda out: run_dataplane(out, rounds, seconds), as_json, summary_ok)
 
 
 @app.command("clean")

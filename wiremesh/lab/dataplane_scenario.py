@@ -1,0 +1,156 @@
+"""`wiremesh lab dataplane`: what people do with a mesh every day, measured in one lab run.
+
+- throughput: iperf3 TCP between two mesh peers against a plain pair of wireguard-go tunnels
+  on the same simulated internet, in rounds that alternate raw and mesh, so both see the same
+  machine load;
+- the other sections (MTU, exit nodes, DNS, the lossy network) report null until they run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from wiremesh.lab import iperf
+from wiremesh.lab.layout import Layout
+from wiremesh.lab.mesh import MeshLab, ping_pairs, wait_until
+from wiremesh.lab.netns import Host, LabError
+from wiremesh.lab.topology import Topology, mesh_lab
+from wiremesh.wg.backend import WgPeerConfig
+from wiremesh.wg.keys import generate_private_key, public_key_of
+from wiremesh.wg.uapi import WireguardGoBackend
+
+CLIENT, SERVER = "a1", "a2"
+WG_PORT = 51820
+RAW_IPS = ("100.127.255.1", "100.127.255.2")
+
+POLICY = f"""\
+groups:
+  bench: [{CLIENT}, {SERVER}]
+  clients: [{CLIENT}]
+  servers: [{SERVER}]
+policies:
+  - name: ping
+    sources: [bench]
+    destinations: [bench]
+    proto: icmp
+  - name: iperf
+    sources: [clients]
+    destinations: [servers]
+    proto: tcp
+    ports: [{iperf.PORT}]
+"""
+
+# Every figure of the JSON line; a section that did not run reports null.
+FIELDS = ("raw_mbit", "mesh_mbit", "ratio", "router_mtu1280_tcp_ok", "exit_node_ok",
+          "exit_failover_ms", "dns_ok", "dns_ms_p99", "lossy_minutes", "spurious_failovers",
+          "lossy_failover_ms_p99")
+
+
+@dataclass
+class RawPair:
+    """Two hosts joined by nothing but wireguard-go configured by hand: the yardstick."""
+
+    hosts: tuple[Host, Host]
+    devices: tuple[WireguardGoBackend, WireguardGoBackend]
+
+    @property
+    def server_ip(self) -> str:
+        return RAW_IPS[1]
+
+
+@contextlib.contextmanager
+def raw_pair(topo: Topology) -> Iterator[RawPair]:
+    """Hosts x1 and x2 on the lab's internet with one wireguard-go tunnel between them."""
+    hosts = (topo.public_host("x1"), topo.public_host("x2"))
+    keys = (generate_private_key(), generate_private_key())
+    devices: list[WireguardGoBackend] = []
+    try:
+        for i, host in enumerate(hosts):
+            ifname = topo.lab.name(f"x{i + 1}")
+            dev = WireguardGoBackend(ifname, netns=host.ns)
+            devices.append(dev)
+            dev.set_device(keys[i], WG_PORT)
+            other = 1 - i
+            dev.set_peers([WgPeerConfig(public_key_of(keys[other]), (f"{RAW_IPS[other]}/32",),
+                                        f"{hosts[other].ip}:{WG_PORT}")], [])
+            host.run(["ip", "addr", "add", f"{RAW_IPS[i]}/24", "dev", ifname])
+            host.run(["ip", "link", "set", ifname, "up"])
+        yield RawPair(hosts, (devices[0], devices[1]))
+    finally:
+        for dev in devices:
+            dev.close()
+
+
+def throughput(mesh: MeshLab, raw: RawPair, rounds: int, seconds: float,
+               console: Console) -> dict[str, Any]:
+    """Alternate raw and mesh iperf3 runs; the median of each side."""
+    client, server = mesh.agents[CLIENT], mesh.agents[SERVER]
+    server_ip = server.overlay_ip
+    iperf.serve(server.host, server_ip)
+    iperf.serve(raw.hosts[1], raw.server_ip)
+    raw_runs: list[float] = []
+    mesh_runs: list[float] = []
+    for _ in range(rounds):
+        raw_runs.append(iperf.tcp_mbit(raw.hosts[0], raw.server_ip, seconds))
+        mesh_runs.append(iperf.tcp_mbit(client.host, server_ip, seconds))
+    t = Table(title=f"iperf3 TCP, {rounds} alternating rounds of {seconds:g} s (Mbit/s)")
+    t.add_column("path")
+    for i in range(rounds):
+        t.add_column(f"#{i + 1}", justify="right")
+    t.add_column("median", justify="right")
+    for name, runs in (("plain wireguard-go pair", raw_runs), ("mesh (agents)", mesh_runs)):
+        t.add_row(name, *(f"{r:.0f}" for r in runs), f"{statistics.median(runs):.0f}")
+    console.print(t)
+    raw_mbit, mesh_mbit = statistics.median(raw_runs), statistics.median(mesh_runs)
+    return {"raw_mbit": round(raw_mbit, 1), "mesh_mbit": round(mesh_mbit, 1),
+            "ratio": round(mesh_mbit / raw_mbit, 3) if raw_mbit else None,
+            "raw_runs": [round(r, 1) for r in raw_runs],
+            "mesh_runs": [round(r, 1) for r in mesh_runs]}
+
+
+def start_mesh(mesh: MeshLab) -> None:
+    mesh.start("dataplane")
+    wait_until(lambda: len(mesh.admin("peers", "list")) == len(mesh.agents), 60,
+               "every agent to enrol")
+    policy = mesh.lab.log_dir / "policy.yaml"
+    policy.write_text(POLICY)
+    mesh.admin("policy", "apply", str(policy))
+    mesh.wait_agents_configured([mesh.agents[CLIENT], mesh.agents[SERVER]], 1)
+    target = mesh.agents[SERVER].overlay_ip
+    if ping_pairs([(mesh.agents[CLIENT].host, target)], 30)[(CLIENT, target)] is None:
+        raise LabError(f"{CLIENT} cannot ping {SERVER} over the overlay")
+
+
+def run_dataplane(console: Console, rounds: int = 4, seconds: float = 4.0,
+                  run_id: str | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = dict.fromkeys(FIELDS)
+    with mesh_lab(Layout.public([CLIENT, SERVER]), console, run_id) as mesh, \
+            raw_pair(mesh.topo) as raw:
+        console.print(f"lab [bold]{mesh.lab.id}[/]: server, agents {CLIENT} {SERVER}, "
+                      "plain wireguard-go pair x1 x2")
+        start_mesh(mesh)
+        if ping_pairs([(raw.hosts[0], raw.server_ip)], 30)[("x1", raw.server_ip)] is None:
+            raise LabError("the plain wireguard-go pair cannot ping")
+        result.update(throughput(mesh, raw, rounds, seconds, console))
+    return result
+
+
+def summary_ok(r: dict[str, Any]) -> bool:
+    """The acceptance bar of issue 14 on the sections that ran (null = not run)."""
+    checks = [
+        r["ratio"] is None or r["ratio"] >= 0.95,
+        r["router_mtu1280_tcp_ok"] in (None, True),
+        r["exit_node_ok"] in (None, True),
+        r["exit_failover_ms"] is None or r["exit_failover_ms"] < 1000,
+        r["dns_ok"] in (None, True),
+        r["spurious_failovers"] in (None, 0),
+        r["lossy_failover_ms_p99"] is None or r["lossy_failover_ms_p99"] < 1000,
+    ]
+    return all(checks)
