@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from wiremesh.gateway.admission import (
     Install,
     Seen,
 )
-from wiremesh.gateway.store import KnownPeerStore, StoreUnavailable
+from wiremesh.gateway.store import KnownPeer, KnownPeerStore, StoreUnavailable
 
 GW_PRIV = bytes(range(10, 42))
 CLIENT_PRIV = bytes(range(50, 82))
@@ -62,6 +63,29 @@ def test_replayed_or_older_timestamp_is_dropped(store: KnownPeerStore) -> None:
     assert adm.handle(packet, SRC, 1, now=2.0) == Drop("replay")
     assert adm.handle(initiation(at=999.0), SRC, 1, now=3.0) == Drop("replay")
     assert isinstance(adm.handle(initiation(at=1001.0), SRC, 1, now=4.0), Install)
+
+
+class CountingReads(KnownPeerStore):
+    queries = 0
+
+    def lookup_many(self, keys: Iterable[bytes]) -> dict[bytes, KnownPeer]:
+        self.queries += 1
+        return super().lookup_many(keys)
+
+
+def test_batch_looks_up_once_and_keeps_order_and_replay_checks(tmp_path: Path) -> None:
+    store = CountingReads(tmp_path / "peers.db")
+    store.import_peers([(noise.public_key(CLIENT_PRIV), "100.64.0.2/32")])
+    stranger = os.urandom(32)
+    packet = initiation(at=1000.0)
+    verdicts = make(store).handle_batch(
+        [(b"junk", SRC, 1), (packet, SRC, 2), (initiation(priv=stranger), SRC, 3),
+         (packet, SRC, 4)], now=1.0)
+    assert [type(v) for v in verdicts] == [Drop, Install, Drop, Drop]
+    assert verdicts[0] == Drop("malformed") and verdicts[2] == Drop("unknown_key")
+    assert verdicts[3] == Drop("replay")  # the same initiation twice in one batch
+    assert store.queries == 1
+    store.close()
 
 
 def test_replay_protection_survives_restart(store: KnownPeerStore) -> None:
@@ -178,10 +202,10 @@ class FailingReads(KnownPeerStore):
 
     failing = True
 
-    def lookup(self, public_key: bytes) -> None:
+    def lookup_many(self, keys: Iterable[bytes]) -> dict[bytes, KnownPeer]:
         if self.failing:
             raise StoreUnavailable("lookup: disk I/O error")
-        return super().lookup(public_key)
+        return super().lookup_many(keys)
 
 
 def test_failed_lookup_drops_counted_and_backs_off_without_dh(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ from wiremesh.wg.tap import (
     ETH_P_IP,
     ETH_P_IPV6,
     PACKET_OUTGOING,
+    SO_TIMESTAMP,
+    _arrival,
     not_wireguard_filter,
     parse_ip_udp,
     run_filter,
@@ -120,3 +122,11 @@ def test_udp_checksum_verifies() -> None:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     assert total == 0xFFFF
+
+
+def test_arrival_time_comes_from_so_timestamp_ancillary_data() -> None:
+    stamp = struct.pack("qq", 1_700_000_000, 250_000)
+    assert _arrival([(socket.SOL_SOCKET, SO_TIMESTAMP, stamp)]) == 1_700_000_000.25
+    # Without one (or another message) a packet is never taken for stale.
+    assert _arrival([]) == float("inf")
+    assert _arrival([(socket.SOL_IP, SO_TIMESTAMP, stamp)]) == float("inf")

@@ -121,3 +121,13 @@ def test_only_one_side_of_a_new_pair_initiates_at_once(monkeypatch) -> None:
     held.contact.pending[K2].due = 0.0  # a handshake came: left alone for good
     held.sync_peers(nm)
     assert held.backend.writes[-1] == ([], []) and held.next_due() is None
+
+
+def test_with_keepalive_changes_only_the_keepalive_and_checks_it() -> None:
+    peer = WgPeerConfig(K1, ("100.64.0.2/32",), "192.0.2.2:51820", 25)
+    off = peer.with_keepalive(0)
+    assert off == WgPeerConfig(K1, ("100.64.0.2/32",), "192.0.2.2:51820", 0)
+    assert peer.persistent_keepalive == 25
+    for bad in (-1, 65536, True):
+        with pytest.raises(WgError, match="keepalive"):
+            peer.with_keepalive(bad)

@@ -8,7 +8,8 @@ The checks run cheapest first, so what a stranger can make the gateway spend is 
      is empty the gateway is under load for this packet: without a valid mac2 it gets a cookie
      reply (cookie.py) and no DH; with one (its source address is proven) it goes on, limited
      by a second per-source bucket for proven sources only, so spoofed floods cannot use it up
-  5. first DH: decrypt the initiator's static key, look it up (negative cache, then SQLite)
+  5. first DH: decrypt the initiator's static key, look it up (negative cache, then SQLite,
+     one query for all the initiations read in one go)
   6. second DH: decrypt the TAI64N timestamp; only this proves the sender holds the key
   7. replay: the timestamp must be newer than the newest accepted for that key
 Every table touched before step 6 is a bounded LRU (see ratelimit.py).
@@ -24,14 +25,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from wiremesh.gateway import noise
 from wiremesh.gateway.backoff import Backoff
 from wiremesh.gateway.cookie import CookieChecker
 from wiremesh.gateway.ratelimit import ExpiringLru, TokenBucket, TokenBucketTable
-from wiremesh.gateway.store import KnownPeerStore, StoreUnavailable
+from wiremesh.gateway.store import KnownPeer, KnownPeerStore, StoreUnavailable
 
 log = logging.getLogger("wiremesh.gateway")
 
@@ -68,6 +69,16 @@ class CookieReply:
 
 
 Verdict = Install | Seen | Drop | CookieReply
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """An initiation past its first DH, waiting for its key's lookup."""
+
+    pending: noise.PendingTimestamp
+    handshake_id: bytes
+    src_addr: bytes
+    src_port: int
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,35 @@ class Admission:
         self.write_backoff = Backoff()
 
     def handle(self, payload: bytes, src_addr: bytes, src_port: int, now: float) -> Verdict:
+        return self.handle_batch([(payload, src_addr, src_port)], now)[0]
+
+    def handle_batch(self, packets: Sequence[tuple[bytes, bytes, int]],
+                     now: float) -> list[Verdict]:
+        """Verdicts for (payload, source address, source port) initiations, in order.
+
+        The keys of the whole batch are looked up in one query: each SQLite call gives up
+        the GIL, and winning it back from the provisioner's thread cost more than the
+        lookup itself."""
+        verdicts: list[Verdict | _Opened] = [self._open(p, a, port, now) for p, a, port in packets]
+        opened = [v for v in verdicts if isinstance(v, _Opened)]
+        if not opened:
+            return verdicts  # type: ignore[return-value]  # no _Opened left
+        wanted = {o.pending.initiator_static for o in opened
+                  if not self.unknown_keys.fresh(o.pending.initiator_static, now)}
+        try:
+            known = self.store.lookup_many(wanted) if wanted else {}
+        except StoreUnavailable as e:
+            self._store_failed(self.read_backoff, "lookup", e, now)
+            return [Drop("store_unavailable") if isinstance(v, _Opened) else v
+                    for v in verdicts]
+        if wanted:
+            self._store_ok(self.read_backoff, "lookup")
+        return [self._admit(v, known.get(v.pending.initiator_static), now)
+                if isinstance(v, _Opened) else v for v in verdicts]
+
+    def _open(self, payload: bytes, src_addr: bytes, src_port: int,
+              now: float) -> Verdict | _Opened:
+        """Everything up to the first DH: a verdict, or the initiator's key to look up."""
         try:
             msg = noise.parse_initiation(payload)
         except noise.MalformedPacket:
@@ -151,31 +191,26 @@ class Admission:
         except noise.DecryptFailed:
             self.refused.add(handshake_id, now)
             return Drop("decrypt")
-        key = pending.initiator_static
-        if self.unknown_keys.fresh(key, now):
-            known = None
-        else:
-            try:
-                known = self.store.lookup(key)
-            except StoreUnavailable as e:
-                self._store_failed(self.read_backoff, "lookup", e, now)
-                return Drop("store_unavailable")
-            self._store_ok(self.read_backoff, "lookup")
+        return _Opened(pending, handshake_id, src_addr, src_port)
+
+    def _admit(self, o: _Opened, known: KnownPeer | None, now: float) -> Verdict:
+        """The second DH and the replay check for a key the store knows."""
+        key = o.pending.initiator_static
         if known is None:
             self.unknown_keys.add(key, now)
-            self.refused.add(handshake_id, now)
+            self.refused.add(o.handshake_id, now)
             return Drop("unknown_key")
         self.dh_operations += 1
         try:
-            ts = self.responder.open_timestamp(pending)
+            ts = self.responder.open_timestamp(o.pending)
         except noise.DecryptFailed:
-            self.refused.add(handshake_id, now)
+            self.refused.add(o.handshake_id, now)
             return Drop("decrypt")
         newest = max(self._stamps.get(key, b""), known.last_timestamp or b"")
         if ts <= newest:
             return Drop("replay")
         self._stamps[key] = ts
-        endpoint = format_endpoint(src_addr, src_port)
+        endpoint = format_endpoint(o.src_addr, o.src_port)
         if self.is_active(key):
             return Seen(key, now, endpoint)
         return Install(key, known.allowed_ips, endpoint, now)

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 DROP_REASONS = (
     "malformed", "bad_mac1", "rate_limited", "refused_again", "decrypt", "unknown_key",
-    "replay", "queue_full", "store_unavailable", "cookie_send_failed",
+    "replay", "queue_full", "store_unavailable", "cookie_send_failed", "stale",
 )
 
 
@@ -35,6 +35,9 @@ class GatewayMetrics:
             registry=r)
         self.installed = Counter(
             "wiremesh_gateway_installed", "Peers installed just in time", registry=r)
+        self.last_install = Gauge(
+            "wiremesh_gateway_last_install_time_seconds",
+            "Unix time of the last UAPI write that installed peers", registry=r)
         self.evicted = Counter(
             "wiremesh_gateway_evicted", "Peers removed, by reason (ttl, cap)", ["reason"],
             registry=r)

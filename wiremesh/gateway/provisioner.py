@@ -39,9 +39,9 @@ def install_configs(installs: list[Install]) -> list[WgPeerConfig]:
     """Two UAPI blocks per peer: keepalive on (kicks a handshake), then off."""
     out = []
     for ins in installs:
-        key = encode_key(ins.public_key)
-        out.append(WgPeerConfig(key, ins.allowed_ips, ins.endpoint, KICK_KEEPALIVE_S))
-        out.append(WgPeerConfig(key, ins.allowed_ips, ins.endpoint, 0))
+        kick = WgPeerConfig(encode_key(ins.public_key), ins.allowed_ips, ins.endpoint,
+                            KICK_KEEPALIVE_S)
+        out += [kick, kick.with_keepalive(0)]
     return out
 
 
@@ -134,6 +134,8 @@ class Provisioner:
         for ins in new:
             self.metrics.install_latency.observe(max(0.0, done - ins.sniffed_at))
         self.metrics.installed.inc(len(new))
+        if new:
+            self.metrics.last_install.set(done)
         self.metrics.evicted.labels("ttl").inc(len(idle))
         self.metrics.evicted.labels("cap").inc(len(capped))
         self.metrics.active.set(len(self.active))

@@ -26,6 +26,13 @@ def initiation_filter(port: int) -> list[tuple[int, int, int, int]]:
     ])
 
 
+# An initiation older than this is skipped unread: its client retries after 5 s, and a
+# cookie reply answers only its latest initiation, so answering a stale one wastes the DH or
+# the cookie; a gateway that fell behind catches up on what is still worth answering.
+MAX_AGE_S = 2.0
+
+
 class InitiationTap(PacketTap):
-    def __init__(self, port: int, ifname: str | None = None, rcvbuf: int = 32 << 20) -> None:
-        super().__init__(initiation_filter(port), ifname, rcvbuf)
+    def __init__(self, port: int, ifname: str | None = None, rcvbuf: int = 32 << 20,
+                 max_age: float = MAX_AGE_S) -> None:
+        super().__init__(initiation_filter(port), ifname, rcvbuf, max_age)

@@ -154,15 +154,18 @@ class KnownPeerStore:
         return len(chunk)
 
     def lookup(self, public_key: bytes) -> KnownPeer | None:
+        return self.lookup_many([public_key]).get(public_key)
+
+    def lookup_many(self, keys: Iterable[bytes]) -> dict[bytes, KnownPeer]:
+        """The known ones among `keys` (at most a few thousand: one statement)."""
+        wanted = list(keys)
         try:
-            row = self.db.execute(
-                "SELECT allowed_ips, last_ts FROM known_peers WHERE public_key = ?", (public_key,)
-            ).fetchone()
+            rows = self.db.execute(
+                "SELECT public_key, allowed_ips, last_ts FROM known_peers WHERE public_key IN "
+                f"({','.join('?' * len(wanted))})", wanted).fetchall()
         except sqlite3.Error as e:
             raise StoreUnavailable(f"{self.path}: lookup: {e}") from None
-        if row is None:
-            return None
-        return KnownPeer(tuple(row[0].split(",")), row[1])
+        return {row[0]: KnownPeer(tuple(row[1].split(",")), row[2]) for row in rows}
 
     def record_timestamps(self, stamps: dict[bytes, bytes]) -> None:
         """All or nothing; raises StoreUnavailable (nothing written) when the store is busy."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import socket
 import subprocess
@@ -180,6 +181,12 @@ def start_gateway(lab: Lab, host: Host, db: Path, *extra: str,
             raise LabError(f"gateway did not start: {log.read_text(errors='replace')[-2000:]}")
         time.sleep(0.05)
     return gw
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:

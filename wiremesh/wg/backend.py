@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,6 +40,15 @@ class WgPeerConfig:
                 raise ValueError(f"keepalive {self.persistent_keepalive!r} is not 0..65535")
         except ValueError as e:
             raise WgError(f"refusing WireGuard peer {self.public_key!r}: {e}") from None
+
+    def with_keepalive(self, seconds: int) -> WgPeerConfig:
+        """This peer with another keepalive. The other fields were checked when this one was
+        made, so they are not parsed again (the JIT gateway writes every peer twice)."""
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 <= seconds <= 65535:
+            raise WgError(f"refusing keepalive {seconds!r}: not 0..65535")
+        out = copy.copy(self)
+        object.__setattr__(out, "persistent_keepalive", seconds)
+        return out
 
 
 @dataclass

@@ -17,6 +17,7 @@ import ctypes
 import select
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ ETH_P_IPV6 = 0x86DD
 PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
+SO_TIMESTAMP = 29  # SO_TIMESTAMP_OLD: a struct timeval (two 64-bit longs here)
+_TIMEVAL_SPACE = socket.CMSG_SPACE(16)
 _SKF_AD_OFF = -0x1000
 _SKF_AD_PROTOCOL = 0
 _SKF_AD_PKTTYPE = 4
@@ -185,11 +188,16 @@ class PacketTap:
     that clone cost the agents several percent of their throughput."""
 
     def __init__(self, prog: list[tuple[int, int, int, int]], ifname: str | None = None,
-                 rcvbuf: int = 32 << 20) -> None:
+                 rcvbuf: int = 32 << 20, max_age: float | None = None) -> None:
+        """`max_age`: packets that waited longer than this in a socket's queue are skipped
+        unread (counted in `stale`): when the reader falls behind, what it answers first is
+        what arrived last, not what its sender gave up on seconds ago."""
+        self.max_age = max_age
+        self.stale = 0
         self.socks: list[socket.socket] = []
         try:
             for proto in (ETH_P_IP, ETH_P_IPV6):
-                self.socks.append(_open(prog, proto, ifname, rcvbuf))
+                self.socks.append(_open(prog, proto, ifname, rcvbuf, max_age is not None))
         except BaseException:
             self.close()
             raise
@@ -206,10 +214,17 @@ class PacketTap:
             return []
         out = []
         view = memoryview(self._buf)
+        oldest = None if self.max_age is None else time.time() - self.max_age
         for sock in self.socks:
             for _ in range(max_batch):
                 try:
-                    n = sock.recv_into(self._buf)
+                    if oldest is None:
+                        n = sock.recv_into(self._buf)
+                    else:
+                        n, anc, _flags, _addr = sock.recvmsg_into([self._buf], _TIMEVAL_SPACE)
+                        if _arrival(anc) < oldest:
+                            self.stale += 1
+                            continue
                 except BlockingIOError:
                     break
                 cap = parse_ip_udp(view[:n])
@@ -223,10 +238,12 @@ class PacketTap:
 
 
 def _open(prog: list[tuple[int, int, int, int]], proto: int, ifname: str | None,
-          rcvbuf: int) -> socket.socket:
+          rcvbuf: int, timestamps: bool) -> socket.socket:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(proto))
     try:
         _attach(sock, prog)
+        if timestamps:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
         except PermissionError:
@@ -244,6 +261,16 @@ def _open(prog: list[tuple[int, int, int, int]], proto: int, ifname: str | None,
         sock.close()
         raise
     return sock
+
+
+def _arrival(ancdata: list[tuple[int, int, bytes]]) -> float:
+    """The kernel's receive time from SO_TIMESTAMP ancillary data (inf when absent, so a
+    packet without one is never taken for stale)."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP and len(data) >= 16:
+            sec, usec = struct.unpack_from("qq", data)
+            return float(sec + usec / 1e6)
+    return float("inf")
 
 
 def _attach(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
