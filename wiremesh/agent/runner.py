@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from prometheus_client import start_http_server
 
-from wiremesh.agent import metrics
+from wiremesh.agent import metrics, prefs
 from wiremesh.agent import state as statefile
 from wiremesh.agent.client import (
     CredentialsRefused,
@@ -31,12 +31,14 @@ from wiremesh.agent.client import (
 from wiremesh.agent.connection import INSECURE_WARNING, Trust, TrustError, reason
 from wiremesh.agent.dataplane import DataPlane, first_endpoint, make_backend
 from wiremesh.agent.discovery import Discovery
+from wiremesh.agent.names import NameService
 from wiremesh.agent.paths import PathManager
 from wiremesh.agent.portside import PortSide
 from wiremesh.agent.probe_responder import start_responder
 from wiremesh.agent.relay_link import RelayLink, relay_urls
 from wiremesh.agent.routes import RouteManager
 from wiremesh.agent.state import AgentConfig, AgentState
+from wiremesh.agent.sysdns import system_dns
 from wiremesh.core.netmap import DeltaMismatch, apply_delta
 from wiremesh.core.wire import (
     BadMessage,
@@ -155,6 +157,8 @@ class Agent:
         self.want_full = False
         self.refusals = 0  # 401s in a row, for their backoff
         self._release: asyncio.Task | None = None
+        self.prefs = prefs.load(state_dir)
+        self.names: NameService | None = None
         self.routes = RouteManager(self.state.config.interface)
         metrics.FAILOVERS.set_function(lambda: self.routes.failovers)
         # The path manager points a peer's WireGuard endpoint at `relay.endpoint(key)` when
@@ -175,6 +179,8 @@ class Agent:
         metrics.PEERS.set(len(netmap.peers))
         metrics.INBOUND_RULES.set(len(netmap.inbound))
         metrics.NETMAP_UPDATES.inc()
+        if self.names is not None:
+            await self.names.set_netmap(netmap)
         if self.relay is not None:
             self.relay.set_relays(relay_urls(self.state.config.server, netmap.relays))
         if self.paths is not None:
@@ -282,6 +288,12 @@ class Agent:
             # its routes.
             responder = await start_responder(cfg.overlay_ip)
             stack.callback(responder.close)
+            if self.prefs.dns:
+                resolv_conf = Path(self.prefs.resolv_conf) if self.prefs.resolv_conf else None
+                self.names = NameService(system_dns(cfg.interface, resolv_conf, self.state_dir),
+                                         cfg.overlay_ip)
+                stack.push_async_callback(self.names.close)
+                await self.names.start(self.state.netmap)
             if self.portside is not None:
                 self.portside.start()
                 stack.callback(self.portside.close)

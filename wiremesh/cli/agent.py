@@ -6,13 +6,15 @@ import asyncio
 import os
 import signal
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn
 
 import httpx
 import typer
+from pydantic import ValidationError
 
-from wiremesh.agent import pidfile
+from wiremesh.agent import pidfile, prefs
 from wiremesh.agent import state as statefile
 from wiremesh.agent.client import ServerRefused
 from wiremesh.agent.connection import unreachable
@@ -25,7 +27,7 @@ from wiremesh.cli.common import (
     setup_logging,
     split_listen,
 )
-from wiremesh.core.wire import fingerprint
+from wiremesh.core.wire import describe, fingerprint
 
 StateDirOpt = typer.Option(statefile.DEFAULT_STATE_DIR, "--state-dir",
                            help="Where the key pair and saved state live")
@@ -33,6 +35,15 @@ MetricsOpt = typer.Option(None, "--metrics-listen",
                           help="HOST:PORT to serve Prometheus /metrics on (off by default)")
 BackendOpt = typer.Option("auto", "--wg-backend",
                           help="auto (kernel if present, else wireguard-go), kernel or userspace")
+
+
+ExitNodeOpt = typer.Option(
+    None, "--exit-node",
+    help="Send all traffic through this exit node (a peer name), 'auto' (the best one policy "
+         "allows, failing over between them) or 'none'; kept for later runs")
+AllowLanOpt = typer.Option(
+    None, "--exit-node-allow-lan/--no-exit-node-allow-lan",
+    help="With an exit node, keep local networks reachable outside the tunnel")
 
 
 def _check_backend(backend: str) -> str:
@@ -66,6 +77,14 @@ def up(
         help="Refuse to enrol unless the server's signing key has this fingerprint (shown by "
              "`wiremesh keys create` and at server start); without it the key is pinned as "
              "the server shows it"),
+    exit_node: str | None = ExitNodeOpt,
+    exit_node_allow_lan: bool | None = AllowLanOpt,
+    dns: bool | None = typer.Option(
+        None, "--dns/--no-dns",
+        help="Resolve <peer>.<mesh domain> through the system resolver (default on); kept"),
+    resolv_conf: Path | None = typer.Option(
+        None, "--resolv-conf", dir_okay=False,
+        help="Manage this resolv.conf instead of systemd-resolved or /etc/resolv.conf; kept"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Enrol this machine (if not enrolled yet) and run the agent.
@@ -85,6 +104,8 @@ def up(
         enrolled_with = None
     if enrolled_with is not None and enrolled_with != server:
         fail(f"{state_dir} holds an enrolment with {enrolled_with}; use another --state-dir")
+    _save_prefs(state_dir, exit_node=exit_node, exit_allow_lan=exit_node_allow_lan, dns=dns,
+                resolv_conf=None if resolv_conf is None else str(resolv_conf.absolute()))
     if enrolled_with is None:
         trust = server_trust(server, ca_file, insecure)
         try:
@@ -110,6 +131,48 @@ def agent(state_dir: Path = StateDirOpt, backend: str = BackendOpt,
     except statefile.StateError as e:
         fail(str(e))
     _run(state_dir, backend, metrics_listen)
+
+
+def set_prefs(
+    state_dir: Path = StateDirOpt,
+    exit_node: str | None = ExitNodeOpt,
+    exit_node_allow_lan: bool | None = AllowLanOpt,
+) -> None:
+    """Change this agent's choices (the exit node) and tell the running agent at once."""
+    if exit_node is None and exit_node_allow_lan is None:
+        fail("nothing to set: give --exit-node or --exit-node-allow-lan")
+    new = _save_prefs(state_dir, exit_node=exit_node, exit_allow_lan=exit_node_allow_lan)
+    what = f"exit node {new.exit_node or 'none'}" + (
+        " (local networks outside the tunnel)" if new.exit_node and new.exit_allow_lan else "")
+    pid = pidfile.running_pid(state_dir)
+    if pid is None:
+        console.print(f"saved {what}; no agent runs from {state_dir}", highlight=False)
+        return
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        console.print(f"saved {what}; the agent just stopped", highlight=False)
+        return
+    except PermissionError:
+        fail(f"saved {what}, but not allowed to signal the agent (pid {pid}); run as root")
+    console.print(f"{what}: told the running agent (pid {pid})", highlight=False)
+
+
+def _save_prefs(state_dir: Path, **changes: object) -> prefs.Prefs:
+    """Saved choices with the given ones (None: unchanged) replaced; exit 2 naming a bad one."""
+    given = {k: v for k, v in changes.items() if v is not None}
+    if given.get("exit_node") == "none":
+        given["exit_node"] = None
+    try:
+        current = prefs.load(state_dir)
+        new = prefs.Prefs(**{**asdict(current), **given})
+    except prefs.PrefsError as e:
+        fail(str(e))
+    except ValidationError as e:
+        fail(describe(e))
+    if new != current:
+        prefs.save(state_dir, new)
+    return new
 
 
 def _run(state_dir: Path, backend: str, metrics_listen: str | None) -> NoReturn:

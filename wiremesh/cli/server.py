@@ -10,9 +10,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import typer
+from pydantic import ValidationError
 
 from wiremesh.agent.connection import reason
 from wiremesh.cli.common import console, fail, setup_logging, split_listen
+from wiremesh.core.wire import DEFAULT_MESH_DOMAIN, DNS_CONFIG, DnsConfig, describe
 
 
 def server(
@@ -41,6 +43,13 @@ def server(
         "0.0.0.0:3478", "--stun-listen",
         help="HOST:PORT (UDP) of the STUN responder agents learn their NAT mapping from; "
              "'off' to run none"),
+    dns_domain: str = typer.Option(
+        DEFAULT_MESH_DOMAIN, "--dns-domain",
+        help="Domain peers' names resolve under (`<peer>.<domain>`, answered by each agent)"),
+    dns_zone: list[str] = typer.Option(
+        [], "--dns-zone",
+        help="Split DNS: ZONE=IP[,IP...] sends names in ZONE to those nameservers (e.g. "
+             "corp.example=198.18.0.53, behind a route); repeatable"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging"),
 ) -> None:
     """Run the control server (HTTP API, netmap streams, /metrics).
@@ -65,6 +74,7 @@ def server(
         fail(str(e))
 
     advertised = [relay_url(u) for u in relay]
+    dns = dns_config(dns_domain, dns_zone)
     secret = None if relay_secret_file is None else relay_secret(relay_secret_file)
 
     def show_token(token: str) -> None:
@@ -80,11 +90,25 @@ def server(
 
     app = create_app(db, on_admin_token=show_token, on_fingerprint=show_fingerprint,
                      relay=not no_relay, relays=advertised,
-                     relay_secret=secret, stun_listen=stun)
+                     relay_secret=secret, stun_listen=stun, dns=dns)
     uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning",
                 timeout_graceful_shutdown=2,
                 ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None,
                 **RELAY_WS_OPTIONS)
+
+
+def dns_config(domain: str, zones: list[str]) -> DnsConfig:
+    """--dns-domain and --dns-zone values as the netmap carries them (one line if bad)."""
+    items = []
+    for z in zones:
+        name, sep, servers = z.partition("=")
+        if not sep or not servers:
+            fail(f"--dns-zone {z!r}: expected ZONE=IP[,IP...]")
+        items.append({"zone": name, "nameservers": servers.split(",")})
+    try:
+        return DNS_CONFIG.validate_python({"domain": domain, "zones": items})
+    except ValidationError as e:
+        fail(f"--dns-domain/--dns-zone: {describe(e)}")
 
 
 def tls_files(cert: Path | None, key: Path | None) -> tuple[str, str] | None:

@@ -44,6 +44,7 @@ def diff(old: Netmap, new: Netmap) -> NetmapDelta:
         remove_forward=old.forward - new.forward,
         masquerade=new.masquerade if new.masquerade != old.masquerade else None,
         relays=new.relays if new.relays != old.relays else None,
+        dns=new.dns if new.dns != old.dns else None,
         name=new.name if new.name != old.name else None,
         overlay_ip=new.overlay_ip if new.overlay_ip != old.overlay_ip else None,
     )
@@ -67,4 +68,5 @@ def apply_delta(old: Netmap, delta: NetmapDelta) -> Netmap:
         forward=(old.forward - delta.remove_forward) | delta.add_forward,
         masquerade=delta.masquerade if delta.masquerade is not None else old.masquerade,
         relays=delta.relays if delta.relays is not None else old.relays,
+        dns=delta.dns if delta.dns is not None else old.dns,
     )

@@ -11,6 +11,7 @@ anything else with a message naming the bad value):
 - `Prefix`: an IP network with no host bits set, canonical (`198.18.0.0/16`).
 - `OverlayIP`: an IPv4 address (the overlay is IPv4).
 - `Ports`: port ranges, written `22` or `"8000-8100"`.
+- `DnsName`: a DNS domain (`mesh.internal`), lower case, without the trailing dot.
 
 Wire messages. The netmap stream is NDJSON, one signed message a line (see `Signer`), each
 message one of:
@@ -188,6 +189,20 @@ def check_ipv4(v: Any) -> str:
         raise ValueError(f"bad address {s[:80]!r}: expected an IPv4 address") from None
 
 
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def check_dns_name(v: Any) -> str:
+    """A DNS domain in canonical form: ASCII labels, lower case, no trailing dot."""
+    s = _str(v, "domain")
+    canon = s.lower().removesuffix(".")
+    if (not s.isascii() or not canon or len(canon) > 253
+            or not all(_LABEL.fullmatch(label) for label in canon.split("."))):
+        raise ValueError(f"bad domain {s[:80]!r}: expected dot-separated labels of ASCII "
+                         "letters, digits, '-' or '_' (such as mesh.internal)")
+    return canon
+
+
 def parse_port_range(v: Any) -> PortRange:
     """`22`, `"22"` or `"8000-8100"` (ASCII digits only)."""
     if isinstance(v, PortRange):
@@ -220,6 +235,10 @@ Metric = Annotated[int, Field(ge=0, le=1_000_000)]
 Endpoints = tuple[Endpoint, ...]
 Relay = Annotated[str, Strict(), AfterValidator(check_relay),
                   WithJsonSchema({"type": "string", "maxLength": 512})]
+DnsName = Annotated[str, Strict(), AfterValidator(check_dns_name),
+                    WithJsonSchema({"type": "string", "maxLength": 253})]
+IPv4 = Annotated[str, Strict(), AfterValidator(check_ipv4),
+                 WithJsonSchema({"type": "string", "maxLength": 15})]
 
 # --- the netmap --------------------------------------------------------------------------------
 
@@ -282,6 +301,27 @@ class RouteEntry:
     routers: tuple[tuple[WgKey, Metric], ...]
 
 
+# .internal is reserved for private use (ICANN, 2024): it can never be a public name.
+DEFAULT_MESH_DOMAIN = "mesh.internal"
+
+
+@dataclass(frozen=True)
+class DnsZone:
+    """Split DNS: names in `zone` are asked of `nameservers` (typically behind a route)."""
+
+    zone: DnsName
+    nameservers: tuple[IPv4, ...]
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """Names for peers: every peer this one may see answers as `<name>.<domain>` (server-wide,
+    set by the hub)."""
+
+    domain: DnsName = DEFAULT_MESH_DOMAIN
+    zones: tuple[DnsZone, ...] = ()
+
+
 @dataclass(frozen=True)
 class Netmap:
     version: Version
@@ -300,6 +340,7 @@ class Netmap:
     # Relays to reach peers through when direct fails, in order of preference (server-wide,
     # set by the hub): standalone relays' URLs, and the embedded relay as a path.
     relays: tuple[Relay, ...] = ()
+    dns: DnsConfig = DnsConfig()
 
 
 @dataclass(frozen=True)
@@ -316,6 +357,7 @@ class NetmapDelta:
     remove_forward: frozenset[ForwardRule] = frozenset()
     masquerade: frozenset[Prefix] | None = None  # None = unchanged
     relays: tuple[Relay, ...] | None = None  # None = unchanged
+    dns: DnsConfig | None = None  # None = unchanged
     name: Name | None = None
     overlay_ip: OverlayIP | None = None
 
@@ -326,6 +368,7 @@ class NetmapDelta:
             or self.upsert_routes or self.remove_routes or self.add_forward
             or self.remove_forward or self.masquerade is not None or self.name is not None
             or self.overlay_ip is not None or self.relays is not None
+            or self.dns is not None
         )
 
 
@@ -379,6 +422,7 @@ StreamMessage = Annotated[FullMessage | DeltaMessage | PingMessage | DeletedMess
                           Field(discriminator="type")]
 STREAM: TypeAdapter[StreamMessage] = TypeAdapter(StreamMessage)
 NETMAP: TypeAdapter[Netmap] = TypeAdapter(Annotated[Netmap, AfterValidator(check_netmap)])
+DNS_CONFIG: TypeAdapter[DnsConfig] = TypeAdapter(DnsConfig)
 
 
 class BadMessage(ValueError):

@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,14 +174,18 @@ class MeshLab:
         self.agents[name] = a
         return a
 
-    def start_agent(self, a: LabAgent, setup_key: str | None = None) -> None:
-        """`wiremesh up` with a setup key (first start) or `wiremesh agent` (saved state)."""
+    def start_agent(self, a: LabAgent, setup_key: str | None = None,
+                    extra: Sequence[str] = ()) -> None:
+        """`wiremesh up` with a setup key (first start, with `extra` options) or `wiremesh
+        agent` (saved state)."""
         common = ["--state-dir", str(a.state_dir), "--wg-backend", "userspace",
                   "--metrics-listen", f"127.0.0.1:{AGENT_METRICS_PORT}"]
         if setup_key:
+            # Names for peers go into the host's own resolv.conf (see netns.NETNS_ETC).
             argv = wiremesh_cmd("up", "--server", self.url, "--setup-key", setup_key,
                                 "--ca-file", str(self.tls.ca_file),
-                                "--name", a.name, "--interface", a.ifname, *common)
+                                "--name", a.name, "--interface", a.ifname,
+                                "--resolv-conf", str(a.host.resolv_conf), *extra, *common)
         else:
             argv = wiremesh_cmd("agent", *common)
         a.proc = a.host.popen(argv, log=self.log(a.name))

@@ -32,6 +32,9 @@ ALLOWED_NETS = tuple(
 
 
 NO_UDP_TABLE = "wm_no_udp"
+# `ip netns exec NS` mounts the files in NETNS_ETC/NS over /etc: a host's own resolv.conf,
+# which its agent manages, so no lab process ever touches the machine's /etc/resolv.conf.
+NETNS_ETC = Path("/etc/netns")
 
 
 class LabError(RuntimeError):
@@ -76,6 +79,10 @@ class Host:
     ns: str
     addresses: dict[str, str] = field(default_factory=dict)  # ifname -> address/prefix
     procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def resolv_conf(self) -> Path:
+        return NETNS_ETC / self.ns / "resolv.conf"
 
     @property
     def ip(self) -> str:
@@ -163,6 +170,7 @@ class Lab:
     def _add_ns(self, ns: str) -> None:
         run(["ip", "netns", "add", ns])
         self.namespaces.append(ns)
+        (NETNS_ETC / ns).mkdir(parents=True, exist_ok=True)
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
 
     def add_switch(self, name: str, subnet: str) -> Switch:
@@ -260,6 +268,7 @@ def kill_namespace_processes(ns: str) -> None:
 def delete_namespace(ns: str) -> None:
     kill_namespace_processes(ns)
     run(["ip", "netns", "del", ns], check=False)
+    shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
 
 
 def clean_leftovers(prefix: str = "wm") -> list[str]:
