@@ -46,6 +46,9 @@ class MeshSource(Protocol):
 
     async def load_state(self) -> tuple[int, MeshState]: ...
 
+    async def load_since(self, revision: int, state: MeshState,
+                         ) -> tuple[int, MeshState] | None: ...
+
     async def revision(self) -> int: ...
 
     async def peer_exists(self, peer_id: int) -> bool: ...
@@ -65,6 +68,7 @@ class NetmapHub:
         # signed once per change (not once per stream): (from version, to version, line).
         self.latest_delta: dict[int, tuple[int, int, bytes]] = {}
         self._last_cost = 0.0
+        self.full_loads = 0  # refreshes that read the whole mesh (start, and gaps in the log)
         self.current: dict[int, Netmap] = {}
         self.history: dict[int, deque[Netmap]] = {}
         self._waiters: dict[int, set[asyncio.Event]] = {}
@@ -73,11 +77,17 @@ class NetmapHub:
         self._stopping = False
 
     async def refresh(self) -> set[int]:
-        """Reload the store and recompile what changed; returns the ids of peers whose
-        netmap changed or vanished."""
+        """Read what changed in the store and recompile what it affects; returns the ids of
+        peers whose netmap changed or vanished."""
         async with self._lock:
             started = time.monotonic()
-            rev, state = await self.store.load_state()
+            got = None
+            if self.compiler is not None:
+                got = await self.store.load_since(self.revision, self.state)
+            if got is None:
+                got = await self.store.load_state()
+                self.full_loads += 1
+            rev, state = got
             if rev == self.revision:
                 return set()
             t_loaded = time.monotonic()

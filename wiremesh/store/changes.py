@@ -1,22 +1,31 @@
-"""The store's revision: every write that can change a netmap bumps it in the same
-transaction, and replicas learn of it (PostgreSQL NOTIFY, or by polling the revision)."""
+"""The store's revision and change log: every write that can change a netmap bumps the
+revision and logs what it changed in the same transaction, so a hub reloads only that;
+replicas learn of a change by PostgreSQL NOTIFY, or by polling the revision."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
-from sqlalchemy import text, update
+from sqlalchemy import delete, insert, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wiremesh.store.common import counter
 from wiremesh.store.database import Database
-from wiremesh.store.tables import Meta
+from wiremesh.store.tables import ChangeRow, Meta
 
 CHANGES_CHANNEL = "wiremesh_changes"
+# Revisions the log keeps: a hub further behind than that reloads the whole mesh.
+KEEP = 10_000
+TRIM_EVERY = 100
+
+PEER, GROUP, POLICIES, ROUTES = "peer", "group", "policies", "routes"
 
 
-async def bump(s: AsyncSession) -> int:
-    """Give the transaction's change the next revision."""
+async def bump(s: AsyncSession, peers: Iterable[int] = (), groups: Iterable[str] = (),
+               policies: bool = False, routes: bool = False) -> int:
+    """Give the transaction's change the next revision, and log what it changed: peers
+    (their rows or group memberships), groups (existence or members), the policies or the
+    routes. A change must log something, or hubs take its revision for a gap."""
     # One statement, so no two changes can ever get the same revision (a hub that holds
     # a revision never loads a second change committed under it).
     rev = await s.scalar(
@@ -24,10 +33,24 @@ async def bump(s: AsyncSession) -> int:
         .returning(Meta.value).execution_options(synchronize_session=False))
     if rev is None:
         raise RuntimeError("the store has no revision counter: was it bootstrapped?")
+    logged = [{"revision": rev, "kind": PEER, "ref": str(p)} for p in set(peers)]
+    logged += [{"revision": rev, "kind": GROUP, "ref": g} for g in set(groups)]
+    logged += [{"revision": rev, "kind": k, "ref": ""}
+               for k, on in ((POLICIES, policies), (ROUTES, routes)) if on]
+    if not logged:
+        raise ValueError("a change must say what it changed")
+    await s.execute(insert(ChangeRow), logged)
+    if rev % TRIM_EVERY == 0:
+        await trim(s, rev - KEEP)
     if s.get_bind().dialect.name == "postgresql":
         # Delivered at commit (never for a rolled-back change) to every replica's listen().
         await s.execute(text(f"NOTIFY {CHANGES_CHANNEL}"))
     return rev
+
+
+async def trim(s: AsyncSession, upto: int) -> None:
+    """Forget the changes of revisions up to `upto`."""
+    await s.execute(delete(ChangeRow).where(ChangeRow.revision <= upto))
 
 
 class Changes:

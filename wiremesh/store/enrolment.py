@@ -142,5 +142,5 @@ class Enrolment:
                 audit.record(s, f"peer:{peer.name}", "peer.enroll", id=peer.id,
                              setup_key_id=key.id)
             await s.execute(update(Meta).where(Meta.key == "ipam_next").values(value=cursor))
-            await bump(s)
+            await bump(s, peers=[peer.id for peer, _ in added])
         return out

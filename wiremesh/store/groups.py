@@ -28,7 +28,7 @@ class Groups:
                 for m in members:
                     peer = await lookup.peer(s, m, field="members")
                     s.add(GroupMember(group_id=grp.id, peer_id=peer.id))
-                await bump(s)
+                await bump(s, groups=[name])
                 audit.record(s, actor, "group.create", name=name, members=members)
                 return grp
         except IntegrityError:
@@ -63,7 +63,7 @@ class Groups:
                 await s.delete(exists)
             else:
                 return
-            await bump(s)
+            await bump(s, peers=[peer.id])
             audit.record(s, actor, "group.add" if member else "group.remove",
                          group=group, peer=peer.name)
 
@@ -77,5 +77,5 @@ class Groups:
             if users:
                 raise Conflict(f"group {name!r} is used by {', '.join(sorted(users))}", "name")
             await s.delete(grp)
-            await bump(s)
+            await bump(s, groups=[name])
             audit.record(s, actor, "group.delete", name=name)

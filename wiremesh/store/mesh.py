@@ -1,4 +1,5 @@
-"""The mesh as the policy compiler sees it, read from the store in one snapshot."""
+"""The mesh as the policy compiler sees it, read from the store in one snapshot: whole, or
+as the changes logged since a revision applied to the mesh at that revision."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from sqlalchemy import select
 from wiremesh.core.models import MeshState, PeerInfo
 from wiremesh.core.policy import ALL_GROUP
 from wiremesh.store import policies, routes
-from wiremesh.store.changes import Changes
+from wiremesh.store.changes import GROUP, PEER, POLICIES, ROUTES, Changes
 from wiremesh.store.common import counter
 from wiremesh.store.database import Database
-from wiremesh.store.tables import Group, GroupMember, Peer, PolicyRow, RouteRow
+from wiremesh.store.tables import ChangeRow, Group, GroupMember, Peer, PolicyRow, RouteRow
 
 
 def _endpoints_with_port(endpoints: list[str], port: int) -> list[str]:
@@ -27,6 +28,18 @@ def _endpoints_with_port(endpoints: list[str], port: int) -> list[str]:
             continue
         out.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
     return out
+
+
+# Beyond this many peers and groups changed, reading them by id costs more than reading
+# everything (and SQLite caps the parameters of one statement).
+MAX_CHANGED = 500
+_PEER_COLUMNS = (Peer.id, Peer.name, Peer.public_key, Peer.overlay_ip, Peer.endpoints,
+                 Peer.listen_port)
+
+
+def _peer_info(row: Any) -> PeerInfo:
+    return PeerInfo(row[0], row[1], row[2], row[3],
+                    tuple(_endpoints_with_port(row[4], row[5])), row[5])
 
 
 class MeshReader:
@@ -51,16 +64,13 @@ class MeshReader:
             rev = await counter(s, "revision")
             # Plain column rows, not ORM objects, and unchanged rows keep their PeerInfo:
             # a refresh of a large mesh should cost little more than the read itself.
-            rows = await s.execute(select(Peer.id, Peer.name, Peer.public_key, Peer.overlay_ip,
-                                          Peer.endpoints, Peer.listen_port))
+            rows = await s.execute(select(*_PEER_COLUMNS))
             cache, peers = self._peer_infos, {}
             for row in rows:
                 key = (*row[:4], tuple(row[4]), row[5])
                 hit = cache.get(row[0])
                 if hit is None or hit[0] != key:
-                    info = PeerInfo(row[0], row[1], row[2], row[3],
-                                    tuple(_endpoints_with_port(row[4], row[5])), row[5])
-                    hit = cache[row[0]] = (key, info)
+                    hit = cache[row[0]] = (key, _peer_info(row))
                 peers[row[0]] = hit[1]
             for gone in cache.keys() - peers.keys():
                 del cache[gone]
@@ -80,3 +90,74 @@ class MeshReader:
             rts = tuple(routes.from_row(r) for r in await s.scalars(
                 select(RouteRow).order_by(RouteRow.name)))
         return rev, MeshState(peers=peers, groups=frozen, policies=pols, routes=rts)
+
+    async def load_since(self, revision: int, state: MeshState,
+                         ) -> tuple[int, MeshState] | None:
+        """The mesh at the store's revision, made from `state` (the mesh at `revision`) and
+        the changes logged since; None when the log cannot tell them all (trimmed, written
+        before the log existed, a store moved back) or they are many: load it whole then.
+
+        Unchanged peers, groups, policies and routes stay the very objects of `state`, so
+        the compiler's diff of the two passes over them by identity."""
+        async with self.db.reads() as s, s.begin():
+            rev = await counter(s, "revision")
+            if rev == revision:
+                return rev, state
+            if rev < revision:
+                return None
+            logged = (await s.execute(select(ChangeRow.revision, ChangeRow.kind, ChangeRow.ref)
+                                      .where(ChangeRow.revision > revision))).all()
+            if {r[0] for r in logged} != set(range(revision + 1, rev + 1)):
+                return None
+            peer_ids = {int(ref) for _, kind, ref in logged if kind == PEER}
+            group_names = {ref for _, kind, ref in logged if kind == GROUP}
+            if len(peer_ids) + len(group_names) > MAX_CHANGED:
+                return None
+            peers, groups = dict(state.peers), dict(state.groups)
+            if peer_ids:
+                alive = set()
+                for row in await s.execute(select(*_PEER_COLUMNS).where(
+                        Peer.id.in_(peer_ids))):
+                    info, old = _peer_info(row), peers.get(row[0])
+                    peers[row[0]] = old if old == info else info
+                    alive.add(row[0])
+                for gone in peer_ids - alive:
+                    peers.pop(gone, None)
+                member_of: dict[str, set[int]] = {}
+                for pid, g in await s.execute(
+                        select(GroupMember.peer_id, Group.name)
+                        .join(Group, Group.id == GroupMember.group_id)
+                        .where(GroupMember.peer_id.in_(peer_ids))):
+                    member_of.setdefault(g, set()).add(pid)
+                # A group this state does not know yet is read whole below.
+                group_names |= member_of.keys() - groups.keys()
+                for g, m in groups.items():
+                    if g == ALL_GROUP or g in group_names:
+                        continue
+                    new = (m - peer_ids) | member_of.get(g, set())
+                    if new != m:
+                        groups[g] = frozenset(new)
+            if group_names:
+                found: dict[str, set[int]] = {g: set() for g in await s.scalars(
+                    select(Group.name).where(Group.name.in_(group_names)))}
+                for g, pid in await s.execute(
+                        select(Group.name, GroupMember.peer_id)
+                        .join(GroupMember, GroupMember.group_id == Group.id)
+                        .where(Group.name.in_(group_names))):
+                    found[g].add(pid)
+                for g in group_names:
+                    if g not in found:
+                        groups.pop(g, None)
+                    elif groups.get(g) != (members := frozenset(found[g])):
+                        groups[g] = members
+            if peers.keys() != state.peers.keys():
+                groups[ALL_GROUP] = frozenset(peers)
+            pols, rts = state.policies, state.routes
+            kinds = {kind for _, kind, _ in logged}
+            if POLICIES in kinds:
+                pols = tuple(policies.from_row(r) for r in await s.scalars(
+                    select(PolicyRow).order_by(PolicyRow.name)))
+            if ROUTES in kinds:
+                rts = tuple(routes.from_row(r) for r in await s.scalars(
+                    select(RouteRow).order_by(RouteRow.name)))
+        return rev, MeshState(peers=peers, groups=groups, policies=pols, routes=rts)

@@ -61,7 +61,7 @@ class Peers:
             if peer.endpoints == endpoints and peer.listen_port == listen_port:
                 return False
             peer.endpoints, peer.listen_port = endpoints, listen_port
-            await bump(s)
+            await bump(s, peers=[peer.id])
             return True
 
     async def rename(self, actor: str, ref: str | int, name: str) -> Peer:
@@ -74,7 +74,7 @@ class Peers:
                 await check_name_free(s, name, "name")
                 peer.name = name
                 await s.flush()
-                await bump(s)
+                await bump(s, peers=[peer.id])
                 audit.record(s, actor, "peer.rename", id=peer.id, old=old, new=name)
                 return peer
         except IntegrityError:
@@ -85,6 +85,6 @@ class Peers:
             peer = await lookup.peer(s, ref)
             await s.execute(delete(GroupMember).where(GroupMember.peer_id == peer.id))
             await s.delete(peer)
-            await bump(s)
+            await bump(s, peers=[peer.id])
             audit.record(s, actor, "peer.delete", id=peer.id, name=peer.name)
             return peer

@@ -70,7 +70,7 @@ class Policies:
             if new_routes is not None:
                 await s.execute(delete(RouteRow))
                 s.add_all(RouteRow(**routes.row_values(r)) for r in new_routes)
-            rev = await bump(s)
+            rev = await bump(s, groups=groups, policies=True, routes=new_routes is not None)
             audit.record(s, actor, "policy.apply", source=source,
                          policies=[p.name for p in policies], groups=sorted(groups))
             return rev

@@ -120,3 +120,15 @@ class ServerKey(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     private_key: Mapped[str] = mapped_column(String(64))  # base64 of the raw 32 bytes
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ChangeRow(Base):
+    """What a revision changed (written in the change's transaction; store/changes.py):
+    kind `peer` (ref: id; its row or its groups), `group` (ref: name; its existence or
+    members), `policies` or `routes` (ref empty: the whole table)."""
+
+    __tablename__ = "change_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    ref: Mapped[str] = mapped_column(String(128))
