@@ -9,6 +9,7 @@ replies must pass, the underlay must not be touched, and a replace must be atomi
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import subprocess
 import sys
@@ -238,3 +239,52 @@ def test_a_broken_script_changes_nothing(mesh: Mesh) -> None:
                  netns=mesh.hosts["b"].ns)
     assert mesh.eventually("a", "tcp", OVERLAY["b"], 8080)
     assert not mesh.probe("a", "tcp", OVERLAY["b"], 9090)
+
+
+# Accepts connections and answers each with the MSS its socket ended up with.
+MSS_SERVER = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(8)
+while True:
+    c, _ = s.accept()
+    c.sendall(str(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)).encode()); c.close()
+"""
+# Prints "<our MSS> <the server's MSS>" for one connection.
+MSS_CLIENT = r"""
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+theirs = c.recv(16).decode()
+print(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG), theirs)
+"""
+MSS_PORT = 8181
+
+
+def _mss_pair(mesh: Mesh, mtu: int) -> tuple[int, int]:
+    """Apply b's netmap (plus the MSS port) with tunnel MTU `mtu`; connect a -> n through b."""
+    netmap = dataclasses.replace(B_NETMAP, forward=B_NETMAP.forward | {
+        ForwardRule(OVERLAY["a"], INTERNAL, "tcp", P(MSS_PORT))})
+    nft.apply(netmap, mesh.wg_if["b"], netns=mesh.hosts["b"].ns, mtu=mtu)
+    deadline = time.monotonic() + 10
+    while True:
+        res = mesh.hosts["a"].run([sys.executable, "-c", MSS_CLIENT, N_IP, str(MSS_PORT)],
+                                  check=False)
+        if res.returncode == 0:
+            ours, theirs = res.stdout.split()
+            return int(ours), int(theirs)
+        assert time.monotonic() < deadline, f"no connection a -> n:{MSS_PORT}: {res.stderr}"
+
+
+def test_router_clamps_the_mss_both_ways_to_its_tunnel_mtu(mesh: Mesh) -> None:
+    mesh.hosts["n"].popen([sys.executable, "-c", MSS_SERVER, str(MSS_PORT)])
+    try:
+        # a's tunnel is 1420 (MSS 1380) and n's LAN 1500 (MSS 1460): unclamped at 1420,
+        # both ends settle on a's 1380 less TCP options.
+        wide = _mss_pair(mesh, 1420)
+        assert min(wide) > 1200 - 40
+        # A router whose tunnel is 1200 rewrites both SYNs: n sends segments that fit it,
+        # and so does a, which knows nothing of the router's MTU.
+        narrow = _mss_pair(mesh, 1200)
+        assert max(narrow) <= 1200 - 40
+    finally:
+        mesh.apply(B_NETMAP)

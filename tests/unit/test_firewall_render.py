@@ -82,3 +82,38 @@ def test_render_is_deterministic() -> None:
 def test_bad_input_is_refused(netmap: Netmap, ifname: str, message: str) -> None:
     with pytest.raises(RenderError, match=message):
         render(netmap, ifname)
+
+
+def clamp_rules(script: str) -> list[str]:
+    m = re.search(r"\tchain mss_clamp {\n(.*?)\n\t}", script, re.S)
+    assert m, "chain mss_clamp missing"
+    return [ln.strip() for ln in m.group(1).splitlines()[1:]]
+
+
+def test_routers_clamp_the_mss_of_syns_both_ways_to_the_tunnel_mtu() -> None:
+    s = render(nm(forward=[ForwardRule("100.64.0.5", "198.18.0.0/16", "tcp", (P(80),))]),
+               "wg0", mtu=1200)
+    assert "type filter hook forward priority mangle; policy accept;" in s
+    rules = clamp_rules(s)
+    assert len(rules) == 4
+    for direction in ("iifname", "oifname"):
+        assert (f'{direction} "wg0" meta nfproto ipv4 tcp flags & (syn | rst) == syn '
+                "tcp option maxseg size > 1160 tcp option maxseg size set 1160") in rules
+        assert (f'{direction} "wg0" meta nfproto ipv6 tcp flags & (syn | rst) == syn '
+                "tcp option maxseg size > 1140 tcp option maxseg size set 1140") in rules
+
+
+def test_a_masquerading_exit_peer_clamps_at_the_default_mtu() -> None:
+    rules = clamp_rules(render(nm(masquerade=["0.0.0.0/0"]), "wg0"))
+    assert any("maxseg size set 1380" in r for r in rules)
+
+
+def test_a_peer_that_forwards_nothing_has_no_clamp() -> None:
+    assert "mss_clamp" not in render(nm(inbound=[InboundRule("100.64.0.5", "all")]), "wg0")
+
+
+@pytest.mark.parametrize("mtu", [1199, 9001, True, "1400", 1400.0])
+def test_a_bad_mtu_is_refused(mtu: object) -> None:
+    netmap = nm(forward=[ForwardRule("100.64.0.5", "198.18.0.0/16", "all")])
+    with pytest.raises(RenderError, match="mtu"):
+        render(netmap, "wg0", mtu=mtu)  # type: ignore[arg-type]

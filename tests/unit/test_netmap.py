@@ -44,6 +44,7 @@ def netmaps(draw, version: int) -> Netmap:
         masquerade=frozenset(draw(st.sets(st.sampled_from(["198.18.1.0/24"])))),
         relays=draw(st.sampled_from([(), ("/api/v1/relay",),
                                      ("wss://r1.example:8443/api/v1/relay", "/api/v1/relay")])),
+        mtu=draw(st.sampled_from([1200, 1420, 9000])),  # the hub always sends one
     )
 
 

@@ -12,15 +12,20 @@ from collections.abc import Callable
 
 from wiremesh.agent.state import AgentConfig
 from wiremesh.core.contact import FirstContact, initiates
-from wiremesh.core.wire import Netmap, NetmapPeer, endpoint_host_port
+from wiremesh.core.wire import DEFAULT_MTU, Netmap, NetmapPeer, endpoint_host_port
 from wiremesh.firewall import nft
-from wiremesh.netlink.addresses import ensure_address
+from wiremesh.netlink.addresses import ensure_address, set_link_mtu
 from wiremesh.netlink.sysctl import set_forwarding
 from wiremesh.wg.backend import WgBackend, WgPeerConfig
 from wiremesh.wg.keys import decode_key, public_key_of
 
 log = logging.getLogger("wiremesh.agent.dataplane")
 KEEPALIVE_S = 25  # keeps NAT mappings open toward peers behind NAT
+
+
+def effective_mtu(config: AgentConfig, netmap: Netmap) -> int:
+    """This peer's override (`wiremesh up --mtu`), else the mesh-wide MTU, else the default."""
+    return config.mtu or netmap.mtu or DEFAULT_MTU
 
 
 def make_backend(kind: str, ifname: str) -> WgBackend:
@@ -71,6 +76,7 @@ class DataPlane:
         self.applied: dict[str, WgPeerConfig] | None = None
         self.netmap: Netmap | None = None
         self.forwarding = False
+        self.mtu: int | None = None  # as last set on the interface
         self.public_key = public_key_of(private_key)
         self.contact = FirstContact()
 
@@ -85,8 +91,13 @@ class DataPlane:
                        self.config.overlay_prefix_len)
 
     def apply(self, netmap: Netmap) -> None:
+        mtu = effective_mtu(self.config, netmap)
         # The ACL goes first: a peer added below must never be reachable beyond policy.
-        nft.apply(netmap, self.config.interface)
+        # Its MSS clamp follows the MTU set next.
+        nft.apply(netmap, self.config.interface, mtu=mtu)
+        if mtu != self.mtu:
+            set_link_mtu(self.config.interface, mtu)
+            self.mtu = mtu
         routing = bool(netmap.forward or netmap.masquerade)
         if routing != self.forwarding:
             set_forwarding(routing)

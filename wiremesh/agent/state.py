@@ -17,7 +17,16 @@ import pydantic
 from pydantic import Field, TypeAdapter, ValidationError
 
 from wiremesh.agent.connection import Trust
-from wiremesh.core.wire import NETMAP, Endpoint, Name, Netmap, OverlayIP, WgKey, describe
+from wiremesh.core.wire import (
+    NETMAP,
+    Endpoint,
+    Mtu,
+    Name,
+    Netmap,
+    OverlayIP,
+    WgKey,
+    describe,
+)
 
 DEFAULT_STATE_DIR = Path("/var/lib/wiremesh")
 log = logging.getLogger("wiremesh.agent.state")
@@ -46,6 +55,8 @@ class AgentConfig:
     # How the server is verified, kept so `wiremesh agent` restarts check it the same way.
     ca_file: str | None = None
     insecure: bool = False
+    # This peer's WireGuard MTU (`wiremesh up --mtu`), over the netmap's mesh-wide one.
+    mtu: Mtu | None = None
 
     @property
     def trust(self) -> Trust:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
@@ -27,7 +28,7 @@ from wiremesh.cli.common import (
     setup_logging,
     split_listen,
 )
-from wiremesh.core.wire import describe, fingerprint
+from wiremesh.core.wire import MTU_MAX, MTU_MIN, describe, fingerprint
 
 StateDirOpt = typer.Option(statefile.DEFAULT_STATE_DIR, "--state-dir",
                            help="Where the key pair and saved state live")
@@ -85,6 +86,11 @@ def up(
     resolv_conf: Path | None = typer.Option(
         None, "--resolv-conf", dir_okay=False,
         help="Manage this resolv.conf instead of systemd-resolved or /etc/resolv.conf; kept"),
+    mtu: int | None = typer.Option(
+        None, "--mtu", min=MTU_MIN, max=MTU_MAX,
+        help="This peer's WireGuard interface MTU, over the mesh-wide one the server sends "
+             "(kept in the saved state); e.g. 1200 on a network that carries only 1280-byte "
+             "packets"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Enrol this machine (if not enrolled yet) and run the agent.
@@ -117,7 +123,16 @@ def up(
             fail(unreachable(server, e))
         console.print(f"enrolled as {st.config.name}; pinned server key "
                       f"{fingerprint(st.config.server_key or '')}", highlight=False)
+    if mtu is not None:
+        _save_mtu(state_dir, mtu)
     _run(state_dir, backend, metrics_listen)
+
+
+def _save_mtu(state_dir: Path, mtu: int) -> None:
+    st = statefile.load(state_dir)
+    if st.config.mtu != mtu:
+        st.config = dataclasses.replace(st.config, mtu=mtu)
+        statefile.save(state_dir, st)
 
 
 def agent(state_dir: Path = StateDirOpt, backend: str = BackendOpt,

@@ -14,7 +14,15 @@ from pydantic import ValidationError
 
 from wiremesh.agent.connection import reason
 from wiremesh.cli.common import console, fail, setup_logging, split_listen
-from wiremesh.core.wire import DEFAULT_MESH_DOMAIN, DNS_CONFIG, DnsConfig, describe
+from wiremesh.core.wire import (
+    DEFAULT_MESH_DOMAIN,
+    DEFAULT_MTU,
+    DNS_CONFIG,
+    MTU_MAX,
+    MTU_MIN,
+    DnsConfig,
+    describe,
+)
 
 
 def server(
@@ -50,6 +58,11 @@ def server(
         [], "--dns-zone",
         help="Split DNS: ZONE=IP[,IP...] sends names in ZONE to those nameservers (e.g. "
              "corp.example=198.18.0.53, behind a route); repeatable"),
+    mtu: int = typer.Option(
+        DEFAULT_MTU, "--mtu", min=MTU_MIN, max=MTU_MAX,
+        help="Mesh-wide WireGuard interface MTU sent to every agent; e.g. 1200 when some "
+             "underlay path carries only 1280-byte packets. An "
+             "agent's `wiremesh up --mtu` overrides it for that peer"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging"),
 ) -> None:
     """Run the control server (HTTP API, netmap streams, /metrics).
@@ -90,7 +103,7 @@ def server(
 
     app = create_app(db, on_admin_token=show_token, on_fingerprint=show_fingerprint,
                      relay=not no_relay, relays=advertised,
-                     relay_secret=secret, stun_listen=stun, dns=dns)
+                     relay_secret=secret, stun_listen=stun, dns=dns, mtu=mtu)
     uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning",
                 timeout_graceful_shutdown=2,
                 ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None,

@@ -45,6 +45,7 @@ def diff(old: Netmap, new: Netmap) -> NetmapDelta:
         masquerade=new.masquerade if new.masquerade != old.masquerade else None,
         relays=new.relays if new.relays != old.relays else None,
         dns=new.dns if new.dns != old.dns else None,
+        mtu=new.mtu if new.mtu != old.mtu else None,
         name=new.name if new.name != old.name else None,
         overlay_ip=new.overlay_ip if new.overlay_ip != old.overlay_ip else None,
     )
@@ -69,4 +70,5 @@ def apply_delta(old: Netmap, delta: NetmapDelta) -> Netmap:
         masquerade=delta.masquerade if delta.masquerade is not None else old.masquerade,
         relays=delta.relays if delta.relays is not None else old.relays,
         dns=delta.dns if delta.dns is not None else old.dns,
+        mtu=delta.mtu if delta.mtu is not None else old.mtu,
     )

@@ -232,6 +232,13 @@ PortRangeT = Annotated[PortRange, PlainValidator(parse_port_range),
 Ports = tuple[PortRangeT, ...]
 Version = Annotated[int, Field(ge=0)]
 Metric = Annotated[int, Field(ge=0, le=1_000_000)]
+# A WireGuard interface MTU: 1280 is IPv6's minimum (what an overlay carrying IPv6 needs),
+# 9000 a jumbo frame's payload less nothing: beyond that no underlay carries the packets.
+MTU_MIN, MTU_MAX = 1280 - 80, 9000
+# wireguard-go's and the kernel's default: a 1500-byte underlay less 80 bytes of IPv6, UDP
+# and WireGuard headers.
+DEFAULT_MTU = 1420
+Mtu = Annotated[int, Strict(), Field(ge=MTU_MIN, le=MTU_MAX)]
 Endpoints = tuple[Endpoint, ...]
 Relay = Annotated[str, Strict(), AfterValidator(check_relay),
                   WithJsonSchema({"type": "string", "maxLength": 512})]
@@ -341,6 +348,9 @@ class Netmap:
     # set by the hub): standalone relays' URLs, and the embedded relay as a path.
     relays: tuple[Relay, ...] = ()
     dns: DnsConfig = DnsConfig()
+    # The mesh-wide WireGuard interface MTU (server-wide, set by the hub; None only from a
+    # server that predates it). An agent started with --mtu overrides it for itself.
+    mtu: Mtu | None = None
 
 
 @dataclass(frozen=True)
@@ -358,6 +368,7 @@ class NetmapDelta:
     masquerade: frozenset[Prefix] | None = None  # None = unchanged
     relays: tuple[Relay, ...] | None = None  # None = unchanged
     dns: DnsConfig | None = None  # None = unchanged
+    mtu: Mtu | None = None  # None = unchanged
     name: Name | None = None
     overlay_ip: OverlayIP | None = None
 
@@ -369,6 +380,7 @@ class NetmapDelta:
             or self.remove_forward or self.masquerade is not None or self.name is not None
             or self.overlay_ip is not None or self.relays is not None
             or self.dns is not None
+            or self.mtu is not None
         )
 
 

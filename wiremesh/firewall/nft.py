@@ -1,6 +1,6 @@
 """Apply a rendered ruleset with `nft -f -` (one atomic transaction) and remove it.
 
-- `apply(netmap, ifname, netns=None)`: render and load; the old `inet wiremesh` table is
+- `apply(netmap, ifname, netns=None, mtu=...)`: render and load; the old `inet wiremesh` table is
   replaced in the same transaction, so no packet ever sees a half-applied ruleset.
 - `load(script, netns=None, check=False)`: load (or only check, `nft -c`) a script.
 - `remove(netns=None)`: delete table `inet wiremesh` (no error if it is absent).
@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from wiremesh.core.wire import Netmap
+from wiremesh.core.wire import DEFAULT_MTU, Netmap
 from wiremesh.firewall.render import OVERLAY, TABLE, render
 
 
@@ -36,8 +36,8 @@ def load(script: str, netns: str | None = None, check: bool = False,
 
 
 def apply(netmap: Netmap, ifname: str, netns: str | None = None,
-          overlay: str = OVERLAY) -> None:
-    load(render(netmap, ifname, overlay), netns=netns)
+          overlay: str = OVERLAY, mtu: int = DEFAULT_MTU) -> None:
+    load(render(netmap, ifname, overlay, mtu), netns=netns)
 
 
 def remove(netns: str | None = None) -> None:

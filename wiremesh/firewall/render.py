@@ -13,6 +13,10 @@ one transaction (create-if-missing, delete, recreate), so the kernel never holds
   established. A peer with no forward rules forwards nothing from the mesh.
 - chain `postrouting` (only when the netmap masquerades) source-NATs traffic from the overlay
   into the masqueraded prefixes.
+- chain `mss_clamp` (only on peers that forward: routers and exit nodes) lowers the MSS of
+  TCP SYNs crossing `ifname` either way to what fits the tunnel's MTU. The machines behind a
+  router do not know the tunnel is narrower than their LAN, and ICMP "fragmentation needed"
+  rarely makes it back to them: without the clamp, ping works and a download hangs.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from collections.abc import Iterable
 from wiremesh.core.explain import Access, normalise_access
 from wiremesh.core.failover import PROBE_PORT
 from wiremesh.core.models import PROTOS, PortRange, Proto
-from wiremesh.core.wire import Netmap, check_ipv4, check_name, check_prefix
+from wiremesh.core.wire import (
+    DEFAULT_MTU,
+    MTU_MAX,
+    MTU_MIN,
+    Netmap,
+     check_ipv4,
+    check_name,
+    check_prefix,
+)
 
 TABLE = "wiremesh"
 OVERLAY = "100.64.0.0/10"
@@ -34,6 +46,27 @@ _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 class RenderError(ValueError):
     pass
+
+
+# Bytes of IP + TCP header between an MTU and the MSS that fits in it.
+_TCP_OVERHEAD = {"ipv4": 40, "ipv6": 60}
+
+
+def _mss_clamp(ifname: str, mtu: int) -> list[str]:
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MTU_MIN <= mtu <= MTU_MAX:
+        raise RenderError(f"mtu: {mtu!r} is not a number in {MTU_MIN}..{MTU_MAX}")
+    lines = [
+        "\tchain mss_clamp {",
+        "\t\ttype filter hook forward priority mangle; policy accept;",
+    ]
+    for family, overhead in _TCP_OVERHEAD.items():
+        mss = mtu - overhead
+        for direction in ("iifname", "oifname"):
+            lines.append(f'\t\t{direction} "{ifname}" meta nfproto {family} '
+                         f"tcp flags & (syn | rst) == syn "
+                         f"tcp option maxseg size > {mss} tcp option maxseg size set {mss}")
+    lines.append("\t}")
+    return lines
 
 
 # Every value is checked again here, whatever validated it before: only a canonical address,
@@ -103,8 +136,9 @@ def _no_overlap(prefixes: Iterable[str]) -> list[str]:
     return [str(n) for n in ipaddress.collapse_addresses(nets)]
 
 
-def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY) -> str:
-    """The nftables script enforcing `netmap` on WireGuard interface `ifname`."""
+def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY, mtu: int = DEFAULT_MTU) -> str:
+    """The nftables script enforcing `netmap` on WireGuard interface `ifname`, whose MTU is
+    `mtu`."""
     if not _IFNAME.match(ifname):
         raise RenderError(f"ifname: {ifname!r} is not a valid interface name")
     overlay = _prefix(overlay)
@@ -184,5 +218,7 @@ def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY) -> str:
             f"\t\tip saddr {overlay} ip daddr @masq_dst masquerade",
             "\t}",
         ]
+    if netmap.forward or netmap.masquerade:
+        lines += _mss_clamp(ifname, mtu)
     lines.append("}")
     return "\n".join(lines) + "\n"

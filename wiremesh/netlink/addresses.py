@@ -27,6 +27,15 @@ def ensure_address(ifname: str, address: str, prefix_len: int) -> None:
         ipr.link("set", index=i, state="up")
 
 
+def set_link_mtu(ifname: str, mtu: int) -> None:
+    """Set `ifname`'s MTU (wireguard-go follows its TUN device's MTU changes)."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise RuntimeError(f"no interface {ifname}")
+        ipr.link("set", index=idx[0], mtu=mtu)
+
+
 def local_addresses(exclude_ifname: str) -> list[str]:
     """Global-scope addresses of this namespace's interfaces, except `exclude_ifname` (the
     WireGuard interface, whose overlay address is no candidate) and loopback."""

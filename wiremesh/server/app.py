@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from wiremesh.core.wire import DnsConfig, Signer
+from wiremesh.core.wire import DEFAULT_MTU, DnsConfig, Signer
 from wiremesh.relay.switch import RELAY_PATH, RelaySwitch
 from wiremesh.server import (
     console,
@@ -36,7 +36,8 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
                poll_interval: float = 1.0, relay: bool = True, relays: Sequence[str] = (),
                relay_secret: str | None = None,
                stun_listen: tuple[str, int] | None = None,
-               dns: DnsConfig | None = None) -> FastAPI:
+               dns: DnsConfig | None = None,
+               mtu: int = DEFAULT_MTU) -> FastAPI:
     """`on_admin_token` receives the initial admin token when the store was empty;
     `on_fingerprint` the fingerprint of the key netmaps are signed with.
 
@@ -44,7 +45,8 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
     agents (before the embedded one); `relay_secret`: the credential standalone relays
     introspect peer tokens with (None: no standalone relay may ask); `stun_listen` (host,
     port): run the STUN responder agents measure their NAT mapping with; `dns`: the mesh
-    domain and split-DNS zones every agent's resolver serves.
+    domain and split-DNS zones every agent's resolver serves; `mtu`: the mesh-wide WireGuard
+    interface MTU sent in every netmap.
     """
 
     @contextlib.asynccontextmanager
@@ -61,7 +63,8 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
             on_fingerprint(signer.fingerprint)
         # Standalone relays first: every agent picks the first that works, so peers meet
         # on the same relay; the embedded one (a path on the server's URL) is the fallback.
-        hub = NetmapHub(store.mesh, signer, [*relays, *([RELAY_PATH] if relay else [])], dns)
+        hub = NetmapHub(store.mesh, signer, [*relays, *([RELAY_PATH] if relay else [])], dns,
+                        mtu)
         await hub.refresh()
         enrolments = EnrolmentQueue(store.enrolment)
         app.state.store, app.state.hub, app.state.enrolments = store, hub, enrolments

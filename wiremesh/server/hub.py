@@ -18,7 +18,14 @@ from typing import Protocol
 from wiremesh.core.models import MeshState
 from wiremesh.core.netmap import diff
 from wiremesh.core.policy import PolicyCompiler
-from wiremesh.core.wire import DeltaMessage, DnsConfig, Netmap, Signer, encode_message
+from wiremesh.core.wire import (
+    DEFAULT_MTU,
+    DeltaMessage,
+    DnsConfig,
+    Netmap,
+    Signer,
+    encode_message,
+)
 
 log = logging.getLogger("wiremesh.server.hub")
 HISTORY = 16  # old versions kept per peer so a reconnecting agent gets a delta, not a full map
@@ -56,11 +63,12 @@ class MeshSource(Protocol):
 
 class NetmapHub:
     def __init__(self, store: MeshSource, signer: Signer, relays: Sequence[str] = (),
-                 dns: DnsConfig | None = None) -> None:
+                 dns: DnsConfig | None = None, mtu: int = DEFAULT_MTU) -> None:
         self.store = store
         self.signer = signer
         self.relays = tuple(relays)  # advertised in every netmap
         self.dns = dns or DnsConfig()  # likewise
+        self.mtu = mtu  # the mesh-wide WireGuard MTU, in every netmap
         self.revision = 0
         self.state = MeshState()
         self.compiler: PolicyCompiler | None = None
@@ -107,7 +115,8 @@ class NetmapHub:
                     current.pop(pid, None)
                     self.history.pop(pid, None)
                     continue
-                current[pid] = replace(nm, version=rev, relays=self.relays, dns=self.dns)
+                current[pid] = replace(nm, version=rev, relays=self.relays, dns=self.dns,
+                                       mtu=self.mtu)
                 if old is not None:
                     self.history.setdefault(pid, deque(maxlen=HISTORY)).append(old)
                     pairs[pid] = (old, current[pid])
