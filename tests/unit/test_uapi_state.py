@@ -82,6 +82,7 @@ def test_only_one_side_of_a_new_pair_initiates_at_once(monkeypatch) -> None:
     from wiremesh.wg.keys import decode_key
 
     monkeypatch.setattr(dataplane.nft, "apply", lambda *a, **k: None)
+    monkeypatch.setattr(dataplane, "set_link_mtu", lambda *a: None)
 
     class Recorder:
         ifname = "wm0"

@@ -3,13 +3,20 @@
 - throughput: iperf3 TCP between two mesh peers against a plain pair of wireguard-go tunnels
   on the same simulated internet, in rounds that alternate raw and mesh, so both see the same
   machine load;
-- the other sections (MTU, exit nodes, DNS, the lossy network) report null until they run.
+- MTU: an HTTP download of a few MB from a web server behind router r1, whose tunnel MTU is
+  set to 1200 (`wiremesh up --mtu 1200`) because the internet path to it and to the client
+  carries only 1280-byte packets, silently dropping bigger ones (a black hole: the switch
+  sends no ICMP), and whose LAN filters ICMP; the client knows nothing of any of it and keeps
+  the default MTU. Only the router's MSS clamp makes TCP fit;
+- the other sections (exit nodes, DNS, the lossy network) report null until they run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import statistics
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +33,13 @@ from wiremesh.wg.backend import WgPeerConfig
 from wiremesh.wg.keys import generate_private_key, public_key_of
 from wiremesh.wg.uapi import WireguardGoBackend
 
-CLIENT, SERVER = "a1", "a2"
+CLIENT, SERVER, ROUTER = "a1", "a2", "r1"
+INTERNAL = "198.18.2.0/24"
+WEB_IP = "198.18.2.2"
+WEB_PORT = 8000
+ROUTER_MTU = 1200
+PATH_MTU = 1280
+DOWNLOAD_BYTES = 4 << 20
 WG_PORT = 51820
 RAW_IPS = ("100.127.255.1", "100.127.255.2")
 
@@ -35,6 +48,13 @@ groups:
   bench: [{CLIENT}, {SERVER}]
   clients: [{CLIENT}]
   servers: [{SERVER}]
+  routers: [{ROUTER}]
+routes:
+  - name: internal
+    prefix: {INTERNAL}
+    routers: routers
+    metric: 100
+    masquerade: true
 policies:
   - name: ping
     sources: [bench]
@@ -45,6 +65,23 @@ policies:
     destinations: [servers]
     proto: tcp
     ports: [{iperf.PORT}]
+  - name: web
+    sources: [clients]
+    proto: tcp
+    ports: [{WEB_PORT}]
+    routes: [internal]
+"""
+
+# A LAN that filters ICMP, as many do: "fragmentation needed" never reaches the web server.
+NO_ICMP = """\
+table inet wmlab_no_icmp {
+\tchain in { type filter hook input priority 0; policy accept; ip protocol icmp drop; }
+}
+"""
+# Fetch a URL; print the bytes received (exit 1 on any failure or timeout).
+FETCH = """\
+import sys, urllib.request
+print(len(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read()))
 """
 
 # Every figure of the JSON line; a section that did not run reports null.
@@ -115,14 +152,70 @@ def throughput(mesh: MeshLab, raw: RawPair, rounds: int, seconds: float,
             "mesh_runs": [round(r, 1) for r in mesh_runs]}
 
 
+def active_router(mesh: MeshLab, client: str, prefix: str) -> str | None:
+    """The agent whose WireGuard peer holds `prefix` on `client` right now."""
+    by_key = {a.public_key: name for name, a in mesh.agents.items()}
+    for key, peer in mesh.agents[client].wg_peers().items():
+        if prefix in peer.allowed_ips:
+            return by_key.get(key)
+    return None
+
+
+def add_web(mesh: MeshLab) -> Host:
+    """The internal network behind the router, with a web server serving DOWNLOAD_BYTES."""
+    lab = mesh.lab
+    internal = lab.add_switch("i", INTERNAL)
+    lab.connect(mesh.agents[ROUTER].host, internal)
+    web = lab.add_host("web")
+    lab.connect(web, internal, f"{WEB_IP}/24")
+    rules = lab.log_dir / "no-icmp.nft"
+    rules.write_text(NO_ICMP)
+    web.run(["nft", "-f", str(rules)])
+    root = lab.log_dir / "www"
+    root.mkdir()
+    (root / "blob").write_bytes(bytes(DOWNLOAD_BYTES))
+    web.popen([sys.executable, "-m", "http.server", str(WEB_PORT), "--bind", WEB_IP,
+               "--directory", str(root)], log=mesh.log("web"))
+    return web
+
+
+def router_mtu(mesh: MeshLab, console: Console) -> dict[str, Any]:
+    """The HTTP download through the router over 1280-byte internet paths."""
+    client, router = mesh.agents[CLIENT], mesh.agents[ROUTER]
+    wait_until(lambda: active_router(mesh, CLIENT, INTERNAL) == ROUTER, 30,
+               f"{CLIENT} to route {INTERNAL} through {ROUTER}")
+    internet = mesh.topo.internet
+    for a in (client, router):
+        mesh.lab.limit_path_mtu(a.host, internet, PATH_MTU)
+    tunnel_mtu = int(router.host.run(["cat", f"/sys/class/net/{router.ifname}/mtu"]).stdout)
+    url = f"http://{WEB_IP}:{WEB_PORT}/blob"
+    started = time.monotonic()
+    res = client.host.run([sys.executable, "-c", FETCH, url, "30"], check=False, timeout=60)
+    seconds = time.monotonic() - started
+    got = int(res.stdout) if res.returncode == 0 else 0
+    ok = got == DOWNLOAD_BYTES
+    for a in (client, router):
+        mesh.lab.limit_path_mtu(a.host, internet, 1500)
+    console.print(f"HTTP download of {DOWNLOAD_BYTES >> 20} MB through {ROUTER} (tunnel MTU "
+                  f"{tunnel_mtu}) over {PATH_MTU}-byte paths: "
+                  + (f"[green]ok[/] in {seconds:.1f} s" if ok else
+                     f"[red]failed[/] ({got} bytes; {res.stderr.strip()[-200:]})"))
+    return {"router_mtu1280_tcp_ok": ok, "router_tunnel_mtu": tunnel_mtu,
+            "router_download_s": round(seconds, 2) if ok else None}
+
+
 def start_mesh(mesh: MeshLab) -> None:
-    mesh.start("dataplane")
+    """Server and agents; the router with its own tunnel MTU (`wiremesh up --mtu`)."""
+    mesh.start_server()
+    key = mesh.create_setup_key("dataplane")
+    for a in mesh.agents.values():
+        mesh.start_agent(a, key, ("--mtu", str(ROUTER_MTU)) if a.name == ROUTER else ())
     wait_until(lambda: len(mesh.admin("peers", "list")) == len(mesh.agents), 60,
                "every agent to enrol")
     policy = mesh.lab.log_dir / "policy.yaml"
     policy.write_text(POLICY)
     mesh.admin("policy", "apply", str(policy))
-    mesh.wait_agents_configured([mesh.agents[CLIENT], mesh.agents[SERVER]], 1)
+    mesh.wait_agents_configured([mesh.agents[CLIENT]], 2)
     target = mesh.agents[SERVER].overlay_ip
     if ping_pairs([(mesh.agents[CLIENT].host, target)], 30)[(CLIENT, target)] is None:
         raise LabError(f"{CLIENT} cannot ping {SERVER} over the overlay")
@@ -131,14 +224,16 @@ def start_mesh(mesh: MeshLab) -> None:
 def run_dataplane(console: Console, rounds: int = 4, seconds: float = 4.0,
                   run_id: str | None = None) -> dict[str, Any]:
     result: dict[str, Any] = dict.fromkeys(FIELDS)
-    with mesh_lab(Layout.public([CLIENT, SERVER]), console, run_id) as mesh, \
+    with mesh_lab(Layout.public([CLIENT, SERVER, ROUTER]), console, run_id) as mesh, \
             raw_pair(mesh.topo) as raw:
-        console.print(f"lab [bold]{mesh.lab.id}[/]: server, agents {CLIENT} {SERVER}, "
-                      "plain wireguard-go pair x1 x2")
+        console.print(f"lab [bold]{mesh.lab.id}[/]: server, agents {CLIENT} {SERVER}, router "
+                      f"{ROUTER} with web server behind, plain wireguard-go pair x1 x2")
+        add_web(mesh)
         start_mesh(mesh)
         if ping_pairs([(raw.hosts[0], raw.server_ip)], 30)[("x1", raw.server_ip)] is None:
             raise LabError("the plain wireguard-go pair cannot ping")
         result.update(throughput(mesh, raw, rounds, seconds, console))
+        result.update(router_mtu(mesh, console))
     return result
 
 

@@ -213,6 +213,14 @@ class Lab:
         run(["ip", "-n", host.ns, "link", "del", ifname])
         del host.addresses[ifname]
 
+    def limit_path_mtu(self, host: Host, switch: Switch, mtu: int) -> None:
+        """Make `switch` drop, silently, every frame toward `host` larger than `mtu`: a
+        path MTU black hole (a switch port sends no ICMP), as behind a tunnel or PPPoE link
+        whose ICMP is filtered."""
+        inner = self.link_of(host, switch)
+        port = self.name("v" + inner.removeprefix(self.name("e")))
+        run(["ip", "-n", switch.ns, "link", "set", port, "mtu", str(mtu)])
+
     def link_of(self, host: Host, switch: Switch) -> str:
         """The host's interface on `switch`."""
         for ifname, addr in host.addresses.items():
