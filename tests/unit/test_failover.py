@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -317,6 +319,7 @@ def test_unknown_router_events_are_ignored() -> None:
         ({"min_dwell": "x"}, "min_dwell"),
         ({"failback": "sometimes"}, "failback"),
         ({"failback_after": -0.1}, "failback_after"),
+        ({"tolerated_losses": 1.5}, "tolerated_losses"),
     ],
 )
 def test_bad_config_names_the_field(kwargs: dict, field: str) -> None:
@@ -353,3 +356,56 @@ def test_invariants_under_random_outages(schedule: list, failback: str) -> None:
             assert t - last_switch >= cfg.min_dwell
         last_switch = t
 
+
+
+class LossySim(Sim):
+    """Each probe or answer is lost with probability `loss` and delayed 0-100 ms (one
+    underlay hop with 2 % loss and 50 ms jitter each way)."""
+
+    def __init__(self, cfg: FailoverConfig, routes: list[RouteEntry], loss: float,
+                 seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.loss = loss
+        super().__init__(cfg, routes)
+
+    def run(self, seconds: float) -> None:
+        end = self.now + seconds
+        while self.now < end - 1e-9:
+            self.now = round(self.now + STEP, 6)
+            arrived = [x for x in self.in_flight if x[0] <= self.now]
+            self.in_flight = [x for x in self.in_flight if x[0] > self.now]
+            for _, key, sent in arrived:
+                self.m.probe_reply(key, sent, self.now)
+            if self.now >= self.next_probe - 1e-9:
+                self.next_probe = round(self.now + INTERVAL, 6)
+                for key in self.m.routers():
+                    self.m.probe_sent(key, self.now)
+                    lost = self.rng.random() < self.loss or self.rng.random() < self.loss
+                    if key in self.alive and not lost:
+                        rtt = self.rng.uniform(0, 0.1) + self.rng.uniform(0, 0.1)
+                        self.in_flight.append((self.now + rtt, key, self.now))
+            self._record(self.m.tick(self.now))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_lossy_jittery_path_is_no_dead_router_and_a_dead_one_still_fails_over(
+        seed: int) -> None:
+    sim = LossySim(CFG, [route((A, 10), (B, 20))], loss=0.02, seed=seed)
+    sim.run(120)
+    assert sim.switches() == [(0.0, A)]
+    sim.alive.discard(A)
+    died = sim.now
+    sim.run(2)
+    (_t0, _first), (t1, second) = sim.switches()
+    assert second == B
+    assert t1 - died < 0.8
+
+
+def test_a_clean_path_keeps_the_short_deadline() -> None:
+    # With answers in 5 ms the deadline is dead_after: the adaptive part only ever adds.
+    sim = Sim(CFG, TWO)
+    sim.run(2)
+    sim.alive.discard(A)
+    died = sim.now
+    sim.run(1)
+    assert sim.switches()[-1][0] - died <= CFG.dead_after + INTERVAL + STEP

@@ -49,7 +49,7 @@ class RouteManager:
         if probe_interval <= 0:
             raise ValueError(f"probe_interval: must be > 0, got {probe_interval!r}")
         self.ifname = ifname
-        self.machine = FailoverMachine(config)
+        self.machine = FailoverMachine(config, probe_interval)
         self.probe_interval = probe_interval
         self.probe_port = probe_port
         self.handshake_poll = handshake_poll

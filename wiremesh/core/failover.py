@@ -4,8 +4,12 @@ Pure: no sockets, no clock. Every call takes `now` (seconds on any monotonic clo
 drive time by hand and the agent feeds it `time.monotonic()`.
 
 Health of a router comes from probes through the tunnel: a router is declared dead when a probe
-sent to it has gone unanswered for `dead_after` (so nothing is judged while nothing is sent), or
-when its WireGuard handshake is older than `handshake_max_age`. A dead router that answers again
+sent to it has gone unanswered for its deadline (so nothing is judged while nothing is sent), or
+when its WireGuard handshake is older than `handshake_max_age`. The deadline is `dead_after`,
+or longer on a slow or jittery path: the router's smoothed round trip plus four times its
+variation (TCP's retransmission timeout, RFC 6298) plus `tolerated_losses` probe intervals, so
+a few probes lost in a row on a lossy network are not a dead router (issue 14: 2 % loss and
+50 ms jitter on every link made clients fail over for nothing). A dead router that answers again
 must stay healthy for `recover_after` before it counts as up, so a flapping router can't pull
 traffic back and forth.
 
@@ -42,6 +46,8 @@ _MAX_OUTSTANDING = 256
 @dataclass(frozen=True)
 class FailoverConfig:
     dead_after: float = 0.35
+    # Probes in a row a lossy path may swallow before its router counts as dead (see above).
+    tolerated_losses: int = 3
     recover_after: float = 2.0
     min_dwell: float = 2.0
     failback: Failback = "preferred"
@@ -55,6 +61,10 @@ class FailoverConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
+        if isinstance(self.tolerated_losses, bool) or not isinstance(
+                self.tolerated_losses, int) or self.tolerated_losses < 0:
+            raise ValueError("tolerated_losses: must be a whole number >= 0, got "
+                             f"{self.tolerated_losses!r}")
         if self.dead_after == 0:
             raise ValueError("dead_after: must be > 0")
         if self.failback not in FAILBACK_MODES:
@@ -78,9 +88,25 @@ class _Router:
     down: bool = False  # declared dead and not yet recovered
     stale_handshake: bool = False
     health: Health = Health.UNKNOWN
+    srtt: float | None = None  # smoothed probe round trip (s), None before the first answer
+    rttvar: float = 0.0
 
-    def refresh(self, now: float, cfg: FailoverConfig) -> None:
-        missed = bool(self.outstanding) and now - self.outstanding[0] >= cfg.dead_after
+    def rtt_sample(self, rtt: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+
+    def deadline(self, cfg: FailoverConfig, probe_interval: float) -> float:
+        if self.srtt is None:
+            return cfg.dead_after
+        return max(cfg.dead_after,
+                   self.srtt + 4 * self.rttvar + cfg.tolerated_losses * probe_interval)
+
+    def refresh(self, now: float, cfg: FailoverConfig, probe_interval: float) -> None:
+        missed = (bool(self.outstanding)
+                  and now - self.outstanding[0] >= self.deadline(cfg, probe_interval))
         if missed or self.stale_handshake:
             self.healthy_since = None
             self.down = True
@@ -115,8 +141,11 @@ def merge_candidates(routes: Iterable[RouteEntry]) -> dict[str, tuple[tuple[str,
 
 
 class FailoverMachine:
-    def __init__(self, config: FailoverConfig | None = None) -> None:
+    def __init__(self, config: FailoverConfig | None = None,
+                 probe_interval: float = 0.1) -> None:
+        """`probe_interval`: how often the caller probes each router (seconds)."""
         self.config = config or FailoverConfig()
+        self.probe_interval = probe_interval
         self._routers: dict[str, _Router] = {}
         self._prefixes: dict[str, _Prefix] = {}
 
@@ -128,7 +157,7 @@ class FailoverMachine:
             return
         r.outstanding.append(now)
         if len(r.outstanding) > _MAX_OUTSTANDING:
-            r.refresh(now, self.config)
+            r.refresh(now, self.config, self.probe_interval)
             if r.health is Health.DOWN:
                 r.outstanding.popleft()
 
@@ -136,6 +165,8 @@ class FailoverMachine:
         r = self._routers.get(key)
         if r is None:
             return
+        if r.outstanding and sent_at in r.outstanding:
+            r.rtt_sample(now - sent_at)
         while r.outstanding and r.outstanding[0] <= sent_at:
             r.outstanding.popleft()
         if r.healthy_since is None:
@@ -158,7 +189,7 @@ class FailoverMachine:
         keys = {k for cands in wanted.values() for k, _ in cands}
         self._routers = {k: self._routers.get(k) or _Router() for k in keys}
         for r in self._routers.values():
-            r.refresh(now, self.config)
+            r.refresh(now, self.config, self.probe_interval)
         changes: dict[str, str | None] = {}
         for prefix in list(self._prefixes):
             if prefix not in wanted:
@@ -177,7 +208,7 @@ class FailoverMachine:
     def tick(self, now: float) -> dict[str, str | None]:
         """Re-judge every router and prefix; returns the prefixes whose active router changed."""
         for r in self._routers.values():
-            r.refresh(now, self.config)
+            r.refresh(now, self.config, self.probe_interval)
         return self._evaluate(now)
 
     def active(self, prefix: str) -> str | None:
