@@ -76,7 +76,8 @@ async def _settled(apps: list[FastAPI]) -> None:
     while True:
         rev, state = await store.mesh.load_state()
         want = compile_netmaps(state)
-        got = [{pid: replace(nm, version=0, relays=()) for pid, nm in a.state.hub.current.items()}
+        got = [{pid: replace(nm, version=0, relays=(), mtu=None)
+                for pid, nm in a.state.hub.current.items()}
                for a in apps]
         if all(a.state.hub.revision == rev for a in apps) and all(g == want for g in got):
             return

@@ -6,12 +6,13 @@ drive time by hand and the agent feeds it `time.monotonic()`.
 Health of a router comes from probes through the tunnel: a router is declared dead when a probe
 sent to it has gone unanswered for its deadline (so nothing is judged while nothing is sent), or
 when its WireGuard handshake is older than `handshake_max_age`. The deadline is `dead_after`,
-or longer on a slow or jittery path: the router's smoothed round trip plus four times its
-variation (TCP's retransmission timeout, RFC 6298) plus `tolerated_losses` probe intervals, so
-a few probes lost in a row on a lossy network are not a dead router (issue 14: 2 % loss and
-50 ms jitter on every link made clients fail over for nothing). A dead router that answers again
-must stay healthy for `recover_after` before it counts as up, so a flapping router can't pull
-traffic back and forth.
+or longer on a slow, jittery or lossy path: the router's smoothed round trip plus four times
+its variation (TCP's retransmission timeout, RFC 6298) plus as many probe intervals as it
+takes for that many probes lost in a row to be a one-in-a-million event at the path's
+measured probe loss (at least `tolerated_losses`), so a lossy network is not a dead router
+(issue 14: 2 % loss on every link made clients fail over for nothing). A dead router that
+answers again must stay healthy for `recover_after` before it counts as up, so a flapping
+router can't pull traffic back and forth.
 
 Per prefix, the active router moves only when
 - it is dead: to the best candidate by (health, metric) that is not dead, at once (no dwell:
@@ -23,6 +24,7 @@ Per prefix, the active router moves only when
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,13 +43,20 @@ FAILBACK_MODES: tuple[Failback, ...] = ("never", "preferred")
 # Probes still waiting for an answer, per router. Old entries are dropped only once they have
 # already caused a missed deadline, so the bound never hides a dead router.
 _MAX_OUTSTANDING = 256
+# Probe loss is averaged over about this many probes' worth (1/gain)...
+_LOSS_GAIN = 1 / 64
+# ... and a router is only declared dead on a run of losses less likely than this (log odds)...
+_ODDS = math.log(1e-6)
+# ... but loss beyond this is taken for outages, not noise: a router that loses more must
+# still be found dead when it flaps (at 5 %, five probes in a row).
+_MAX_LOSS = 0.05
 
 
 @dataclass(frozen=True)
 class FailoverConfig:
     dead_after: float = 0.35
-    # Probes in a row a lossy path may swallow before its router counts as dead (see above).
-    tolerated_losses: int = 3
+    # Probes in a row any path may swallow before its router counts as dead (see above).
+    tolerated_losses: int = 2
     recover_after: float = 2.0
     min_dwell: float = 2.0
     failback: Failback = "preferred"
@@ -90,6 +99,7 @@ class _Router:
     health: Health = Health.UNKNOWN
     srtt: float | None = None  # smoothed probe round trip (s), None before the first answer
     rttvar: float = 0.0
+    loss: float = 0.0  # moving average of probes lost (0..1)
 
     def rtt_sample(self, rtt: float) -> None:
         if self.srtt is None:
@@ -98,11 +108,16 @@ class _Router:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
 
+    def count_probe(self, lost: bool) -> None:
+        self.loss += _LOSS_GAIN * ((1.0 if lost else 0.0) - self.loss)
+
     def deadline(self, cfg: FailoverConfig, probe_interval: float) -> float:
         if self.srtt is None:
             return cfg.dead_after
-        return max(cfg.dead_after,
-                   self.srtt + 4 * self.rttvar + cfg.tolerated_losses * probe_interval)
+        losses = cfg.tolerated_losses
+        if self.loss > 0:
+            losses = max(losses, math.ceil(_ODDS / math.log(min(self.loss, _MAX_LOSS))))
+        return max(cfg.dead_after, self.srtt + 4 * self.rttvar + losses * probe_interval)
 
     def refresh(self, now: float, cfg: FailoverConfig, probe_interval: float) -> None:
         missed = (bool(self.outstanding)
@@ -168,7 +183,11 @@ class FailoverMachine:
         if r.outstanding and sent_at in r.outstanding:
             r.rtt_sample(now - sent_at)
         while r.outstanding and r.outstanding[0] <= sent_at:
-            r.outstanding.popleft()
+            # Older probes still waiting when a newer one is answered were lost (probes to a
+            # router declared dead measure its outage, not its path).
+            lost = r.outstanding.popleft() < sent_at
+            if not r.down:
+                r.count_probe(lost)
         if r.healthy_since is None:
             r.healthy_since = now
 
