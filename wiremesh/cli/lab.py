@@ -133,6 +133,60 @@ def dataplane(
     _run(lambda out: run_dataplane(out, rounds, seconds), as_json, summary_ok)
 
 
+@app.command("up")
+def lab_up(
+    peers: int = typer.Option(4, "--peers", min=2, max=40,
+                              help="Agents on the internet (topology public)"),
+    topology: str = typer.Option("public", "--topology",
+                                 help="public: --peers agents with public addresses; nat: the "
+                                      "NAT lab's seven agents behind every kind of NAT"),
+) -> None:
+    """Build a mesh (server + agents) and leave it running to explore; prints how to open a
+    shell in each host and the admin token. `wiremesh lab down` removes it."""
+    from wiremesh.lab import explore
+
+    if topology not in explore.TOPOLOGIES:
+        fail(f"--topology {topology!r}: choose {' or '.join(explore.TOPOLOGIES)}")
+    missing = missing_requirements()
+    if missing:
+        fail(f"the lab needs {', '.join(missing)} (run as root after `make install`)")
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        record = explore.up(topology, peers, Console(stderr=True))
+    except LabError as e:
+        fail(str(e), code=1)
+    except KeyboardInterrupt:
+        fail("interrupted; the lab was torn down", code=130)
+    explore.describe(record, console)
+
+
+@app.command("shell", context_settings={"allow_extra_args": True,
+                                        "ignore_unknown_options": True})
+def lab_shell(ctx: typer.Context,
+              host: str = typer.Argument(..., help="Host name, as `wiremesh lab up` lists")
+              ) -> None:
+    """Open a shell (or run the command after HOST) inside a host of the lab `wiremesh lab
+    up` built; the admin CLI there talks to the lab's server."""
+    from wiremesh.lab import explore
+
+    try:
+        explore.shell(host, list(ctx.args))
+    except LabError as e:
+        fail(str(e))
+
+
+@app.command("down")
+def lab_down() -> None:
+    """Remove the lab `wiremesh lab up` built: every process, namespace and log."""
+    from wiremesh.lab import explore
+
+    try:
+        removed = explore.down()
+    except LabError as e:
+        fail(str(e))
+    console.print(f"lab removed ({len(removed)} namespaces and sockets)")
+
+
 @app.command("clean")
 def clean(prefix: str = typer.Option("wm", "--prefix", help="Name prefix of lab runs")) -> None:
     """Remove namespaces, processes and sockets left by crashed lab runs."""
