@@ -118,10 +118,17 @@ def dataplane(
                                help="Alternating raw/mesh iperf3 rounds"),
     seconds: float = typer.Option(4.0, "--seconds", min=1.0, max=60.0,
                                   help="Length of each iperf3 run"),
+    lossy_minutes: float = typer.Option(5.0, "--lossy-minutes", min=0.0, max=120.0,
+                                        help="How long the network is only lossy (0: skip "
+                                             "the lossy-network section)"),
+    lossy_trials: int = typer.Option(9, "--lossy-trials", min=1, max=300,
+                                     help="Real router failures on the lossy network"),
     as_json: bool = JsonOpt,
 ) -> None:
     """The everyday data plane in one run: iperf3 TCP through the mesh against a plain
-    wireguard-go pair on the same network (alternating rounds, same run).
+    wireguard-go pair on the same network (alternating rounds, same run), idle agents' CPU,
+    an HTTP download through a router over 1280-byte paths, then routing over a lossy network
+    (no spurious failovers, real failures still fail over fast).
 
     Exits 1 when a figure misses issue 14's bar (mesh/raw ratio < 0.95, ...). With --json the
     last line is one JSON object with the figures (null for a section that did not run).
@@ -130,7 +137,8 @@ def dataplane(
 
     if not shutil.which("iperf3"):
         fail("the dataplane benchmark needs iperf3 (apt-get install iperf3)")
-    _run(lambda out: run_dataplane(out, rounds, seconds), as_json, summary_ok)
+    _run(lambda out: run_dataplane(out, rounds, seconds, lossy_minutes, lossy_trials), as_json,
+         summary_ok)
 
 
 @app.command("up")

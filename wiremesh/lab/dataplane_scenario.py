@@ -2,23 +2,29 @@
 
 - throughput: iperf3 TCP between two mesh peers against a plain pair of wireguard-go tunnels
   on the same simulated internet, in rounds that alternate raw and mesh, so both see the same
-  machine load;
+  machine load; a third run per round puts back what the agents used to cost (an ETH_P_ALL
+  packet tap on both mesh hosts) to show, in the same run, what removing it bought; and the
+  CPU an idle agent uses;
 - MTU: an HTTP download of a few MB from a web server behind router r1, whose tunnel MTU is
   set to 1200 (`wiremesh up --mtu 1200`) because the internet path to it and to the client
   carries only 1280-byte packets, silently dropping bigger ones (a black hole: the switch
   sends no ICMP), and whose LAN filters ICMP; the client knows nothing of any of it and keeps
   the default MTU. Only the router's MSS clamp makes TCP fit;
-- the other sections (exit nodes, DNS, the lossy network) report null until they run.
+- routing over a lossy network: see lossy_scenario (a lab of its own, after this one);
+- the other sections (exit nodes, DNS) report null until they run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -26,6 +32,7 @@ from rich.table import Table
 
 from wiremesh.lab import iperf
 from wiremesh.lab.layout import Layout
+from wiremesh.lab.lossy_scenario import run_lossy
 from wiremesh.lab.mesh import MeshLab, ping_pairs, wait_until
 from wiremesh.lab.netns import Host, LabError
 from wiremesh.lab.topology import Topology, mesh_lab
@@ -40,6 +47,7 @@ WEB_PORT = 8000
 ROUTER_MTU = 1200
 PATH_MTU = 1280
 DOWNLOAD_BYTES = 4 << 20
+IDLE_WINDOW_S = 20.0
 WG_PORT = 51820
 RAW_IPS = ("100.127.255.1", "100.127.255.2")
 
@@ -125,31 +133,80 @@ def raw_pair(topo: Topology) -> Iterator[RawPair]:
             dev.close()
 
 
+# What the agents' packet tap was before it bound to IPv4 and IPv6: an ETH_P_ALL socket with
+# the same filter, which makes the kernel clone every packet the host sends.
+OLD_TAP = """\
+import socket, sys, time
+from wiremesh.wg.tap import _attach, not_wireguard_filter
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(3))
+_attach(s, not_wireguard_filter(51820))
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+@contextlib.contextmanager
+def old_taps(hosts: list[Host]) -> Iterator[None]:
+    procs = [subprocess.Popen(h.cmd([sys.executable, "-c", OLD_TAP]), stdout=subprocess.PIPE,
+                              text=True, start_new_session=True) for h in hosts]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != "ready":
+                raise LabError("the ETH_P_ALL tap did not start")
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def throughput(mesh: MeshLab, raw: RawPair, rounds: int, seconds: float,
                console: Console) -> dict[str, Any]:
-    """Alternate raw and mesh iperf3 runs; the median of each side."""
+    """Alternate raw, mesh and mesh-with-the-old-tap iperf3 runs; the median of each."""
     client, server = mesh.agents[CLIENT], mesh.agents[SERVER]
     server_ip = server.overlay_ip
     iperf.serve(server.host, server_ip)
     iperf.serve(raw.hosts[1], raw.server_ip)
-    raw_runs: list[float] = []
-    mesh_runs: list[float] = []
+    runs: dict[str, list[float]] = {"raw": [], "mesh": [], "old_tap": []}
     for _ in range(rounds):
-        raw_runs.append(iperf.tcp_mbit(raw.hosts[0], raw.server_ip, seconds))
-        mesh_runs.append(iperf.tcp_mbit(client.host, server_ip, seconds))
+        runs["raw"].append(iperf.tcp_mbit(raw.hosts[0], raw.server_ip, seconds))
+        runs["mesh"].append(iperf.tcp_mbit(client.host, server_ip, seconds))
+        with old_taps([client.host, server.host]):
+            runs["old_tap"].append(iperf.tcp_mbit(client.host, server_ip, seconds))
     t = Table(title=f"iperf3 TCP, {rounds} alternating rounds of {seconds:g} s (Mbit/s)")
     t.add_column("path")
     for i in range(rounds):
         t.add_column(f"#{i + 1}", justify="right")
     t.add_column("median", justify="right")
-    for name, runs in (("plain wireguard-go pair", raw_runs), ("mesh (agents)", mesh_runs)):
-        t.add_row(name, *(f"{r:.0f}" for r in runs), f"{statistics.median(runs):.0f}")
+    names = {"raw": "plain wireguard-go pair", "mesh": "mesh (agents)",
+             "old_tap": "mesh + the old ETH_P_ALL tap"}
+    for key, name in names.items():
+        t.add_row(name, *(f"{r:.0f}" for r in runs[key]), f"{statistics.median(runs[key]):.0f}")
     console.print(t)
-    raw_mbit, mesh_mbit = statistics.median(raw_runs), statistics.median(mesh_runs)
-    return {"raw_mbit": round(raw_mbit, 1), "mesh_mbit": round(mesh_mbit, 1),
-            "ratio": round(mesh_mbit / raw_mbit, 3) if raw_mbit else None,
-            "raw_runs": [round(r, 1) for r in raw_runs],
-            "mesh_runs": [round(r, 1) for r in mesh_runs]}
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {"raw_mbit": round(med["raw"], 1), "mesh_mbit": round(med["mesh"], 1),
+            "ratio": round(med["mesh"] / med["raw"], 3) if med["raw"] else None,
+            "old_tap_mbit": round(med["old_tap"], 1),
+            "old_tap_ratio": round(med["old_tap"] / med["raw"], 3) if med["raw"] else None,
+            **{f"{k}_runs": [round(r, 1) for r in v] for k, v in runs.items()}}
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu(mesh: MeshLab, seconds: float, console: Console) -> dict[str, Any]:
+    """CPU used by each agent process (all its threads; not wireguard-go) while nothing
+    happens, in % of one core; the worst agent counts."""
+    procs = {n: a.proc.pid for n, a in mesh.agents.items() if a.proc is not None}
+    before = {n: _cpu_seconds(pid) for n, pid in procs.items()}
+    time.sleep(seconds)  # the measurement window itself, not a synchronisation
+    pct = {n: (_cpu_seconds(pid) - before[n]) / seconds * 100 for n, pid in procs.items()}
+    console.print("idle agents, % of a core over "
+                  f"{seconds:g} s: " + ", ".join(f"{n} {v:.2f}" for n, v in pct.items()))
+    return {"idle_agent_cpu_pct": round(max(pct.values()), 2)}
 
 
 def active_router(mesh: MeshLab, client: str, prefix: str) -> str | None:
@@ -222,7 +279,9 @@ def start_mesh(mesh: MeshLab) -> None:
 
 
 def run_dataplane(console: Console, rounds: int = 4, seconds: float = 4.0,
+                  lossy_minutes: float = 5.0, lossy_trials: int = 9,
                   run_id: str | None = None) -> dict[str, Any]:
+    """Every section; `lossy_minutes` 0 skips the lossy network (its figures stay null)."""
     result: dict[str, Any] = dict.fromkeys(FIELDS)
     with mesh_lab(Layout.public([CLIENT, SERVER, ROUTER]), console, run_id) as mesh, \
             raw_pair(mesh.topo) as raw:
@@ -232,8 +291,11 @@ def run_dataplane(console: Console, rounds: int = 4, seconds: float = 4.0,
         start_mesh(mesh)
         if ping_pairs([(raw.hosts[0], raw.server_ip)], 30)[("x1", raw.server_ip)] is None:
             raise LabError("the plain wireguard-go pair cannot ping")
+        result.update(idle_cpu(mesh, IDLE_WINDOW_S, console))
         result.update(throughput(mesh, raw, rounds, seconds, console))
         result.update(router_mtu(mesh, console))
+    if lossy_minutes > 0:
+        result.update(run_lossy(console, lossy_minutes, lossy_trials))
     return result
 
 
