@@ -44,7 +44,7 @@ FAILBACK_MODES: tuple[Failback, ...] = ("never", "preferred")
 # already caused a missed deadline, so the bound never hides a dead router.
 _MAX_OUTSTANDING = 256
 # Probe loss is averaged over about this many probes' worth (1/gain)...
-_LOSS_GAIN = 1 / 64
+_LOSS_GAIN = 1 / 32
 # ... and a router is only declared dead on a run of losses less likely than this (log odds)...
 _ODDS = math.log(1e-6)
 # ... but loss beyond this is taken for outages, not noise: a router that loses more must
