@@ -409,3 +409,17 @@ def test_a_clean_path_keeps_the_short_deadline() -> None:
     died = sim.now
     sim.run(1)
     assert sim.switches()[-1][0] - died <= CFG.dead_after + INTERVAL + STEP
+
+
+def test_next_deadline_is_when_the_oldest_unanswered_probe_runs_out() -> None:
+    m = FailoverMachine(CFG)
+    m.set_routes(TWO, 0.0)
+    assert m.next_deadline() is None
+    m.probe_sent(A, 1.0)
+    m.probe_sent(A, 1.1)
+    m.probe_sent(B, 1.05)
+    assert m.next_deadline() == pytest.approx(1.0 + CFG.dead_after)
+    m.probe_reply(A, 1.0, 1.01)
+    assert m.next_deadline() == pytest.approx(1.05 + CFG.dead_after)
+    m.tick(2.0)  # both overdue: declared dead, nothing more to wait for
+    assert m.next_deadline() is None

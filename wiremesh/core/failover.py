@@ -242,6 +242,13 @@ class FailoverMachine:
         r = self._routers.get(key)
         return r.health if r else None
 
+    def next_deadline(self) -> float | None:
+        """When the oldest unanswered probe of some router that is not already dead runs
+        out of time (None: no probe is waiting): a caller ticks then."""
+        times = [r.outstanding[0] + r.deadline(self.config, self.probe_interval)
+                 for r in self._routers.values() if r.outstanding and not r.down]
+        return min(times, default=None)
+
     def routers(self) -> tuple[str, ...]:
         """Every candidate router of any prefix: the ones to probe."""
         return tuple(sorted(self._routers))
