@@ -15,6 +15,7 @@ from wiremesh.core.contact import FirstContact, initiates
 from wiremesh.core.wire import DEFAULT_MTU, Netmap, NetmapPeer, endpoint_host_port
 from wiremesh.firewall import nft
 from wiremesh.netlink.addresses import ensure_address, set_link_mtu
+from wiremesh.netlink.policyroute import FWMARK
 from wiremesh.netlink.sysctl import set_forwarding
 from wiremesh.wg.backend import WgBackend, WgPeerConfig
 from wiremesh.wg.keys import decode_key, public_key_of
@@ -86,7 +87,9 @@ class DataPlane:
         return self.contact.next_due()
 
     def start(self) -> None:
-        self.backend.set_device(self.private_key, self.config.listen_port)
+        # WireGuard's own packets carry the exit-node fwmark, so with an exit node they never
+        # loop into the tunnel (netlink/policyroute.py).
+        self.backend.set_device(self.private_key, self.config.listen_port, fwmark=FWMARK)
         ensure_address(self.config.interface, self.config.overlay_ip,
                        self.config.overlay_prefix_len)
 

@@ -6,7 +6,9 @@ handshake ages, and turns its decisions into data plane changes:
   the peers that lost or gained prefixes in ONE backend write, so there is never a moment with
   the prefix on two peers or on none;
 - kernel routes: every routed prefix goes `dev <wg interface>` (independent of the active
-  router, so a failover never touches them).
+  router, so a failover never touches them); the exit node's `0.0.0.0/0`, when this machine
+  opted in, goes in through policy routing instead (agent/exitnode.py), so the server, relays
+  and peers' endpoints stay outside.
 
 Everything is local: it keeps failing over with the server down.
 """
@@ -23,7 +25,9 @@ from collections.abc import AsyncIterator, Callable
 from pyroute2.netlink.exceptions import NetlinkError
 
 from wiremesh.agent.dataplane import desired_peers
+from wiremesh.agent.exitnode import ExitRouting
 from wiremesh.agent.prober import Prober
+from wiremesh.core.exitnode import EXIT_PREFIX, chosen_routes, is_exit
 from wiremesh.core.failover import PROBE_PORT, FailoverConfig, FailoverMachine
 from wiremesh.core.wire import Netmap, RouteEntry
 from wiremesh.netlink.routes import LinkMissing, sync_device_routes
@@ -45,6 +49,7 @@ class RouteManager:
         probe_port: int = PROBE_PORT,
         handshake_poll: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        exit_routing: ExitRouting | None = None,
     ) -> None:
         if probe_interval <= 0:
             raise ValueError(f"probe_interval: must be > 0, got {probe_interval!r}")
@@ -61,6 +66,9 @@ class RouteManager:
         # Set by a new netmap: wakes the loop, which sleeps while there is no router to probe.
         self._netmap_taken = asyncio.Event()
         self.failovers = 0
+        self.exit_routing = exit_routing
+        self.exit_choice: str | None = None  # None, "auto" or an exit node's name
+        self.exit_allow_lan = False
 
     # --- what the agent calls ------------------------------------------------------------
 
@@ -78,6 +86,12 @@ class RouteManager:
             if netmap is not None:
                 self._set_netmap(netmap)
             yield
+
+    def set_exit(self, choice: str | None, allow_lan: bool) -> None:
+        """The exit node choice; it takes effect with the next netmap taken (the agent
+        re-applies the one it holds)."""
+        self.exit_choice, self.exit_allow_lan = choice, allow_lan
+        self._routes_synced = False
 
     def routed_prefixes(self, key: str) -> tuple[str, ...]:
         """The prefixes peer `key` must carry in its allowed IPs right now (besides its own
@@ -143,8 +157,11 @@ class RouteManager:
         # WireGuard peer to put it on.
         routes = [
             RouteEntry(r.name, r.prefix, tuple(x for x in r.routers if x[0] in netmap.peers))
-            for r in netmap.routes.values()
+            for r in chosen_routes(netmap, self.exit_choice)
         ]
+        if self.exit_choice and not any(is_exit(r) for r in routes):
+            log.warning("exit node %s: not offered to this peer (policy); traffic leaves "
+                        "directly", self.exit_choice)
         before = self.machine.actives()
         self._note(self.machine.set_routes(routes, self._clock()), before)
         self._routes_synced = False
@@ -204,9 +221,15 @@ class RouteManager:
         self._dirty_peers.clear()
 
     async def _sync_routes(self) -> None:
-        prefixes = [p for p, k in self.machine.actives().items() if k is not None]
+        actives = self.machine.actives()
+        prefixes = [p for p, k in actives.items() if k is not None and p != EXIT_PREFIX]
         try:
             added, removed = await asyncio.to_thread(sync_device_routes, self.ifname, prefixes)
+            if self.exit_routing is not None:
+                # On while an exit route is chosen, even with no exit node alive: traffic
+                # then waits for one instead of leaving unprotected.
+                await asyncio.to_thread(self.exit_routing.sync, self.netmap,
+                                        EXIT_PREFIX in actives, self.exit_allow_lan)
         except LinkMissing:
             return  # the agent has not created the interface yet; try again next tick
         except _BACKEND_ERRORS as e:

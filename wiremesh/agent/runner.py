@@ -31,6 +31,7 @@ from wiremesh.agent.client import (
 from wiremesh.agent.connection import INSECURE_WARNING, Trust, TrustError, reason
 from wiremesh.agent.dataplane import DataPlane, first_endpoint, make_backend
 from wiremesh.agent.discovery import Discovery
+from wiremesh.agent.exitnode import ExitRouting
 from wiremesh.agent.names import NameService
 from wiremesh.agent.paths import PathManager
 from wiremesh.agent.portside import PortSide
@@ -159,7 +160,10 @@ class Agent:
         self._release: asyncio.Task | None = None
         self.prefs = prefs.load(state_dir)
         self.names: NameService | None = None
-        self.routes = RouteManager(self.state.config.interface)
+        cfg = self.state.config
+        self.routes = RouteManager(cfg.interface,
+                                   exit_routing=ExitRouting(cfg.interface, cfg.server))
+        self.routes.set_exit(self.prefs.exit_node, self.prefs.exit_allow_lan)
         metrics.FAILOVERS.set_function(lambda: self.routes.failovers)
         # The path manager points a peer's WireGuard endpoint at `relay.endpoint(key)` when
         # direct fails; the link stays connected either way so relayed peers reach us.
@@ -188,6 +192,20 @@ class Agent:
         if persist:
             self.state.netmap = netmap
             statefile.save(self.state_dir, self.state)
+
+    async def reload_prefs(self) -> None:
+        """Take the choices saved by `wiremesh set` (SIGHUP) without restarting the mesh."""
+        try:
+            new = prefs.load(self.state_dir)
+        except prefs.PrefsError as e:
+            log.error("keeping the current choices: %s", e)
+            return
+        log.info("choices reloaded: exit node %s%s", new.exit_node or "none",
+                 " (local networks outside)" if new.exit_node and new.exit_allow_lan else "")
+        self.prefs = new
+        self.routes.set_exit(new.exit_node, new.exit_allow_lan)
+        if self.dataplane is not None and self.state.netmap is not None:
+            await self._apply(self.state.netmap, persist=False)
 
     async def _rewrite_peers(self) -> None:
         """Rewrite the WireGuard peers (first contact due, a path changed) for the netmap the
@@ -283,6 +301,10 @@ class Agent:
                                    self.paths.endpoint if self.paths else first_endpoint)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(asyncio.to_thread, self.dataplane.close)
+            # Runs once the failover loop has stopped (callbacks run last first).
+            exit_routing = self.routes.exit_routing
+            if exit_routing is not None:
+                stack.push_async_callback(asyncio.to_thread, exit_routing.off)
             await asyncio.to_thread(self.dataplane.start)
             # Every peer answers failover probes; its ACL admits only peers that may use
             # its routes.
@@ -403,6 +425,14 @@ def run_forever(state_dir: Path, backend: str = "auto",
         assert task is not None
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
+        reloads: set[asyncio.Task] = set()
+
+        def reload() -> None:
+            t = asyncio.create_task(agent.reload_prefs())
+            reloads.add(t)
+            t.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         try:
             await agent.run()
         except asyncio.CancelledError:

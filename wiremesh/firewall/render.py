@@ -203,6 +203,9 @@ def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY, mtu: int = DEFAU
         "\tchain mesh_forward {",
         "\t\tct state established,related accept",
         "\t\tct state invalid drop",
+        # Never from the mesh back into it: an exit node's 0.0.0.0/0 grant must not carry a
+        # client to other peers (masqueraded as the exit node, around their own ACLs).
+        f"\t\tip daddr {overlay} counter drop",
         "\t\tip saddr . ip daddr @fwd_any accept",
         "\t\tip protocol icmp ip saddr . ip daddr @fwd_icmp accept",
         "\t\tip saddr . ip daddr . tcp dport @fwd_tcp accept",

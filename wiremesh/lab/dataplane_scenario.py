@@ -11,7 +11,9 @@
   sends no ICMP), and whose LAN filters ICMP; the client knows nothing of any of it and keeps
   the default MTU. Only the router's MSS clamp makes TCP fit;
 - routing over a lossy network: see lossy_scenario (a lab of its own, after this one);
-- the other sections (exit nodes, DNS) report null until they run.
+- exit nodes and names (lab/exit_scenario.py, a lab of its own): a client's traffic through an
+  exit node that is then killed (the interruption until it flows through the second), and
+  the latency of the client's resolver answering the names policy lets it see.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wiremesh.lab import iperf
+from wiremesh.lab.exit_scenario import run_exit_and_names
 from wiremesh.lab.layout import Layout
 from wiremesh.lab.lossy_scenario import run_lossy
 from wiremesh.lab.mesh import MeshLab, ping_pairs, wait_until
@@ -296,6 +299,7 @@ def run_dataplane(console: Console, rounds: int = 4, seconds: float = 4.0,
         result.update(router_mtu(mesh, console))
     if lossy_minutes > 0:
         result.update(run_lossy(console, lossy_minutes, lossy_trials))
+    result.update(run_exit_and_names(console))
     return result
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -36,14 +38,24 @@ def set_link_mtu(ifname: str, mtu: int) -> None:
         ipr.link("set", index=idx[0], mtu=mtu)
 
 
-def local_addresses(exclude_ifname: str) -> list[str]:
-    """Global-scope addresses of this namespace's interfaces, except `exclude_ifname` (the
-    WireGuard interface, whose overlay address is no candidate) and loopback."""
+def _global_addresses(exclude_ifname: str) -> list[tuple[str, int]]:
     out = []
     with IPRoute() as ipr:
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
         for a in ipr.get_addr():
             if a["scope"] != 0 or names.get(a["index"]) in (exclude_ifname, "lo"):
                 continue
-            out.append(a.get_attr("IFA_ADDRESS"))
+            out.append((a.get_attr("IFA_ADDRESS"), a["prefixlen"]))
     return out
+
+
+def local_addresses(exclude_ifname: str) -> list[str]:
+    """Global-scope addresses of this namespace's interfaces, except `exclude_ifname` (the
+    WireGuard interface, whose overlay address is no candidate) and loopback."""
+    return [addr for addr, _ in _global_addresses(exclude_ifname)]
+
+
+def local_networks(exclude_ifname: str) -> list[str]:
+    """The networks those addresses sit on (the local LANs), as prefixes."""
+    return sorted({str(ipaddress.ip_interface(f"{addr}/{plen}").network)
+                   for addr, plen in _global_addresses(exclude_ifname)})

@@ -72,7 +72,10 @@ class WgDeviceStatus:
 class WgBackend(Protocol):
     ifname: str
 
-    def set_device(self, private_key: str, listen_port: int) -> None: ...
+    def set_device(self, private_key: str, listen_port: int, fwmark: int = 0) -> None:
+        """`fwmark` marks the device's own (encrypted) packets, so policy routing can keep
+        them out of the tunnel (exit nodes)."""
+        ...
 
     def set_peers(
         self, upsert: list[WgPeerConfig], remove: list[str], replace_all: bool = False

@@ -50,8 +50,9 @@ class KernelBackend:
                     raise WgError(f"cannot create kernel WireGuard link {ifname}: {e}") from None
         self.wg = WireGuard()
 
-    def set_device(self, private_key: str, listen_port: int) -> None:
-        self.wg.set(self.ifname, private_key=private_key, listen_port=listen_port)
+    def set_device(self, private_key: str, listen_port: int, fwmark: int = 0) -> None:
+        self.wg.set(self.ifname, private_key=private_key, listen_port=listen_port,
+                    fwmark=fwmark)
 
     def set_peers(
         self, upsert: list[WgPeerConfig], remove: list[str], replace_all: bool = False

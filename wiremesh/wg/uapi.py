@@ -26,6 +26,7 @@ def render_set(
     *,
     private_key: str | None = None,
     listen_port: int | None = None,
+    fwmark: int | None = None,
     replace_all: bool = False,
 ) -> str:
     """The body of one UAPI `set=1` request (pure; tested without a device). Keys go through
@@ -39,6 +40,11 @@ def render_set(
                 or not 0 <= listen_port <= 65535:
             raise WgError(f"refusing listen port {listen_port!r}: not 0..65535")
         lines.append(f"listen_port={listen_port}")
+    if fwmark is not None:
+        if isinstance(fwmark, bool) or not isinstance(fwmark, int) \
+                or not 0 <= fwmark <= 0xFFFFFFFF:
+            raise WgError(f"refusing fwmark {fwmark!r}: not 0..2^32-1")
+        lines.append(f"fwmark={fwmark}")
     if replace_all:
         lines.append("replace_peers=true")
     for key in remove:
@@ -174,8 +180,9 @@ class WireguardGoBackend:
                 raise WgError(f"wireguard-go for {ifname} did not open its UAPI socket")
             time.sleep(0.01)
 
-    def set_device(self, private_key: str, listen_port: int) -> None:
-        self.client.set(render_set([], [], private_key=private_key, listen_port=listen_port))
+    def set_device(self, private_key: str, listen_port: int, fwmark: int = 0) -> None:
+        self.client.set(render_set([], [], private_key=private_key, listen_port=listen_port,
+                                   fwmark=fwmark))
 
     def set_peers(
         self, upsert: list[WgPeerConfig], remove: list[str], replace_all: bool = False

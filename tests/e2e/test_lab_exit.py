@@ -1,0 +1,64 @@
+"""Exit nodes end to end: a client's traffic to an "internet" host leaves through the exit node
+policy allows, fails over to the second one when the first dies, while the server and the
+peers' underlay addresses stay outside the tunnel; the choice changes on the running agent
+(`wiremesh set`), and nothing of it is left when the agent stops."""
+
+from __future__ import annotations
+
+import pytest
+from rich.console import Console
+
+from wiremesh.lab import exit_scenario as xs
+from wiremesh.lab.mesh import wait_until, wiremesh_cmd
+from wiremesh.lab.topology import mesh_lab
+from wiremesh.netlink.policyroute import BYPASS_PRIORITY, TUNNEL_PRIORITY
+
+pytestmark = pytest.mark.e2e
+
+LAN_HOST = "192.0.2.200"  # on c1's own network, neither the server nor a peer
+
+
+def our_rules(x: xs.ExitLab) -> list[str]:
+    rules = x.client.host.run(["ip", "rule"]).stdout.splitlines()
+    return [r for r in rules if r.startswith((f"{BYPASS_PRIORITY}:", f"{TUNNEL_PRIORITY}:"))]
+
+
+def test_exit_node_carries_traffic_fails_over_and_keeps_the_mesh_outside() -> None:
+    with mesh_lab(xs.LAYOUT, Console(quiet=True)) as mesh:
+        x = xs.build(mesh)
+        xs.start(x)
+        wg = x.client.ifname
+
+        result = xs.exit_section(x)
+        # Failing here means the server or a peer's endpoint was routed into the tunnel.
+        assert result["exit_outside_tunnel"] == {"server": True, "e1": True, "e2": True}
+        assert result["exit_web_into_tunnel"]
+        assert result["exit_failover_ms"] is not None, "traffic never came back through e2"
+        assert result["exit_node_ok"]
+        # The agent's own connection to the server did not go through the exit node.
+        assert x.client.metrics()["wiremesh_agent_server_connected"] == 1
+        assert x.client.host.http_get(f"{mesh.url}/healthz", ca_file=mesh.tls.ca_file)
+
+        # The local network goes through the exit node unless asked otherwise, which the
+        # running agent takes at once.
+        assert x.route_dev(LAN_HOST) == wg
+        def set_prefs(*args: str) -> None:
+            x.client.host.run(wiremesh_cmd("set", "--state-dir", str(x.client.state_dir),
+                                           *args))
+        set_prefs("--exit-node-allow-lan")
+        wait_until(lambda: x.route_dev(LAN_HOST) not in (None, wg), 10,
+                   "c1's LAN to leave the tunnel")
+        assert x.route_dev(x.web_ip) == wg
+
+        # Opting out gives the machine its own routing back: no way to the outside at all.
+        set_prefs("--exit-node", "none")
+        wait_until(lambda: x.route_dev(x.web_ip) is None, 10, "c1 to stop using an exit node")
+        assert our_rules(x) == []
+        set_prefs("--exit-node", "e2")
+        wait_until(lambda: x.flowing_via("e2"), 20, "traffic through e2, chosen by name")
+        assert our_rules(x)
+
+        mesh.stop_agent(x.client)
+        assert our_rules(x) == []
+        assert x.client.host.run(["ip", "route", "show", "table", "51820"],
+                                 check=False).stdout.strip() == ""
