@@ -23,6 +23,7 @@ from wiremesh.core.wire import (
     open_line,
     parse_message,
 )
+from wiremesh.server.admission import Openings
 from wiremesh.server.app import create_app
 from wiremesh.server.hub import delta_message
 from wiremesh.server.routes_agent import _stream
@@ -175,7 +176,7 @@ async def test_a_change_while_a_message_is_being_sent_is_not_lost() -> None:
     policy scenario's 15.5 s propagation)."""
     nm = Netmap(version=1, peer_id=1, name="a", overlay_ip="100.64.0.1")
     hub = _Hub(nm)
-    stream = _stream(hub, 1, PEER_KEY, 0)  # type: ignore[arg-type]
+    stream = _stream(hub, 1, PEER_KEY, 0, None, Openings().admit())  # type: ignore[arg-type]
     try:
         assert _open(await anext(stream))["type"] == "full"
         hub.publish(replace(nm, version=2, name="b"))
@@ -201,7 +202,7 @@ async def test_a_late_netmap_is_not_a_deletion(monkeypatch) -> None:
 
     monkeypatch.setattr(routes_agent, "KEEPALIVE_S", 0.05)
     hub = _Hub(None)
-    stream = _stream(hub, 1, PEER_KEY, 0)  # type: ignore[arg-type]
+    stream = _stream(hub, 1, PEER_KEY, 0, None, Openings().admit())  # type: ignore[arg-type]
     try:
         for _ in range(3):
             assert _open(await anext(stream)) == {"type": "ping", "version": 0}
@@ -210,7 +211,8 @@ async def test_a_late_netmap_is_not_a_deletion(monkeypatch) -> None:
         assert _open(await anext(stream))["type"] == "full"
     finally:
         await stream.aclose()
-    gone = _stream(_Hub(None, exists=False), 1, PEER_KEY, 0)  # type: ignore[arg-type]
+    gone = _stream(_Hub(None, exists=False), 1, PEER_KEY, 0, None,  # type: ignore[arg-type]
+                   Openings().admit())
     assert _open(await anext(gone)) == {"type": "deleted", "peer_id": 1, "public_key": PEER_KEY}
 
 

@@ -68,7 +68,7 @@ async def test_enrol_and_stream_over_verified_tls(tls_server: TlsServer) -> None
     got = await enroll(tls_server.url, {
         "setup_key": key, "public_key": me,
         "hostname": "a", "endpoints": ["192.0.2.7:51820"]}, trust)
-    client = ServerClient(tls_server.url, got["token"], trust)
+    client = ServerClient([tls_server.url], got["token"], trust)
     try:
         first = await anext(aiter(client.netmap_stream(0)))
     finally:
@@ -127,7 +127,7 @@ async def test_unknown_token_is_refused_credentials_not_a_deleted_peer(
         tls_server: TlsServer) -> None:
     # What an agent hears from a server restored from an old backup: a 401, which must not
     # read as "this peer was deleted" (the agent would tear its mesh down).
-    client = ServerClient(tls_server.url, "wmp_unknown", Trust(str(tls_server.pki.ca_file)))
+    client = ServerClient([tls_server.url], "wmp_unknown", Trust(str(tls_server.pki.ca_file)))
     try:
         with pytest.raises(CredentialsRefused, match="refuses this peer's token"):
             await client.report_endpoints(51820, [], [])

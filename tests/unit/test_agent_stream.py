@@ -79,7 +79,7 @@ class _Client:
                                candidates: list) -> dict:
         return {}
 
-    async def netmap_stream(self, since: int):
+    async def netmap_stream(self, since: int, digest: str | None = None):
         for line in self.lines:
             yield line
 

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import fields, replace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from wiremesh.core.models import PortRange
-from wiremesh.core.netmap import DeltaMismatch, apply_delta, diff
+from wiremesh.core.netmap import DIGESTED, DeltaMismatch, apply_delta, diff, digest
 from wiremesh.core.wire import (
     DeltaMessage,
     ForwardRule,
@@ -90,3 +91,18 @@ def test_delta_carries_only_changes() -> None:
         "from_version": 1, "to_version": 2, "upsert_peers": [
             {"public_key": moved.public_key, "name": "y", "overlay_ip": "100.64.0.3",
              "endpoints": ["192.0.2.9:51820"]}]}
+
+
+@given(netmaps(5), netmaps(6))
+def test_digest_is_content_not_version_nor_order(a: Netmap, b: Netmap) -> None:
+    """Equal content, equal digest, whatever the version and however the wire reordered
+    sets and maps; different content, different digest."""
+    msg = parse_message(encode_message(FullMessage(netmap=a)))
+    assert isinstance(msg, FullMessage)
+    back = replace(msg.netmap, version=9, peers=dict(reversed(msg.netmap.peers.items())))
+    assert digest(back) == digest(a)
+    assert (digest(a) == digest(b)) == (replace(a, version=0) == replace(b, version=0))
+
+
+def test_digest_covers_every_netmap_field() -> None:
+    assert tuple(f.name for f in fields(Netmap)) == DIGESTED

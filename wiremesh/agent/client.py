@@ -19,6 +19,15 @@ class ServerRefused(RuntimeError):
     """The server answered with an error that retrying will not fix."""
 
 
+class ServerBusy(ServerRefused):
+    """The server sheds load (HTTP 503): try again after `retry_after` seconds, or another
+    replica."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class PeerDeleted(RuntimeError):
     pass
 
@@ -57,10 +66,27 @@ async def enroll(server: str, body: dict[str, Any], trust: Trust,
     return enrolled
 
 
+def _retry_after(r: httpx.Response) -> float:
+    try:
+        return min(max(float(r.headers.get("retry-after", "")), 0.0), 60.0)
+    except ValueError:
+        return 1.0
+
+
 class ServerClient:
-    def __init__(self, server: str, token: str, trust: Trust) -> None:
-        self.server, self.token, self.trust = server, token, trust
+    """Talks to one server URL at a time; `next_server` moves on to the next replica."""
+
+    def __init__(self, servers: list[str], token: str, trust: Trust) -> None:
+        self.servers, self.token, self.trust = servers, token, trust
+        self.server = servers[0]
         self.http = self._new()
+
+    async def next_server(self) -> None:
+        """Use the next replica (in turn) from now on; no-op with a single URL."""
+        if len(self.servers) > 1:
+            self.server = self.servers[(self.servers.index(self.server) + 1)
+                                       % len(self.servers)]
+            await self.reset()
 
     def _new(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -82,6 +108,8 @@ class ServerClient:
     def _check(self, r: httpx.Response) -> None:
         if r.status_code == 401:
             raise CredentialsRefused(f"server refuses this peer's token: {_problem(r)}")
+        if r.status_code == 503:
+            raise ServerBusy(f"server busy: {_problem(r)}", _retry_after(r))
         if r.status_code >= 400:
             raise ServerRefused(f"server answered {r.status_code}: {_problem(r)}")
 
@@ -99,10 +127,13 @@ class ServerClient:
         """How this agent reaches each peer (direct or relayed), for `peers list`."""
         self._check(await self.http.put("/api/v1/agent/paths", json={"peers": peers}))
 
-    async def netmap_stream(self, since: int) -> AsyncIterator[str]:
-        """The stream's lines as they come; the caller validates each one."""
-        async with self.http.stream("GET", "/api/v1/agent/netmap",
-                                    params={"since": since}) as r:
+    async def netmap_stream(self, since: int, digest: str | None = None) -> AsyncIterator[str]:
+        """The stream's lines as they come; the caller validates each one. `digest` (of the
+        netmap at `since`) lets a replica that never numbered it resume with a delta."""
+        params: dict[str, str | int] = {"since": since}
+        if digest is not None:
+            params["digest"] = digest
+        async with self.http.stream("GET", "/api/v1/agent/netmap", params=params) as r:
             if r.status_code >= 400:
                 await r.aread()
                 self._check(r)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import signal
 import socket
 import time
@@ -23,6 +24,7 @@ from wiremesh.agent import state as statefile
 from wiremesh.agent.client import (
     CredentialsRefused,
     PeerDeleted,
+    ServerBusy,
     ServerClient,
     ServerRefused,
     enroll,
@@ -40,7 +42,7 @@ from wiremesh.agent.relay_link import RelayLink, relay_urls
 from wiremesh.agent.routes import RouteManager
 from wiremesh.agent.state import AgentConfig, AgentState
 from wiremesh.agent.sysdns import system_dns
-from wiremesh.core.netmap import DeltaMismatch, apply_delta
+from wiremesh.core.netmap import DeltaMismatch, apply_delta, digest
 from wiremesh.core.wire import (
     BadMessage,
     DeletedMessage,
@@ -60,6 +62,7 @@ from wiremesh.wg.keys import load_or_create_private_key, public_key_of
 log = logging.getLogger("wiremesh.agent")
 PATH_REPORT_S = 2.0
 # A refused token is an operator's problem, not a network blip: ask again slowly.
+BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0  # reconnecting after the server or the network failed
 REFUSED_BACKOFF_MIN = 5.0
 REFUSED_BACKOFF_MAX = 120.0
 
@@ -71,6 +74,7 @@ class ResyncNeeded(Exception):
 async def enroll_peer(
     state_dir: Path, server: str, setup_key: str, name: str | None, interface: str,
     listen_port: int, endpoints: list[str], trust: Trust, server_fingerprint: str | None = None,
+    replicas: list[str] | None = None,
 ) -> AgentState:
     """Generate (or reuse) the key pair locally, enrol with the public key, save the state.
 
@@ -104,6 +108,7 @@ async def enroll_peer(
         overlay_ip=got["overlay_ip"], overlay_prefix_len=got["overlay_prefix_len"],
         interface=interface, listen_port=listen_port, endpoints=endpoints,
         ca_file=trust.ca_file, insecure=trust.insecure, server_key=pinned,
+        replicas=list(replicas or []),
     )
     st = AgentState(cfg)
     statefile.save(state_dir, st)
@@ -250,11 +255,12 @@ class Agent:
         refresh = asyncio.create_task(discovery.run())
         reports = asyncio.create_task(self._report_paths(client))
         try:
-            since = self.state.netmap.version if self.state.netmap and not self.want_full else 0
+            held = self.state.netmap if not self.want_full else None
+            since = held.version if held else 0
             metrics.SERVER_CONNECTED.set(1)
             metrics.CREDENTIALS_REFUSED.set(0)
             self.refusals = 0
-            async for line in client.netmap_stream(since):
+            async for line in client.netmap_stream(since, digest(held) if held else None):
                 try:
                     msg = self._verified(line)
                 except BadMessage as e:
@@ -342,17 +348,17 @@ class Agent:
             if self.paths is not None:
                 self.paths.relay = self.relay
                 self.paths.table.relay = bool(held)
-            client = ServerClient(cfg.server, cfg.token, cfg.trust)
+            client = ServerClient(cfg.servers, cfg.token, cfg.trust)
             stack.push_async_callback(client.close)
             discovery = Discovery(client, cfg, self.portside, on_moved=self._moved)
             await self._follow_forever(client, discovery)
 
     async def _follow_forever(self, client: ServerClient, discovery: Discovery) -> None:
-        backoff = 0.5
+        backoff = BACKOFF_MIN
         while True:
             try:
                 await self._follow(client, discovery)
-                backoff = 0.5
+                backoff = BACKOFF_MIN
             except ResyncNeeded as e:
                 # Keep enforcing what we hold while asking for a full map.
                 log.warning("netmap resync: %s", e)
@@ -371,18 +377,33 @@ class Agent:
                 self.refusals += 1
                 log.error("%s: %s; keeping the mesh on netmap version=%s and asking again in "
                           "%.0f s (if this peer should go, run `wiremesh down` on it)",
-                          self.state.config.server, e,
+                          client.server, e,
                           self.state.netmap.version if self.state.netmap else None,
                           refused_backoff)
                 await asyncio.sleep(refused_backoff)
                 continue
+            except ServerBusy as e:
+                metrics.SERVER_CONNECTED.set(0)
+                log.info("%s: %s; trying again in about %.0f s", client.server, e,
+                         e.retry_after)
+                await client.next_server()
+                await asyncio.sleep(jittered(max(e.retry_after, backoff)))
+                continue
             except (httpx.HTTPError, OSError, ServerRefused, ValueError) as e:
                 metrics.SERVER_CONNECTED.set(0)
                 log.warning("no netmap from %s (%s); keeping netmap version=%s",
-                            self.state.config.server, reason(e),
+                            client.server, reason(e),
                             self.state.netmap.version if self.state.netmap else None)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+                # Another replica (when there are several) serves the same mesh.
+                await client.next_server()
+            await asyncio.sleep(jittered(backoff))
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+
+def jittered(delay: float) -> float:
+    """`delay` spread over +-50%: agents that lost the same replica come back spread out,
+    not all in the same instant."""
+    return delay * random.uniform(0.5, 1.5)
 
 
 async def _until_trusted(cfg: AgentConfig) -> None:

@@ -57,10 +57,16 @@ class AgentConfig:
     insecure: bool = False
     # This peer's WireGuard MTU (`wiremesh up --mtu`), over the netmap's mesh-wide one.
     mtu: Mtu | None = None
+    # Other replicas of the same server (one database), tried in turn when `server` fails.
+    replicas: list[str] = Field(default_factory=list)
 
     @property
     def trust(self) -> Trust:
         return Trust(self.ca_file, self.insecure)
+
+    @property
+    def servers(self) -> list[str]:
+        return [self.server, *(u for u in self.replicas if u != self.server)]
 
 
 _CONFIG = TypeAdapter(AgentConfig)

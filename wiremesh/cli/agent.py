@@ -58,7 +58,10 @@ def _listen(value: str | None) -> tuple[str, int] | None:
 
 
 def up(
-    server: str = typer.Option(..., "--server", envvar="WIREMESH_SERVER", help="Server URL"),
+    servers: list[str] = typer.Option(
+        ..., "--server", envvar="WIREMESH_SERVER",
+        help="Server URL; repeatable: replicas of one server (same database), tried in turn "
+             "when one fails"),
     setup_key: str = typer.Option(..., "--setup-key", envvar="WIREMESH_SETUP_KEY",
                                   help="Setup key from `wiremesh keys create`"),
     name: str | None = typer.Option(None, "--name", help="Peer name (default: hostname)"),
@@ -100,6 +103,7 @@ def up(
     """
     from wiremesh.agent.runner import enroll_peer
 
+    server, replicas = servers[0], servers[1:]
     setup_logging(verbose)
     _check_backend(backend)
     if len(interface) > 15:
@@ -114,9 +118,12 @@ def up(
                 resolv_conf=None if resolv_conf is None else str(resolv_conf.absolute()))
     if enrolled_with is None:
         trust = server_trust(server, ca_file, insecure)
+        for url in replicas:
+            server_trust(url, ca_file, insecure)
         try:
             st = asyncio.run(enroll_peer(state_dir, server, setup_key, name, interface,
-                                         listen_port, endpoint, trust, server_fingerprint))
+                                         listen_port, endpoint, trust, server_fingerprint,
+                                         replicas))
         except ServerRefused as e:
             fail(str(e))
         except (OSError, httpx.HTTPError) as e:

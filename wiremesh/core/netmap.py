@@ -7,6 +7,9 @@ its view (it asks for a full map instead).
 
 from __future__ import annotations
 
+import hashlib
+
+from wiremesh.core.models import PortRange
 from wiremesh.core.wire import (
     Netmap,
     NetmapDelta,
@@ -72,3 +75,29 @@ def apply_delta(old: Netmap, delta: NetmapDelta) -> Netmap:
         dns=delta.dns if delta.dns is not None else old.dns,
         mtu=delta.mtu if delta.mtu is not None else old.mtu,
     )
+
+
+def digest(nm: Netmap) -> str:
+    """What a netmap holds, version aside, as 32 hex digits: equal netmaps have equal digests
+    in any process (sets and maps are sorted, never taken in hash order). A replica that
+    never saw an agent's version can still tell that the agent holds what it would send."""
+    def ports(ps: tuple[PortRange, ...]) -> tuple[str, ...]:
+        return tuple(str(p) for p in ps)
+
+    canon = (
+        nm.peer_id, nm.name, nm.overlay_ip,
+        sorted((p.public_key, p.name, p.overlay_ip, tuple(p.endpoints))
+               for p in nm.peers.values()),
+        sorted((r.src, r.proto, ports(r.ports)) for r in nm.inbound),
+        sorted((r.name, r.prefix, tuple((k, m) for k, m in r.routers))
+               for r in nm.routes.values()),
+        sorted((f.src, f.prefix, f.proto, ports(f.ports)) for f in nm.forward),
+        sorted(nm.masquerade), tuple(nm.relays),
+    )
+    return hashlib.blake2b(repr(canon).encode(), digest_size=16).hexdigest()
+
+
+# The fields `digest` covers: a new Netmap field must be added there too (a unit test holds
+# this list to the dataclass).
+DIGESTED = ("version", "peer_id", "name", "overlay_ip", "peers", "inbound", "routes",
+            "forward", "masquerade", "relays")

@@ -22,6 +22,7 @@ from wiremesh.server import (
     routes_relay,
     routes_tokens,
 )
+from wiremesh.server.admission import Openings
 from wiremesh.server.bodylimit import BodyLimit
 from wiremesh.server.enrolment import EnrolmentQueue
 from wiremesh.server.hub import NetmapHub
@@ -68,6 +69,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
         await hub.refresh()
         enrolments = EnrolmentQueue(store.enrolment)
         app.state.store, app.state.hub, app.state.enrolments = store, hub, enrolments
+        app.state.openings = Openings()
         app.state.relay = RelaySwitch(routes_relay.HubAuthority(store, hub)) if relay else None
         stun = await start_stun(*stun_listen) if stun_listen else None
         app.state.stun_port = stun_listen[1] if stun_listen else None

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from wiremesh.core.models import MeshState
-from wiremesh.core.netmap import diff
+from wiremesh.core.netmap import diff, digest
 from wiremesh.core.policy import PolicyCompiler
 from wiremesh.core.wire import (
     DEFAULT_MTU,
@@ -80,6 +80,7 @@ class NetmapHub:
         self.current: dict[int, Netmap] = {}
         self.history: dict[int, deque[Netmap]] = {}
         self._waiters: dict[int, set[asyncio.Event]] = {}
+        self._digests: dict[int, tuple[int, str]] = {}  # peer id -> (version, digest of it)
         self._lock = asyncio.Lock()
         self._dirty = asyncio.Event()
         self._stopping = False
@@ -114,6 +115,7 @@ class NetmapHub:
                 if nm is None:
                     current.pop(pid, None)
                     self.history.pop(pid, None)
+                    self._digests.pop(pid, None)
                     continue
                 current[pid] = replace(nm, version=rev, relays=self.relays, dns=self.dns,
                                        mtu=self.mtu)
@@ -181,14 +183,31 @@ class NetmapHub:
             if not waiters:
                 del self._waiters[peer_id]
 
-    def base_for(self, peer_id: int, version: int) -> Netmap | None:
-        """The netmap an agent at `version` holds, if we still know it."""
+    def base_for(self, peer_id: int, version: int, held: str | None = None) -> Netmap | None:
+        """The netmap an agent at `version` holds, if we know it: by version, or by the
+        digest `held` of its content when the version is not one of ours (numbered by
+        another replica, or by this one before a restart). A netmap found by digest is
+        returned under the agent's version, so what follows is a delta from it."""
         cur = self.current.get(peer_id)
         if cur is not None and cur.version == version:
             return cur
-        for old in self.history.get(peer_id, ()):
+        history = self.history.get(peer_id, ())
+        for old in history:
             if old.version == version:
                 return old
+        if held is None or cur is None:
+            return None
+        if self.digest(cur) == held:
+            # Same content under the agent's number. Versions are store revisions: one
+            # above ours came from a replica that read a later revision, and our next
+            # change gets a revision above it, so the stream goes on with deltas.
+            return replace(cur, version=version)
+        if cur.version > version:
+            # The agent is behind us: a delta from the older netmap it holds, when we have
+            # it, leads forward to ours.
+            for old in reversed(history):
+                if digest(old) == held:
+                    return replace(old, version=version)
         return None
 
     def netmap(self, peer_id: int) -> Netmap | None:
@@ -213,6 +232,13 @@ class NetmapHub:
     def snapshot(self) -> tuple[MeshState, Mapping[int, Netmap] | None]:
         """The mesh as of the last refresh, and its compiled netmaps (None before one)."""
         return self.state, self.compiler.netmaps if self.compiler else None
+
+    def digest(self, nm: Netmap) -> str:
+        """The digest of a peer's current netmap, computed once per version."""
+        got = self._digests.get(nm.peer_id)
+        if got is None or got[0] != nm.version:
+            got = self._digests[nm.peer_id] = (nm.version, digest(nm))
+        return got[1]
 
     @property
     def streams(self) -> int:

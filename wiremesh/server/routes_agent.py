@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from wiremesh.core.ipam import OVERLAY_NET
 from wiremesh.core.wire import (
@@ -20,7 +20,9 @@ from wiremesh.core.wire import (
     encode_message,
 )
 from wiremesh.server import metrics
+from wiremesh.server.admission import Opening, Openings
 from wiremesh.server.auth import current_peer
+from wiremesh.server.errors import problem
 from wiremesh.server.hub import NetmapHub
 from wiremesh.server.schemas import (
     EndpointAnswer,
@@ -92,8 +94,8 @@ async def report_paths(body: PathsReport, request: Request,
     request.app.state.paths[peer.id] = body.peers
 
 
-async def _stream(hub: NetmapHub, peer_id: int, public_key: str,
-                  since: int) -> AsyncIterator[bytes]:
+async def _stream(hub: NetmapHub, peer_id: int, public_key: str, since: int,
+                  held: str | None, opening: Opening) -> AsyncIterator[bytes]:
     """Every line is signed for this peer (`public_key`), so no other peer can replay it."""
 
     def seal(msg: StreamMessage) -> bytes:
@@ -108,7 +110,8 @@ async def _stream(hub: NetmapHub, peer_id: int, public_key: str,
             hub.poke()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), KEEPALIVE_S)
-        sent: Netmap | None = hub.base_for(peer_id, since) if since else None
+        sent: Netmap | None = hub.base_for(peer_id, since, held) if since else None
+        ping: tuple[int, bytes] | None = None  # the last keepalive line, reused while current
         while True:
             # Cleared before reading: a change landing while a message is being sent (the
             # yield below) must wake the next wait, not wait for the keepalive 15 s later.
@@ -126,25 +129,41 @@ async def _stream(hub: NetmapHub, peer_id: int, public_key: str,
             elif sent is None:
                 yield seal(FullMessage.model_construct(netmap=cur))
                 metrics.PUSHES.labels("full").inc()
-            elif sent.version != cur.version:
+                sent = cur
+            elif sent.version < cur.version:
                 yield hub.delta_line(peer_id, public_key, sent, cur)
                 metrics.PUSHES.labels("delta").inc()
+                sent = cur
             else:
-                yield seal(PingMessage.model_construct(version=cur.version))
-            sent = cur if cur is not None else sent
+                # The agent holds what we hold (under its own number, after a resume from
+                # another replica: then `sent` is ahead of `cur`).
+                if ping is None or ping[0] != sent.version:
+                    ping = (sent.version, seal(PingMessage.model_construct(
+                        version=sent.version)))
+                yield ping[1]
+            opening.done()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), KEEPALIVE_S)
     finally:
+        opening.done()
         hub.unsubscribe(peer_id, ev)
         metrics.STREAMS.dec()
 
 
-@router.get("/agent/netmap")
+@router.get("/agent/netmap", response_model=None)
 async def netmap_stream(
     request: Request,
     since: int = Query(0, ge=0, description="netmap version the agent holds (0 = none)"),
+    digest: str | None = Query(
+        None, pattern="^[0-9a-f]{32}$",
+        description="digest of the netmap the agent holds (core.netmap.digest): lets a "
+                    "replica that does not know `since` resume with a delta"),
     peer: Peer = Depends(current_peer),
-) -> StreamingResponse:
-    return StreamingResponse(_stream(request.app.state.hub, peer.id, peer.public_key, since),
-                             media_type="application/x-ndjson",
-                             headers={"Cache-Control": "no-store"})
+) -> StreamingResponse | JSONResponse:
+    opening = request.app.state.openings.admit()
+    if opening is None:
+        return problem(503, "Busy", "too many netmap streams opening at once; retry later",
+                       headers={"Retry-After": Openings.retry_after()})
+    return StreamingResponse(
+        _stream(request.app.state.hub, peer.id, peer.public_key, since, digest, opening),
+        media_type="application/x-ndjson", headers={"Cache-Control": "no-store"})
