@@ -194,26 +194,33 @@ def _open(line: bytes) -> dict:
     return json.loads(open_line(SIGNER.public_key, PEER_KEY, line))
 
 
-async def test_a_late_netmap_is_not_a_deletion(monkeypatch) -> None:
+async def test_a_late_netmap_is_not_a_deletion() -> None:
     """A peer whose netmap is not compiled yet (enrolled a moment ago, maybe through another
     replica) gets keepalives until it comes, never `deleted`; a peer gone from the store
     gets `deleted`, signed for it."""
-    from wiremesh.server import routes_agent
-
-    monkeypatch.setattr(routes_agent, "KEEPALIVE_S", 0.05)
-    hub = _Hub(None)
+    hub, gone_hub = _Hub(None), _Hub(None, exists=False)
     stream = _stream(hub, 1, PEER_KEY, 0, None, Openings().admit())  # type: ignore[arg-type]
+
+    async def keepalive_timer() -> None:  # the hub's, faster
+        while True:
+            await asyncio.sleep(0.05)
+            for ev in (*hub.waiters, *gone_hub.waiters):
+                ev.set()
+
+    timer = asyncio.create_task(keepalive_timer())
     try:
         for _ in range(3):
             assert _open(await anext(stream)) == {"type": "ping", "version": 0}
         assert hub.pokes >= 3
         hub.publish(Netmap(version=4, peer_id=1, name="a", overlay_ip="100.64.0.1"))
         assert _open(await anext(stream))["type"] == "full"
+        gone = _stream(gone_hub, 1, PEER_KEY, 0, None,  # type: ignore[arg-type]
+                       Openings().admit())
+        assert _open(await anext(gone)) == {"type": "deleted", "peer_id": 1,
+                                            "public_key": PEER_KEY}
     finally:
+        timer.cancel()
         await stream.aclose()
-    gone = _stream(_Hub(None, exists=False), 1, PEER_KEY, 0, None,  # type: ignore[arg-type]
-                   Openings().admit())
-    assert _open(await anext(gone)) == {"type": "deleted", "peer_id": 1, "public_key": PEER_KEY}
 
 
 def test_stream_is_signed_for_the_peer(live) -> None:

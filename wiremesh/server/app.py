@@ -74,6 +74,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
         stun = await start_stun(*stun_listen) if stun_listen else None
         app.state.stun_port = stun_listen[1] if stun_listen else None
         tasks = [asyncio.create_task(hub.run(poll_interval)),
+                 asyncio.create_task(hub.keepalives()),
                  asyncio.create_task(enrolments.run())]
         # Changes committed through other replicas wake the hub at once (PostgreSQL);
         # the revision poll stays as the fallback.

@@ -28,8 +28,13 @@ from wiremesh.core.wire import (
 )
 
 log = logging.getLogger("wiremesh.server.hub")
-HISTORY = 16  # old versions kept per peer so a reconnecting agent gets a delta, not a full map
+# Old versions kept per peer, so an agent reconnecting at one gets a delta, not a full map
+# (one that holds the current content resumes by its digest, whatever its version). Each is
+# a whole netmap: at 10,000 peers more would cost gigabytes.
+HISTORY = 4
 COALESCE_S = 0.1  # a burst of changes (enrolments, a policy apply) becomes one refresh
+KEEPALIVE_S = 15.0  # each open stream sends a keepalive line this often when idle
+TICK_S = 1.0  # the keepalive timer wakes 1/15 of the streams each second
 
 
 def delta_message(signer: Signer, peer_key: str, old: Netmap, new: Netmap) -> bytes:
@@ -165,6 +170,20 @@ class NetmapHub:
                 await self.refresh()
             except Exception:
                 log.exception("netmap refresh failed")
+
+    async def keepalives(self) -> None:
+        """Wake every stream once per KEEPALIVE_S, so an idle one sends a keepalive line.
+        One timer for all streams, a slice of them per tick: no per-stream timers waking
+        the loop, and no burst of 10,000 lines at once."""
+        buckets = round(KEEPALIVE_S / TICK_S)
+        tick = 0
+        while not self._stopping:
+            await asyncio.sleep(TICK_S)
+            tick = (tick + 1) % buckets
+            for pid, waiters in self._waiters.items():
+                if pid % buckets == tick:
+                    for ev in waiters:
+                        ev.set()
 
     def stop(self) -> None:
         """End `run` at its next safe point (never in the middle of a store read)."""

@@ -3,8 +3,6 @@ line; the messages are defined in core/wire.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -36,7 +34,6 @@ from wiremesh.store.enrolment import NewPeer
 from wiremesh.store.tables import Peer
 
 router = APIRouter(prefix="/api/v1")
-KEEPALIVE_S = 15.0
 
 
 def _observed(request: Request, endpoints: list[str]) -> list[str]:
@@ -108,8 +105,7 @@ async def _stream(hub: NetmapHub, peer_id: int, public_key: str, since: int,
             # Enrolled a moment ago (here or through another replica): the next coalesced
             # refresh brings its netmap and wakes us.
             hub.poke()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ev.wait(), KEEPALIVE_S)
+            await ev.wait()
         sent: Netmap | None = hub.base_for(peer_id, since, held) if since else None
         ping: tuple[int, bytes] | None = None  # the last keepalive line, reused while current
         while True:
@@ -142,8 +138,8 @@ async def _stream(hub: NetmapHub, peer_id: int, public_key: str, since: int,
                         version=sent.version)))
                 yield ping[1]
             opening.done()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ev.wait(), KEEPALIVE_S)
+            # Woken by a change to this peer's netmap, or by the hub's keepalive timer.
+            await ev.wait()
     finally:
         opening.done()
         hub.unsubscribe(peer_id, ev)

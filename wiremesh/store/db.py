@@ -64,7 +64,9 @@ def make_engine(url: str) -> AsyncEngine:
         path = make_url(aurl).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(aurl)
+        # A fixed pool: every aiosqlite connection is a thread, and overflow connections
+        # (opened and closed under load) would start and stop one per burst of requests.
+        engine = create_async_engine(aurl, pool_size=32, max_overflow=0)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
