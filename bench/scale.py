@@ -307,8 +307,7 @@ class Replica:
     log: Path
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _proc_cpu_s(self.proc.pid)
 
     def rss_mb(self) -> float:
         return rss_mb(self.proc.pid)
@@ -497,6 +496,8 @@ class Figures:
     enroll_per_s: float = 0.0
     enroll_tail_per_s: float = 0.0
     enroll_s: float = 0.0
+    enroll_latency_ms: list[float] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # during the enrolment phase
     change_ms: dict[str, list[float]] = field(default_factory=dict)
     change_missed: int = 0
     server_rss_mb: float = 0.0
@@ -518,6 +519,7 @@ def enrol_all(feed: Feed, n: int, fig: Figures, timeout: float) -> None:
     answered = sorted(b for _, b in feed.enrolled)
     fig.enroll_s = answered[-1] - asked
     fig.enroll_per_s = n / fig.enroll_s
+    fig.enroll_latency_ms = [(b - a) * 1e3 for a, b in feed.enrolled]
     tail = answered[int(0.9 * n):]
     if len(tail) > 1 and tail[-1] > tail[0]:
         fig.enroll_tail_per_s = (len(tail) - 1) / (tail[-1] - tail[0])
@@ -627,7 +629,9 @@ def run_mesh(args: argparse.Namespace, work: Path, db_url: str, n: int, replicas
                       f"({args.workers} load processes) ...")
         procs, feed = start_load([r.url for r in replicas], ca_file, agents, args.workers,
                                  args.concurrency, 0 if org is not None else n - 1)
+        cpu0 = _cpu(replicas, procs)
         enrol_all(feed, n, fig, timeout=max(300, n / 5))
+        fig.cpu_s = {k: v - cpu0[k] for k, v in _cpu(replicas, procs).items()}
         if org is None:
             feed.wait(lambda: len({e[1] for e in feed.events if e[2] == "complete"}) >= n,
                       600, "every netmap to hold every peer")
@@ -653,6 +657,18 @@ def run_mesh(args: argparse.Namespace, work: Path, db_url: str, n: int, replicas
         stop_replicas(replicas)
 
 
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(replicas: list[Replica], procs: list[Any]) -> dict[str, float]:
+    """CPU seconds so far: the servers, the load processes, and the wall clock."""
+    return {"servers": sum(r.cpu_s() for r in replicas),
+            "load processes": sum(_proc_cpu_s(p.pid) for p in procs),
+            "wall": time.monotonic()}
+
+
 def _check_fd_limit(need: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < need <= hard or (hard == resource.RLIM_INFINITY and soft < need):
@@ -669,6 +685,9 @@ def table(args: argparse.Namespace, fig: Figures) -> Table:
     t.add_column("value", justify="right")
     t.add_row("enrolments per second (streams open)", f"{fig.enroll_per_s:.0f}")
     t.add_row("  last 10% of enrolments, per second", f"{fig.enroll_tail_per_s:.0f}")
+    t.add_row("  one enrolment's latency", f"p50 {statistics.median(fig.enroll_latency_ms):.0f} "
+              f"ms, p99 {_pct(fig.enroll_latency_ms, 0.99):.0f} ms")
+    t.add_row("  CPU used meanwhile", ", ".join(f"{k} {v:.0f} s" for k, v in fig.cpu_s.items()))
     for kind, xs in fig.change_ms.items():
         t.add_row(f"change propagation, {kind} (n={len(xs)})",
                   f"p50 {statistics.median(xs):.0f} ms, p99 {_pct(xs, 0.99):.0f} ms")
