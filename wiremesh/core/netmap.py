@@ -94,6 +94,7 @@ def digest(nm: Netmap) -> str:
         sorted((f.src, f.prefix, f.proto, ports(f.ports)) for f in nm.forward),
         sorted(nm.masquerade), tuple(nm.relays),
         (nm.dns.domain, tuple((z.zone, tuple(z.nameservers)) for z in nm.dns.zones)),
+        nm.mtu,
     )
     return hashlib.blake2b(repr(canon).encode(), digest_size=16).hexdigest()
 
@@ -101,4 +102,4 @@ def digest(nm: Netmap) -> str:
 # The fields `digest` covers: a new Netmap field must be added there too (a unit test holds
 # this list to the dataclass).
 DIGESTED = ("version", "peer_id", "name", "overlay_ip", "peers", "inbound", "routes",
-            "forward", "masquerade", "relays", "dns")
+            "forward", "masquerade", "relays", "dns", "mtu")
