@@ -43,8 +43,12 @@ FAILBACK_MODES: tuple[Failback, ...] = ("never", "preferred")
 # Probes still waiting for an answer, per router. Old entries are dropped only once they have
 # already caused a missed deadline, so the bound never hides a dead router.
 _MAX_OUTSTANDING = 256
-# Probe loss is averaged over about this many probes' worth (1/gain)...
-_LOSS_GAIN = 1 / 32
+# Probe loss is estimated quick to rise and slow to fall (a lost probe adds 1/16 of what is
+# left, an answer takes 1/256 off): a path that loses now and then keeps its long deadline
+# instead of dipping back to the short one between losses (in the lab, on 2 % loss per link,
+# an average over 32 probes still let both clients fail over for nothing)...
+_LOSS_RISE = 1 / 16
+_LOSS_DECAY = 1 / 256
 # ... and a router is only declared dead on a run of losses less likely than this (log odds)...
 _ODDS = math.log(1e-6)
 # ... but loss beyond this is taken for outages, not noise: a router that loses more must
@@ -99,7 +103,7 @@ class _Router:
     health: Health = Health.UNKNOWN
     srtt: float | None = None  # smoothed probe round trip (s), None before the first answer
     rttvar: float = 0.0
-    loss: float = 0.0  # moving average of probes lost (0..1)
+    loss: float = 0.0  # estimate of probes lost (0..1), see _LOSS_RISE
 
     def rtt_sample(self, rtt: float) -> None:
         if self.srtt is None:
@@ -109,7 +113,10 @@ class _Router:
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
 
     def count_probe(self, lost: bool) -> None:
-        self.loss += _LOSS_GAIN * ((1.0 if lost else 0.0) - self.loss)
+        if lost:
+            self.loss += _LOSS_RISE * (1.0 - self.loss)
+        else:
+            self.loss -= _LOSS_DECAY * self.loss
 
     def deadline(self, cfg: FailoverConfig, probe_interval: float) -> float:
         if self.srtt is None:
