@@ -52,6 +52,14 @@ async def test_apply_diff_export_explain_matrix(api: ApiEnv) -> None:
                              params={"src": "alice", "dst": "web1"})
     assert r.status_code == 200, r.text
     assert r.json()["proto"] == "all" and "devs-to-web" in r.json()["allowed_by"]
+    # An address outside the mesh: which policy opens a route to it, through which routers.
+    ex = (await api.client.get("/api/v1/policy/explain", headers=h, params={
+        "src": "alice", "dst": "198.18.1.20", "proto": "tcp", "port": 22})).json()
+    assert ex["allowed_by"] == ["devs-lab"]
+    assert any("through route lab-net" in v["reason"] for v in ex["verdicts"])
+    ex = (await api.client.get("/api/v1/policy/explain", headers=h, params={
+        "src": "alice", "dst": "203.0.113.10"})).json()
+    assert ex["allowed"] is False  # no route (no exit node) covers it
     m = (await api.client.get("/api/v1/policy/matrix", headers=h)).json()
     pairs = {(p["src"], p["dst"]): p["allow"] for p in m["pairs"]}
     assert pairs[("web1", "db1")] == [{"proto": "tcp", "ports": ["5432"]}]

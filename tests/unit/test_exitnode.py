@@ -10,6 +10,7 @@ import pytest
 
 from wiremesh.agent.prefs import Prefs
 from wiremesh.core.exitnode import EXIT_PREFIX, bypass, chosen_routes, exit_nodes, is_exit
+from wiremesh.core.explain import explain
 from wiremesh.core.models import MeshState, PeerInfo, Policy, Route
 from wiremesh.core.policy import compile_netmaps
 from wiremesh.core.wire import ForwardRule, Netmap, NetmapPeer, RouteEntry
@@ -103,3 +104,23 @@ def test_prefs_refuse_a_bad_exit_node_name() -> None:
     with pytest.raises(ValueError, match="bad name"):
         Prefs(exit_node="not a name")
     assert Prefs(exit_node="auto").exit_node == "auto"
+
+
+def test_explain_shows_who_may_use_which_exit_node() -> None:
+    ex = explain(STATE, "c1", "203.0.113.10", "tcp", 443)
+    assert ex.allowed and ex.allowed_by == ("browse",)
+    why = {v.policy: v for v in ex.verdicts}
+    assert "through route internet (0.0.0.0/0, routers e1, e2)" in why["browse"].reason
+    assert "--exit-node" in why["browse"].reason
+    assert why["others-lan"].verdict == "destination"
+    denied = explain(STATE, "c2", "203.0.113.10")
+    assert not denied.allowed
+    assert {v.policy: v.verdict for v in denied.verdicts} == {"browse": "source",
+                                                              "others-lan": "destination"}
+    assert "c2 -> 203.0.113.10" in denied.summary()
+    # Inside a more specific route that route carries it, not the exit node.
+    lan = explain(STATE, "c2", "198.18.1.5", "udp", 53)
+    assert lan.allowed_by == ("others-lan",)
+    assert "route lan" in lan.verdicts[1].reason and "exit" not in lan.verdicts[1].reason
+    with pytest.raises(ValueError, match="overlay address"):
+        explain(STATE, "c1", "100.64.0.2")

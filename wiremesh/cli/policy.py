@@ -97,7 +97,8 @@ def matrix(server: str | None = ServerOpt, token: str | None = TokenOpt,
 @app.command("explain")
 def explain(
     src: str = typer.Argument(..., help="Source peer (name or id)"),
-    dst: str = typer.Argument(..., help="Destination peer (name or id)"),
+    dst: str = typer.Argument(..., help="Destination peer (name or id), or an IPv4 address "
+                              "outside the mesh (routes, exit nodes)"),
     proto: str = typer.Option("all", "--proto", help="all, tcp, udp or icmp"),
     port: int | None = typer.Option(None, "--port", min=1, max=65535),
     server: str | None = ServerOpt, token: str | None = TokenOpt,

@@ -1,8 +1,11 @@
 """Why may (or may not) peer a open a connection to peer b, and the whole reachability matrix.
 
-- `explain(state, a, b, proto="all", port=None) -> Explanation`: a and b are peer ids or
-  names; `proto` is tcp, udp, icmp or `all` (any protocol: "may a open anything to b?", or with
-  a port, "tcp or udp to that port"); `port` None asks "any port at all". The explanation
+- `explain(state, a, b, proto="all", port=None) -> Explanation`: a is a peer id or name; b
+  a peer id or name, or an IPv4 address outside the mesh, which a reaches through routes
+  (exit nodes for the whole internet): then each policy's verdict says whether it opens a
+  route covering the address to a, through which routers; `proto` is tcp, udp, icmp or
+  `all` (any protocol: "may a open anything to b?", or with a port, "tcp or udp to that
+  port"); `port` None asks "any port at all". The explanation
   lists every policy with its verdict: `allows`, `disabled`, `source` (no source group holds a),
   `destination` (no destination group holds b), `proto` (protocol mismatch) or `port` (port
   outside the policy's ranges). `Explanation.summary()` is one human line.
@@ -15,12 +18,14 @@ Both follow exactly the semantics the compiler enforces (tests check that they a
 
 from __future__ import annotations
 
+import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from wiremesh.core.models import MeshState, PeerInfo, Policy, PortRange, Proto
+from wiremesh.core.ipam import OVERLAY_NET
+from wiremesh.core.models import MeshState, PeerInfo, Policy, PortRange, Proto, Route
 from wiremesh.core.policy import ALL_GROUP, compile_netmaps
 from wiremesh.core.wire import Netmap
 
@@ -101,6 +106,11 @@ def _verdict(state: MeshState, p: Policy, a: PeerInfo, b: PeerInfo, proto: AskPr
         return PolicyVerdict(p.name, "destination",
                              f"{b.name} is in none of its destination groups "
                              f"[{', '.join(p.destinations)}]")
+    return _proto_port_verdict(p, proto, port)
+
+
+def _proto_port_verdict(p: Policy, proto: AskProto, port: int | None,
+                        via: str = "") -> PolicyVerdict:
     if proto == "all" and port is not None and p.protocol == "icmp":
         return PolicyVerdict(p.name, "proto", f"it allows icmp, not a port ({port})")
     if proto != "all" and p.protocol not in ("all", proto):
@@ -111,7 +121,35 @@ def _verdict(state: MeshState, p: Policy, a: PeerInfo, b: PeerInfo, proto: AskPr
                              f"port {port} is outside {p.protocol} {_ports_text(p.ports)}")
     what = p.protocol if p.protocol == "all" or not p.ports else (
         f"{p.protocol} {_ports_text(p.ports)}")
-    return PolicyVerdict(p.name, "allows", f"allows {what}")
+    return PolicyVerdict(p.name, "allows", f"allows {what}{via}")
+
+
+def _route_verdict(state: MeshState, p: Policy, a: PeerInfo, address: str,
+                   covering: dict[str, Route], proto: AskProto,
+                   port: int | None) -> PolicyVerdict:
+    if not p.enabled:
+        return PolicyVerdict(p.name, "disabled", "policy is disabled")
+    opened = [covering[r] for r in p.destination_routes if r in covering]
+    if not opened:
+        return PolicyVerdict(p.name, "destination", f"it opens no route covering {address}")
+    if not _in_groups(state, a.id, p.sources):
+        return PolicyVerdict(p.name, "source", f"{a.name} is in none of its source groups "
+                             f"[{', '.join(p.sources)}]")
+    # The most specific route wins on the client, as WireGuard's allowed IPs do.
+    best = max(opened, key=lambda r: ipaddress.ip_network(r.prefix).prefixlen)
+    routers = sorted(state.peers[pid].name for pid in group_members(state, best.router_group)
+                     if pid != a.id)
+    via = f" through route {best.name} ({best.prefix}, routers {', '.join(routers)})"
+    if best.prefix == "0.0.0.0/0":
+        via += f"; exit node: {a.name} must opt in with --exit-node"
+    return _proto_port_verdict(p, proto, port, via)
+
+
+def _address(ref: int | str) -> str | None:
+    try:
+        return str(ipaddress.IPv4Address(ref)) if isinstance(ref, str) and ref.isascii() else None
+    except ValueError:
+        return None
 
 
 def explain(state: MeshState, src: int | str, dst: int | str, proto: AskProto = "all",
@@ -122,12 +160,30 @@ def explain(state: MeshState, src: int | str, dst: int | str, proto: AskProto = 
     if port is not None and (proto == "icmp" or not 1 <= port <= 65535):
         raise ValueError(f"port: {port} makes no sense for {proto}" if proto == "icmp"
                          else f"port: {port} is outside 1..65535")
-    a, b = find_peer(state, src), find_peer(state, dst)
+    a = find_peer(state, src)
+    address = _address(dst)
+    if address is not None and not any(p.name == dst for p in state.peers.values()):
+        return _explain_address(state, a, address, proto, port)
+    b = find_peer(state, dst)
     if a.id == b.id:
         raise ValueError("source and destination are the same peer")
     verdicts = tuple(_verdict(state, p, a, b, proto, port) for p in state.policies)
     allowed_by = tuple(v.policy for v in verdicts if v.verdict == "allows")
     return Explanation(a.name, b.name, proto, port, bool(allowed_by), allowed_by, verdicts)
+
+
+def _explain_address(state: MeshState, a: PeerInfo, address: str, proto: AskProto,
+                     port: int | None) -> Explanation:
+    ip = ipaddress.IPv4Address(address)
+    if ip in OVERLAY_NET:
+        raise ValueError(f"{address} is an overlay address: name the peer instead")
+    covering = {r.name: r for r in state.routes if r.enabled
+                and ip in ipaddress.ip_network(r.prefix)
+                and group_members(state, r.router_group) - {a.id}}
+    verdicts = tuple(_route_verdict(state, p, a, address, covering, proto, port)
+                     for p in state.policies)
+    allowed_by = tuple(v.policy for v in verdicts if v.verdict == "allows")
+    return Explanation(a.name, address, proto, port, bool(allowed_by), allowed_by, verdicts)
 
 
 def _merge_ranges(ranges: Iterable[PortRange]) -> tuple[PortRange, ...]:

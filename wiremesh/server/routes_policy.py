@@ -132,7 +132,8 @@ async def policy_matrix(request: Request, _: str = Depends(admin_actor)) -> Any:
 async def policy_explain(
     request: Request,
     src: str = Query(..., description="source peer (name or id)"),
-    dst: str = Query(..., description="destination peer (name or id)"),
+    dst: str = Query(..., description="destination peer (name or id), or an IPv4 address "
+                     "outside the mesh (reached through routes and exit nodes)"),
     proto: Literal["all", "tcp", "udp", "icmp"] = Query("all"),
     port: int | None = Query(None, ge=1, le=65535),
     _: str = Depends(admin_actor),
