@@ -10,12 +10,14 @@ STAMP = $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml wiremesh/lab/idp/package-lock.json
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
+	# The lab's OpenID provider (Node.js and npm come with the machine, not from apt here).
+	npm ci --prefix wiremesh/lab/idp --no-audit --no-fund
 	touch $(STAMP)
 
 demo: install
