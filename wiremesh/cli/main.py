@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-from wiremesh.cli import admin, agent, gateway, lab, policy, relay, server  # noqa: E402
+from wiremesh.cli import admin, agent, gateway, lab, policy, relay, server, users  # noqa: E402
 
 app.command("server")(server.server)
 app.command("relay")(relay.relay)
@@ -25,6 +25,7 @@ app.add_typer(admin.keys_app, name="keys")
 app.add_typer(admin.peers_app, name="peers")
 app.add_typer(admin.groups_app, name="groups")
 app.add_typer(admin.tokens_app, name="tokens")
+app.add_typer(users.app, name="users")
 app.add_typer(policy.app, name="policy")
 app.add_typer(policy.routes_app, name="routes")
 app.command("audit")(policy.audit)

@@ -63,6 +63,47 @@ def server(
         help="Mesh-wide WireGuard interface MTU sent to every agent; e.g. 1200 when some "
              "underlay path carries only 1280-byte packets. An "
              "agent's `wiremesh up --mtu` overrides it for that peer"),
+    oidc_issuer: str | None = typer.Option(
+        None, "--oidc-issuer", envvar="WIREMESH_OIDC_ISSUER", rich_help_panel="Login (OIDC)",
+        help="Issuer URL of the OpenID provider users log in with (enables /auth/login, "
+             "the console login and `wiremesh up --login`)"),
+    oidc_client_id: str | None = typer.Option(
+        None, "--oidc-client-id", envvar="WIREMESH_OIDC_CLIENT_ID",
+        rich_help_panel="Login (OIDC)", help="This server's client id at the provider"),
+    oidc_client_secret_file: Path | None = typer.Option(
+        None, "--oidc-client-secret-file", dir_okay=False, rich_help_panel="Login (OIDC)",
+        help="File holding the client secret"),
+    oidc_scopes: str = typer.Option(
+        "openid email profile offline_access", "--oidc-scopes", rich_help_panel="Login (OIDC)",
+        help="Scopes to ask for (add 'groups' where the provider wants it for the groups "
+             "claim; offline_access gives the refresh tokens users are re-checked with)"),
+    oidc_groups_claim: str = typer.Option(
+        "groups", "--oidc-groups-claim", rich_help_panel="Login (OIDC)",
+        help="ID-token claim listing the user's groups (policy group idp.NAME)"),
+    oidc_admin_group: list[str] = typer.Option(
+        [], "--oidc-admin-group", rich_help_panel="Login (OIDC)",
+        help="Provider group whose members are admins (repeatable)"),
+    oidc_auditor_group: list[str] = typer.Option(
+        [], "--oidc-auditor-group", rich_help_panel="Login (OIDC)",
+        help="Provider group whose members are auditors: read only (repeatable)"),
+    oidc_ca_file: Path | None = typer.Option(
+        None, "--oidc-ca-file", dir_okay=False, rich_help_panel="Login (OIDC)",
+        help="PEM CA to verify the provider with (default: the system's CAs)"),
+    public_url: str | None = typer.Option(
+        None, "--public-url", rich_help_panel="Login (OIDC)",
+        help="This server's URL as browsers reach it (the redirect URI is "
+             "PUBLIC_URL/auth/callback; default: the URL of each request)"),
+    session_ttl: int = typer.Option(
+        12 * 3600, "--session-ttl", min=60, rich_help_panel="Login (OIDC)",
+        help="Seconds a browser login lasts"),
+    peer_login_ttl: int = typer.Option(
+        0, "--peer-login-ttl", min=0, rich_help_panel="Login (OIDC)",
+        help="Seconds a user's peer stays in the mesh after `wiremesh up --login` before "
+             "its user must log in again (0: no limit)"),
+    oidc_check_interval: int = typer.Option(
+        300, "--oidc-check-interval", min=1, rich_help_panel="Login (OIDC)",
+        help="Seconds between re-checks of each user at the provider (refresh token): a "
+             "user removed there loses access within this"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging"),
 ) -> None:
     """Run the control server (HTTP API, netmap streams, /metrics).
@@ -86,6 +127,32 @@ def server(
     except BadDatabaseURL as e:
         fail(str(e))
 
+    oidc = None
+    if oidc_issuer is not None:
+        from datetime import timedelta
+
+        from wiremesh.server.oidc import OidcConfig
+
+        if not oidc_client_id or oidc_client_secret_file is None:
+            fail("--oidc-issuer needs --oidc-client-id and --oidc-client-secret-file")
+        if not oidc_issuer.startswith("https://"):
+            fail(f"--oidc-issuer {oidc_issuer!r}: expected an https:// URL")
+        try:
+            client_secret = oidc_client_secret_file.read_text().strip()
+        except OSError as e:
+            fail(f"--oidc-client-secret-file {oidc_client_secret_file}: {reason(e)}")
+        if not client_secret:
+            fail(f"--oidc-client-secret-file {oidc_client_secret_file}: the file is empty")
+        oidc = OidcConfig(
+            issuer=oidc_issuer, client_id=oidc_client_id, client_secret=client_secret,
+            scopes=oidc_scopes, groups_claim=oidc_groups_claim,
+            admin_groups=tuple(oidc_admin_group), auditor_groups=tuple(oidc_auditor_group),
+            ca_file=str(oidc_ca_file) if oidc_ca_file else None,
+            session_ttl=timedelta(seconds=session_ttl),
+            peer_login_ttl=timedelta(seconds=peer_login_ttl) if peer_login_ttl else None,
+            check_interval=timedelta(seconds=oidc_check_interval),
+            public_url=public_url)
+
     advertised = [relay_url(u) for u in relay]
     dns = dns_config(dns_domain, dns_zone)
     secret = None if relay_secret_file is None else relay_secret(relay_secret_file)
@@ -103,7 +170,7 @@ def server(
 
     app = create_app(db, on_admin_token=show_token, on_fingerprint=show_fingerprint,
                      relay=not no_relay, relays=advertised,
-                     relay_secret=secret, stun_listen=stun, dns=dns, mtu=mtu)
+                     relay_secret=secret, stun_listen=stun, dns=dns, mtu=mtu, oidc=oidc)
     uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning",
                 timeout_graceful_shutdown=2,
                 ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None,

@@ -167,17 +167,20 @@ class _Forms(HTMLParser):
 def sign_in(client: httpx.Client, url: str, user: str, password: str,
             max_steps: int = 12) -> httpx.Response:
     """Open `url` and fill in whatever the provider asks on the way (user code, device
-    confirmation, user name and password) until a page without a form, or a page outside
-    the provider, answers; returns that response. `client` follows redirects."""
-    provider = urlsplit(url).netloc
+    confirmation, user name and password) until a page without a form answers, or the
+    provider sends the browser elsewhere (back to the relying party); returns that
+    response. `client` follows redirects."""
     resp = client.get(url)
+    provider = None  # where the forms are
     for _ in range(max_steps):
-        if urlsplit(str(resp.url)).netloc != provider:
+        here = urlsplit(str(resp.url)).netloc
+        if provider is not None and here != provider:
             return resp
         parser = _Forms()
         parser.feed(resp.text)
         if not parser.forms:
             return resp
+        provider = here
         action, method, fields = parser.forms[0]
         if "login" in fields:
             if resp.status_code == 401:

@@ -18,16 +18,20 @@ from wiremesh.server import (
     metrics,
     routes_admin,
     routes_agent,
+    routes_auth,
     routes_policy,
     routes_relay,
     routes_tokens,
+    routes_users,
 )
 from wiremesh.server.admission import Openings
 from wiremesh.server.bodylimit import BodyLimit
 from wiremesh.server.enrolment import EnrolmentQueue
 from wiremesh.server.hub import NetmapHub
 from wiremesh.server.links import add_links
+from wiremesh.server.oidc import OidcClient, OidcConfig
 from wiremesh.server.stun import start_stun
+from wiremesh.server.usercheck import UserChecker
 from wiremesh.store import Store
 from wiremesh.store.db import make_engine, migrate
 
@@ -38,7 +42,8 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
                relay_secret: str | None = None,
                stun_listen: tuple[str, int] | None = None,
                dns: DnsConfig | None = None,
-               mtu: int = DEFAULT_MTU) -> FastAPI:
+               mtu: int = DEFAULT_MTU,
+               oidc: OidcConfig | None = None) -> FastAPI:
     """`on_admin_token` receives the initial admin token when the store was empty;
     `on_fingerprint` the fingerprint of the key netmaps are signed with.
 
@@ -47,7 +52,8 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
     introspect peer tokens with (None: no standalone relay may ask); `stun_listen` (host,
     port): run the STUN responder agents measure their NAT mapping with; `dns`: the mesh
     domain and split-DNS zones every agent's resolver serves; `mtu`: the mesh-wide WireGuard
-    interface MTU sent in every netmap.
+    interface MTU sent in every netmap; `oidc`: the OpenID provider users log in with (None:
+    admin tokens and setup keys only).
     """
 
     @contextlib.asynccontextmanager
@@ -55,6 +61,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
         engine = make_engine(db_url)
         await migrate(engine)
         store = Store(engine)
+        store.enrolment.peer_login_ttl = oidc.peer_login_ttl if oidc else None
         token = await store.bootstrap()
         if token is not None and on_admin_token is not None:
             on_admin_token(token)
@@ -73,9 +80,10 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
         app.state.relay = RelaySwitch(routes_relay.HubAuthority(store, hub)) if relay else None
         stun = await start_stun(*stun_listen) if stun_listen else None
         app.state.stun_port = stun_listen[1] if stun_listen else None
+        checker = UserChecker(store.users, hub, app.state.oidc)
         tasks = [asyncio.create_task(hub.run(poll_interval)),
                  asyncio.create_task(hub.keepalives()),
-                 asyncio.create_task(enrolments.run())]
+                 asyncio.create_task(enrolments.run()), asyncio.create_task(checker.run())]
         # Changes committed through other replicas wake the hub at once (PostgreSQL);
         # the revision poll stays as the fallback.
         stop_listening = await store.changes.listen(hub.poke)
@@ -88,6 +96,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
             # Both loops stop at a safe point: never in the middle of a transaction.
             hub.stop()
             enrolments.stop()
+            checker.stop()
             _, pending = await asyncio.wait(tasks, timeout=10)
             for t in pending:
                 t.cancel()
@@ -97,12 +106,14 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
                   description="Control plane of a WireGuard mesh overlay.")
     errors.install(app)
     app.add_middleware(BodyLimit)
-    for r in (routes_admin.router, routes_agent.router, routes_policy.router,
-              routes_relay.router, routes_tokens.router):
+    for r in (routes_admin.router, routes_agent.router, routes_auth.router,
+              routes_policy.router, routes_relay.router, routes_tokens.router,
+              routes_users.router):
         app.include_router(r, responses=errors.PROBLEM_RESPONSES)
     if relay:
         app.include_router(routes_relay.ws_router)
     app.state.relay_secret = relay_secret
+    app.state.oidc = OidcClient(oidc) if oidc else None
     openapi = app.openapi
     app.openapi = lambda: add_links(openapi())  # type: ignore[method-assign]
     app.state.paths = {}  # peer id -> its agent's last path report

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from wiremesh.server.auth import admin_actor
+from wiremesh.server.auth import CSRF_TOKEN, principal
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = "/assets"
@@ -62,15 +62,14 @@ async def session(request: Request) -> dict[str, Any]:
     """Who the browser is logged in as; a page that is not logged in gets an answer too (not
     a 401) so the console can offer the login link without an error in the browser."""
     try:
-        actor = await admin_actor(request)
+        who = await principal(request)
     except HTTPException as e:
         if e.status_code != 401:
             raise
         return {"authenticated": False, "login_url": "/auth/login"}
-    row = await request.app.state.store.admin_for_token(
-        request.headers["authorization"].partition(" ")[2].strip())
-    return {"authenticated": True, "name": actor, "role": row.role,
-            "login_url": "/auth/login", "logout_url": "/auth/logout", "csrf_token": None}
+    return {"authenticated": True, "name": who.name, "role": who.role, "kind": who.kind,
+            "user_id": who.user_id, "login_url": "/auth/login", "logout_url": "/auth/logout",
+            "csrf_token": CSRF_TOKEN}
 
 
 def install(app: FastAPI) -> None:

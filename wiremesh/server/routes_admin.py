@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from wiremesh.core.policy import ALL_GROUP
-from wiremesh.server.auth import admin_actor
+from wiremesh.server.auth import Principal, admin_actor, principal
 from wiremesh.server.schemas import (
     GroupCreate,
     GroupOut,
@@ -23,7 +23,7 @@ from wiremesh.server.schemas import (
 )
 from wiremesh.store import Store
 from wiremesh.store.common import aware, now
-from wiremesh.store.errors import Invalid
+from wiremesh.store.errors import Invalid, NotFound
 from wiremesh.store.tables import Peer, SetupKey
 
 router = APIRouter(prefix="/api/v1")
@@ -88,6 +88,7 @@ def _peer_out(request: Request, p: Peer, groups: dict[int, list[str]],
             last_handshake=datetime.fromtimestamp(r.last_handshake, UTC)
             if r.last_handshake else None)
             for r in request.app.state.paths.get(p.id, [])],
+        user_id=p.user_id, login_expires_at=aware(p.login_expires_at),
     )
 
 
@@ -97,34 +98,56 @@ async def _names(request: Request) -> dict[str, str]:
 
 
 @router.get("/peers", response_model=list[PeerOut])
-async def list_peers(request: Request, _: str = Depends(admin_actor)) -> list[PeerOut]:
+async def list_peers(request: Request, who: Principal = Depends(principal)) -> list[PeerOut]:
+    """Every peer; a user sees only their own."""
     store = _store(request)
     groups = await store.peers.groups()
     peers = await store.peers.all()
     names = {q.public_key: q.name for q in peers}
-    return [_peer_out(request, p, groups, names) for p in peers]
+    return [_peer_out(request, p, groups, names) for p in peers
+            if who.role != "user" or who.may_manage(p)]
+
+
+async def _visible_peer(request: Request, ref: str, who: Principal) -> Peer:
+    """The peer `ref` names, if `who` may see it (a user: only their own; another's is
+    answered like a missing one, so users learn nothing of others' peers)."""
+    peer = await _store(request).peers.get(ref)
+    if who.role == "user" and not who.may_manage(peer):
+        raise NotFound(f"no peer {ref!r}", "peer")
+    return peer
+
+
+async def _manageable_peer(request: Request, ref: str, who: Principal) -> Peer:
+    peer = await _visible_peer(request, ref, who)
+    if not who.may_manage(peer):
+        raise HTTPException(403, f"{who.name!r} has the read-only role {who.role!r}: it may "
+                            f"not {request.method} {request.url.path}")
+    return peer
 
 
 @router.get("/peers/{ref}", response_model=PeerOut)
-async def get_peer(ref: PeerRefPath, request: Request, _: str = Depends(admin_actor)) -> PeerOut:
-    store = _store(request)
-    return _peer_out(request, await store.peers.get(ref), await store.peers.groups(),
+async def get_peer(ref: PeerRefPath, request: Request,
+                   who: Principal = Depends(principal)) -> PeerOut:
+    peer = await _visible_peer(request, ref, who)
+    return _peer_out(request, peer, await _store(request).peers.groups(),
                      await _names(request))
 
 
 @router.patch("/peers/{ref}", response_model=PeerOut)
 async def rename_peer(ref: PeerRefPath, body: PeerRename, request: Request,
-                      actor: str = Depends(admin_actor)) -> PeerOut:
+                      who: Principal = Depends(principal)) -> PeerOut:
     store = _store(request)
-    peer = await store.peers.rename(actor, ref, body.name)
+    target = await _manageable_peer(request, ref, who)
+    peer = await store.peers.rename(who.actor, target.id, body.name)
     request.app.state.hub.poke()
     return _peer_out(request, peer, await store.peers.groups(), await _names(request))
 
 
 @router.delete("/peers/{ref}", status_code=204)
 async def delete_peer(ref: PeerRefPath, request: Request,
-                      actor: str = Depends(admin_actor)) -> None:
-    await _store(request).peers.delete(actor, ref)
+                      who: Principal = Depends(principal)) -> None:
+    target = await _manageable_peer(request, ref, who)
+    await _store(request).peers.delete(who.actor, target.id)
     request.app.state.hub.poke()
 
 

@@ -160,6 +160,10 @@ class PeerOut(BaseModel):
     paths: list[PeerPathOut] = Field(
         default_factory=list, description="as this peer's agent last reported them to this "
                                           "server replica: per peer, direct or relayed")
+    user_id: int | None = Field(None, description="its owner, for a peer enrolled by a "
+                                                  "user's login (wiremesh up --login)")
+    login_expires_at: datetime | None = Field(
+        None, description="when its user must log in on it again to stay in the mesh")
 
 
 class PeerRename(Strict):

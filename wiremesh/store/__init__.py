@@ -20,6 +20,7 @@ from wiremesh.store.policies import DEFAULT_POLICY, Policies, row_values
 from wiremesh.store.routes import Routes
 from wiremesh.store.setup_keys import SetupKeys
 from wiremesh.store.tables import Meta, PolicyRow
+from wiremesh.store.users import Users
 
 
 class Store:
@@ -38,6 +39,7 @@ class Store:
         self.policies = Policies(db)
         self.routes = Routes(db)
         self.setup_keys = SetupKeys(db)
+        self.users = Users(db)
 
     async def bootstrap(self) -> str | None:
         """First start on an empty store: seed counters and the default policy, and return a

@@ -4,7 +4,7 @@ tokens, auto groups), each refused or enrolled on its own."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
@@ -57,6 +57,11 @@ def _again(peer: Peer, key: SetupKey | None, key_hash: str) -> bool:
 class Enrolment:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # How long a user's peer stays in the mesh after its user's login (None: no limit).
+        self.peer_login_ttl: timedelta | None = None
+
+    def _login_expiry(self) -> datetime | None:
+        return now() + self.peer_login_ttl if self.peer_login_ttl else None
 
     async def enroll_many(self, reqs: list[NewPeer]) -> list[Enrolled | StoreError]:
         """Enrol a batch in one transaction; each request gets its peer or the reason it was
@@ -77,6 +82,7 @@ class Enrolment:
             cursor = await counter(s, "ipam_next")
             out: list[Enrolled | StoreError] = []
             added: list[tuple[Peer, SetupKey]] = []
+            rotated: list[int] = []
             for req, h in zip(reqs, hashes, strict=True):
                 key = keys.get(h)
                 before = existing.get(req.public_key)
@@ -90,6 +96,23 @@ class Enrolment:
                     out.append(Enrolled(before, token))
                     continue
                 refused = refusal(key, h)
+                if refused is None and key is not None and key.user_id is not None and (
+                        req.public_key not in taken_keys):
+                    mine = await s.scalar(select(Peer).where(
+                        Peer.user_id == key.user_id, Peer.name == req.hostname))
+                    if mine is not None:
+                        # The user logged in again on a machine they had: the same peer
+                        # (address, groups) with the new key pair.
+                        key.used_count += 1
+                        token = new_secret("wmp")
+                        mine.public_key, mine.token_hash = req.public_key, hash_secret(token)
+                        mine.endpoints, mine.listen_port = req.endpoints, req.listen_port
+                        mine.login_expires_at, mine.last_seen = self._login_expiry(), now()
+                        taken_keys.add(req.public_key)
+                        audit.record(s, f"peer:{mine.name}", "peer.relogin", id=mine.id)
+                        rotated.append(mine.id)
+                        out.append(Enrolled(mine, token))
+                        continue
                 if refused is None and req.public_key in taken_keys:
                     refused = Conflict("a peer with this public key is already enrolled",
                                        "public_key")
@@ -128,12 +151,15 @@ class Enrolment:
                     name=name, public_key=req.public_key, overlay_ip=ip,
                     endpoints=req.endpoints, listen_port=req.listen_port,
                     token_hash=hash_secret(token), setup_key_id=key.id, created_at=now(),
-                    last_seen=now(),
+                    last_seen=now(), user_id=key.user_id,
+                    login_expires_at=self._login_expiry() if key.user_id else None,
                 )
                 s.add(peer)
                 added.append((peer, key))
                 out.append(Enrolled(peer, token, note))
             if not added:
+                if rotated:
+                    await bump(s, peers=rotated)
                 return out
             await s.flush()
             for peer, key in added:
@@ -142,5 +168,5 @@ class Enrolment:
                 audit.record(s, f"peer:{peer.name}", "peer.enroll", id=peer.id,
                              setup_key_id=key.id)
             await s.execute(update(Meta).where(Meta.key == "ipam_next").values(value=cursor))
-            await bump(s, peers=[peer.id for peer, _ in added])
+            await bump(s, peers=[*rotated, *(peer.id for peer, _ in added)])
         return out

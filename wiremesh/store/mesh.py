@@ -6,15 +6,17 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from wiremesh.core.models import MeshState, PeerInfo
 from wiremesh.core.policy import ALL_GROUP
 from wiremesh.store import policies, routes
 from wiremesh.store.changes import GROUP, PEER, POLICIES, ROUTES, Changes
-from wiremesh.store.common import counter
+from wiremesh.store.common import counter, now
 from wiremesh.store.database import Database
-from wiremesh.store.tables import ChangeRow, Group, GroupMember, Peer, PolicyRow, RouteRow
+from wiremesh.store.tables import ChangeRow, Group, GroupMember, Peer, PolicyRow, RouteRow, User
+from wiremesh.store.users import USER_GROUP_PREFIX, user_group
 
 
 def _endpoints_with_port(endpoints: list[str], port: int) -> list[str]:
@@ -42,6 +44,33 @@ def _peer_info(row: Any) -> PeerInfo:
                     tuple(_endpoints_with_port(row[4], row[5])), row[5])
 
 
+def _live() -> ColumnElement[bool]:
+    """A user's peer is in the mesh while its user is enabled and its login fresh (the
+    writes that end either log the peer: store/users.py)."""
+    return or_(Peer.user_id.is_(None), and_(
+        User.disabled_at.is_(None),
+        or_(Peer.login_expires_at.is_(None), Peer.login_expires_at > now())))
+
+
+def _live_peers() -> Any:  # a Select of _PEER_COLUMNS
+    return select(*_PEER_COLUMNS).outerjoin(User, User.id == Peer.user_id).where(_live())
+
+
+async def _user_groups(s: AsyncSession, peer_ids: set[int] | None) -> dict[str, set[int]]:
+    """Policy groups from users' provider groups (`idp.NAME`) -> their peers (of `peer_ids`;
+    None: all)."""
+    q = select(User.groups, Peer.id).join(Peer, Peer.user_id == User.id)
+    if peer_ids is not None:
+        q = q.where(Peer.id.in_(peer_ids))
+    out: dict[str, set[int]] = {}
+    for claims, pid in await s.execute(q):
+        for claim in claims:
+            g = user_group(claim)
+            if g is not None:
+                out.setdefault(g, set()).add(pid)
+    return out
+
+
 class MeshReader:
     """What the netmap hub reads: snapshots of the mesh, the revision, and whether a peer
     exists."""
@@ -64,7 +93,7 @@ class MeshReader:
             rev = await counter(s, "revision")
             # Plain column rows, not ORM objects, and unchanged rows keep their PeerInfo:
             # a refresh of a large mesh should cost little more than the read itself.
-            rows = await s.execute(select(*_PEER_COLUMNS))
+            rows = await s.execute(_live_peers())
             cache, peers = self._peer_infos, {}
             for row in rows:
                 key = (*row[:4], tuple(row[4]), row[5])
@@ -82,7 +111,10 @@ class MeshReader:
                 .join(GroupMember, GroupMember.group_id == Group.id)
             )
             for g, pid in members:
-                groups[g].add(pid)
+                if pid in peers:
+                    groups[g].add(pid)
+            for g, pids in (await _user_groups(s, None)).items():
+                groups.setdefault(g, set()).update(pids & peers.keys())
             frozen = {g: frozenset(m) for g, m in groups.items()}
             frozen[ALL_GROUP] = frozenset(peers)
             pols = tuple(policies.from_row(r) for r in await s.scalars(
@@ -111,13 +143,14 @@ class MeshReader:
                 return None
             peer_ids = {int(ref) for _, kind, ref in logged if kind == PEER}
             group_names = {ref for _, kind, ref in logged if kind == GROUP}
-            if len(peer_ids) + len(group_names) > MAX_CHANGED:
+            if len(peer_ids) + len(group_names) > MAX_CHANGED or any(
+                    g.startswith(USER_GROUP_PREFIX) for g in group_names):
+                # An admin's group named like a provider group merges with it: whole load.
                 return None
             peers, groups = dict(state.peers), dict(state.groups)
             if peer_ids:
                 alive = set()
-                for row in await s.execute(select(*_PEER_COLUMNS).where(
-                        Peer.id.in_(peer_ids))):
+                for row in await s.execute(_live_peers().where(Peer.id.in_(peer_ids))):
                     info, old = _peer_info(row), peers.get(row[0])
                     peers[row[0]] = old if old == info else info
                     alive.add(row[0])
@@ -127,8 +160,13 @@ class MeshReader:
                 for pid, g in await s.execute(
                         select(GroupMember.peer_id, Group.name)
                         .join(Group, Group.id == GroupMember.group_id)
-                        .where(GroupMember.peer_id.in_(peer_ids))):
+                        .where(GroupMember.peer_id.in_(alive))):
                     member_of.setdefault(g, set()).add(pid)
+                users_of = await _user_groups(s, alive)
+                if users_of.keys() - groups.keys():
+                    return None  # a provider group's first member: whole load
+                for g, pids in users_of.items():
+                    member_of.setdefault(g, set()).update(pids)
                 # A group this state does not know yet is read whole below.
                 group_names |= member_of.keys() - groups.keys()
                 for g, m in groups.items():

@@ -46,6 +46,8 @@ class SetupKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The name its (one) peer gets; reserved from other peers while the key can be used.
     peer_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # A key minted for a device login: its peer belongs to this user.
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Peer(Base):
@@ -60,6 +62,58 @@ class Peer(Base):
     setup_key_id: Mapped[int | None] = mapped_column(ForeignKey("setup_keys.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # A user's peer (enrolled by `wiremesh up --login`); None for peers of setup keys.
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    # After this the peer is out of the mesh until its user logs in again on it.
+    login_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                              nullable=True)
+
+
+class User(Base):
+    """A person known from the OpenID provider (`sub` is the provider's stable id)."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sub: Mapped[str] = mapped_column(String(255), unique=True)
+    email: Mapped[str] = mapped_column(String(255), default="")
+    name: Mapped[str] = mapped_column(String(255), default="")
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list)  # the provider's claim
+    role: Mapped[str] = mapped_column(String(16), default="user")  # admin | auditor | user
+    # The provider's refresh token: the server re-checks the user with it on a schedule.
+    refresh_token: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_login: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Set when the provider no longer knows the user: their peers leave every netmap.
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                         nullable=True)
+    disabled_reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class LoginSession(Base):
+    """A browser's login (the cookie holds the secret, the row its hash)."""
+
+    __tablename__ = "login_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class LoginFlow(Base):
+    """A login in progress at the provider (browser redirect or device grant): what the
+    server must remember between starting it and its answer, keyed by the hash of the
+    secret the browser (state) or the agent (flow secret) holds."""
+
+    __tablename__ = "login_flows"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # web | device
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class Group(Base):
