@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -71,6 +71,32 @@ def _retry_after(r: httpx.Response) -> float:
         return min(max(float(r.headers.get("retry-after", "")), 0.0), 60.0)
     except ValueError:
         return 1.0
+async def device_login(server: str, trust: Trust, hostname: str,
+                       show: Callable[[dict[str, Any]], None],
+                       timeout: float = 15.0) -> dict[str, Any]:
+    """`wiremesh up --login`: the server starts a device login at its OpenID provider,
+    `show` tells the person where to go and which code to enter, and we poll until they
+    have logged in. Returns the server's answer: a one-off setup key for this machine as
+    the user's peer, and the server's key fingerprint."""
+    async with httpx.AsyncClient(base_url=server, timeout=timeout, verify=trust.verify()) as c:
+        r = await c.post("/auth/device", json={"hostname": hostname})
+        if r.status_code != 200:
+            raise ServerRefused(f"device login refused ({r.status_code}): {_problem(r)}")
+        start: dict[str, Any] = r.json()
+        show(start)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(start.get("expires_in", 600))
+        interval = float(start.get("interval", 5))
+        while loop.time() < deadline:
+            await asyncio.sleep(interval)
+            r = await c.post("/auth/device/poll", json={"login_id": start["login_id"]})
+            if r.status_code != 200:
+                raise ServerRefused(f"device login failed ({r.status_code}): {_problem(r)}")
+            answer: dict[str, Any] = r.json()
+            if answer.get("status") == "ok":
+                return answer
+            interval = float(answer.get("interval", interval))
+    raise ServerRefused("the device login expired before anyone logged in: run it again")
 
 
 class ServerClient:

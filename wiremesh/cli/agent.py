@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 from wiremesh.agent import pidfile, prefs
 from wiremesh.agent import state as statefile
 from wiremesh.agent.client import ServerRefused
-from wiremesh.agent.connection import unreachable
+from wiremesh.agent.connection import Trust, unreachable
 from wiremesh.cli.common import (
     CaFileOpt,
     InsecureOpt,
@@ -62,8 +63,12 @@ def up(
         ..., "--server", envvar="WIREMESH_SERVER",
         help="Server URL; repeatable: replicas of one server (same database), tried in turn "
              "when one fails"),
-    setup_key: str = typer.Option(..., "--setup-key", envvar="WIREMESH_SETUP_KEY",
-                                  help="Setup key from `wiremesh keys create`"),
+    setup_key: str | None = typer.Option(None, "--setup-key", envvar="WIREMESH_SETUP_KEY",
+                                         help="Setup key from `wiremesh keys create`"),
+    login: bool = typer.Option(
+        False, "--login", help="Enrol as a user instead of with a setup key: log in at the "
+        "server's OpenID provider with the URL and code shown. On an enrolled machine: log "
+        "in again (a new key pair; the same peer)"),
     name: str | None = typer.Option(None, "--name", help="Peer name (default: hostname)"),
     interface: str = typer.Option("wm0", "--interface", help="WireGuard interface name"),
     listen_port: int = typer.Option(51820, "--listen-port", min=1, max=65535,
@@ -98,8 +103,9 @@ def up(
 ) -> None:
     """Enrol this machine (if not enrolled yet) and run the agent.
 
-    The server is verified with the system's CAs or --ca-file; that choice is saved with the
-    enrolment, so `wiremesh agent` verifies it the same way.
+    Enrol with a setup key, or as a user with --login. The server is verified with the
+    system's CAs or --ca-file; that choice is saved with the enrolment, so `wiremesh agent`
+    verifies it the same way.
     """
     from wiremesh.agent.runner import enroll_peer
 
@@ -108,19 +114,29 @@ def up(
     _check_backend(backend)
     if len(interface) > 15:
         fail(f"--interface {interface!r}: at most 15 characters")
+    if (setup_key is None) == (not login):
+        fail("give either --setup-key KEY or --login")
     try:
-        enrolled_with: str | None = statefile.load(state_dir).config.server
+        saved = statefile.load(state_dir).config
     except statefile.StateError:
-        enrolled_with = None
-    if enrolled_with is not None and enrolled_with != server:
-        fail(f"{state_dir} holds an enrolment with {enrolled_with}; use another --state-dir")
+        saved = None
+    if saved is not None and saved.server != server:
+        fail(f"{state_dir} holds an enrolment with {saved.server}; use another --state-dir")
     _save_prefs(state_dir, exit_node=exit_node, exit_allow_lan=exit_node_allow_lan, dns=dns,
                 resolv_conf=None if resolv_conf is None else str(resolv_conf.absolute()))
-    if enrolled_with is None:
+    if saved is None or login:
         trust = server_trust(server, ca_file, insecure)
         for url in replicas:
             server_trust(url, ca_file, insecure)
+        name = name or (saved.name if saved is not None else None)
         try:
+            if login:
+                setup_key, server_fingerprint = _device_login(
+                    server, trust, name, server_fingerprint)
+            if saved is not None:
+                # Logged in again: the user's peer gets a new key pair.
+                statefile.private_key_path(state_dir).unlink(missing_ok=True)
+            assert setup_key is not None
             st = asyncio.run(enroll_peer(state_dir, server, setup_key, name, interface,
                                          listen_port, endpoint, trust, server_fingerprint,
                                          replicas))
@@ -140,6 +156,23 @@ def _save_mtu(state_dir: Path, mtu: int) -> None:
     if st.config.mtu != mtu:
         st.config = dataclasses.replace(st.config, mtu=mtu)
         statefile.save(state_dir, st)
+
+
+def _device_login(server: str, trust: Trust, name: str | None,
+                  expected_fingerprint: str | None) -> tuple[str, str | None]:
+    """Log in at the server's provider (device grant); the setup key it gives this machine
+    and the server fingerprint to hold the enrolment to."""
+    from wiremesh.agent.client import device_login
+
+    def show(start: dict[str, object]) -> None:
+        where = start.get("verification_uri_complete") or start.get("verification_uri")
+        console.print(f"To connect this machine, open {where}\nand enter the code "
+                      f"[bold]{start.get('user_code')}[/] (waiting...)", highlight=False)
+
+    hostname = name or socket.gethostname().split(".")[0]
+    answer = asyncio.run(device_login(server, trust, hostname, show))
+    console.print(f"logged in as {answer.get('user')}", highlight=False)
+    return str(answer["setup_key"]), expected_fingerprint or answer.get("server_fingerprint")
 
 
 def agent(state_dir: Path = StateDirOpt, backend: str = BackendOpt,
