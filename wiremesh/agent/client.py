@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from wiremesh.agent.connection import Trust
+from wiremesh.agent.posture import posture_report
 
 # A stream idle longer than three server keepalives is dead (NAT dropped it, server gone).
 STREAM_READ_TIMEOUT = 45.0
@@ -144,7 +145,7 @@ class ServerClient:
         """Report this agent's candidates; the answer names the server's STUN port."""
         r = await self.http.put("/api/v1/agent/endpoints",
                                 json={"listen_port": listen_port, "endpoints": endpoints,
-                                      "candidates": candidates})
+                                      "candidates": candidates, **posture_report()})
         self._check(r)
         answer: dict[str, Any] = r.json()
         return answer

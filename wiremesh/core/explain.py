@@ -7,8 +7,9 @@
   `all` (any protocol: "may a open anything to b?", or with a port, "tcp or udp to that
   port"); `port` None asks "any port at all". The explanation
   lists every policy with its verdict: `allows`, `disabled`, `source` (no source group holds a),
-  `destination` (no destination group holds b), `proto` (protocol mismatch) or `port` (port
-  outside the policy's ranges). `Explanation.summary()` is one human line.
+  `posture` (a is in a source group but fails the policy's posture check), `destination` (no
+  destination group holds b), `proto` (protocol mismatch) or `port` (port outside the
+  policy's ranges). `Explanation.summary()` is one human line.
 - `matrix(state, netmaps=None) -> dict[(a id, b id), Access]`: for each ordered pair where a
   may open anything to b, the normalised (proto, port ranges) list. Pass the compiler's
   netmaps to avoid a recompile.
@@ -29,7 +30,7 @@ from wiremesh.core.models import MeshState, PeerInfo, Policy, PortRange, Proto, 
 from wiremesh.core.policy import ALL_GROUP, compile_netmaps
 from wiremesh.core.wire import Netmap
 
-Verdict = Literal["allows", "disabled", "source", "destination", "proto", "port"]
+Verdict = Literal["allows", "disabled", "source", "posture", "destination", "proto", "port"]
 AskProto = Literal["all", "tcp", "udp", "icmp"]
 # Normalised access: (("all", ()),) or per protocol, () meaning every port.
 Access = tuple[tuple[Proto, tuple[PortRange, ...]], ...]
@@ -93,10 +94,17 @@ def _verdict(state: MeshState, p: Policy, a: PeerInfo, b: PeerInfo, proto: AskPr
              port: int | None) -> PolicyVerdict:
     if not p.enabled:
         return PolicyVerdict(p.name, "disabled", "policy is disabled")
-    forward = _in_groups(state, a.id, p.sources) and _in_groups(state, b.id, p.destinations)
-    backward = p.bidirectional and _in_groups(state, b.id, p.sources) and _in_groups(
-        state, a.id, p.destinations)
+    def source(x: PeerInfo) -> bool:
+        return _in_groups(state, x.id, p.sources) and (
+            p.posture is None or p.posture.failure(x) is None)
+
+    forward = source(a) and _in_groups(state, b.id, p.destinations)
+    backward = p.bidirectional and source(b) and _in_groups(state, a.id, p.destinations)
     if not (forward or backward):
+        why = p.posture.failure(a) if p.posture is not None else None
+        if why is not None and _in_groups(state, a.id, p.sources) and _in_groups(
+                state, b.id, p.destinations):
+            return PolicyVerdict(p.name, "posture", f"posture: {why}")
         a_side = _in_groups(state, a.id, p.sources) or (
             p.bidirectional and _in_groups(state, a.id, p.destinations))
         if not a_side:

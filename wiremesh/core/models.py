@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from wiremesh.core.posture import Posture
 
 Proto = Literal["all", "tcp", "udp", "icmp"]
 PROTOS: tuple[Proto, ...] = ("all", "tcp", "udp", "icmp")
@@ -52,6 +55,9 @@ class PeerInfo:
     overlay_ip: str
     endpoints: tuple[str, ...] = ()
     listen_port: int = 51820
+    # As the peer's agent reports them (posture checks): "" = not reported.
+    agent_version: str = ""
+    os_family: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,8 @@ class Policy:
     # Routes (by name) this policy opens to its sources, in addition to peer groups.
     destination_routes: tuple[str, ...] = ()
     description: str = ""
+    # What its source peers must satisfy (core/posture.py); None: nothing.
+    posture: Posture | None = None
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from wiremesh.core.models import MeshState, PeerInfo, Policy, Route
+from wiremesh.core.posture import with_posture
 from wiremesh.core.wire import ForwardRule, InboundRule, Netmap, NetmapPeer, RouteEntry
 
 ALL_GROUP = "all"
@@ -139,6 +140,7 @@ class PolicyCompiler:
     """Compiled netmaps of a mesh, kept up to date change by change (see module docstring)."""
 
     def __init__(self, state: MeshState) -> None:
+        state = with_posture(state)
         _check_unique(state)
         self._peers: dict[int, PeerInfo] = dict(state.peers)
         self._all: frozenset[int] = frozenset(self._peers)
@@ -196,6 +198,7 @@ class PolicyCompiler:
         by `dataclasses.replace` is diffed fastest); recompilation touches only the peers the
         differences can affect.
         """
+        new = with_posture(new)
         _check_unique(new)
         todo: set[int] = set()
         old_peers, new_peers = self._peers, new.peers

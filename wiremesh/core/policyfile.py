@@ -16,6 +16,8 @@ Format (see examples/policy.yaml)::
         bidirectional: false
         enabled: true
         routes: [lab]             # routed prefixes this policy opens to its sources
+        posture: {min_agent_version: 0.2.0, os: [linux, macos]}  # sources that fail it
+                                  # are out of this policy's sources (core/posture.py)
         description: ...
     tests:                        # checked by `run_tests`
       - {src: alice, dst: web1, proto: tcp, port: 22, expect: allow}
@@ -53,6 +55,7 @@ from pydantic import (
 from wiremesh.core.explain import Explanation, explain
 from wiremesh.core.models import MeshState, Policy, PortRange, Route
 from wiremesh.core.policy import ALL_GROUP, PolicyCompiler
+from wiremesh.core.posture import OsFamily, Posture
 from wiremesh.core.wire import Metric, Name, Netmap, PortRangeT, Prefix
 
 Path = tuple[str | int, ...]
@@ -98,6 +101,18 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class _PostureIn(_Model):
+    min_agent_version: str | None = None
+    os: list[OsFamily] = []
+
+    @field_validator("min_agent_version")
+    @classmethod
+    def _version(cls, v: str | None) -> str | None:
+        if v is not None:
+            Posture(min_agent_version=v)  # raises naming the bad version
+        return v
+
+
 class _PolicyIn(_Model):
     name: Name
     description: str = ""
@@ -108,6 +123,7 @@ class _PolicyIn(_Model):
     bidirectional: bool = False
     enabled: bool = True
     routes: list[Name] = []
+    posture: _PostureIn | None = None
 
     @field_validator("ports")
     @classmethod
@@ -344,7 +360,9 @@ def parse(text: str, state: MeshState | None = None, source: str = "policy") -> 
             Policy(name=p.name, sources=tuple(p.sources), destinations=tuple(p.destinations),
                    protocol=p.proto, ports=tuple(p.ports), bidirectional=p.bidirectional,
                    enabled=p.enabled, destination_routes=tuple(p.routes),
-                   description=p.description)
+                   description=p.description,
+                   posture=None if p.posture is None else Posture(
+                       p.posture.min_agent_version, tuple(p.posture.os)))
             for p in f.policies),
         routes=None if f.routes is None else tuple(
             Route(name=r.name, prefix=r.prefix, router_group=r.routers, metric=r.metric,
@@ -478,6 +496,11 @@ def export(state: MeshState, tests: Iterable[PolicyTest] = ()) -> str:
             out["enabled"] = False
         if p.destination_routes:
             out["routes"] = _Flow(p.destination_routes)
+        if p.posture is not None:
+            out["posture"] = {k: v for k, v in (
+                ("min_agent_version", p.posture.min_agent_version),
+                ("os", _Flow(p.posture.os_families) if p.posture.os_families else None))
+                if v is not None}
         policies.append(out)
     doc["policies"] = policies
     tests_out = [{k: v for k, v in (("src", t.src), ("dst", t.dst), ("proto", t.proto),

@@ -89,6 +89,7 @@ def _peer_out(request: Request, p: Peer, groups: dict[int, list[str]],
             if r.last_handshake else None)
             for r in request.app.state.paths.get(p.id, [])],
         user_id=p.user_id, login_expires_at=aware(p.login_expires_at),
+        agent_version=p.agent_version, os_family=p.os_family,
     )
 
 

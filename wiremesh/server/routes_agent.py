@@ -76,7 +76,8 @@ async def report_endpoints(body: EndpointReport, request: Request,
     """The agent's candidates; the answer says where the server sees it from and where to
     measure its NAT mapping (STUN)."""
     changed = await request.app.state.store.peers.report_endpoints(
-        peer.id, _observed(request, body.ordered()), body.listen_port)
+        peer.id, _observed(request, body.ordered()), body.listen_port, body.agent_version,
+        body.os_family)
     if changed:
         request.app.state.hub.poke()
     return EndpointAnswer(observed=request.client.host if request.client else None,

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
+from wiremesh.core.posture import OsFamily
 from wiremesh.core.wire import NAME_PATTERN as NAME_RE
 from wiremesh.core.wire import Endpoint, Name, WgKey
 from wiremesh.store.common import MAX_ID
@@ -81,6 +82,9 @@ class EndpointReport(Strict):
     endpoints: list[Endpoint] = Field(default_factory=list, max_length=16,
                                       description="fixed endpoints the operator configured")
     candidates: list[Candidate] = Field(default_factory=list, max_length=16)
+    # Posture (core/posture.py); older agents send neither.
+    agent_version: str | None = Field(None, pattern=r"^[0-9A-Za-z.+-]{1,32}$")
+    os_family: OsFamily | None = None
 
     def ordered(self) -> list[str]:
         """Everything reported, best first: configured, mapped (works across NATs that
@@ -164,6 +168,8 @@ class PeerOut(BaseModel):
                                                   "user's login (wiremesh up --login)")
     login_expires_at: datetime | None = Field(
         None, description="when its user must log in on it again to stay in the mesh")
+    agent_version: str = Field("", description="as its agent reports it ('' = not yet)")
+    os_family: str = Field("", description="as its agent reports it ('' = not yet)")
 
 
 class PeerRename(Strict):

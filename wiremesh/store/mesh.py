@@ -36,12 +36,12 @@ def _endpoints_with_port(endpoints: list[str], port: int) -> list[str]:
 # everything (and SQLite caps the parameters of one statement).
 MAX_CHANGED = 500
 _PEER_COLUMNS = (Peer.id, Peer.name, Peer.public_key, Peer.overlay_ip, Peer.endpoints,
-                 Peer.listen_port)
+                 Peer.listen_port, Peer.agent_version, Peer.os_family)
 
 
 def _peer_info(row: Any) -> PeerInfo:
     return PeerInfo(row[0], row[1], row[2], row[3],
-                    tuple(_endpoints_with_port(row[4], row[5])), row[5])
+                    tuple(_endpoints_with_port(row[4], row[5])), row[5], row[6], row[7])
 
 
 def _live() -> ColumnElement[bool]:
@@ -96,7 +96,7 @@ class MeshReader:
             rows = await s.execute(_live_peers())
             cache, peers = self._peer_infos, {}
             for row in rows:
-                key = (*row[:4], tuple(row[4]), row[5])
+                key = (*row[:4], tuple(row[4]), *row[5:])
                 hit = cache.get(row[0])
                 if hit is None or hit[0] != key:
                     hit = cache[row[0]] = (key, _peer_info(row))

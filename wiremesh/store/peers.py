@@ -51,16 +51,23 @@ class Peers:
             return None
         return row
 
-    async def report_endpoints(self, peer_id: int, endpoints: list[str], listen_port: int) -> bool:
-        """Record what the agent reported; returns True when netmaps must change."""
+    async def report_endpoints(self, peer_id: int, endpoints: list[str], listen_port: int,
+                               agent_version: str | None = None,
+                               os_family: str | None = None) -> bool:
+        """Record what the agent reported (its version and OS family when it says them);
+        returns True when netmaps must change."""
         async with self.db.tx() as s:
             peer = await s.get(Peer, peer_id)
             if peer is None:
                 raise NotFound(f"no peer with id {peer_id}")
             peer.last_seen = now()
-            if peer.endpoints == endpoints and peer.listen_port == listen_port:
+            version = peer.agent_version if agent_version is None else agent_version
+            os_ = peer.os_family if os_family is None else os_family
+            if (peer.endpoints, peer.listen_port, peer.agent_version, peer.os_family) == (
+                    endpoints, listen_port, version, os_):
                 return False
             peer.endpoints, peer.listen_port = endpoints, listen_port
+            peer.agent_version, peer.os_family = version, os_
             await bump(s, peers=[peer.id])
             return True
 

@@ -8,6 +8,7 @@ from sqlalchemy import delete, select
 
 from wiremesh.core.models import Policy, PortRange, Route
 from wiremesh.core.policy import ALL_GROUP
+from wiremesh.core.posture import Posture
 from wiremesh.store import audit, routes
 from wiremesh.store.changes import bump
 from wiremesh.store.database import Database
@@ -25,6 +26,8 @@ def from_row(r: PolicyRow) -> Policy:
         ports=tuple(PortRange.parse(p) for p in r.ports), bidirectional=r.bidirectional,
         enabled=r.enabled, destination_routes=tuple(r.destination_routes),
         description=r.description,
+        posture=None if r.posture is None else Posture(
+            r.posture.get("min_agent_version"), tuple(r.posture.get("os", ()))),
     )
 
 
@@ -33,6 +36,9 @@ def row_values(p: Policy) -> dict[str, Any]:
         name=p.name, description=p.description, enabled=p.enabled, sources=list(p.sources),
         destinations=list(p.destinations), destination_routes=list(p.destination_routes),
         protocol=p.protocol, ports=[str(x) for x in p.ports], bidirectional=p.bidirectional,
+        posture=None if p.posture is None else {
+            "min_agent_version": p.posture.min_agent_version,
+            "os": list(p.posture.os_families)},
     )
 
 

@@ -67,6 +67,9 @@ class Peer(Base):
     # After this the peer is out of the mesh until its user logs in again on it.
     login_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                               nullable=True)
+    # As its agent reports them (posture checks); "" until it does.
+    agent_version: Mapped[str] = mapped_column(String(32), default="")
+    os_family: Mapped[str] = mapped_column(String(16), default="")
 
 
 class User(Base):
@@ -144,6 +147,8 @@ class PolicyRow(Base):
     protocol: Mapped[str] = mapped_column(String(8), default="all")
     ports: Mapped[list[str]] = mapped_column(JSON, default=list)
     bidirectional: Mapped[bool] = mapped_column(default=False)
+    # {"min_agent_version": str | None, "os": [family, ...]} or None (core/posture.py)
+    posture: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class RouteRow(Base):

@@ -1,5 +1,6 @@
 """Users from the OpenID provider, their login sessions and logins in progress; peers and
-setup keys may belong to a user.
+setup keys may belong to a user. Posture: peers' agent version and OS family, policies'
+requirements.
 
 Revision ID: 0006
 Revises: 0005
@@ -57,11 +58,20 @@ def upgrade() -> None:
     op.add_column("peers", sa.Column("login_expires_at", TS, nullable=True))
     op.create_index("ix_peers_user_id", "peers", ["user_id"])
     op.add_column("setup_keys", sa.Column("user_id", sa.Integer, nullable=True))
+    op.add_column("peers", sa.Column("agent_version", sa.String(32), nullable=False,
+                                     server_default=""))
+    op.add_column("peers", sa.Column("os_family", sa.String(16), nullable=False,
+                                     server_default=""))
+    op.add_column("policies", sa.Column("posture", sa.JSON, nullable=True))
 
 
 def downgrade() -> None:
     op.drop_index("ix_peers_user_id", "peers")
+    with op.batch_alter_table("policies") as t:
+        t.drop_column("posture")
     with op.batch_alter_table("peers") as t:
+        t.drop_column("os_family")
+        t.drop_column("agent_version")
         t.drop_column("login_expires_at")
         t.drop_column("user_id")
     with op.batch_alter_table("setup_keys") as t:
