@@ -114,6 +114,7 @@ class MeshLab:
     relays: dict[str, Host] = field(default_factory=dict)
     server_proc: subprocess.Popen | None = None
     admin_token: str = ""
+    server_args: list[str] = field(default_factory=list)  # more `wiremesh server` options
 
     @property
     def lab(self) -> Lab:
@@ -139,7 +140,7 @@ class MeshLab:
                          "--listen", f"{self.server.ip}:{SERVER_PORT}",
                          "--admin-token-file", str(token_file),
                          "--tls-cert", str(self.tls.cert_file),
-                         "--tls-key", str(self.tls.key_file)),
+                         "--tls-key", str(self.tls.key_file), *self.server_args),
             log=self.log("server"))
         wait_until(lambda: self._server_healthy(), timeout, "the server to answer")
         if not self.admin_token:
@@ -175,14 +176,16 @@ class MeshLab:
         return a
 
     def start_agent(self, a: LabAgent, setup_key: str | None = None,
-                    extra: Sequence[str] = ()) -> None:
-        """`wiremesh up` with a setup key (first start, with `extra` options) or `wiremesh
-        agent` (saved state)."""
+                    extra: Sequence[str] = (), login: bool = False) -> None:
+        """`wiremesh up` with a setup key or as a user (`login`: the agent prints the URL
+        and code to its log), with `extra` options (first start), or `wiremesh agent` (saved
+        state)."""
         common = ["--state-dir", str(a.state_dir), "--wg-backend", "userspace",
                   "--metrics-listen", f"127.0.0.1:{AGENT_METRICS_PORT}"]
-        if setup_key:
+        if setup_key or login:
+            how = ["--login"] if login else ["--setup-key", str(setup_key)]
             # Names for peers go into the host's own resolv.conf (see netns.NETNS_ETC).
-            argv = wiremesh_cmd("up", "--server", self.url, "--setup-key", setup_key,
+            argv = wiremesh_cmd("up", "--server", self.url, *how,
                                 "--ca-file", str(self.tls.ca_file),
                                 "--name", a.name, "--interface", a.ifname,
                                 "--resolv-conf", str(a.host.resolv_conf), *extra, *common)

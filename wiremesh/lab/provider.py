@@ -190,3 +190,24 @@ def sign_in(client: httpx.Client, url: str, user: str, password: str,
         resp = (client.post(target, data=fields) if method == "post"
                 else client.get(target, params=fields))
     raise LabError(f"signing in at {url} took more than {max_steps} pages")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m wiremesh.lab.provider URL USER PASSWORD CA_FILE`: sign in at URL (run in
+    a lab host's namespace, where the provider is reachable); prints the last page's title."""
+    import ssl
+    import sys
+
+    url, user, password, ca_file = argv or sys.argv[1:]
+    verify = ssl.create_default_context(cafile=ca_file)
+    with httpx.Client(verify=verify, follow_redirects=True, timeout=20) as client:
+        try:
+            resp = sign_in(client, url, user, password)
+        except (LabError, httpx.HTTPError) as e:
+            sys.exit(f"sign-in failed: {e}")
+    title = resp.text.partition("<title>")[2].partition("</title>")[0]
+    print(f"{resp.status_code} {title}")
+
+
+if __name__ == "__main__":
+    main()
