@@ -40,7 +40,19 @@ def test_console_has_no_inline_script_style_or_remote_resource() -> None:
 async def test_session_answers_a_logged_out_browser_without_an_error(api: ApiEnv) -> None:
     r = await api.client.get("/console/session")
     assert r.status_code == 200
-    assert r.json()["authenticated"] is False and r.json()["login_url"]
+    assert r.json()["authenticated"] is False and r.json()["login_url"] == "/auth/login"
+    assert r.json()["sso"] is False  # no provider configured: the page says so, no login link
+
+
+async def test_session_names_the_role_and_the_csrf_header_writes_need(api: ApiEnv) -> None:
+    auditor = (await api.client.post("/api/v1/admin-tokens", json={"name": "ro", "role": "auditor"},
+                                     headers=api.admin)).json()["token"]
+    me = (await api.client.get("/console/session",
+                               headers={"Authorization": f"Bearer {auditor}"})).json()
+    assert me["authenticated"] and me["role"] == "auditor"
+    assert me["csrf_header"] and me["csrf_token"]
+    bad = await api.client.get("/console/session", headers={"Authorization": "Bearer wma_no"})
+    assert bad.json()["authenticated"] is False
 
 
 async def test_api_errors_keep_their_problem_bodies(api: ApiEnv) -> None:

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from wiremesh.server.auth import CSRF_TOKEN, principal
+from wiremesh.server.auth import CSRF_HEADER, CSRF_TOKEN, principal
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = "/assets"
@@ -59,23 +59,30 @@ class ConsoleHeaders:
 
 
 async def session(request: Request) -> dict[str, Any]:
-    """Who the browser is logged in as; a page that is not logged in gets an answer too (not
-    a 401) so the console can offer the login link without an error in the browser."""
+    """Who the browser is logged in as. A browser that is not logged in gets an answer too
+    (not a 401), so the console offers the login link without an error in the browser."""
+    links = {"sso": request.app.state.oidc is not None, "login_url": "/auth/login",
+             "logout_url": "/auth/logout"}
     try:
         who = await principal(request)
     except HTTPException as e:
         if e.status_code != 401:
             raise
-        return {"authenticated": False, "login_url": "/auth/login"}
+        return {"authenticated": False, **links}
     return {"authenticated": True, "name": who.name, "role": who.role, "kind": who.kind,
-            "user_id": who.user_id, "login_url": "/auth/login", "logout_url": "/auth/logout",
-            "csrf_token": CSRF_TOKEN}
+            "user_id": who.user_id, "csrf_header": CSRF_HEADER, "csrf_token": CSRF_TOKEN,
+            **links}
 
 
 def install(app: FastAPI) -> None:
     app.add_middleware(ConsoleHeaders)
     app.mount(ASSETS, StaticFiles(directory=STATIC / "assets"), name="console-assets")
     app.add_api_route("/console/session", session, methods=["GET"], include_in_schema=False)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        # Browsers ask every page's origin for it (the login callback's page too).
+        return FileResponse(STATIC / "assets" / "favicon.svg", media_type="image/svg+xml")
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

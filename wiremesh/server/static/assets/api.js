@@ -1,10 +1,11 @@
-// The JSON API, as the logged-in browser session: same-origin cookies, the CSRF token on
-// every write, RFC 9457 problem bodies turned into errors that name what was wrong.
+// The JSON API, as the logged-in browser session: same-origin cookies, the server's CSRF
+// header on every write (a cross-site form cannot set it), RFC 9457 problem bodies turned
+// into errors that name what was wrong.
 
-let csrfToken = null;
+let csrf = null; // [header, value]
 
-export function setCsrfToken(token) {
-  csrfToken = token;
+export function setCsrf(header, value) {
+  csrf = header ? [header, value] : null;
 }
 
 export class ApiError extends Error {
@@ -20,7 +21,7 @@ export class ApiError extends Error {
 export async function request(method, url, body) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (method !== "GET" && csrfToken) headers["X-CSRF-Token"] = csrfToken;
+  if (method !== "GET" && csrf) headers[csrf[0]] = csrf[1];
   const response = await fetch(url, {
     method,
     headers,

@@ -1,7 +1,7 @@
 // The console's shell: who is logged in, the navigation for their role, and the page named by
 // the URL's fragment (#/peers, #/matrix, ...), so every page is a real link.
 
-import { request, setCsrfToken } from "./api.js";
+import { request, setCsrf } from "./api.js";
 import { errorBox, h, say } from "./dom.js";
 import { pages } from "./pages.js";
 
@@ -9,7 +9,7 @@ let session = null;
 
 async function loadSession() {
   session = await request("GET", "/console/session");
-  setCsrfToken(session.csrf_token || null);
+  setCsrf(session.csrf_header, session.csrf_token);
   return session;
 }
 
@@ -31,6 +31,13 @@ function loginPage(main) {
   document.getElementById("nav").hidden = true;
   document.getElementById("who").hidden = true;
   document.title = "Log in · wiremesh console";
+  if (!session.sso) {
+    main.replaceChildren(
+      h("h1", {}, "wiremesh console"),
+      h("p", {}, "This server has no identity provider configured, so nobody can log in here. " +
+        "Start it with --oidc-issuer (see the README), or use the CLI with an admin token."));
+    return;
+  }
   const next = `/${location.hash || "#/peers"}`;
   const url = `${session.login_url}?next=${encodeURIComponent(next)}`;
   main.replaceChildren(
@@ -74,6 +81,7 @@ async function route() {
   link.setAttribute("aria-current", "page");
   document.title = `${link.textContent} · wiremesh console`;
   const ctx = { session, canWrite: session.role === "admin", reload: route };
+  main.removeAttribute("data-page");
   main.setAttribute("aria-busy", "true");
   main.replaceChildren(h("p", { class: "loading" }, "Loading…"));
   try {
@@ -87,5 +95,8 @@ async function route() {
 }
 
 document.getElementById("logout").addEventListener("click", logout);
-window.addEventListener("hashchange", route);
+window.addEventListener("hashchange", () => {
+  say(""); // a message belongs to the page it was said on
+  route();
+});
 route();

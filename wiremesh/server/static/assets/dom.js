@@ -55,7 +55,7 @@ export function list(items) {
 
 export function say(message, kind = "ok") {
   const status = document.getElementById("status");
-  status.className = `status ${kind}`;
+  status.className = message ? `status ${kind}` : "status";
   status.textContent = message;
 }
 

@@ -9,9 +9,17 @@ function paths(peer) {
     `${direct} direct, ${relayed} relayed`);
 }
 
+// user id -> name, for the owner column (only admins and auditors may list users).
+async function owners(ctx) {
+  if (ctx.session.role === "user") return new Map([[ctx.session.user_id, ctx.session.name]]);
+  const users = await api.get("/users");
+  return new Map(users.map((u) => [u.id, u.name || u.email || u.sub]));
+}
+
 export async function peersPage(ctx) {
-  const peers = await api.get("/peers");
+  const [peers, names] = await Promise.all([api.get("/peers"), owners(ctx)]);
   const online = peers.filter((p) => p.connected).length;
+  const mayDelete = ctx.session.role !== "auditor";
   return h("section", {},
     h("p", {}, `${peers.length} peers, ${online} online.`),
     table("Peers", [
@@ -19,12 +27,15 @@ export async function peersPage(ctx) {
       ["Status", (p) => (p.connected ? badge("online", "good") : badge("offline", "muted"))],
       ["Last seen", (p) => when(p.last_seen)],
       ["Overlay IP", (p) => h("code", {}, p.overlay_ip)],
-      ["Owner", (p) => p.owner || h("span", { class: "muted" }, "setup key")],
+      ["Owner", (p) => (p.user_id == null ? h("span", { class: "muted" }, "setup key")
+        : names.get(p.user_id) || `user ${p.user_id}`)],
       ["Paths", paths],
       ["Version", (p) => p.version || h("span", { class: "muted" }, "—")],
       ["Groups", (p) => list(p.groups)],
-      ...(ctx.canWrite ? [["", (p) => deleteButton(ctx, p)]] : []),
-    ], peers, "No peers have enrolled yet."));
+      ...(mayDelete ? [["", (p) => deleteButton(ctx, p)]] : []),
+    ], peers, ctx.session.role === "user"
+      ? "You have no peers yet: enrol a machine with `wiremesh up --login`."
+      : "No peers have enrolled yet."));
 }
 
 function deleteButton(ctx, peer) {
