@@ -6,6 +6,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -193,6 +194,27 @@ def lab_down() -> None:
     except LabError as e:
         fail(str(e))
     console.print(f"lab removed ({len(removed)} namespaces and sockets)")
+
+
+@app.command("console")
+def console_(
+    shots: Path | None = typer.Option(
+        None, "--shots", file_okay=False,
+        help="Directory for the screenshots (default: ./wiremesh-console-RUNID)"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The web console in a real browser (Debian's chromium, driven by Playwright): server
+    + OpenID provider + agents, one enrolled with `wiremesh up --login` (its device login
+    done in the browser); login, every page, a policy edit with diff and apply, the matrix
+    with an explain, the change in the audit log, logout; an auditor's and a user's view.
+
+    Saves a screenshot of each page and exits 1 unless logins work, at least 7 pages were
+    checked, the policy was applied from the browser and its console showed no error.
+    With --json the last line is one JSON object with the figures.
+    """
+    from wiremesh.lab.console_scenario import run_console_scenario, summary_ok
+
+    _run(lambda out: run_console_scenario(out, shots), as_json, summary_ok)
 
 
 @app.command("clean")

@@ -27,9 +27,11 @@ function escape(text) {
 }
 
 // Plain pages without external resources: the lab's browser has no internet, and a failed
-// font download is a console error.
+// font download is a console error (so is the browser's own /favicon.ico request: an empty
+// icon inline spares it).
 function page(title, body) {
   return `<!DOCTYPE html><html><head><meta charset="utf-8"><title>${escape(title)}</title>`
+    + '<link rel="icon" href="data:,">'
     + '<meta name="viewport" content="width=device-width, initial-scale=1"></head>'
     + `<body><main><h1>${escape(title)}</h1>${body}</main></body></html>`;
 }
