@@ -79,12 +79,13 @@ def run_console_scenario(console: Console, shots_dir: Path | None = None,
         with running_provider(mesh.lab.log_dir / "idp", [ADMIN, AUDITOR, USER],
                               [f"{mesh.url}/auth/callback"], host=mesh.server,
                               listen_ip=mesh.server.ip, port=IDP_PORT, tls=mesh.tls) as idp:
-            mesh.start_server(extra=(
+            mesh.server_args = [
                 "--oidc-issuer", idp.issuer, "--oidc-client-id", idp.client_id,
                 "--oidc-client-secret-file", str(idp.client_secret_file),
                 "--oidc-ca-file", str(mesh.tls.ca_file), "--public-url", mesh.url,
                 "--oidc-scopes", "openid email profile offline_access groups",
-                "--oidc-admin-group", "wm-admins", "--oidc-auditor-group", "wm-auditors"))
+                "--oidc-admin-group", "wm-admins", "--oidc-auditor-group", "wm-auditors"]
+            mesh.start_server()
             return _scenario(mesh, desk, shots, console)
 
 
