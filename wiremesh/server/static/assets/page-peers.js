@@ -30,7 +30,9 @@ export async function peersPage(ctx) {
       ["Owner", (p) => (p.user_id == null ? h("span", { class: "muted" }, "setup key")
         : names.get(p.user_id) || `user ${p.user_id}`)],
       ["Paths", paths],
-      ["Version", (p) => p.version || h("span", { class: "muted" }, "—")],
+      ["Version", (p) => (p.agent_version
+        ? `${p.agent_version}${p.os_family ? ` (${p.os_family})` : ""}`
+        : h("span", { class: "muted" }, "—"))],
       ["Groups", (p) => list(p.groups)],
       ...(mayDelete ? [["", (p) => deleteButton(ctx, p)]] : []),
     ], peers, ctx.session.role === "user"
