@@ -13,7 +13,6 @@ new policy lets it reach: the edit made in the browser reached the data plane.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -25,15 +24,15 @@ from wiremesh.lab.console_walk import Login, WalkPlan
 from wiremesh.lab.layout import Layout
 from wiremesh.lab.mesh import MeshLab, wait_until
 from wiremesh.lab.netns import Host, LabError
-from wiremesh.lab.provider import LabUser, running_provider
+from wiremesh.lab.provider import LabUser
+from wiremesh.lab.sso import ADMINS, AUDITORS, start_login_agent, with_provider
 from wiremesh.lab.topology import mesh_lab
 
-IDP_PORT = 8443
 SERVERS = ("srv1", "srv2")
 LAPTOP = "laptop"
 DESK = "desk"
-ADMIN = LabUser("ada", "ada-lab-pass", ("wm-admins",))
-AUDITOR = LabUser("audrey", "audrey-lab-pass", ("wm-auditors",))
+ADMIN = LabUser("ada", "ada-lab-pass", (ADMINS,))
+AUDITOR = LabUser("audrey", "audrey-lab-pass", (AUDITORS,))
 USER = LabUser("alice", "alice-lab-pass", ("engineering",))
 
 POLICY = """\
@@ -76,15 +75,7 @@ def run_console_scenario(console: Console, shots_dir: Path | None = None,
         console.print(f"lab [bold]{mesh.lab.id}[/]: server + provider, "
                       f"{len(layout.peers)} agents, a browser; screenshots in {shots}")
         desk = mesh.topo.public_host(DESK)
-        with running_provider(mesh.lab.log_dir / "idp", [ADMIN, AUDITOR, USER],
-                              [f"{mesh.url}/auth/callback"], host=mesh.server,
-                              listen_ip=mesh.server.ip, port=IDP_PORT, tls=mesh.tls) as idp:
-            mesh.server_args = [
-                "--oidc-issuer", idp.issuer, "--oidc-client-id", idp.client_id,
-                "--oidc-client-secret-file", str(idp.client_secret_file),
-                "--oidc-ca-file", str(mesh.tls.ca_file), "--public-url", mesh.url,
-                "--oidc-scopes", "openid email profile offline_access groups",
-                "--oidc-admin-group", "wm-admins", "--oidc-auditor-group", "wm-auditors"]
+        with with_provider(mesh, [ADMIN, AUDITOR, USER]):
             mesh.start_server()
             return _scenario(mesh, desk, shots, console)
 
@@ -102,13 +93,12 @@ def _scenario(mesh: MeshLab, desk: Host, shots: Path, console: Console) -> dict[
     mesh.wait_agents_configured(servers, 1)
 
     laptop = mesh.agents[LAPTOP]
-    mesh.start_agent(laptop, login=True)
-    device_url, code = _device_prompt(mesh)
-    console.print(f"laptop waits for its user at {device_url} (code {code})")
+    device_url = start_login_agent(mesh, laptop)
+    console.print(f"laptop waits for its user at {device_url}")
     plan = WalkPlan(
         base_url=mesh.url, shots_dir=str(shots), trusted_certs=[str(mesh.tls.cert_file)],
         admin=_login(ADMIN), auditor=_login(AUDITOR), user=_login(USER),
-        user_peers=[LAPTOP], device_url=device_url, device_code=code,
+        user_peers=[LAPTOP], device_url=device_url,
         policy_append=POLICY_APPEND, tests_append=TESTS_APPEND, new_policy=NEW_POLICY,
         explain=(LAPTOP, "srv1"))
     device = _walk(mesh, desk, plan, "device")
@@ -155,22 +145,6 @@ def _login(u: LabUser) -> Login:
 
 def _enrolled(state_dir: Path) -> bool:
     return (state_dir / "state.json").exists()
-
-
-def _device_prompt(mesh: MeshLab, timeout: float = 30) -> tuple[str, str]:
-    """The URL and code `wiremesh up --login` shows its user."""
-    found: dict[str, str] = {}
-
-    def shown() -> bool:
-        log = mesh.log(LAPTOP).read_text(errors="replace") if mesh.log(LAPTOP).exists() else ""
-        url = re.search(r"open (https://\S+)", log)
-        code = re.search(r"the code ([A-Z0-9]{4}-?[A-Z0-9]{4})", log)
-        if url and code:
-            found.update(url=url.group(1), code=code.group(1))
-        return bool(found) and mesh.agent_alive(mesh.agents[LAPTOP])
-
-    wait_until(shown, timeout, "`wiremesh up --login` to show its URL and code")
-    return found["url"], found["code"]
 
 
 def _walk(mesh: MeshLab, desk: Host, plan: WalkPlan, steps: str) -> dict[str, Any]:

@@ -40,8 +40,7 @@ class WalkPlan:
     auditor: Login | None = None
     user: Login | None = None
     user_peers: list[str] = field(default_factory=list)  # what the user must see, and only it
-    device_url: str | None = None  # an agent's device login to complete first, as `user`
-    device_code: str | None = None
+    device_url: str | None = None  # an agent's device login (its code in the URL), as `user`
     policy_append: str = ""  # YAML appended to the exported policy list
     tests_append: str = ""  # a `tests:` section appended after it
     new_policy: str = ""  # the name of the policy the edit adds
@@ -227,9 +226,6 @@ def device_login(run: BrowserRun, plan: WalkPlan, res: WalkResult) -> None:
     assert plan.device_url and plan.user
     page = run.page
     page.goto(plan.device_url)
-    code = page.locator("input[name=user_code]")
-    if plan.device_code and code.count() and not code.input_value():
-        code.fill(plan.device_code)
     res.screenshots.append(str(run.shot("device-login")))
     provider_forms(page, plan.user, None)
     expect(page.locator("#done").count() == 1, f"device login ended at {page.url}")

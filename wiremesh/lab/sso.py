@@ -37,10 +37,9 @@ def with_provider(mesh: MeshLab, users: Sequence[LabUser], check_interval_s: int
         yield idp
 
 
-def login_agent(mesh: MeshLab, idp: Provider, agent: LabAgent, user: str,
-                timeout: float = 60) -> None:
-    """Start `wiremesh up --login` on `agent` and have `user` sign in at the URL it prints
-    (from the server host: the person's browser sits where the provider is reachable)."""
+def start_login_agent(mesh: MeshLab, agent: LabAgent, timeout: float = 60) -> str:
+    """Start `wiremesh up --login` on `agent`; the login URL it prints for its user (the
+    provider's page, with the code in it)."""
     mesh.start_agent(agent, login=True)
     found: list[str] = []
 
@@ -50,7 +49,15 @@ def login_agent(mesh: MeshLab, idp: Provider, agent: LabAgent, user: str,
         return bool(found)
 
     wait_until(url_shown, timeout, f"{agent.name} to show its login URL")
-    res = mesh.server.run([sys.executable, "-m", "wiremesh.lab.provider", found[-1], user,
+    return found[-1]
+
+
+def login_agent(mesh: MeshLab, idp: Provider, agent: LabAgent, user: str,
+                timeout: float = 60) -> None:
+    """Start `wiremesh up --login` on `agent` and have `user` sign in at the URL it prints
+    (from the server host: the person's browser sits where the provider is reachable)."""
+    url = start_login_agent(mesh, agent, timeout)
+    res = mesh.server.run([sys.executable, "-m", "wiremesh.lab.provider", url, user,
                            idp.users[user].password, str(mesh.tls.ca_file)],
                           check=False, timeout=timeout)
     if res.returncode != 0:
