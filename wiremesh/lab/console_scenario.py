@@ -38,6 +38,11 @@ USER = LabUser("alice", "alice-lab-pass", ("engineering",))
 POLICY = """\
 groups:
   servers: [srv1, srv2]
+routes:
+  - name: office
+    prefix: 198.18.1.0/24
+    routers: servers
+    router_metrics: {srv1: 50}
 policies:
   - name: servers-mesh
     sources: [servers]
@@ -100,7 +105,7 @@ def _scenario(mesh: MeshLab, desk: Host, shots: Path, console: Console) -> dict[
         admin=_login(ADMIN), auditor=_login(AUDITOR), user=_login(USER),
         user_peers=[LAPTOP], device_url=device_url,
         policy_append=POLICY_APPEND, tests_append=TESTS_APPEND, new_policy=NEW_POLICY,
-        explain=(LAPTOP, "srv1"))
+        explain=(LAPTOP, "srv1"), routers=list(SERVERS))
     device = _walk(mesh, desk, plan, "device")
     device_ok = device["device_login_browser_ok"]
     if device_ok:

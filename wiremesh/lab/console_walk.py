@@ -45,6 +45,7 @@ class WalkPlan:
     tests_append: str = ""  # a `tests:` section appended after it
     new_policy: str = ""  # the name of the policy the edit adds
     explain: tuple[str, str] = ("", "")  # the matrix cell to explain (src, dst)
+    routers: list[str] = field(default_factory=list)  # the routes page must show them online
 
     @classmethod
     def from_json(cls, text: str) -> WalkPlan:
@@ -163,6 +164,10 @@ def admin_walk(run: BrowserRun, plan: WalkPlan, res: WalkResult) -> None:
         if name == "users":
             users = page.locator("main table").first.inner_text()
             expect(plan.admin.user.title() in users, f"the users page lacks the admin: {users}")
+        if name == "routes":
+            live = page.locator("ul.routers li").all_inner_texts()
+            expect(all(any(r in li and "online" in li for li in live) for r in plan.routers),
+                   f"the routes page does not show {plan.routers} online: {live}")
         res.pages_checked.append(name)
 
     edit_policy(run, plan, res)
