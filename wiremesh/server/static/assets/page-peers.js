@@ -21,7 +21,7 @@ export async function peersPage(ctx) {
   const online = peers.filter((p) => p.connected).length;
   const mayDelete = ctx.session.role !== "auditor";
   return h("section", {},
-    h("p", {}, `${peers.length} peers, ${online} online.`),
+    h("p", {}, `${peers.length} ${peers.length === 1 ? "peer" : "peers"}, ${online} online.`),
     table("Peers", [
       ["Name", (p) => h("strong", {}, p.name)],
       ["Status", (p) => (p.connected ? badge("online", "good") : badge("offline", "muted"))],
