@@ -76,8 +76,10 @@ class Sim:
         return [(t, k) for t, p, k in self.log if p == PREFIX]
 
 
+# Routers that never answered are judged like the others here; the start-up grace has its own
+# test.
 CFG = FailoverConfig(dead_after=0.35, recover_after=1.0, min_dwell=1.0, failback="preferred",
-                     failback_after=3.0)
+                     failback_after=3.0, first_answer_after=0.35)
 TWO = [route((A, 10), (B, 20))]
 
 
@@ -423,3 +425,20 @@ def test_next_deadline_is_when_the_oldest_unanswered_probe_runs_out() -> None:
     assert m.next_deadline() == pytest.approx(1.05 + CFG.dead_after)
     m.tick(2.0)  # both overdue: declared dead, nothing more to wait for
     assert m.next_deadline() is None
+
+
+def test_router_that_never_answered_gets_a_handshake_retry_before_it_is_judged() -> None:
+    cfg = FailoverConfig(dead_after=0.35, first_answer_after=5.5)
+    sim = Sim(cfg, TWO)
+    sim.alive.discard(A)  # A's first handshake is lost: no answer for a while
+    sim.run(5.0)
+    assert sim.switches() == [(0.0, A)]  # no start-up flap to B and back
+    assert sim.m.health(A) is Health.UNKNOWN and sim.m.health(B) is Health.UP
+    sim.run(0.7)
+    assert sim.active() == B  # ...but a router dead from the start is still left
+    sim.alive.add(A)
+    sim.run(cfg.failback_after + cfg.recover_after + 1)
+    assert sim.active() == A
+    sim.alive.discard(A)  # once it has answered, dead_after applies again
+    sim.run(0.6)
+    assert sim.active() == B

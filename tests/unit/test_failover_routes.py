@@ -33,7 +33,7 @@ def netmap(routes: dict[str, RouteEntry], version: int = 1) -> Netmap:
 
 async def test_prefixes_follow_the_active_router() -> None:
     clock = Clock()
-    rm = RouteManager("wmtest0", FailoverConfig(), clock=clock)
+    rm = RouteManager("wmtest0", FailoverConfig(first_answer_after=0.35), clock=clock)
     nm = netmap({
         "one": RouteEntry("one", NET1, ((GHOST, 1), (A, 10), (B, 20))),
         "two": RouteEntry("two", NET2, ((B, 10), (A, 20))),

@@ -67,10 +67,16 @@ class FailoverConfig:
     failback_after: float = 10.0
     # WireGuard's Reject-After-Time: past it no data can pass on the session.
     handshake_max_age: float = 180.0
+    # A router that has never answered is judged only after this: its first probe starts the
+    # WireGuard handshake, and a lost initiation is retried after Rekey-Timeout (5 s). Judging
+    # it by `dead_after` made clients on a lossy or loaded network leave their preferred router
+    # at start-up and come back after `failback_after` (issue 14). The price: a router dead
+    # from the start is left this late, before any traffic of the client depended on it.
+    first_answer_after: float = 5.5
 
     def __post_init__(self) -> None:
         for name in ("dead_after", "recover_after", "min_dwell", "failback_after",
-                     "handshake_max_age"):
+                     "handshake_max_age", "first_answer_after"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
@@ -120,7 +126,7 @@ class _Router:
 
     def deadline(self, cfg: FailoverConfig, probe_interval: float) -> float:
         if self.srtt is None:
-            return cfg.dead_after
+            return max(cfg.dead_after, cfg.first_answer_after)
         losses = cfg.tolerated_losses
         if self.loss > 0:
             losses = max(losses, math.ceil(_ODDS / math.log(min(self.loss, _MAX_LOSS))))
