@@ -36,13 +36,16 @@ def keys_create(
     group: list[str] = typer.Option([], "--group", help="Auto-group for enrolled peers"),
     peer_name: str | None = typer.Option(
         None, "--peer-name", help="The name its peer gets, reserved until then (one-off keys)"),
+    role: str = typer.Option("agent", "--role",
+                             help="agent, or gateway (for `wiremesh gateway enrol`)"),
     server: str | None = ServerOpt, token: str | None = TokenOpt,
     ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Create a setup key; its secret is shown only now."""
     k = Api(server, token, ca_file, insecure).call("POST", "/setup-keys", json={
         "name": name, "reusable": reusable, "usage_limit": usage_limit,
-        "expires_in_s": expires_in, "auto_groups": group, "peer_name": peer_name})
+        "expires_in_s": expires_in, "auto_groups": group, "peer_name": peer_name,
+        "role": role})
     if as_json:
         print_json(k)
     else:

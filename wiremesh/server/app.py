@@ -19,6 +19,7 @@ from wiremesh.server import (
     routes_admin,
     routes_agent,
     routes_auth,
+    routes_gateway,
     routes_policy,
     routes_relay,
     routes_tokens,
@@ -107,6 +108,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
     errors.install(app)
     app.add_middleware(BodyLimit)
     for r in (routes_admin.router, routes_agent.router, routes_auth.router,
+              routes_gateway.router,
               routes_policy.router, routes_relay.router, routes_tokens.router,
               routes_users.router):
         app.include_router(r, responses=errors.PROBLEM_RESPONSES)

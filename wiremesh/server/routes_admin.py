@@ -42,7 +42,7 @@ def _key_out(k: SetupKey, plaintext: str | None = None) -> SetupKeyOut:
         id=k.id, name=k.name, prefix=k.key_prefix, reusable=k.reusable,
         usage_limit=k.usage_limit, used_count=k.used_count, expires_at=exp,
         revoked=k.revoked, valid=valid, auto_groups=list(k.auto_groups),
-        peer_name=k.peer_name, key=plaintext,
+        peer_name=k.peer_name, role=k.role, key=plaintext,
     )
 
 
@@ -57,7 +57,7 @@ async def create_setup_key(body: SetupKeyCreate, request: Request,
     row, key = await _store(request).setup_keys.create(
         actor, body.name, body.reusable, body.usage_limit,
         timedelta(seconds=body.expires_in_s) if body.expires_in_s else None, body.auto_groups,
-        body.peer_name,
+        body.peer_name, body.role,
     )
     out = _key_out(row, key)
     # Travels with the key, so the agent can check whom it enrols with.

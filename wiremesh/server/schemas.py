@@ -110,6 +110,9 @@ class SetupKeyCreate(Strict):
     auto_groups: list[Name] = Field(default_factory=list)
     peer_name: Name | None = Field(
         None, description="the name its peer gets (one-off keys); no other peer may take it")
+    role: Literal["agent", "gateway"] = Field(
+        "agent", description="gateway: its peers are JIT gateways and follow the known-peer "
+                             "feed (/api/v1/gateway/...) instead of a netmap")
 
 
 class SetupKeyOut(BaseModel):
@@ -124,6 +127,7 @@ class SetupKeyOut(BaseModel):
     valid: bool
     auto_groups: list[str]
     peer_name: str | None = None
+    role: str = "agent"
     key: str | None = None  # only in the answer to create, never again
     server_fingerprint: str | None = Field(
         None, description="in the answer to create: the server key agents pin "

@@ -13,6 +13,7 @@ from wiremesh.store.audit import AuditLog
 from wiremesh.store.changes import Changes
 from wiremesh.store.database import Database
 from wiremesh.store.enrolment import Enrolment
+from wiremesh.store.gateways import Gateways
 from wiremesh.store.groups import Groups
 from wiremesh.store.mesh import MeshReader
 from wiremesh.store.peers import Peers
@@ -33,6 +34,7 @@ class Store:
         self.audit = AuditLog(db)
         self.changes = Changes(db)
         self.enrolment = Enrolment(db)
+        self.gateways = Gateways(db)
         self.groups = Groups(db)
         self.mesh = MeshReader(db)
         self.peers = Peers(db)

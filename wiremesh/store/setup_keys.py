@@ -52,6 +52,7 @@ class SetupKeys:
     async def create(
         self, actor: str, name: str, reusable: bool, usage_limit: int,
         expires_in: timedelta | None, auto_groups: list[str], peer_name: str | None = None,
+        role: str = "agent",
     ) -> tuple[SetupKey, str]:
         key = new_secret("wmk")
         async with self.db.tx() as s:
@@ -63,12 +64,12 @@ class SetupKeys:
                 name=name, key_hash=hash_secret(key), key_prefix=key[:10], reusable=reusable,
                 usage_limit=usage_limit if reusable else 1, used_count=0,
                 expires_at=now() + expires_in if expires_in else None, revoked=False,
-                auto_groups=auto_groups, created_at=now(), peer_name=peer_name,
+                auto_groups=auto_groups, created_at=now(), peer_name=peer_name, role=role,
             )
             s.add(row)
             await s.flush()
             audit.record(s, actor, "setup_key.create", id=row.id, name=name,
-                         peer_name=peer_name)
+                         peer_name=peer_name, role=role)
         return row, key
 
     async def all(self) -> list[SetupKey]:

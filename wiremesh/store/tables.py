@@ -48,6 +48,9 @@ class SetupKey(Base):
     peer_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # A key minted for a device login: its peer belongs to this user.
     user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # What its peers are: `agent`, or `gateway` (a JIT gateway: follows the known-peer feed,
+    # store/gateways.py, instead of a netmap).
+    role: Mapped[str] = mapped_column(String(16), default="agent", server_default="agent")
 
 
 class Peer(Base):
