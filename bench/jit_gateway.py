@@ -25,10 +25,13 @@ import base64
 import json
 import math
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 import time
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -38,11 +41,18 @@ from rich.table import Table
 from wiremesh.gateway import noise
 from wiremesh.lab import gateway
 from wiremesh.lab.figures import percentile
-from wiremesh.lab.mesh import wait_until
-from wiremesh.lab.netns import Host, Lab, missing_requirements
+from wiremesh.lab.mesh import MeshLab, wait_until, wiremesh_cmd
+from wiremesh.lab.netns import Host, Lab, LabError, missing_requirements
+from wiremesh.lab.pki import make_server_cert
 from wiremesh.lab.topology import Topology
 from wiremesh.wg.backend import WgError, WgPeerConfig
-from wiremesh.wg.keys import decode_key, encode_key, generate_private_key, public_key_of
+from wiremesh.wg.keys import (
+    decode_key,
+    encode_key,
+    generate_private_key,
+    public_key_of,
+    write_private_key,
+)
 from wiremesh.wg.uapi import WireguardGoBackend, render_set
 
 SUBNET = "198.51.100"
@@ -120,6 +130,91 @@ def eager_baseline(lab: Lab, host: Host, lines: list[tuple[str, str]], timeout_s
             "mb_per_1k_peers": (peak - base_rss) / max(1, loaded) * 1000}
 
 
+GATEWAY_POLICY = """
+groups:
+  clients: []
+  gateways: []
+policies:
+  - name: clients-to-gateways
+    sources: [clients]
+    destinations: [gateways]
+"""
+
+
+def seed_server(mesh: MeshLab, keys: list[str]) -> None:
+    """A server whose store holds every known peer (overlay_ip(i) for keys[i]) in group
+    `clients`, and a policy letting `clients` reach `gateways`. Enrolling 550k agents
+    through the API would take hours, so the rows go straight into its SQLite file while it
+    is stopped (the next start loads them whole)."""
+    mesh.start_server()
+    policy = mesh.lab.log_dir / "gateway-policy.yaml"
+    policy.write_text(GATEWAY_POLICY)
+    mesh.admin("policy", "apply", str(policy))
+    mesh.stop_server()
+    db = sqlite3.connect(mesh.lab.log_dir / "server.db")
+    with db:
+        first = (db.execute("SELECT coalesce(max(id), 0) FROM peers").fetchone()[0]) + 1
+        now = str(datetime.now(UTC))
+        db.executemany(
+            "INSERT INTO peers(id, name, public_key, overlay_ip, endpoints, listen_port, "
+            "token_hash, created_at) VALUES (?, ?, ?, ?, '[]', 51820, ?, ?)",
+            ((first + i, f"k{i}", k, gateway.overlay_ip(i), f"seed{i:064d}"[-64:], now)
+             for i, k in enumerate(keys)))
+        group = db.execute("SELECT id FROM groups WHERE name = 'clients'").fetchone()[0]
+        db.executemany("INSERT INTO group_members(group_id, peer_id) VALUES (?, ?)",
+                       ((group, first + i) for i in range(len(keys))))
+        # Past the seeded addresses; a revision with no change logged makes hubs load whole.
+        db.execute("UPDATE meta SET value = ? WHERE key = 'ipam_next'", (len(keys) + 16,))
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
+    db.close()
+    mesh.start_server(timeout=600)
+
+
+def enrol_gateway(mesh: MeshLab, host: Host) -> tuple[Path, Path]:
+    """A gateway key pair enrolled with a `gateway` setup key: (key file, server state)."""
+    key_file, state = mesh.lab.log_dir / "gateway.key", mesh.lab.log_dir / "gateway-server.json"
+    write_private_key(key_file, generate_private_key())
+    setup_key = mesh.admin("keys", "create", "gw", "--role", "gateway",
+                           "--group", "gateways")["key"]
+    host.run(wiremesh_cmd("gateway", "enrol", "--server", mesh.url, "--setup-key", setup_key,
+                          "--private-key-file", str(key_file), "--server-state", str(state),
+                          "--ca-file", str(mesh.tls.ca_file), "--hostname", "gw"))
+    return key_file, state
+
+
+def revoke_ms(mesh: MeshLab, gw: gateway.GatewayProc, client: gateway.WgClient,
+              name: str) -> float:
+    """Delete a connected client's peer on the server while it pings the gateway every
+    10 ms: from the deletion's commit (the API answer) to the last reply it got."""
+    ping = subprocess.Popen(client.host.cmd(["ping", "-n", "-D", "-i", "0.01", "-W", "1",
+                                             gateway.GATEWAY_OVERLAY]),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: gw.metrics()["wiremesh_gateway_active_peers"] >= 1, 30,
+                   "the client to be installed", interval=0.05)
+        time.sleep(1.0)  # replies flowing for a while before the deletion (not a sync)
+        revoked_before = gw.metrics()["wiremesh_gateway_revoked_total"]
+        mesh.server.run(wiremesh_cmd("peers", "delete", name, "--server", mesh.url,
+                                     "--token", mesh.admin_token,
+                                     "--ca-file", str(mesh.tls.ca_file)), timeout=60)
+        wait_until(lambda: gw.metrics()["wiremesh_gateway_revoked_total"] > revoked_before,
+                   30, "the gateway to revoke the peer", interval=0.02)
+        time.sleep(1.5)  # long enough to see that no reply comes any more
+    finally:
+        ping.terminate()
+        out = ping.communicate()[0]
+    # The deletion's audit entry is written in its transaction, just before the commit.
+    db = sqlite3.connect(mesh.lab.log_dir / "server.db")
+    at = db.execute("SELECT at FROM audit_log WHERE action = 'peer.delete' "
+                    "ORDER BY id DESC LIMIT 1").fetchone()[0]
+    db.close()
+    committed = datetime.fromisoformat(at).replace(tzinfo=UTC).timestamp()
+    replies = [float(m.group(1)) for m in re.finditer(r"^\[([\d.]+)\].*time=", out, re.M)]
+    if not replies or max(replies) < committed - 1.0:
+        raise LabError("the client got no replies around the deletion")
+    return max(0.0, (max(replies) - committed) * 1000)
+
+
 def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float,
         flood_unique: int, flood_wave_gap: float, sources: int, ttl: float, dh_per_second: float,
         eager: bool, eager_timeout: float, eager_rss_cap_mb: float) -> dict:
@@ -131,17 +226,18 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
     keys += [base64.b64encode(os.urandom(32)).decode() for _ in range(known - len(keys))]
     res: dict = {}
     with Lab() as lab, ExitStack() as cleanup:
-        src = lab.log_dir / "known.txt"
-        gateway.write_import_file(src, keys)
-        db = lab.log_dir / "known.db"
-        t = time.monotonic()
-        subprocess.run([str(Path(sys.executable).with_name("wiremesh")), "gateway", "import",
-                        str(src), "--db", str(db), "--json"], check=True, stdout=subprocess.PIPE)
-        res["import_s"] = time.monotonic() - t
-
-        console.print(f"building the lab: gateway, {n_clients} client namespaces, a flooder")
+        console.print(f"building the lab: server, gateway, {n_clients} clients, a flooder")
         topo = Topology(lab, f"{SUBNET}.0/24")
         gw_host = topo.public_host("gw", f"{GW_IP}/24")
+        server = topo.public_host("sv", f"{SUBNET}.3/24")
+        mesh = MeshLab(topo, server, make_server_cert(lab.log_dir / "pki", [server.ip]))
+        cleanup.callback(mesh.stop_server)
+        console.print(f"seeding the server with {known} peers")
+        t = time.monotonic()
+        seed_server(mesh, keys)
+        res["seed_s"] = time.monotonic() - t
+        key_file, server_state = enrol_gateway(mesh, gw_host)
+        db = lab.log_dir / "known.db"
         flooder = topo.public_host("fl", f"{SUBNET}.100/24")
         flood_ips = [f"{SUBNET}.{100 + i}" for i in range(sources)]
         for ip in flood_ips[1:]:
@@ -150,8 +246,17 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
         gw = gateway.start_gateway(lab, gw_host, db, "--ttl", str(ttl), "--poll-interval", "1",
                                   "--max-active", str(max(100_000, synthetic + n_clients)),
                                   "--dh-per-second", str(dh_per_second),
-                                  "--dh-burst", str(dh_per_second), timeout_s=120)
+                                  "--dh-burst", str(dh_per_second),
+                                  "--server-state", str(server_state),
+                                  timeout_s=120, key_file=key_file)
         cleanup.callback(gw.stop)
+        console.print("the gateway syncs its known peers from the server")
+        wait_until(lambda: gw.metrics().get("wiremesh_gateway_sync_seconds", 0) > 0, 900,
+                   "the first sync", interval=0.5)
+        m = gw.metrics()
+        res["sync_s"] = m["wiremesh_gateway_sync_seconds"]
+        if m["wiremesh_gateway_known_peers"] != known:
+            raise LabError(f"synced {m['wiremesh_gateway_known_peers']} of {known} peers")
         gw_pub = decode_key(gw.public_key)
         clients = []
         for i, key in enumerate(client_keys):
@@ -222,6 +327,8 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
                                - m0["wiremesh_gateway_cookie_proven_total"])
         res["flood_dh_per_s"] = (m1["wiremesh_gateway_dh_operations_total"]
                                  - m0["wiremesh_gateway_dh_operations_total"]) / (t1 - t0)
+        console.print("revocation: a pinging client is deleted on the server")
+        res["revoke_ms"] = revoke_ms(mesh, gw, clients[0], "k0")
         gw.stop()
 
         if eager:
@@ -256,7 +363,9 @@ def report(known: int, n_clients: int, flood_pps: float, res: dict) -> dict:
     t = Table(title=f"JIT gateway, {known} known peers, {n_clients} wireguard-go clients")
     t.add_column("measure")
     t.add_column("value", justify="right")
-    t.add_row("import of known peers", f"{res['import_s']:.1f} s")
+    t.add_row("seeding the server's store", f"{res['seed_s']:.1f} s")
+    t.add_row("sync of known peers from the server", f"{res['sync_s']:.1f} s")
+    t.add_row("revocation: deletion committed -> last reply", f"{res['revoke_ms']:.0f} ms")
     t.add_row("first connect p50 / p99 / max",
               f"{percentile(conn, 50):.1f} / {percentile(conn, 99):.1f} / {max(conn):.1f} ms")
     t.add_row("installs (crafted initiations)", f"{res['installs_per_s']:.0f} /s"
@@ -287,7 +396,8 @@ def report(known: int, n_clients: int, flood_pps: float, res: dict) -> dict:
         "eager_peers_loaded": eager["loaded"] if eager else 0,
         "eager_seconds_until_stop": round(eager["seconds"], 2) if eager else None,
         "eager_rss_mb": round(eager["rss_mb"], 1) if eager else None,
-        "import_s": round(res["import_s"], 2),
+        "sync_s": round(res["sync_s"], 2),
+        "revoke_ms": round(res["revoke_ms"], 1),
         "flood_pps": flood_pps,
     })
     return summary

@@ -78,7 +78,7 @@ def test_batches_report_progress(store: KnownPeerStore) -> None:
     seen: list[int] = []
     rows = ((i.to_bytes(32, "big"), "100.64.0.2/32") for i in range(1, 2501))
     assert store.import_peers(rows, on_batch=seen.append, batch=1000) == 2500
-    assert seen == [1000, 2000]
+    assert seen == [1000, 2000, 2500]
 
 
 @pytest.fixture
@@ -121,3 +121,37 @@ def test_new_store_under_a_lock_is_unavailable_not_an_error(tmp_path: Path) -> N
         conn.execute("ROLLBACK")
         conn.close()
     KnownPeerStore(db).close()
+
+
+def test_full_sync_keeps_timestamps_drops_the_rest_and_holds_the_revision(
+        store: KnownPeerStore) -> None:
+    store.import_peers([(KEY_A, "100.64.0.2/32"), (KEY_B, "100.64.0.3/32")])
+    store.record_timestamps({KEY_A: b"t" * 12})
+    assert store.sync_revision() is None
+    assert store.replace_synced(iter([(7, KEY_A, "100.64.0.9/32")]), revision=41) == (1, [KEY_B])
+    assert store.sync_revision() == 41 and store.count() == 1
+    a = store.lookup(KEY_A)
+    assert a is not None and a.allowed_ips == ("100.64.0.9/32",) and a.last_timestamp == b"t" * 12
+
+
+def test_changes_remove_by_peer_id_and_report_old_keys(store: KnownPeerStore) -> None:
+    store.replace_synced([(7, KEY_A, "100.64.0.2/32"), (8, KEY_B, "100.64.0.3/32")], 5)
+    key_c = bytes(range(3, 35))
+    # Peer 8 deleted; peer 7 got a new key: both old keys are reported gone.
+    gone = store.apply_changes([(7, key_c, "100.64.0.2/32")], [8], revision=6)
+    assert sorted(gone) == sorted([KEY_A, KEY_B])
+    assert store.lookup(KEY_A) is None and store.lookup(KEY_B) is None
+    assert store.lookup(key_c) is not None and store.sync_revision() == 6
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE known_peers (public_key BLOB PRIMARY KEY, "
+                     "allowed_ips TEXT NOT NULL, last_ts BLOB) WITHOUT ROWID")
+        conn.execute("INSERT INTO known_peers VALUES (?, '100.64.0.2/32', NULL)", (KEY_A,))
+        conn.execute("PRAGMA user_version=1")
+    conn.close()
+    store = KnownPeerStore(path)
+    assert store.lookup(KEY_A) is not None and store.sync_revision() is None
+    store.close()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -11,10 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import httpx
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from wiremesh.agent import client
+from wiremesh.agent.connection import Trust, TrustError
+from wiremesh.agent.state import write_private_json
 from wiremesh.cli.common import (
+    CaFileOpt,
+    InsecureOpt,
     JsonOpt,
     console,
     err_console,
@@ -23,9 +32,11 @@ from wiremesh.cli.common import (
     setup_logging,
     split_listen,
 )
+from wiremesh.gateway import status as gateway_status
 from wiremesh.gateway.admission import AdmissionLimits
 from wiremesh.gateway.guard import GuardError
 from wiremesh.gateway.store import KnownPeerStore, StoreError, parse_peer_line
+from wiremesh.gateway.sync import SyncConfig
 from wiremesh.wg.backend import WgError
 from wiremesh.wg.keys import BadKey, decode_key, generate_private_key, public_key_of
 from wiremesh.wg.keys import write_private_key as save_private_key
@@ -129,6 +140,83 @@ def _read_private_key(path: Path) -> str:
     return key
 
 
+def _server_state(path: Path) -> SyncConfig:
+    try:
+        data = json.loads(path.read_text())
+        return SyncConfig(server=data["server"], token=data["token"],
+                          trust=Trust(data.get("ca_file"), bool(data.get("insecure"))))
+    except OSError as e:
+        fail(f"--server-state: cannot read {path}: {e.strerror} (enrol with `gateway enrol`)")
+    except (ValueError, KeyError, TypeError) as e:
+        fail(f"--server-state: {path} is not a gateway enrolment ({e.__class__.__name__}: {e})")
+
+
+@app.command("enrol")
+def enrol(
+    server: str = typer.Option(..., "--server", help="Control server URL"),
+    setup_key: str = typer.Option(..., "--setup-key", envvar="WIREMESH_SETUP_KEY",
+                                  help="A setup key of role gateway"),
+    private_key_file: Path = typer.Option(..., "--private-key-file",
+                                          help="The gateway's private key (see `keygen`)"),
+    state: Path = typer.Option(..., "--server-state",
+                               help="Where to keep the enrolment (token; mode 0600)"),
+    hostname: str = typer.Option(socket.gethostname(), "--hostname"),
+    ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Enrol this gateway with the server (its WireGuard key is its identity); `run
+    --server-state` then follows the peers the server lets in."""
+    key = _read_private_key(private_key_file)
+    trust = Trust(str(ca_file) if ca_file else None, insecure)
+    try:
+        trust.check(server)
+        got = asyncio.run(client.enroll(server, {
+            "setup_key": setup_key, "public_key": public_key_of(key), "hostname": hostname,
+            "listen_port": 51820, "endpoints": []}, trust))
+        write_private_json(state, {"server": server, "token": got["token"],
+                                   "peer_id": got["peer_id"], "name": got["name"],
+                                   "overlay_ip": got["overlay_ip"], "ca_file": trust.ca_file,
+                                   "insecure": insecure})
+    except TrustError as e:
+        fail(f"--server: {e}")
+    except client.ServerRefused as e:
+        fail(str(e), code=1)
+    except (httpx.HTTPError, OSError) as e:
+        fail(f"cannot reach the server at {server}: {e or e.__class__.__name__}", code=1)
+    out = {"name": got["name"], "peer_id": got["peer_id"], "overlay_ip": got["overlay_ip"],
+           "server_state": str(state)}
+    if as_json:
+        print_json(out)
+    else:
+        console.print(f"enrolled as gateway {got['name']} ({got['overlay_ip']}); "
+                      f"run with --server-state {state}")
+
+
+@app.command("status")
+def status(
+    metrics_url: str = typer.Option("http://127.0.0.1:9586/metrics", "--metrics",
+                                    help="The gateway's /metrics URL (run --metrics-listen)"),
+    interval: float = typer.Option(1.0, "--interval", min=0.1, max=60,
+                                   help="Seconds between the two scrapes the rates come from"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Known and active peers, installs/s, refusals by reason (from the gateway's metrics)."""
+    try:
+        first = gateway_status.scrape(metrics_url)
+        time.sleep(interval)  # the rate's measuring window, not a synchronisation
+        second = gateway_status.scrape(metrics_url)
+    except (httpx.HTTPError, ValueError) as e:
+        fail(f"--metrics: cannot read {metrics_url}: {e or e.__class__.__name__}", code=1)
+    out = gateway_status.summary(first, second, interval)
+    if as_json:
+        print_json(out)
+        return
+    console.print(f"known {out['known']:.0f}  active {out['active']:.0f}  "
+                  f"installs/s {out['installs_per_s']:.1f}  installed {out['installed']:.0f}  "
+                  f"revoked {out['revoked']:.0f}  sync revision {out['sync_revision']:.0f}")
+    refusals = ", ".join(f"{k} {v:.0f}" for k, v in out["refused"].items() if v) or "none"
+    console.print(f"refused: {refusals}")
+
+
 @app.command("run")
 def run(
     private_key_file: Path = typer.Option(..., "--private-key-file",
@@ -162,6 +250,10 @@ def run(
     guard: bool = typer.Option(
         True, "--guard/--no-guard",
         help="nftables rule so wireguard-go only receives initiations the gateway admitted"),
+    server_state: Path | None = typer.Option(
+        None, "--server-state",
+        help="Follow the known peers of the server this gateway enrolled with (`enrol`); "
+             "--db is then its cache, created if missing"),
     as_json: bool = JsonOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -169,8 +261,10 @@ def run(
     from wiremesh.gateway.service import GatewayConfig, run_gateway
 
     key = _read_private_key(private_key_file)
-    if not db.exists():
-        fail(f"--db: {db} does not exist (fill it with `wiremesh gateway import`)")
+    sync = _server_state(server_state) if server_state is not None else None
+    if sync is None and not db.exists():
+        fail(f"--db: {db} does not exist (fill it with `wiremesh gateway import`, or follow "
+             "a server with --server-state)")
     try:
         ipaddress.ip_interface(address)
         if "/" not in address:
@@ -185,7 +279,7 @@ def run(
         capture_ifname=capture_interface,
         metrics_listen=(split_listen(metrics_listen, "--metrics-listen")
                         if metrics_listen else None),
-        guard=guard,
+        guard=guard, sync=sync,
         limits=AdmissionLimits(rate_per_source=rate_per_source,
                                burst_per_source=burst_per_source,
                                sources_tracked=sources_tracked,

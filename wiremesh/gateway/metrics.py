@@ -46,7 +46,19 @@ class GatewayMetrics:
         self.active = Gauge(
             "wiremesh_gateway_active_peers", "Peers currently installed in WireGuard", registry=r)
         self.known = Gauge(
-            "wiremesh_gateway_known_peers", "Peers in the store at start", registry=r)
+            "wiremesh_gateway_known_peers", "Peers in the known-peer store", registry=r)
+        self.revoked = Counter(
+            "wiremesh_gateway_revoked", "Installed peers removed because the server revoked them",
+            registry=r)
+        self.sync_revision = Gauge(
+            "wiremesh_gateway_sync_revision", "Server revision the known-peer cache holds",
+            registry=r)
+        self.sync_seconds = Gauge(
+            "wiremesh_gateway_sync_seconds", "Duration of the last full sync from the server",
+            registry=r)
+        self.sync_errors = Counter(
+            "wiremesh_gateway_sync_errors", "Failed requests to the server's known-peer feed",
+            registry=r)
         self.uapi_errors = Counter(
             "wiremesh_gateway_uapi_errors", "Failed WireGuard UAPI writes", registry=r)
         self.guard_errors = Counter(

@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass
 
 from wiremesh.gateway.admission import Install, Seen
 from wiremesh.gateway.evictor import ActivePeer, ActiveSet, StatusSnapshot
@@ -32,7 +33,20 @@ from wiremesh.wg.keys import encode_key
 log = logging.getLogger("wiremesh.gateway")
 
 KICK_KEEPALIVE_S = 25
-Message = Install | Seen | StatusSnapshot
+# An install the sniffer decided on just before a revocation reached the cache must not
+# bring the peer back: installs of keys revoked this recently are refused.
+REVOKED_HOLD_S = 5.0
+
+
+@dataclass(frozen=True)
+class Revoke:
+    """Keys the server no longer lets in: remove them at once if installed."""
+
+    keys: tuple[bytes, ...]
+    at: float
+
+
+Message = Install | Seen | StatusSnapshot | Revoke
 
 
 def install_configs(installs: list[Install]) -> list[WgPeerConfig]:
@@ -56,9 +70,14 @@ class Provisioner:
         self.max_batch = max_batch
         self.inbox: queue.Queue[Message] = queue.Queue(queue_size)
         self._retry_removals: dict[bytes, ActivePeer] = {}
+        self._revoked: dict[bytes, float] = {}
 
     def is_active(self, key: bytes) -> bool:
         return key in self.active
+
+    def revoke(self, keys: list[bytes]) -> None:
+        """Blocking (a revocation is never dropped for a full queue)."""
+        self.inbox.put(Revoke(tuple(keys), time.time()))
 
     def submit(self, msg: Message) -> bool:
         """Non-blocking; False when the queue is full (the caller counts a drop)."""
@@ -87,9 +106,18 @@ class Provisioner:
         idle: dict[bytes, ActivePeer] = {}
         moved_from: list[str] = []
         moved_to: list[str] = []
+        revoked: dict[bytes, ActivePeer] = {}
+        self._revoked = {k: t for k, t in self._revoked.items() if now - t < REVOKED_HOLD_S}
         for msg in batch:
-            if isinstance(msg, Install):
-                installs.append(msg)
+            if isinstance(msg, Revoke):
+                for key in msg.keys:
+                    self._revoked[key] = msg.at
+                    if (peer := self.active.peers.pop(key, None)) is not None:
+                        revoked[key] = peer
+                installs = [i for i in installs if i.public_key not in self._revoked]
+            elif isinstance(msg, Install):
+                if msg.public_key not in self._revoked:
+                    installs.append(msg)
             elif isinstance(msg, Seen):
                 self.active.touch(msg.public_key, msg.at)
                 old = self.active.relocate(msg.public_key, msg.endpoint)
@@ -100,11 +128,12 @@ class Provisioner:
                 self.active.observe(msg)
                 idle |= self.active.take_idle(now)
         new, capped = self.active.admit(installs, now)
-        removals = self._retry_removals | idle | capped
+        removals = self._retry_removals | idle | capped | revoked
         if new or removals:
             if not self._write(new, removals):
                 return
             self._count(new, idle, capped)
+            self.metrics.revoked.inc(len(revoked))
         self._guard([i.endpoint for i in new] + moved_to,
                     [p.endpoint for p in removals.values()] + moved_from)
 

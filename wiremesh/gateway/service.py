@@ -28,6 +28,7 @@ from wiremesh.gateway.provisioner import Provisioner
 from wiremesh.gateway.sender import UdpSender
 from wiremesh.gateway.sniffer import InitiationTap
 from wiremesh.gateway.store import KnownPeerStore, StoreUnavailable
+from wiremesh.gateway.sync import KnownPeerSync, SyncConfig
 from wiremesh.netlink.addresses import ensure_address
 from wiremesh.wg.keys import decode_key, public_key_of
 from wiremesh.wg.uapi import WireguardGoBackend
@@ -55,6 +56,7 @@ class GatewayConfig:
     capture_ifname: str | None = None  # None = every interface of the namespace
     metrics_listen: tuple[str, int] | None = None
     guard: bool = True  # nftables: keep initiations the gateway did not admit from wireguard-go
+    sync: SyncConfig | None = None  # follow the server's known-peer feed into `db`
     limits: AdmissionLimits = field(default_factory=AdmissionLimits)
 
     @property
@@ -90,7 +92,10 @@ def run_gateway(cfg: GatewayConfig, stop: threading.Event,
         poller = StatusPoller(backend, prov.submit, cfg.effective_poll_interval)
         admission = Admission(Responder(decode_key(cfg.private_key)), store, prov.is_active,
                               cfg.limits)
-        for target in (prov.run, poller.run):
+        targets = [prov.run, poller.run]
+        if cfg.sync is not None:
+            targets.append(KnownPeerSync(cfg.sync, cfg.db, metrics, prov.revoke).run)
+        for target in targets:
             t = threading.Thread(target=target, args=(stop,), daemon=True)
             t.start()
             threads.append(t)

@@ -17,8 +17,11 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS known_peers (
     public_key BLOB PRIMARY KEY,
@@ -26,6 +29,14 @@ CREATE TABLE IF NOT EXISTS known_peers (
     last_ts BLOB
 ) WITHOUT ROWID
 """
+# Version 2: rows synced from a server carry their peer id (the server reports removals by
+# id: a deleted peer's key is gone from its store), and the revision the cache holds.
+_SCHEMA_V2 = [
+    "ALTER TABLE known_peers ADD COLUMN peer_id INTEGER",
+    "CREATE INDEX IF NOT EXISTS known_peers_peer_id ON known_peers(peer_id)",
+    "CREATE TABLE IF NOT EXISTS sync_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+]
+SyncedRow = tuple[int, bytes, str]  # peer id, raw public key, allowed IPs
 
 
 class StoreError(ValueError):
@@ -72,6 +83,17 @@ def parse_peer_lines(lines: Iterable[str]) -> Iterator[tuple[bytes, str]]:
             yield row
 
 
+def _chunks(rows: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _is_busy(e: sqlite3.Error) -> bool:
     return getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
@@ -96,11 +118,16 @@ class KnownPeerStore:
                 self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
-            if version == 0:
-                self.db.execute(_SCHEMA)
+            if version < SCHEMA_VERSION:
+                self.db.execute("BEGIN IMMEDIATE")
+                if version == 0:
+                    self.db.execute(_SCHEMA)
+                for statement in _SCHEMA_V2:
+                    self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self.db.execute("COMMIT")
             self._data_version = self._read_data_version()
         except BaseException as e:
             self.db.close()
@@ -128,15 +155,10 @@ class KnownPeerStore:
         try:
             if replace:
                 cur.execute("DELETE FROM known_peers")
-            chunk: list[tuple[bytes, str]] = []
-            for row in rows:
-                chunk.append(row)
-                if len(chunk) >= batch:
-                    total += self._upsert(cur, chunk)
-                    if on_batch:
-                        on_batch(total)
-                    chunk = []
-            total += self._upsert(cur, chunk)
+            for chunk in _chunks(rows, batch):
+                total += self._upsert(cur, chunk)
+                if on_batch:
+                    on_batch(total)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -152,6 +174,73 @@ class KnownPeerStore:
             chunk,
         )
         return len(chunk)
+
+    def sync_revision(self) -> int | None:
+        """The server revision the synced rows are at; None = never synced (or reset)."""
+        row = self.db.execute("SELECT value FROM sync_state WHERE name = 'revision'").fetchone()
+        return None if row is None else int(row[0])
+
+    def replace_synced(self, rows: Iterable[SyncedRow],
+                       revision: int) -> tuple[int, list[bytes]]:
+        """A full sync, in one transaction: upsert every row (keeping replay timestamps),
+        delete every other row, hold `revision`. Readers see the old rows until the commit.
+        Returns the number of rows and the keys deleted."""
+        total = 0
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS seen (k BLOB PRIMARY KEY) WITHOUT ROWID")
+            cur.execute("DELETE FROM seen")
+            for chunk in _chunks(rows, 20_000):
+                self._upsert_synced(cur, chunk)
+                cur.executemany("INSERT OR IGNORE INTO seen VALUES (?)", [(r[1],) for r in chunk])
+                total += len(chunk)
+            gone = [k for (k,) in cur.execute(
+                "SELECT public_key FROM known_peers WHERE public_key NOT IN (SELECT k FROM seen)")]
+            cur.executemany("DELETE FROM known_peers WHERE public_key = ?", [(k,) for k in gone])
+            cur.execute("DELETE FROM seen")
+            self._set_revision(cur, revision)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return total, gone
+
+    def apply_changes(self, upsert: list[SyncedRow], remove: list[int],
+                      revision: int) -> list[bytes]:
+        """One change from the server, in one transaction; returns the keys that are no
+        longer known (removed peers, and the old key of a peer whose key changed)."""
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            gone: list[bytes] = []
+            ids = remove + [r[0] for r in upsert]
+            new_keys = {r[1] for r in upsert}
+            for chunk in _chunks(ids, 900):
+                gone += [k for (k,) in cur.execute(
+                    "SELECT public_key FROM known_peers WHERE peer_id IN "
+                    f"({','.join('?' * len(chunk))})", chunk) if k not in new_keys]
+            cur.executemany("DELETE FROM known_peers WHERE public_key = ?", [(k,) for k in gone])
+            self._upsert_synced(cur, upsert)
+            self._set_revision(cur, revision)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return gone
+
+    @staticmethod
+    def _upsert_synced(cur: sqlite3.Cursor, rows: list[SyncedRow]) -> None:
+        cur.executemany(
+            "INSERT INTO known_peers(public_key, allowed_ips, peer_id) VALUES (?, ?, ?) "
+            "ON CONFLICT(public_key) DO UPDATE SET allowed_ips = excluded.allowed_ips, "
+            "peer_id = excluded.peer_id",
+            [(key, ips, pid) for pid, key, ips in rows])
+
+    @staticmethod
+    def _set_revision(cur: sqlite3.Cursor, revision: int) -> None:
+        cur.execute("INSERT INTO sync_state VALUES ('revision', ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (revision,))
 
     def lookup(self, public_key: bytes) -> KnownPeer | None:
         return self.lookup_many([public_key]).get(public_key)

@@ -160,11 +160,13 @@ class GatewayProc:
 
 
 def start_gateway(lab: Lab, host: Host, db: Path, *extra: str,
-                  timeout_s: float = 60.0) -> GatewayProc:
-    """`wiremesh gateway run` in `host`'s namespace; returns once it prints its ready line."""
-    key_file = lab.log_dir / "gateway.key"
-    private = generate_private_key()
-    write_private_key(key_file, private)
+                  timeout_s: float = 60.0, key_file: Path | None = None) -> GatewayProc:
+    """`wiremesh gateway run` in `host`'s namespace; returns once it prints its ready line.
+    A new key pair unless `key_file` holds one."""
+    if key_file is None:
+        key_file = lab.log_dir / "gateway.key"
+        write_private_key(key_file, generate_private_key())
+    private = key_file.read_text().strip()
     ifname = lab.name("gw")
     log = lab.log_dir / "gateway.log"
     argv = [str(Path(sys.executable).with_name("wiremesh")), "gateway", "run", "--json",
