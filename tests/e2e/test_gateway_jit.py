@@ -22,7 +22,7 @@ from wiremesh.lab.mesh import wait_until
 from wiremesh.lab.netns import Host, Lab, missing_requirements
 from wiremesh.lab.topology import Topology
 from wiremesh.wg.backend import WgPeerConfig
-from wiremesh.wg.keys import decode_key, generate_private_key, public_key_of
+from wiremesh.wg.keys import decode_key, generate_private_key, public_key_of, write_private_key
 from wiremesh.wg.uapi import UapiClient, WireguardGoBackend
 
 pytestmark = pytest.mark.e2e
@@ -244,3 +244,47 @@ def test_our_initiator_is_answered_by_real_wireguard_go(env: Env) -> None:
     answer = bytes.fromhex(res.stdout.strip())
     assert answer[0] == 2 and len(answer) == 92  # a handshake response
     assert answer[8:12] == packet[4:8]  # addressed to our sender index
+
+
+def test_two_gateways_share_a_key_and_the_client_resumes_when_one_dies(env: Env) -> None:
+    """Two gateways with one key pair and one overlay address serve the same known peers
+    behind one service address (198.51.100.50), as keepalived or an anycast route would
+    give them. A stock client has one peer entry: when the gateway it talks to dies and the
+    address moves to the other, its next handshake is answered there and traffic resumes."""
+    vip = "198.51.100.50"
+    key = generate_private_key()
+    db = import_known(env.lab, [public_key_of(key)])
+    key_file = env.lab.log_dir / "shared.key"
+    write_private_key(key_file, generate_private_key())
+    second = env.hosts[2]
+    gws = [gateway.start_gateway(env.lab, h, db, "--ttl", "60", key_file=key_file, name=n)
+           for h, n in ((env.gateway_host, "ga"), (second, "gb"))]
+    for g in gws:
+        env.cleanup.callback(g.stop)
+    assert gws[0].public_key == gws[1].public_key
+    internet = next(iter(env.lab.switches.values()))
+    link = {h.name: env.lab.link_of(h, internet) for h in (env.gateway_host, second)}
+
+
+    def take_vip(h: Host) -> None:
+        # Replies and the gateway's own initiations must come from the service address too,
+        # or the client roams to the host's own address and follows no failover.
+        h.run(["ip", "addr", "add", f"{vip}/24", "dev", link[h.name]])
+        h.run(["ip", "route", "replace", "198.51.100.0/24", "dev", link[h.name], "src", vip])
+
+    take_vip(env.gateway_host)
+    c = gateway.start_client(env.hosts[0], env.lab.name("wc"), key, gateway.overlay_ip(0),
+                             gws[0].public_key, vip)
+    env.cleanup.callback(c.wg.close)
+    assert c.ping_ms() is not None
+    gws[0].wait_metric("wiremesh_gateway_installed_total", 1, 10)
+    # Gateway A dies; its address moves to B (the client's neighbour entry is refreshed, as
+    # a gratuitous ARP from keepalived would).
+    gws[0].stop()
+    env.gateway_host.run(["ip", "addr", "del", f"{vip}/24", "dev", link[env.gateway_host.name]])
+    take_vip(second)
+    env.hosts[0].run(["ip", "neigh", "flush", "all"])
+    # The client keeps its old session until WireGuard gives up on it (no reply for 15 s),
+    # then its new initiation reaches B, which installs it.
+    wait_until(lambda: c.ping_ms(1.0) is not None, 40, "traffic through the second gateway")
+    assert gws[1].metrics()["wiremesh_gateway_installed_total"] >= 1

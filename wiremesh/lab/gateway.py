@@ -160,15 +160,17 @@ class GatewayProc:
 
 
 def start_gateway(lab: Lab, host: Host, db: Path, *extra: str,
-                  timeout_s: float = 60.0, key_file: Path | None = None) -> GatewayProc:
+                  timeout_s: float = 60.0, key_file: Path | None = None,
+                  name: str = "gw") -> GatewayProc:
     """`wiremesh gateway run` in `host`'s namespace; returns once it prints its ready line.
-    A new key pair unless `key_file` holds one."""
+    A new key pair unless `key_file` holds one; `name` tells several gateways of one lab
+    apart (interface and log)."""
     if key_file is None:
-        key_file = lab.log_dir / "gateway.key"
+        key_file = lab.log_dir / f"{name}.key"
         write_private_key(key_file, generate_private_key())
     private = key_file.read_text().strip()
-    ifname = lab.name("gw")
-    log = lab.log_dir / "gateway.log"
+    ifname = lab.name(name)
+    log = lab.log_dir / ("gateway.log" if name == "gw" else f"gateway-{name}.log")
     argv = [str(Path(sys.executable).with_name("wiremesh")), "gateway", "run", "--json",
             "--private-key-file", str(key_file), "--db", str(db),
             "--address", f"{GATEWAY_OVERLAY}/10", "--ifname", ifname,
