@@ -28,13 +28,23 @@ Public API:
   for one change without diffing. Each returns the ids of peers whose netmap changed (a removed
   peer counts: its netmap is gone). Results are identical to `compile_netmaps` of the same
   state; the work is proportional to the netmaps touched, not to the mesh.
+
+How: each enabled policy holds its members' rules and peer tables; each group merges what
+its policies give its members (`_GroupParts`); each combination of groups that some peers
+hold merges its groups' parts once (`_Combo`), and those peers' netmaps share the merged
+objects (most peers share them with their team or service, so 100,000 netmaps cost about as
+much memory as their ~13,000 combinations). A change drops the parts it touches; a
+combination notices by identity that its parts moved on, and keeps each merged object whose
+content did not change, so unchanged netmaps stay identical objects.
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 from wiremesh.core.models import MeshState, PeerInfo, Policy, Route
 from wiremesh.core.posture import with_posture
@@ -42,6 +52,8 @@ from wiremesh.core.wire import ForwardRule, InboundRule, Netmap, NetmapPeer, Rou
 
 ALL_GROUP = "all"
 _EMPTY: frozenset = frozenset()
+_SRC, _DST = 1, 2  # which side of a policy changed
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -68,9 +80,12 @@ class _CompiledPolicy:
         return ForwardRule(ip, prefix, self.policy.protocol, self.policy.ports)
 
     def fill(self, np: Mapping[int, NetmapPeer]) -> None:
-        self.src_rules = frozenset(self.in_rule(np[s].overlay_ip) for s in self.src)
+        proto, ports = self.policy.protocol, self.policy.ports
+        self.src_rules = frozenset([InboundRule(np[s].overlay_ip, proto, ports)
+                                    for s in self.src])
         if self.policy.bidirectional:
-            self.dst_rules = frozenset(self.in_rule(np[d].overlay_ip) for d in self.dst)
+            self.dst_rules = frozenset([InboundRule(np[d].overlay_ip, proto, ports)
+                                        for d in self.dst])
         self.src_peers = {np[s].public_key: np[s] for s in self.src}
         self.dst_peers = {np[d].public_key: np[d] for d in self.dst}
 
@@ -119,21 +134,42 @@ class _CompiledRoute:
 
 @dataclass(frozen=True)
 class _GroupParts:
-    """What membership of one group contributes to a peer's netmap, merged once per group.
+    """What membership of one group contributes to a netmap, merged once per group."""
 
-    A peer's netmap is then the merge of its groups' parts (a few C-level set and dict
-    merges), minus anything naming the peer itself, plus its routes.
-    """
-
-    inbound: frozenset[InboundRule]
     peers: dict[str, NetmapPeer]
-    ids: frozenset[int]
-    # Rules naming member x itself exist only for x in `own_src`; then the policies in
-    # `as_dst` (x in src) and bidirectional `as_src` (x in dst) say which.
-    own_src: frozenset[int]
+    inbound: frozenset[InboundRule]
+    ids: tuple[frozenset[int], ...]
     as_dst: tuple[_CompiledPolicy, ...]
     bidir_as_src: tuple[_CompiledPolicy, ...]
     with_routes: tuple[_CompiledPolicy, ...]  # as source, with destination routes
+    # As the router group of routes: forward rules for their policies' sources.
+    forward: frozenset[ForwardRule]
+    served: tuple[tuple[Route, _CompiledPolicy], ...]  # with at least one source
+
+
+@dataclass(frozen=True)
+class _Combo:
+    """What a peer gets from one combination of groups, merged once for every peer holding
+    exactly those groups (most peers share theirs with their team or service).
+
+    A peer that is not in its own `peers` table shares these objects as its netmap; one that
+    is (it is a counterpart of its own groups, a router of a route it uses, a source of a
+    route it serves) gets a copy without what names itself. A combination is valid while
+    the group parts and routes it was merged from are current (checked by identity).
+    """
+
+    groups: tuple[str, ...]
+    gps: tuple[_GroupParts, ...]  # of `groups`, in order
+    peers: dict[str, NetmapPeer]
+    inbound: frozenset[InboundRule]
+    routes: dict[str, RouteEntry]
+    forward: frozenset[ForwardRule]
+    masquerade: frozenset[str]
+    as_dst: tuple[_CompiledPolicy, ...]
+    bidir_as_src: tuple[_CompiledPolicy, ...]
+    used_routes: tuple[_CompiledRoute, ...]  # with at least one router
+    served: tuple[tuple[Route, _CompiledPolicy], ...]  # as router, with at least one source
+    ids: tuple[frozenset[int], ...]  # whose union is the peers of `peers`
 
 
 class PolicyCompiler:
@@ -143,16 +179,16 @@ class PolicyCompiler:
         state = with_posture(state)
         _check_unique(state)
         self._peers: dict[int, PeerInfo] = dict(state.peers)
-        self._all: frozenset[int] = frozenset(self._peers)
+        self._all: set[int] = set(self._peers)
         self._raw: dict[str, frozenset[int]] = {
             g: frozenset(m) for g, m in state.groups.items() if g != ALL_GROUP}
         self._groups_of: dict[int, set[str]] = {}
         for g, m in self._raw.items():
             for pid in m:
                 self._groups_of.setdefault(pid, set()).add(g)
+        # Effective members by group; `all` is rebuilt only when a policy or route needs it.
         self._members: dict[str, frozenset[int]] = {
             g: m & self._all for g, m in self._raw.items()}
-        self._members[ALL_GROUP] = self._all
         self._np: dict[int, NetmapPeer] = {pid: _netmap_peer(p) for pid, p in self._peers.items()}
 
         self._policies: dict[str, Policy] = {}
@@ -164,12 +200,28 @@ class PolicyCompiler:
         self._croutes: dict[str, _CompiledRoute] = {}
         self._routes_by_group: dict[str, set[str]] = {}
         self._gparts: dict[str, _GroupParts] = {}
-        for r in state.routes:
-            self._index_route(r)
-        for p in state.policies:
-            self._index_policy(p)
-
-        self._netmaps: dict[int, Netmap] = {pid: self._compile(pid) for pid in self._peers}
+        self._combos: dict[frozenset[str], _Combo] = {}
+        # Each peer's combination (its groups) and how many peers hold each, so a
+        # combination nobody holds any more is dropped.
+        self._key_of: dict[int, frozenset[str]] = {}
+        self._key_users: dict[frozenset[str], int] = {}
+        # The build allocates millions of objects without cycles: the cyclic collector
+        # would scan them again and again (half the build at 100,000 peers) for nothing.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for r in state.routes:
+                self._index_route(r)
+            for p in state.policies:
+                self._index_policy(p)
+            self._netmaps: dict[int, Netmap] = {
+                pid: self._compile(pid) for pid in self._peers}
+        finally:
+            if collecting:
+                # And they live as long as the mesh does: keep the collector from scanning
+                # them on its next full passes too (they hold no garbage cycles).
+                gc.freeze()
+                gc.enable()
 
     # --- reading -------------------------------------------------------------------------
 
@@ -184,7 +236,7 @@ class PolicyCompiler:
     def state(self) -> MeshState:
         """A snapshot of the mesh as the compiler holds it (`all` is listed explicitly)."""
         groups = dict(self._raw)
-        groups[ALL_GROUP] = self._all
+        groups[ALL_GROUP] = self._group(ALL_GROUP)
         return MeshState(peers=dict(self._peers), groups=groups,
                          policies=tuple(self._policies.values()),
                          routes=tuple(self._routes.values()))
@@ -284,7 +336,7 @@ class PolicyCompiler:
         self._np[p.id] = new_np
         groups = (*self._groups_of.get(p.id, ()), ALL_GROUP)
         if old_np is None:
-            self._all = self._all | {p.id}
+            self._all.add(p.id)
             todo = {p.id}
             for g in groups:
                 todo |= self._refresh_group(g)
@@ -292,21 +344,21 @@ class PolicyCompiler:
         todo = {p.id} | self._known(p.id)
         # The peer is in every policy its groups are named by; a policy naming several of
         # them holds it once, so it is patched once.
-        for index, shift in ((self._by_src, _CompiledPolicy.shift_src),
-                             (self._by_dst, _CompiledPolicy.shift_dst)):
+        for index, shift, side in ((self._by_src, _CompiledPolicy.shift_src, _SRC),
+                                   (self._by_dst, _CompiledPolicy.shift_dst, _DST)):
             for name in set().union(*(index.get(g, ()) for g in groups)):
                 cp = self._cpol[name]
                 shift(cp, [old_np], [new_np])
-                self._touch(cp)
+                self._touch(cp, side)
         # Names order routers and key metric overrides; keys identify them in route entries.
         for g in groups:
             for rname in self._routes_by_group.get(g, ()):
-                self._croutes.pop(rname, None)
+                self._drop_route(rname)
         return todo
 
     def _remove_peer(self, pid: int) -> set[int]:
         todo = {pid} | self._known(pid)
-        self._all = self._all - {pid}
+        self._all.discard(pid)
         for g in (*self._groups_of.get(pid, ()), ALL_GROUP):
             self._refresh_group(g)
         del self._peers[pid]
@@ -344,25 +396,27 @@ class PolicyCompiler:
         contributed can be taken out. Returns the peers whose netmap may depend on membership
         of `g` (its counterparts).
         """
-        members = self._all if g == ALL_GROUP else self._raw.get(g, _EMPTY) & self._all
-        self._members[g] = members
+        if g == ALL_GROUP:
+            self._members.pop(g, None)
+        else:
+            self._members[g] = self._raw.get(g, _EMPTY) & self._all
         np = self._np
         for name in self._by_src.get(g, ()):
             cp = self._cpol[name]
-            new_src = self._union(cp.policy.sources)
+            new_src = self._sources(cp.policy)
             if new_src != cp.src:
                 cp.shift_src([np[i] for i in cp.src - new_src], [np[i] for i in new_src - cp.src])
                 cp.src = new_src
-                self._touch(cp)
+                self._touch(cp, _SRC)
         for name in self._by_dst.get(g, ()):
             cp = self._cpol[name]
             new_dst = self._union(cp.policy.destinations)
             if new_dst != cp.dst:
                 cp.shift_dst([np[i] for i in cp.dst - new_dst], [np[i] for i in new_dst - cp.dst])
                 cp.dst = new_dst
-                self._touch(cp)
+                self._touch(cp, _DST)
         for rname in self._routes_by_group.get(g, ()):
-            self._croutes.pop(rname, None)
+            self._drop_route(rname)
         return self._counterparts(g)
 
     def _counterparts(self, g: str) -> set[int]:
@@ -406,9 +460,11 @@ class PolicyCompiler:
 
     def _set_route(self, name: str, r: Route | None) -> set[int]:
         todo = self._route_reach(name)
+        self._drop_route(name)
         self._unindex_route(name)
         if r is not None:
             self._index_route(r)
+            self._drop_route(name)
         for pname in self._by_route.get(name, ()):
             self._cpol[pname].fwd.clear()
         return todo | self._route_reach(name)
@@ -424,17 +480,32 @@ class PolicyCompiler:
 
     # --- indexes -----------------------------------------------------------------------------
 
+    def _group(self, g: str) -> frozenset[int]:
+        """Group `g`'s present members."""
+        members = self._members.get(g)
+        if members is None:
+            if g != ALL_GROUP:
+                return _EMPTY
+            members = self._members[g] = frozenset(self._all)
+        return members
+
     def _union(self, groups: Iterable[str]) -> frozenset[int]:
-        return _EMPTY.union(*(self._members.get(g, _EMPTY) for g in groups))
+        return _EMPTY.union(*(self._group(g) for g in groups))
+
+    def _sources(self, p: Policy) -> frozenset[int]:
+        """The peers `p` lets open connections: the one place a per-policy filter of its
+        source groups' members belongs (a peer filtered out must then also get a
+        combination of its own: `_combo_key` names what its netmap is merged from)."""
+        return self._union(p.sources)
 
     def _index_policy(self, p: Policy) -> None:
         self._policies[p.name] = p
         if not p.enabled:
             return
-        cp = _CompiledPolicy(p, self._union(p.sources), self._union(p.destinations))
+        cp = _CompiledPolicy(p, self._sources(p), self._union(p.destinations))
         cp.fill(self._np)
         self._cpol[p.name] = cp
-        self._touch(cp)
+        self._touch(cp, _SRC | _DST)
         for g in set(p.sources):
             self._by_src.setdefault(g, set()).add(p.name)
         for g in set(p.destinations):
@@ -447,7 +518,7 @@ class PolicyCompiler:
         cp = self._cpol.pop(name, None)
         if cp is None:
             return
-        self._touch(cp)
+        self._touch(cp, _SRC | _DST)
         for index, keys in ((self._by_src, cp.policy.sources),
                             (self._by_dst, cp.policy.destinations),
                             (self._by_route, cp.policy.destination_routes)):
@@ -457,30 +528,107 @@ class PolicyCompiler:
                 if not names:
                     del index[k]
 
-    def _touch(self, cp: _CompiledPolicy) -> None:
-        """`cp` changed: forget the merged parts of every group it names."""
-        for g in (*cp.policy.sources, *cp.policy.destinations):
-            self._gparts.pop(g, None)
+    def _touch(self, cp: _CompiledPolicy, side: int) -> None:
+        """`cp`'s sources (side _SRC) or destinations (_DST) changed: forget the merged
+        parts that hold them (the other side's groups, and as sources of routes the
+        routers')."""
+        if side & _SRC:
+            for g in cp.policy.destinations:
+                self._forget(g)
+            for rname in cp.policy.destination_routes:
+                r = self._routes.get(rname)
+                if r is not None:
+                    self._forget(r.router_group)
+        if side & _DST:
+            for g in cp.policy.sources:
+                self._forget(g)
+
+    def _drop_route(self, name: str) -> None:
+        """Route `name` or its routers changed: forget it and what merged it."""
+        self._croutes.pop(name, None)
+        r = self._routes.get(name)
+        if r is not None:
+            self._forget(r.router_group)
+        for pname in self._by_route.get(name, ()):
+            for g in self._cpol[pname].policy.sources:
+                self._forget(g)
+
+    def _forget(self, g: str) -> None:
+        """Group `g`'s parts changed (the combinations holding it see that lazily)."""
+        self._gparts.pop(g, None)
 
     def _group_parts(self, g: str) -> _GroupParts:
         gp = self._gparts.get(g)
         if gp is not None:
             return gp
-        as_src = [self._cpol[n] for n in self._by_src.get(g, ())]
-        as_dst = [self._cpol[n] for n in self._by_dst.get(g, ())]
-        bidir = [cp for cp in as_src if cp.policy.bidirectional]
-        peers = _merge_tables([cp.src_peers for cp in as_dst] + [cp.dst_peers for cp in as_src])
+        as_src = tuple(self._cpol[n] for n in self._by_src.get(g, ()))
+        as_dst = tuple(self._cpol[n] for n in self._by_dst.get(g, ()))
+        bidir = tuple(cp for cp in as_src if cp.policy.bidirectional)
+        tables = [cp.src_peers for cp in as_dst] + [cp.dst_peers for cp in as_src]
+        ids = [cp.src for cp in as_dst] + [cp.dst for cp in as_src]
+        served: list[tuple[Route, _CompiledPolicy]] = []
+        forward: list[frozenset[ForwardRule]] = []
+        for rname in self._routes_by_group.get(g, ()):
+            route = self._routes[rname]
+            for name in self._by_route.get(rname, ()):
+                cp = self._cpol[name]
+                if cp.src:
+                    served.append((route, cp))
+                    forward.append(cp.fwd_rules(route.prefix))
+                    tables.append(cp.src_peers)
+                    ids.append(cp.src)
         gp = _GroupParts(
+            peers=_merge_tables(tables),
             inbound=_union([cp.src_rules for cp in as_dst] + [cp.dst_rules for cp in bidir]),
-            peers=peers,
-            ids=_union([cp.src for cp in as_dst] + [cp.dst for cp in as_src]),
-            own_src=_union([cp.src for cp in as_dst] + [cp.dst for cp in bidir]),
-            as_dst=tuple(as_dst),
-            bidir_as_src=tuple(bidir),
+            ids=tuple(ids), as_dst=as_dst, bidir_as_src=bidir,
             with_routes=tuple(cp for cp in as_src if cp.policy.destination_routes),
-        )
+            forward=_union(forward), served=tuple(served))
         self._gparts[g] = gp
         return gp
+
+    def _combo(self, key: frozenset[str]) -> _Combo:
+        """The merged parts of the peers whose groups are `key` (plus `all`)."""
+        old = self._combos.get(key)
+        if old is not None and all(
+                self._gparts.get(g) is gp for g, gp in zip(old.groups, old.gps, strict=True)
+        ) and all(self._croutes.get(cr.route.name) is cr for cr in old.used_routes):
+            return old
+        groups = (*key, ALL_GROUP)
+        gps = tuple(self._group_parts(g) for g in groups)
+        tables = [gp.peers for gp in gps]
+        ids = [i for gp in gps for i in gp.ids]
+        routes: dict[str, RouteEntry] = {}
+        used: list[_CompiledRoute] = []
+        for gp in gps:
+            for cp in gp.with_routes:
+                for rname in cp.policy.destination_routes:
+                    cr = self._croute(rname)
+                    if cr is not None and cr.routers and rname not in routes:
+                        routes[rname] = cr.entry
+                        used.append(cr)
+                        tables.append(cr.router_peers)
+                        ids.append(cr.routers)
+        served = tuple(rc for gp in gps for rc in gp.served)
+        peers = _merge_tables(tables)
+        inbound = _union([gp.inbound for gp in gps])
+        forward = _union([gp.forward for gp in gps])
+        masquerade = frozenset(r.prefix for r, _ in served if r.masquerade)
+        if old is not None:
+            # Keep the objects whose content did not change: netmaps sharing them then
+            # compare equal by identity, and the hub's diff skips them.
+            peers = _kept(old.peers, peers)
+            inbound = _kept(old.inbound, inbound)
+            routes = _kept(old.routes, routes)
+            forward = _kept(old.forward, forward)
+            masquerade = _kept(old.masquerade, masquerade)
+        combo = _Combo(
+            groups=groups, gps=gps, peers=peers, inbound=inbound, routes=routes,
+            forward=forward, masquerade=masquerade,
+            as_dst=tuple(cp for gp in gps for cp in gp.as_dst),
+            bidir_as_src=tuple(cp for gp in gps for cp in gp.bidir_as_src),
+            used_routes=tuple(used), served=served, ids=tuple(ids))
+        self._combos[key] = combo
+        return combo
 
     def _index_route(self, r: Route) -> None:
         self._routes[r.name] = r
@@ -504,7 +652,7 @@ class PolicyCompiler:
         r = self._routes.get(name)
         if r is None or not r.enabled:
             return None
-        routers = self._members.get(r.router_group, _EMPTY)
+        routers = self._group(r.router_group)
         overrides = dict(r.router_metrics)
         ranked = sorted(
             (overrides.get(self._peers[pid].name, r.metric), self._peers[pid].name, pid)
@@ -519,70 +667,66 @@ class PolicyCompiler:
 
     # --- compiling one peer ------------------------------------------------------------------
 
-    def _groups(self, x: int) -> tuple[str, ...]:
-        return (*self._groups_of.get(x, ()), ALL_GROUP)
+    def _combo_key(self, x: int) -> frozenset[str]:
+        return frozenset(self._groups_of.get(x, ()))
+
+    def _combo_of(self, x: int) -> _Combo:
+        key = self._combo_key(x)
+        old = self._key_of.get(x)
+        if old != key:
+            self._key_of[x] = key
+            self._key_users[key] = self._key_users.get(key, 0) + 1
+            if old is not None:
+                self._release(old)
+        return self._combo(key)
+
+    def _release(self, key: frozenset[str]) -> None:
+        n = self._key_users[key] - 1
+        if n:
+            self._key_users[key] = n
+        else:
+            del self._key_users[key]
+            self._combos.pop(key, None)
 
     def _known(self, x: int) -> frozenset[int]:
         """The peers in x's netmap, by id: the only peers whose netmaps mention x."""
-        ids = [self._group_parts(g).ids for g in self._groups(x)]
-        for g in self._groups(x):
-            for cp in self._group_parts(g).with_routes:
-                for rname in cp.policy.destination_routes:
-                    cr = self._croute(rname)
-                    if cr is not None:
-                        ids.append(cr.routers)
-            for rname in self._routes_by_group.get(g, ()):
-                ids += [self._cpol[n].src for n in self._by_route.get(rname, ())]
-        return _union(ids) - {x}
+        return _union(list(self._combo_of(x).ids)) - {x}
 
     def _compile(self, x: int) -> Netmap:
         me = self._peers[x]
         ip = me.overlay_ip
-        groups = self._groups(x)
-        gps = [self._group_parts(g) for g in groups]
-        tables = [gp.peers for gp in gps]
-        inbound = [gp.inbound for gp in gps]
-        own_rules: set[InboundRule] = set()
-        routes: dict[str, RouteEntry] = {}
-        for gp in gps:
-            if x in gp.own_src:
-                own_rules.update(cp.in_rule(ip) for cp in gp.as_dst if x in cp.src)
-                own_rules.update(cp.in_rule(ip) for cp in gp.bidir_as_src if x in cp.dst)
-            for cp in gp.with_routes:
-                for rname in cp.policy.destination_routes:
-                    cr = self._croute(rname)
-                    if cr is None or len(cr.routers) - (x in cr.routers) == 0:
-                        continue  # no router other than x itself
-                    tables.append(cr.router_peers)
-                    routes[rname] = cr.entry if x not in cr.routers else RouteEntry(
+        c = self._combo_of(x)
+        if me.public_key not in c.peers:
+            return Netmap(version=0, peer_id=x, name=me.name, overlay_ip=ip, peers=c.peers,
+                          inbound=c.inbound, routes=c.routes, forward=c.forward,
+                          masquerade=c.masquerade)
+        # x is a counterpart, router or source in its own combination: leave out whatever
+        # names x itself (a rule from x's own address exists only through these policies).
+        peers = c.peers.copy()
+        del peers[me.public_key]
+        own = {cp.in_rule(ip) for cp in c.as_dst if x in cp.src}
+        own.update(cp.in_rule(ip) for cp in c.bidir_as_src if x in cp.dst)
+        routes = c.routes
+        mine = [cr for cr in c.used_routes if x in cr.routers]
+        if mine:
+            routes = dict(routes)
+            for cr in mine:
+                if len(cr.routers) == 1:
+                    del routes[cr.route.name]  # no router other than x itself
+                else:
+                    routes[cr.route.name] = RouteEntry(
                         cr.entry.name, cr.entry.prefix,
                         tuple(t for t in cr.entry.routers if t[0] != me.public_key))
-
-        # As a router: forward rules (and masquerade) for the sources of its routes.
-        forward: list[frozenset[ForwardRule]] = []
-        own_fwd: set[ForwardRule] = set()
-        masq: set[str] = set()
-        for g in groups:
-            for rname in self._routes_by_group.get(g, ()):
-                route = self._routes[rname]
-                for name in self._by_route.get(rname, ()):
-                    cp = self._cpol[name]
-                    if len(cp.src) - (x in cp.src) == 0:
-                        continue  # no source other than x itself
-                    forward.append(cp.fwd_rules(route.prefix))
-                    tables.append(cp.src_peers)
-                    if x in cp.src:
-                        own_fwd.add(cp.fwd_rule(ip, route.prefix))
-                    if route.masquerade:
-                        masq.add(route.prefix)
-
-        peers = _merge_tables(tables)
-        peers.pop(me.public_key, None)
+        own_fwd = {cp.fwd_rule(ip, r.prefix) for r, cp in c.served if x in cp.src}
+        masq = c.masquerade
+        if own_fwd:
+            # A prefix x serves only to itself is not masqueraded.
+            masq = frozenset(r.prefix for r, cp in c.served
+                             if r.masquerade and len(cp.src) - (x in cp.src) > 0)
         return Netmap(version=0, peer_id=x, name=me.name, overlay_ip=ip, peers=peers,
-                      inbound=_union(inbound) - own_rules if own_rules else _union(inbound),
-                      routes=routes,
-                      forward=_union(forward) - own_fwd if own_fwd else _union(forward),
-                      masquerade=frozenset(masq))
+                      inbound=c.inbound - own if own else c.inbound, routes=routes,
+                      forward=c.forward - own_fwd if own_fwd else c.forward,
+                      masquerade=masq)
 
     def _recompute(self, todo: Iterable[int]) -> set[int]:
         changed: set[int] = set()
@@ -590,12 +734,19 @@ class PolicyCompiler:
             if x not in self._peers:
                 if self._netmaps.pop(x, None) is not None:
                     changed.add(x)
+                key = self._key_of.pop(x, None)
+                if key is not None:
+                    self._release(key)
                 continue
             nm = self._compile(x)
             if self._netmaps.get(x) != nm:
                 self._netmaps[x] = nm
                 changed.add(x)
         return changed
+
+
+def _kept(old: _T, new: _T) -> _T:
+    return old if old == new else new
 
 
 def _union(sets: list[frozenset]) -> frozenset:
