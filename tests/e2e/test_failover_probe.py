@@ -42,6 +42,12 @@ async def test_probe_round_trip_through_the_responder() -> None:
         await prober.send("router-a", "127.0.0.1")
         key, sent, received = await replies.next()
         assert key == "router-a" and received >= sent
+        # The reply names the send time the caller recorded, exactly: the failover machine
+        # matches it to take a round-trip sample (a fresh clock reading never matched, so
+        # agents judged every path by the fixed deadline).
+        stamp = sent + 0.123456
+        await prober.send("router-a", "127.0.0.1", stamp)
+        assert (await replies.next())[1] == stamp
     finally:
         prober.close()
         responder.close()

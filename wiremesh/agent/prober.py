@@ -66,11 +66,13 @@ class Prober:
         self._transports[family] = t
         return t
 
-    async def send(self, key: str, address: str) -> None:
+    async def send(self, key: str, address: str, sent_at: float | None = None) -> None:
         """Send one probe to `address` (router `key`'s overlay IP). Failures to send are
-        swallowed: an unanswered probe is exactly how a broken path must look."""
+        swallowed: an unanswered probe is exactly how a broken path must look. `sent_at` is
+        the time the caller recorded for it: the reply reports that very value, so the caller
+        can match it (a second clock reading here never equals the caller's)."""
         family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-        now = self._clock()
+        now = self._clock() if sent_at is None else sent_at
         self._seq += 1
         self._pending[self._seq] = (key, address, now)
         while self._pending:

@@ -175,8 +175,9 @@ class RouteManager:
             peer = self.netmap.peers.get(key) if self.netmap else None
             if peer is None:
                 continue
-            self.machine.probe_sent(key, self._clock())
-            await prober.send(key, peer.overlay_ip)
+            now = self._clock()
+            self.machine.probe_sent(key, now)
+            await prober.send(key, peer.overlay_ip, now)
 
     async def _poll_handshakes(self, backend: WgBackend) -> None:
         keys = self.machine.routers()
