@@ -15,11 +15,17 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from hypothesis import settings
 
 from wiremesh.lab.netns import missing_requirements
 from wiremesh.server.app import create_app
 
 PG_URL = os.environ.get("WIREMESH_TEST_PG_URL")
+
+# Property tests check behaviour, not speed (speed goals live in bench/): hypothesis's default
+# 200 ms deadline per example made them fail on a busy machine (test_diff_then_apply_gives_new).
+settings.register_profile("wiremesh", deadline=None)
+settings.load_profile("wiremesh")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
