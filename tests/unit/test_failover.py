@@ -65,9 +65,14 @@ class Sim:
                 self.next_probe = round(self.now + INTERVAL, 6)
                 for key in self.m.routers():
                     self.m.probe_sent(key, self.now)
-                    if key in self.alive:
-                        self.in_flight.append((self.now + self.rtt, key, self.now))
+                    rtt = self.answer_rtt(key)
+                    if rtt is not None:
+                        self.in_flight.append((self.now + rtt, key, self.now))
             self._record(self.m.tick(self.now))
+
+    def answer_rtt(self, key: str) -> float | None:
+        """Round trip of the probe just sent to `key`; None: it is never answered."""
+        return self.rtt if key in self.alive else None
 
     def active(self) -> str | None:
         return self.m.active(PREFIX)
@@ -370,23 +375,11 @@ class LossySim(Sim):
         self.loss = loss
         super().__init__(cfg, routes)
 
-    def run(self, seconds: float) -> None:
-        end = self.now + seconds
-        while self.now < end - 1e-9:
-            self.now = round(self.now + STEP, 6)
-            arrived = [x for x in self.in_flight if x[0] <= self.now]
-            self.in_flight = [x for x in self.in_flight if x[0] > self.now]
-            for _, key, sent in arrived:
-                self.m.probe_reply(key, sent, self.now)
-            if self.now >= self.next_probe - 1e-9:
-                self.next_probe = round(self.now + INTERVAL, 6)
-                for key in self.m.routers():
-                    self.m.probe_sent(key, self.now)
-                    lost = self.rng.random() < self.loss or self.rng.random() < self.loss
-                    if key in self.alive and not lost:
-                        rtt = self.rng.uniform(0, 0.1) + self.rng.uniform(0, 0.1)
-                        self.in_flight.append((self.now + rtt, key, self.now))
-            self._record(self.m.tick(self.now))
+    def answer_rtt(self, key: str) -> float | None:
+        lost = self.rng.random() < self.loss or self.rng.random() < self.loss
+        if key in self.alive and not lost:
+            return self.rng.uniform(0, 0.1) + self.rng.uniform(0, 0.1)
+        return None
 
 
 @pytest.mark.parametrize("seed", range(3))
