@@ -54,6 +54,12 @@ def test_exit_node_carries_traffic_fails_over_and_keeps_the_mesh_outside() -> No
         set_prefs("--exit-node", "none")
         wait_until(lambda: x.route_dev(x.web_ip) is None, 10, "c1 to stop using an exit node")
         assert our_rules(x) == []
+        # An exit node policy does not offer (here: no such peer) fails closed: the
+        # internet stays in the tunnel, where no peer takes it, and the mesh stays outside.
+        set_prefs("--exit-node", "nosuch")
+        wait_until(lambda: x.route_dev(x.web_ip) == wg, 10, "c1 to hold its internet traffic")
+        assert not x.client.host.ping(x.web_ip)
+        assert x.client.host.http_get(f"{mesh.url}/healthz", ca_file=mesh.tls.ca_file)
         set_prefs("--exit-node", "e2")
         wait_until(lambda: x.flowing_via("e2"), 20, "traffic through e2, chosen by name")
         assert our_rules(x)

@@ -4,16 +4,20 @@ travels in the netmap and its deltas."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
+from collections.abc import Awaitable, Callable
 
+import dns.asyncquery
 import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import pytest
 
-from wiremesh.agent.resolver import MeshResolver
+from wiremesh.agent.resolver import MeshResolver, ResolverService, start_resolver
 from wiremesh.core.models import MeshState, PeerInfo, Policy
 from wiremesh.core.names import Answer, Forward, NameTable, Pointer, Upstream
 from wiremesh.core.netmap import apply_delta, diff
@@ -155,3 +159,95 @@ def test_domains_are_canonical() -> None:
     with pytest.raises(ValueError, match="nameservers"):
         DNS_CONFIG.validate_python({"zones": [{"zone": "corp.example",
                                                "nameservers": ["not-an-ip"]}]})
+
+
+# --- over real sockets: UDP and TCP, and a forwarded reply too big for UDP --------------------
+
+BIG_TXT = [c * 200 for c in "abcdefgh"]  # ~1.6 kB: more than a 512-byte UDP reply carries
+
+
+class _Upstream:
+    """A nameserver on loopback that answers every TXT query with BIG_TXT: truncated (TC, no
+    answer) over UDP, whole over TCP, as real nameservers do."""
+
+    def __init__(self) -> None:
+        self.tcp_queries = 0
+
+    def answer(self, data: bytes, tcp: bool) -> bytes:
+        query = dns.message.from_wire(data)
+        reply = dns.message.make_response(query)
+        if tcp:
+            self.tcp_queries += 1
+            reply.answer.append(dns.rrset.from_text_list(query.question[0].name, 60, "IN",
+                                                         "TXT", [f'"{t}"' for t in BIG_TXT]))
+        else:
+            reply.flags |= dns.flags.TC
+        return reply.to_wire()
+
+    async def start(self) -> tuple[asyncio.Server, asyncio.DatagramTransport, int]:
+        async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            wire = self.answer(await reader.readexactly(size), tcp=True)
+            writer.write(len(wire).to_bytes(2, "big") + wire)
+            await writer.drain()
+            writer.close()
+
+        upstream = self
+
+        class Udp(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                self.transport.sendto(upstream.answer(data, tcp=False), addr)  # type: ignore[attr-defined]
+
+        server = await asyncio.start_server(tcp, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            Udp, local_addr=("127.0.0.1", port))
+        return server, transport, port
+
+
+async def _served(check: Callable[[ResolverService], Awaitable[None]]) -> None:
+    upstream = _Upstream()
+    up_tcp, up_udp, up_port = await upstream.start()
+    service = await start_resolver("127.0.0.1", ("127.0.0.1",), 0)
+    service.resolver.forward_port = up_port
+    service.resolver.set_netmap(netmaps()[1])
+    try:
+        await check(service)
+        port = service.port
+        # What a truncated UDP reply makes a stub resolver do next: ask again over TCP.
+        query = dns.message.make_query("big.example.org", "TXT")
+        udp = await dns.asyncquery.udp(query, "127.0.0.1", timeout=5, port=port)
+        assert udp.flags & dns.flags.TC and not udp.answer
+        tcp = await dns.asyncquery.tcp(query, "127.0.0.1", timeout=5, port=port)
+        assert not tcp.flags & dns.flags.TC
+        assert sorted(rd.strings[0].decode() for rrset in tcp.answer for rd in rrset) == BIG_TXT
+        assert upstream.tcp_queries == 1
+    finally:
+        service.close()
+        up_tcp.close()
+        up_udp.close()
+
+
+def test_the_resolver_answers_over_udp_and_tcp_and_passes_big_replies_whole_over_tcp() -> None:
+    async def mesh_names(service: ResolverService) -> None:
+        query = dns.message.make_query("beta.mesh.internal", "A")
+        for ask_over in (dns.asyncquery.udp, dns.asyncquery.tcp):
+            reply = await ask_over(query, "127.0.0.1", timeout=5, port=service.port)
+            assert addresses(reply) == ["100.64.0.2"], ask_over
+        # Several queries on one TCP connection (RFC 7766), and garbage ends only that one.
+        reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+        for name in ("alpha.mesh.internal", "gamma.mesh.internal"):
+            wire = dns.message.make_query(name, "A").to_wire()
+            writer.write(len(wire).to_bytes(2, "big") + wire)
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            reply = dns.message.from_wire(await reader.readexactly(size))
+            assert reply.rcode() == (dns.rcode.NOERROR if name.startswith("alpha")
+                                     else dns.rcode.NXDOMAIN)
+        writer.write(b"\x00\x03abc")
+        assert await reader.read() == b""
+        writer.close()
+
+    asyncio.run(_served(mesh_names))

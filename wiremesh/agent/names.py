@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from wiremesh.agent.resolver import MeshResolver, start_resolver
+from wiremesh.agent.resolver import ResolverService, start_resolver
 from wiremesh.agent.sysdns import SysDnsError, SystemDns
 from wiremesh.core.names import NameTable
 from wiremesh.core.wire import Netmap
@@ -23,12 +23,12 @@ class NameService:
         self.system = system
         self.address = address
         self.port = port
-        self.resolver: MeshResolver | None = None
+        self.service: ResolverService | None = None
         self._domains: tuple[str, ...] | None = None  # what the system resolver routes to us
 
     async def start(self, netmap: Netmap | None) -> None:
         try:
-            self.resolver = await start_resolver(self.address, (), self.port)
+            self.service = await start_resolver(self.address, (), self.port)
         except OSError as e:
             log.error("no names for peers: cannot listen on %s:%d: %s", self.address,
                       self.port, e)
@@ -36,10 +36,10 @@ class NameService:
         await self.set_netmap(netmap)
 
     async def set_netmap(self, netmap: Netmap | None) -> None:
-        if self.resolver is None:
+        if self.service is None:
             return
         if netmap is not None:
-            self.resolver.set_netmap(netmap)
+            self.service.resolver.set_netmap(netmap)
         domains = NameTable.of(netmap).routed_domains
         if domains == self._domains:
             return
@@ -51,7 +51,7 @@ class NameService:
         except (SysDnsError, OSError) as e:
             log.error("cannot wire names into the system resolver: %s", e)
             return
-        self.resolver.upstream = upstream
+        self.service.resolver.upstream = upstream
         self._domains = domains
 
     async def close(self) -> None:
@@ -62,5 +62,5 @@ class NameService:
             log.error("cannot restore the system resolver: %s", e)
         finally:
             self._domains = None
-            if self.resolver is not None:
-                self.resolver.close()
+            if self.service is not None:
+                self.service.close()

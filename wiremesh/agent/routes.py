@@ -160,8 +160,10 @@ class RouteManager:
             for r in chosen_routes(netmap, self.exit_choice)
         ]
         if self.exit_choice and not any(is_exit(r) for r in routes):
-            log.warning("exit node %s: not offered to this peer (policy); traffic leaves "
-                        "directly", self.exit_choice)
+            log.warning("exit node %s: not offered to this peer (policy, or no such peer); "
+                        "traffic for the internet waits in the tunnel rather than leaving "
+                        "unprotected (`wiremesh set --exit-node none` sends it directly)",
+                        self.exit_choice)
         before = self.machine.actives()
         self._note(self.machine.set_routes(routes, self._clock()), before)
         self._routes_synced = False
@@ -227,10 +229,11 @@ class RouteManager:
         try:
             added, removed = await asyncio.to_thread(sync_device_routes, self.ifname, prefixes)
             if self.exit_routing is not None:
-                # On while an exit route is chosen, even with no exit node alive: traffic
-                # then waits for one instead of leaving unprotected.
+                # On while this machine opted in, even with no exit node alive or offered
+                # (policy withdrew it, a mistyped name): traffic then waits for one instead
+                # of leaving unprotected, as the user asked.
                 await asyncio.to_thread(self.exit_routing.sync, self.netmap,
-                                        EXIT_PREFIX in actives, self.exit_allow_lan)
+                                        self.exit_choice is not None, self.exit_allow_lan)
         except LinkMissing:
             return  # the agent has not created the interface yet; try again next tick
         except _BACKEND_ERRORS as e:

@@ -42,7 +42,8 @@ BackendOpt = typer.Option("auto", "--wg-backend",
 ExitNodeOpt = typer.Option(
     None, "--exit-node",
     help="Send all traffic through this exit node (a peer name), 'auto' (the best one policy "
-         "allows, failing over between them) or 'none'; kept for later runs")
+         "allows, failing over between them) or 'none'; kept for later runs. While no chosen "
+         "exit node is available, internet traffic is held, never sent outside the tunnel")
 AllowLanOpt = typer.Option(
     None, "--exit-node-allow-lan/--no-exit-node-allow-lan",
     help="With an exit node, keep local networks reachable outside the tunnel")
