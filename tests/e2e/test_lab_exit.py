@@ -16,10 +16,12 @@ from wiremesh.netlink.policyroute import BYPASS_PRIORITY, TUNNEL_PRIORITY
 pytestmark = pytest.mark.e2e
 
 LAN_HOST = "192.0.2.200"  # on c1's own network, neither the server nor a peer
+SERVER_V6, CLIENT_V6 = "fd00:77::1", "fd00:77::11"  # an IPv6 internet the mesh does not use
 
 
 def our_rules(x: xs.ExitLab) -> list[str]:
-    rules = x.client.host.run(["ip", "rule"]).stdout.splitlines()
+    rules = [line for family in ("-4", "-6")
+             for line in x.client.host.run(["ip", family, "rule"]).stdout.splitlines()]
     return [r for r in rules if r.startswith((f"{BYPASS_PRIORITY}:", f"{TUNNEL_PRIORITY}:"))]
 
 
@@ -35,6 +37,13 @@ def test_exit_node_carries_traffic_fails_over_and_keeps_the_mesh_outside() -> No
         assert result["exit_web_into_tunnel"]
         assert result["exit_failover_ms"] is not None, "traffic never came back through e2"
         assert result["exit_node_ok"]
+        # IPv6 to the internet (the exit nodes carry IPv4 only) is refused at once, never
+        # sent outside the tunnel; it comes back with the opt-out below.
+        for host, ip in ((mesh.server, SERVER_V6), (x.client.host, CLIENT_V6)):
+            host.run(["ip", "addr", "add", f"{ip}/64", "nodad", "dev",
+                      mesh.lab.link_of(host, mesh.topo.internet)])
+        assert x.route_dev(SERVER_V6) is None
+        assert not x.client.host.ping(SERVER_V6)
         # The agent's own connection to the server did not go through the exit node.
         assert x.client.metrics()["wiremesh_agent_server_connected"] == 1
         assert x.client.host.http_get(f"{mesh.url}/healthz", ca_file=mesh.tls.ca_file)
@@ -54,6 +63,7 @@ def test_exit_node_carries_traffic_fails_over_and_keeps_the_mesh_outside() -> No
         set_prefs("--exit-node", "none")
         wait_until(lambda: x.route_dev(x.web_ip) is None, 10, "c1 to stop using an exit node")
         assert our_rules(x) == []
+        assert x.client.host.ping(SERVER_V6, count=3)
         # An exit node policy does not offer (here: no such peer) fails closed: the
         # internet stays in the tunnel, where no peer takes it, and the mesh stays outside.
         set_prefs("--exit-node", "nosuch")
@@ -66,5 +76,6 @@ def test_exit_node_carries_traffic_fails_over_and_keeps_the_mesh_outside() -> No
 
         mesh.stop_agent(x.client)
         assert our_rules(x) == []
-        assert x.client.host.run(["ip", "route", "show", "table", "51820"],
-                                 check=False).stdout.strip() == ""
+        for family in ("-4", "-6"):
+            assert x.client.host.run(["ip", family, "route", "show", "table", "51820"],
+                                     check=False).stdout.strip() == ""

@@ -1,13 +1,21 @@
-"""Which server URLs the agent and CLI accept, and the reason a failed connection gets."""
+"""Which server URLs the agent and CLI accept, the reason a failed connection gets, and that
+a retry loop still stops when a library turns its cancellation into a connection error."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import httpx
 import pytest
 
-from wiremesh.agent.connection import Trust, TrustError, reason, unreachable
+from wiremesh.agent.connection import (
+    Trust,
+    TrustError,
+    raise_if_cancelled,
+    reason,
+    unreachable,
+)
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://localhost:8080",
@@ -76,3 +84,30 @@ def test_reason_names_the_certificate_problem() -> None:
         "certificate verify failed: unable to get local issuer certificate")
     plain = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1000)")
     assert reason(_raised(httpx.ConnectError(""), plain)) == "TLS error: wrong version number"
+
+
+def test_a_retry_loop_stops_on_a_cancellation_turned_into_a_tls_error() -> None:
+    async def read_stream() -> None:
+        # What httpx did when SIGTERM cancelled the agent in the middle of a TLS read.
+        try:
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:
+            raise ssl.SSLError("The operation did not complete (read)") from None
+        raise ConnectionResetError  # the server went away: retry
+
+    async def follow_forever() -> None:
+        for _ in range(10):  # bounded, so a loop that swallows its cancellation fails here
+            try:
+                await read_stream()
+            except OSError:
+                raise_if_cancelled()
+                await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        task = asyncio.create_task(follow_forever())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.wait({task}, timeout=10)
+        assert task.cancelled(), "the loop went on after its cancellation"
+
+    asyncio.run(main())

@@ -78,11 +78,14 @@ def test_server_relays_and_peer_endpoints_stay_outside() -> None:
     c1 = netmap(1)
     out = bypass(c1, ["192.0.2.1", "198.51.100.9", "fd00::1"])
     assert out == ["192.0.2.1/32", "192.0.2.12/32", "198.51.100.4/32", "198.51.100.9/32",
-                   "203.0.113.2/32"]
-    # The local network only when asked.
+                   "203.0.113.2/32",
+                   # IPv6: the server and e2's endpoint, and what never leaves the link.
+                   "fd00::1/128", "fd00::3/128", "fe80::/10", "ff00::/8"]
+    # The local networks (both families) only when asked.
     assert "192.0.2.0/24" not in out
     lan = bypass(c1, ["192.0.2.1"], ["192.0.2.0/24", "fd00:1::/64"], allow_lan=True)
-    assert "192.0.2.0/24" in lan and not any(":" in p for p in lan)
+    assert "192.0.2.0/24" in lan and "fd00:1::/64" in lan
+    assert "::/0" not in bypass(c1, ["::"], ["::/0"], allow_lan=True)
 
 
 def test_nothing_of_the_mesh_is_ever_bypassed() -> None:

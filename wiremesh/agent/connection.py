@@ -8,6 +8,7 @@ never leaves the machine or the operator says `--insecure` knowingly.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import re
@@ -88,6 +89,16 @@ def _chain(exc: BaseException) -> list[BaseException]:
         seen.append(cur)
         cur = cur.__cause__ or cur.__context__
     return seen
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a library turned into another error: httpx closing a TLS
+    stream in the middle of a read raises an SSL error in place of the CancelledError, and a
+    loop that then retries never hears its SIGTERM (the agent was killed after the stop
+    timeout, its exit-node rules left behind). Call it first in a retry loop's handler."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def reason(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ import httpx
 
 from wiremesh.agent import metrics
 from wiremesh.agent.client import ServerClient, ServerRefused
+from wiremesh.agent.connection import raise_if_cancelled
 from wiremesh.agent.portside import PortSide
 from wiremesh.agent.state import AgentConfig
 from wiremesh.netlink.addresses import local_addresses
@@ -120,5 +121,6 @@ class Discovery:
             try:
                 await self.refresh()
             except (httpx.HTTPError, OSError, ServerRefused) as e:
+                raise_if_cancelled()
                 # The netmap stream notices a dead server; keep measuring meanwhile.
                 log.warning("cannot report candidates: %s", e)

@@ -18,14 +18,14 @@ log = logging.getLogger("wiremesh.agent.exitnode")
 
 
 def _addresses(urls: Iterable[str]) -> list[str]:
-    """The IPv4 addresses of the URLs' hosts (looked up when a host is a name)."""
+    """The addresses of the URLs' hosts (looked up when a host is a name)."""
     out: list[str] = []
     for url in urls:
         host = urlsplit(url).hostname
         if not host:
             continue
         try:
-            infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
         except OSError as e:
             log.warning("cannot look up %s to keep it outside the exit node: %s", host, e)
             continue

@@ -31,6 +31,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
+from wiremesh.agent.connection import raise_if_cancelled
 from wiremesh.core.relayframe import MAX_FRAME, MAX_PACKET, BadFrame, check_packet, unpack
 from wiremesh.wg.keys import decode_key, encode_key
 
@@ -257,6 +258,7 @@ class RelayLink:
             log.warning("relay %s refused us (HTTP %d)", url, e.response.status_code)
             return False
         except (OSError, TimeoutError, WebSocketException) as e:
+            raise_if_cancelled()
             log.warning("relay %s unreachable: %s", url, e or e.__class__.__name__)
             return False
         self._ws, self.relay_in_use = ws, url

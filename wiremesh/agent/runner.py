@@ -30,7 +30,13 @@ from wiremesh.agent.client import (
     enroll,
     server_key,
 )
-from wiremesh.agent.connection import INSECURE_WARNING, Trust, TrustError, reason
+from wiremesh.agent.connection import (
+    INSECURE_WARNING,
+    Trust,
+    TrustError,
+    raise_if_cancelled,
+    reason,
+)
 from wiremesh.agent.dataplane import DataPlane, first_endpoint, make_backend
 from wiremesh.agent.discovery import Discovery
 from wiremesh.agent.exitnode import ExitRouting
@@ -292,6 +298,7 @@ class Agent:
                 try:
                     await client.report_paths(report)
                 except (httpx.HTTPError, OSError, ServerRefused) as e:
+                    raise_if_cancelled()
                     log.warning("cannot report paths: %s", e)
                     continue
                 last, sent_at = shape, time.monotonic()
@@ -390,6 +397,7 @@ class Agent:
                 await asyncio.sleep(jittered(max(e.retry_after, backoff)))
                 continue
             except (httpx.HTTPError, OSError, ServerRefused, ValueError) as e:
+                raise_if_cancelled()
                 metrics.SERVER_CONNECTED.set(0)
                 log.warning("no netmap from %s (%s); keeping netmap version=%s",
                             client.server, reason(e),

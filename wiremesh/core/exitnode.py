@@ -10,6 +10,8 @@ With an exit node, everything leaves through the tunnel except:
 - the server, relays and the underlay endpoints of the client's peers (the mesh itself must
   not depend on the tunnel it carries);
 - the local networks, when asked (`--exit-node-allow-lan`).
+IPv6 to anywhere else is refused (unreachable) rather than sent outside the tunnel: the
+overlay and the exit nodes carry IPv4 only.
 """
 
 from __future__ import annotations
@@ -49,29 +51,35 @@ def chosen_routes(netmap: Netmap, choice: str | None) -> list[RouteEntry]:
     return out
 
 
-def _host_net(host: str) -> ipaddress.IPv4Network | None:
+# IPv6 never goes into the tunnel (the overlay and exit nodes carry IPv4 only: it is refused
+# instead), but neighbour discovery and router advertisements must stay on the links.
+IPV6_LINK = ("fe80::/10", "ff00::/8")
+
+
+def _host_net(host: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     try:
-        ip = ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return None
-    if ip.version != 4 or ip.is_unspecified or ip.is_loopback or ip.is_multicast:
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast:
         return None  # nothing a packet to the server or a peer is sent to
-    return ipaddress.IPv4Network(ip)
+    return ipaddress.ip_network(ip)
 
 
 def bypass(netmap: Netmap, infrastructure: Iterable[str], local_networks: Iterable[str] = (),
            allow_lan: bool = False) -> list[str]:
-    """IPv4 prefixes kept out of the tunnel: `infrastructure` (the server's and relays'
-    addresses), every underlay endpoint of the peers, and `local_networks` when `allow_lan`.
-    Anything inside the overlay or a routed prefix other than the exit's is never bypassed:
-    it belongs in the tunnel."""
+    """Prefixes (IPv4 and IPv6) kept out of the tunnel: `infrastructure` (the server's and
+    relays' addresses), every underlay endpoint of the peers, IPv6 link-local and multicast,
+    and `local_networks` when `allow_lan`. Anything inside the overlay or a routed prefix other
+    than the exit's is never bypassed: it belongs in the tunnel."""
     hosts = [*infrastructure,
              *(endpoint_host_port(e)[0] for p in netmap.peers.values() for e in p.endpoints)]
     nets = {n for h in hosts if (n := _host_net(h)) is not None}
+    nets |= {ipaddress.IPv6Network(n) for n in IPV6_LINK}
     if allow_lan:
-        nets |= {ipaddress.IPv4Network(n, strict=False) for n in local_networks
-                 if ipaddress.ip_network(n, strict=False).version == 4}
+        nets |= {ipaddress.ip_network(n, strict=False) for n in local_networks}
     inside = [ipaddress.IPv4Network(r.prefix) for r in netmap.routes.values() if not is_exit(r)]
     inside.append(ipaddress.IPv4Network(OVERLAY_NET))
-    keep = [n for n in nets if n.prefixlen > 0 and not any(n.overlaps(i) for i in inside)]
-    return [str(n) for n in sorted(keep)]
+    keep = [n for n in nets if n.prefixlen > 0 and not any(
+        n.version == i.version and n.overlaps(i) for i in inside)]
+    return [str(n) for n in sorted(keep, key=lambda n: (n.version, n))]

@@ -1,7 +1,9 @@
 """Exit-node routing in the current network namespace: policy routing the way wg-quick and
-Tailscale do it (pyroute2).
+Tailscale do it (pyroute2), for IPv4 and IPv6 alike.
 
-    ip route add default dev <wg> table 51820
+    ip route add default dev <wg> table 51820             # IPv4: into the tunnel
+    ip -6 route add unreachable default table 51820       # IPv6: nowhere (the overlay and the
+                                                          # exit nodes carry IPv4 only)
     ip rule add to <bypass> lookup main priority 5270     # server, relays, peers' endpoints,
                                                           # local networks when asked
     ip rule add not fwmark 51820 lookup 51820 priority 5271
@@ -12,6 +14,8 @@ with the fwmark, so they never loop into the tunnel; the agent's other traffic t
 relays and peers' underlay addresses is kept out by the bypass rules. Everything else, the
 overlay and routed prefixes included, goes into the WireGuard interface, whose allowed IPs
 pick the peer (the most specific wins, so the exit node gets only what no other peer holds).
+IPv6 to the internet gets "unreachable" at once, instead of leaving outside the tunnel the user
+asked to send everything through (programs fall back to IPv4 without waiting).
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ BYPASS_PRIORITY = 5270
 TUNNEL_PRIORITY = 5271
 _MAIN_TABLE = 254
 _FIB_RULE_INVERT = 0x2
-_ENOENT, _ESRCH = 2, 3
+_ENOENT, _ESRCH, _EAFNOSUPPORT = 2, 3, 97
+_FAMILIES = {4: (socket.AF_INET, "0.0.0.0"), 6: (socket.AF_INET6, "::")}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _ours(rule: object) -> bool:
@@ -40,59 +47,73 @@ def _ours(rule: object) -> bool:
 
 
 def sync_exit_routing(ifname: str, bypass: Iterable[str] | None) -> None:
-    """Send everything but `bypass` (IPv4 prefixes) into `ifname`; None takes it all away.
+    """Send everything but `bypass` (IPv4 and IPv6 prefixes) into `ifname` (IPv6: refuse it);
+    None takes it all away.
 
     Raises LinkMissing when the interface does not exist (yet)."""
     wanted = (None if bypass is None else
-              {ipaddress.IPv4Network(p, strict=False) for p in bypass})
+              {ipaddress.ip_network(p, strict=False) for p in bypass})
     with IPRoute() as ipr:
-        rules = [r for r in ipr.get_rules(family=socket.AF_INET) if _ours(r)]
-        have_bypass = {ipaddress.IPv4Network(f"{r.get('dst') or '0.0.0.0'}/{r['dst_len']}")
-                       : r for r in rules if r.get("priority") == BYPASS_PRIORITY}
-        have_tunnel = [r for r in rules if r.get("priority") == TUNNEL_PRIORITY]
-        if wanted is None:
-            for r in have_tunnel:  # the tunnel rule first: never a moment without bypass
-                _del_rule(ipr, r)
-            for r in have_bypass.values():
-                _del_rule(ipr, r)
-            _flush_table(ipr)
-            return
         idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
+        if wanted is not None and not idx:
             raise LinkMissing(f"no interface {ifname}")
-        for net in sorted(wanted - have_bypass.keys()):
-            ipr.rule("add", family=socket.AF_INET, table=_MAIN_TABLE,
-                     priority=BYPASS_PRIORITY, dst=str(net.network_address),
-                     dst_len=net.prefixlen)
-        ipr.route("replace", dst="0.0.0.0/0", oif=idx[0], table=EXIT_TABLE,
+        for version in (4, 6):
+            try:
+                _sync_family(ipr, version, idx[0] if idx else 0,
+                             None if wanted is None else
+                             {n for n in wanted if n.version == version})
+            except NetlinkError as e:
+                if version == 6 and e.code == _EAFNOSUPPORT:
+                    continue  # no IPv6 in this kernel or namespace: nothing can leak there
+                raise
+
+
+def _sync_family(ipr: IPRoute, version: int, oif: int, wanted: set[Network] | None) -> None:
+    family, _ = _FAMILIES[version]
+    rules = [r for r in ipr.get_rules(family=family) if _ours(r)]
+    have_bypass = {_rule_dst(r, version): r for r in rules
+                   if r.get("priority") == BYPASS_PRIORITY}
+    have_tunnel = [r for r in rules if r.get("priority") == TUNNEL_PRIORITY]
+    if wanted is None:
+        for r in have_tunnel:  # the tunnel rule first: never a moment without bypass
+            _del_rule(ipr, family, r)
+        for r in have_bypass.values():
+            _del_rule(ipr, family, r)
+        _flush_table(ipr, family)
+        return
+    for net in sorted(wanted - have_bypass.keys(), key=str):
+        ipr.rule("add", family=family, table=_MAIN_TABLE, priority=BYPASS_PRIORITY,
+                 dst=str(net.network_address), dst_len=net.prefixlen)
+    if version == 4:
+        ipr.route("replace", dst="0.0.0.0/0", oif=oif, table=EXIT_TABLE,
                   proto=RTPROT_WIREMESH)
-        if not have_tunnel:
-            ipr.rule("add", family=socket.AF_INET, table=EXIT_TABLE, priority=TUNNEL_PRIORITY,
-                     fwmark=FWMARK, fwmask=0xFFFFFFFF, flags=_FIB_RULE_INVERT)
-        for net, r in have_bypass.items():
-            if net not in wanted:
-                _del_rule(ipr, r)
+    else:
+        ipr.route("replace", family=family, dst="::/0", type="unreachable", table=EXIT_TABLE,
+                  proto=RTPROT_WIREMESH)
+    if not have_tunnel:
+        ipr.rule("add", family=family, table=EXIT_TABLE, priority=TUNNEL_PRIORITY,
+                 fwmark=FWMARK, fwmask=0xFFFFFFFF, flags=_FIB_RULE_INVERT)
+    for net, r in have_bypass.items():
+        if net not in wanted:
+            _del_rule(ipr, family, r)
 
 
-def exit_rules() -> list[tuple[int, str, int]]:
-    """Our rules as (priority, destination prefix, table), for tests and the lab."""
-    with IPRoute() as ipr:
-        return sorted((r.get("priority"),
-                       f"{r.get('dst') or '0.0.0.0'}/{r['dst_len']}", r.get("table"))
-                      for r in ipr.get_rules(family=socket.AF_INET) if _ours(r))
+def _rule_dst(rule: object, version: int) -> Network:
+    get = rule.get  # type: ignore[attr-defined]
+    return ipaddress.ip_network(f"{get('dst') or _FAMILIES[version][1]}/{rule['dst_len']}")  # type: ignore[index]
 
 
-def _del_rule(ipr: IPRoute, rule: object) -> None:
+def _del_rule(ipr: IPRoute, family: int, rule: object) -> None:
     try:
-        ipr.rule("del", **_rule_spec(rule))
+        ipr.rule("del", **_rule_spec(family, rule))
     except NetlinkError as e:
         if e.code not in (_ENOENT, _ESRCH):
             raise
 
 
-def _rule_spec(rule: object) -> dict[str, object]:
+def _rule_spec(family: int, rule: object) -> dict[str, object]:
     get = rule.get  # type: ignore[attr-defined]
-    spec: dict[str, object] = {"family": socket.AF_INET, "priority": get("priority"),
+    spec: dict[str, object] = {"family": family, "priority": get("priority"),
                                "table": get("table")}
     if get("dst"):
         spec.update(dst=get("dst"), dst_len=rule["dst_len"])  # type: ignore[index]
@@ -101,11 +122,12 @@ def _rule_spec(rule: object) -> dict[str, object]:
     return spec
 
 
-def _flush_table(ipr: IPRoute) -> None:
-    for r in ipr.route("dump", family=socket.AF_INET, table=EXIT_TABLE):
+def _flush_table(ipr: IPRoute, family: int) -> None:
+    default = "0.0.0.0/0" if family == socket.AF_INET else "::/0"
+    for r in ipr.route("dump", family=family, table=EXIT_TABLE):
         if r.get("table") == EXIT_TABLE:
             try:
-                ipr.route("del", dst="0.0.0.0/0", oif=r.get("oif"), table=EXIT_TABLE)
+                ipr.route("del", family=family, dst=default, type=r["type"], table=EXIT_TABLE)
             except NetlinkError as e:
                 if e.code not in (_ENOENT, _ESRCH):
                     raise
