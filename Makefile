@@ -3,7 +3,7 @@
 #   make test   installs everything and runs the linters, the type checker and the test suite
 VENV ?= .venv
 PYTHON ?= python3
-DEB_PACKAGES = wireguard-go wireguard-tools nftables iproute2 iputils-ping procps python3-venv iperf3 chromium
+DEB_PACKAGES = wireguard-go wireguard-tools nftables iproute2 iputils-ping procps python3-venv iperf3 chromium iptables
 STAMP = $(VENV)/.installed
 
 .PHONY: install demo test clean
