@@ -435,3 +435,32 @@ def test_router_that_never_answered_gets_a_handshake_retry_before_it_is_judged()
     sim.alive.discard(A)  # once it has answered, dead_after applies again
     sim.run(0.6)
     assert sim.active() == B
+
+
+def lossy_failover_s(loss: float, seed: int, settle: float = 60) -> float:
+    """Seconds from A's death to the switch to B, after `settle` s on a path losing `loss`
+    each way with 0-100 ms jitter each way."""
+    sim = LossySim(CFG, [route((A, 10), (B, 20))], loss=loss, seed=seed)
+    sim.run(settle)
+    assert sim.switches() == [(0.0, A)]
+    sim.alive.discard(A)
+    died = sim.now
+    sim.run(2)
+    assert sim.active() == B
+    return sim.switches()[-1][0] - died
+
+
+def test_reordering_is_not_loss() -> None:
+    # 0-200 ms round trips, probes 100 ms apart: answers overtake each other all the time.
+    # Counted as losses they gave the path the long deadline of a lossy one.
+    # Not lossy, the deadline is the run of tolerated_losses + 1 probes and a round trip
+    # (~0.2 + 0.23 s); counted as lossy it was ~0.4 + 0.23 s.
+    worst = max(lossy_failover_s(0.0, seed) for seed in range(5))
+    assert worst < 0.55
+
+
+def test_a_lossy_jittery_path_fails_over_well_within_a_second() -> None:
+    # Issue 14: p99 < 1 s end to end; the judgement may take at most ~0.7 of it, the new
+    # router's answers and the client's write the rest.
+    times = sorted(lossy_failover_s(0.02, seed) for seed in range(10))
+    assert times[-1] < 0.72, times

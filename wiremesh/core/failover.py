@@ -7,10 +7,12 @@ Health of a router comes from probes through the tunnel: a router is declared de
 sent to it has gone unanswered for its deadline (so nothing is judged while nothing is sent), or
 when its WireGuard handshake is older than `handshake_max_age`. The deadline is `dead_after`,
 or longer on a slow, jittery or lossy path: the router's smoothed round trip plus four times
-its variation (TCP's retransmission timeout, RFC 6298) plus as many probe intervals as it
-takes for that many probes lost in a row to be a one-in-a-million event at the path's
-measured probe loss (at least `tolerated_losses`), so a lossy network is not a dead router
-(issue 14: 2 % loss on every link made clients fail over for nothing). A dead router that
+its variation (TCP's retransmission timeout, RFC 6298), after the last of a run of probes
+sent one interval apart, a run long enough to be lost whole only once in a million at the
+path's measured probe loss (and at least `tolerated_losses` + 1 long), so a lossy network
+is not a dead router (issue 14: 2 % loss on every link made clients fail over for nothing).
+A probe whose answer is overtaken by a newer probe's (a jittery path reorders them) is not
+counted lost unless its own answer has not come by the deadline. A dead router that
 answers again must stay healthy for `recover_after` before it counts as up, so a flapping
 router can't pull traffic back and forth.
 
@@ -103,6 +105,9 @@ class Health(IntEnum):
 @dataclass
 class _Router:
     outstanding: deque[float] = field(default_factory=deque)  # send times, oldest first
+    # Probes whose answer a newer probe's answer overtook (send times, oldest first): lost,
+    # or merely reordered by a jittery path. Settled when their answer comes or at the deadline.
+    overtaken: deque[float] = field(default_factory=deque)
     healthy_since: float | None = None  # start of the current unbroken run of answers
     down: bool = False  # declared dead and not yet recovered
     stale_handshake: bool = False
@@ -127,12 +132,21 @@ class _Router:
     def deadline(self, cfg: FailoverConfig, probe_interval: float) -> float:
         if self.srtt is None:
             return max(cfg.dead_after, cfg.first_answer_after)
-        losses = cfg.tolerated_losses
+        run = cfg.tolerated_losses + 1
         if self.loss > 0:
-            losses = max(losses, math.ceil(_ODDS / math.log(min(self.loss, _MAX_LOSS))))
-        return max(cfg.dead_after, self.srtt + 4 * self.rttvar + losses * probe_interval)
+            run = max(run, math.ceil(_ODDS / math.log(min(self.loss, _MAX_LOSS))))
+        return max(cfg.dead_after, (run - 1) * probe_interval + self.srtt + 4 * self.rttvar)
+
+    def settle_overtaken(self, now: float, deadline: float) -> None:
+        """Probes overtaken and still unanswered at their deadline were lost."""
+        while self.overtaken and (now - self.overtaken[0] >= deadline
+                                  or len(self.overtaken) > _MAX_OUTSTANDING):
+            self.overtaken.popleft()
+            if not self.down:
+                self.count_probe(lost=True)
 
     def refresh(self, now: float, cfg: FailoverConfig, probe_interval: float) -> None:
+        self.settle_overtaken(now, self.deadline(cfg, probe_interval))
         missed = (bool(self.outstanding)
                   and now - self.outstanding[0] >= self.deadline(cfg, probe_interval))
         if missed or self.stale_handshake:
@@ -193,14 +207,24 @@ class FailoverMachine:
         r = self._routers.get(key)
         if r is None:
             return
-        if r.outstanding and sent_at in r.outstanding:
+        if sent_at in r.overtaken:  # a late answer: the path reordered, it lost nothing
+            r.overtaken.remove(sent_at)
+            r.rtt_sample(now - sent_at)
+            if not r.down:
+                r.count_probe(lost=False)
+        elif r.outstanding and sent_at in r.outstanding:
             r.rtt_sample(now - sent_at)
         while r.outstanding and r.outstanding[0] <= sent_at:
-            # Older probes still waiting when a newer one is answered were lost (probes to a
-            # router declared dead measure its outage, not its path).
-            lost = r.outstanding.popleft() < sent_at
-            if not r.down:
-                r.count_probe(lost)
+            # Older probes still waiting when a newer one is answered no longer count toward
+            # the deadline: the router is alive. Whether they were lost is known later (probes
+            # to a router declared dead measure its outage, not its path).
+            sent = r.outstanding.popleft()
+            if r.down:
+                continue
+            if sent < sent_at:
+                r.overtaken.append(sent)
+            else:
+                r.count_probe(lost=False)
         if r.healthy_since is None:
             r.healthy_since = now
 
