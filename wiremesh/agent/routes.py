@@ -203,7 +203,7 @@ class RouteManager:
                 self.failovers += 1
             health = self.machine.health(old) if old else None
             log.info("route prefix=%s active=%s previous=%s previous_health=%s", prefix,
-                     _short(new), _short(old), health.name.lower() if health else None)
+                     _short(new), _short(old), health.name.lower() if health is not None else None)
             self._dirty_peers.update(k for k in (old, new) if k is not None)
             if old is None or new is None:  # a prefix appeared or went away
                 self._routes_synced = False
