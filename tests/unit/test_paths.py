@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -184,3 +186,22 @@ def test_a_relayed_peer_that_pings_us_is_probed_back_at_once() -> None:
     t.pinged("k", 3.0)
     changes = run_until(t, 3.0, 3.5, lambda _k, ep, _n: ep == A[0])
     assert changes == [Change("k", Mode.DIRECT, A[0])]
+
+
+def test_nothing_we_route_into_our_own_tunnel_is_ever_a_path() -> None:
+    # A router's overlay address or its LAN behind a routed prefix answers probes sent
+    # through the tunnel; as WireGuard's endpoint it loops the peer's packets into itself.
+    tunnel = [ipaddress.IPv4Network("100.64.0.0/10"), ipaddress.IPv4Network("198.18.1.0/24")]
+    t = PathTable(relay=True)
+    t.set_peers({"k": ("198.18.1.3:51820", *A)}, 0.0, tunnel)
+    probes, _ = t.tick(0.0, 0.0)
+    assert probes == [("k", list(A))]
+    assert not t.probed_from("k", "100.64.0.6:51820", 0.0)
+    assert t.answered("k", "100.64.0.6:51820", 0.1) is None
+    assert t.direct_endpoint("k") == A[0]
+    # Even once direct, a probe through the tunnel does not pull the path in there.
+    run_until(t, 0.1, 0.5, lambda _k, ep, _n: ep == A[1])
+    assert t.direct_endpoint("k") == A[1]
+    assert not t.probed_from("k", "100.64.0.6:51820", 0.6)
+    probes, _ = t.tick(5.7, 5.7)
+    assert all("100.64.0.6:51820" not in eps for _, eps in probes)

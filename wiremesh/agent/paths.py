@@ -25,6 +25,7 @@ from wiremesh.agent.dataplane import first_endpoint
 from wiremesh.agent.portside import PortSide
 from wiremesh.agent.relay_link import RelayLink
 from wiremesh.core import disco
+from wiremesh.core.exitnode import tunnelled
 from wiremesh.core.paths import Mode, PathTable
 from wiremesh.core.wire import Netmap, NetmapPeer, endpoint_host_port
 from wiremesh.wg.backend import WgPeerStatus
@@ -64,7 +65,7 @@ class PathManager:
                           for r in raw}
         self.table.set_peers(
             {k: [e for e in p.endpoints if endpoint_host_port(e)[1] is not None]
-             for k, p in netmap.peers.items()}, time.monotonic())
+             for k, p in netmap.peers.items()}, time.monotonic(), tunnelled(netmap))
         if self.relay is not None:
             for key in set(self.relay.peers) - set(netmap.peers):
                 self.relay.release(key)

@@ -66,6 +66,13 @@ def _host_net(host: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None
     return ipaddress.ip_network(ip)
 
 
+def tunnelled(netmap: Netmap) -> list[ipaddress.IPv4Network]:
+    """What a peer routes into its tunnel whichever exit node it uses: the overlay and every
+    routed prefix but the exit route. Nothing in there is a way to reach a peer directly."""
+    return [ipaddress.IPv4Network(OVERLAY_NET),
+            *(ipaddress.IPv4Network(r.prefix) for r in netmap.routes.values() if not is_exit(r))]
+
+
 def bypass(netmap: Netmap, infrastructure: Iterable[str], local_networks: Iterable[str] = (),
            allow_lan: bool = False) -> list[str]:
     """Prefixes (IPv4 and IPv6) kept out of the tunnel: `infrastructure` (the server's and
@@ -78,8 +85,7 @@ def bypass(netmap: Netmap, infrastructure: Iterable[str], local_networks: Iterab
     nets |= {ipaddress.IPv6Network(n) for n in IPV6_LINK}
     if allow_lan:
         nets |= {ipaddress.ip_network(n, strict=False) for n in local_networks}
-    inside = [ipaddress.IPv4Network(r.prefix) for r in netmap.routes.values() if not is_exit(r)]
-    inside.append(ipaddress.IPv4Network(OVERLAY_NET))
+    inside = tunnelled(netmap)
     keep = [n for n in nets if n.prefixlen > 0 and not any(
         n.version == i.version and n.overlaps(i) for i in inside)]
     return [str(n) for n in sorted(keep, key=lambda n: (n.version, n))]

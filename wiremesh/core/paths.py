@@ -18,10 +18,15 @@ Per peer:
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from wiremesh.core.wire import endpoint_host_port
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEADLINE_S = 1.0
 PROBE_EVERY_S = 0.2
@@ -63,18 +68,25 @@ class PathTable:
         self.deadline, self.probe_every = deadline, probe_every
         self.keepalive, self.dead_after, self.retry = keepalive, dead_after, retry
         self.peers: dict[str, PeerPath] = {}
+        self.tunnelled: tuple[IPNetwork, ...] = ()
         self.attempts = 0  # probe bursts started (hole-punch attempts)
         self.successes = 0  # bursts that found a direct path
 
     # --- inputs -----------------------------------------------------------------------------
 
-    def set_peers(self, candidates: Mapping[str, Iterable[str]], now: float) -> None:
+    def set_peers(self, candidates: Mapping[str, Iterable[str]], now: float,
+                  tunnelled: Iterable[IPNetwork] = ()) -> None:
         """The netmap's peers and their candidates: new peers and changed candidates are
-        probed at once, peers gone are forgotten."""
+        probed at once, peers gone are forgotten. Endpoints in `tunnelled` (what we route into
+        our own tunnel) are never a path: a probe there goes through the tunnel and may well be
+        answered, but WireGuard sending its packets there loops them into itself (issue 14:
+        a client whose router died took another router's overlay address for its endpoint,
+        learnt from a probe that came through the tunnel, and lost that router too)."""
+        self.tunnelled = tuple(tunnelled)
         for key in self.peers.keys() - candidates.keys():
             del self.peers[key]
         for key, cands in candidates.items():
-            cands = tuple(cands)
+            cands = tuple(c for c in cands if not self.through_tunnel(c))
             p = self.peers.get(key)
             if p is None:
                 self.peers[key] = p = PeerPath(cands)
@@ -91,7 +103,7 @@ class PathTable:
     def answered(self, key: str, endpoint: str, now: float) -> Change | None:
         """A probe to `endpoint` was answered: that path works."""
         p = self.peers.get(key)
-        if p is None:
+        if p is None or self.through_tunnel(endpoint):
             return None
         if p.mode == Mode.DIRECT:
             # Only the path in use counts: its silence is what moves the peer away.
@@ -116,12 +128,20 @@ class PathTable:
         """A peer's probe arrived from `source`: probe it back there (the NAT mapping it
         came through may be the only way in). True if it is new."""
         p = self.peers.get(key)
-        if p is None or source in p.candidates or source in p.extra:
+        if (p is None or source in p.candidates or source in p.extra
+                or self.through_tunnel(source)):
             return False
         p.extra.add(source)
         if p.mode == Mode.DIRECT:
             self._burst(p, now)  # a direct peer probing from elsewhere has likely moved
         return True
+
+    def through_tunnel(self, endpoint: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(endpoint_host_port(endpoint)[0].split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(ip in n for n in self.tunnelled)
 
     # --- the clock ------------------------------------------------------------------------
 
