@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wiremesh.core.wire import check_endpoint, endpoint_host_port
 from wiremesh.gateway import cookie, noise
 from wiremesh.gateway.admission import (
     Admission,
@@ -19,6 +20,7 @@ from wiremesh.gateway.admission import (
     Drop,
     Install,
     Seen,
+    format_endpoint,
 )
 from wiremesh.gateway.store import KnownPeer, KnownPeerStore, StoreUnavailable
 
@@ -291,3 +293,10 @@ def test_fuzz_handle_never_raises(fuzz_store: KnownPeerStore, payload: bytes, ad
                                   port: int) -> None:
     v = make(fuzz_store).handle(payload, addr, port, now=0.0)
     assert isinstance(v, Drop)
+
+
+@given(st.ip_addresses(), st.integers(1, 65535))
+def test_endpoint_is_in_the_canonical_form_wireguard_configs_require(ip, port):
+    endpoint = format_endpoint(ip.packed, port)
+    assert check_endpoint(endpoint) == endpoint
+    assert endpoint_host_port(endpoint) == (str(ip), port)

@@ -244,3 +244,25 @@ def test_saved_netmap_form_is_the_wire_form() -> None:
                 peers={peer.public_key: peer},
                 inbound=frozenset({InboundRule("100.64.0.2", "tcp", (PortRange(22, 22),))}))
     assert NETMAP.validate_python(NETMAP.dump_python(nm, mode="json")) == nm
+
+
+@given(st.ip_addresses(v=4), st.integers(0, 32), st.integers(0, 65535))
+def test_ipv4_fast_paths_agree_with_ipaddress(ip, length, port):
+    """check_prefix/check_endpoint take a shortcut for canonical IPv4; it must say exactly
+    what ipaddress says (same canonical text, same refusals)."""
+    net = ipaddress.ip_network(f"{ip}/{length}", strict=False)
+    for text in (str(net), f"{ip}/{length}", f"{net.network_address}/0{length}"):
+        try:
+            expected = str(ipaddress.ip_network(text))
+        except ValueError:
+            with pytest.raises(ValueError):
+                check_prefix(text)
+        else:
+            assert check_prefix(text) == expected
+    for host in (str(ip), ".".join(f"{int(o):03d}" for o in str(ip).split("."))):
+        text = f"{host}:{port}"
+        if port >= 1 and host == str(ip):
+            assert check_endpoint(text) == text
+        else:
+            with pytest.raises(ValueError):
+                check_endpoint(text)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -102,8 +103,11 @@ def source_key(addr: bytes) -> bytes:
 
 
 def format_endpoint(addr: bytes, port: int) -> str:
-    ip = ipaddress.ip_address(addr)
-    return f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}"
+    """In canonical form (what check_endpoint returns); IPv4 without ipaddress, which takes
+    longer than the rest of an install's bookkeeping."""
+    if len(addr) == 4:
+        return f"{socket.inet_ntop(socket.AF_INET, addr)}:{port}"
+    return f"[{ipaddress.IPv6Address(addr)}]:{port}"
 
 
 class Admission:
