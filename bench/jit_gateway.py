@@ -9,8 +9,9 @@ Phases, in one lab run (namespaces, real wireguard-go everywhere):
      many source addresses; installs/s as counted by the gateway's own metrics
   4. once everything was evicted (TTL), the clients connect again while a flood of
      unknown-key initiations (valid mac1, fresh keys) and garbage hits the gateway; the flood
-     exceeds the gateway's DH budget, so the clients get cookie replies and come back with
-     mac2 at wireguard-go's 5 s handshake retry (their first reply time shows that price)
+     exceeds each source's rate (and, with a --dh-per-second below what gets past that, the
+     global DH budget) and gets cookie replies; a client that finds no token gets one too and
+     comes back with mac2 at wireguard-go's 5 s handshake retry (its first reply shows that)
   5. eager baseline: all known peers written into a plain wireguard-go in batches, bounded
      by a timeout and an RSS cap (so it cannot take the machine down)
 Prints a table, then one JSON line.
@@ -39,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wiremesh.gateway import noise
+from wiremesh.gateway.admission import AdmissionLimits
 from wiremesh.lab import gateway
 from wiremesh.lab.figures import percentile
 from wiremesh.lab.mesh import MeshLab, wait_until, wiremesh_cmd
@@ -423,8 +425,11 @@ def main(
     sources: int = typer.Option(128, "--sources", min=1, max=150,
                                 help="Source addresses of the crafted traffic"),
     ttl: float = typer.Option(3.0, "--ttl", help="The gateway's idle TTL during the run"),
-    dh_per_second: float = typer.Option(1000.0, "--dh-per-second", min=1.0,
-                                        help="The gateway's global DH budget (and burst)"),
+    dh_per_second: float = typer.Option(
+        AdmissionLimits.dh_per_second, "--dh-per-second", min=1.0,
+        help="The gateway's global DH budget (and burst); the default is the gateway's own, "
+             "sized for a deployment (see `wiremesh gateway run --help`): a lower one caps "
+             "the install rate, since each install's initiation needs a token"),
     eager: bool = typer.Option(True, "--eager/--no-eager", help="Run the eager baseline"),
     eager_timeout: float = typer.Option(300.0, "--eager-timeout"),
     eager_rss_cap_mb: float = typer.Option(8000.0, "--eager-rss-cap-mb"),

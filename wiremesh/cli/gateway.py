@@ -243,10 +243,12 @@ def run(
     negative_cache: int = typer.Option(65_536, "--negative-cache", min=1,
                                        help="Unknown keys / refused handshakes remembered"),
     dh_per_second: float = typer.Option(
-        1000.0, "--dh-per-second", min=0.01,
+        AdmissionLimits.dh_per_second, "--dh-per-second", min=0.01,
         help="Initiations given a Diffie-Hellman per second, all sources together; beyond "
-             "it (or a source's rate) initiators must prove their address with a cookie"),
-    dh_burst: float = typer.Option(1000.0, "--dh-burst", min=1.0),
+             "it (or a source's rate) initiators must prove their address with a cookie. "
+             "Size it to the installs/s to serve plus active peers / 120 (their rekeys), "
+             "below what one core verifies (about 4,000-5,000/s)"),
+    dh_burst: float = typer.Option(AdmissionLimits.dh_burst, "--dh-burst", min=1.0),
     guard: bool = typer.Option(
         True, "--guard/--no-guard",
         help="nftables rule so wireguard-go only receives initiations the gateway admitted"),

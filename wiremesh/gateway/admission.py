@@ -89,10 +89,13 @@ class AdmissionLimits:
     sources_tracked: int = 65_536
     negative_cache_size: int = 65_536
     negative_cache_ttl: float = 60.0
-    # Initiations given a Diffie-Hellman per second, all sources together (one Python thread
-    # does about 1,500 a second on a busy core: stay below what it can do).
-    dh_per_second: float = 1000.0
-    dh_burst: float = 1000.0
+    # Initiations given a Diffie-Hellman per second, all sources together. It must cover the
+    # installs the gateway is to serve (3,000/s) and its active peers' rekeys (each one every
+    # 2 minutes: 100,000 active -> 833/s), and stay below what the admitting thread verifies
+    # on one core (a known key's initiation costs it 0.2-0.25 ms of CPU: 4,000-5,000/s), so a
+    # flood beyond it gets cookie replies instead of a backlog.
+    dh_per_second: float = 4000.0
+    dh_burst: float = 4000.0
     # Accepted timestamps are written to the store in batches, at least this often.
     timestamp_flush_interval: float = 0.5
 
