@@ -14,10 +14,10 @@ The table lives in the gateway's own network namespace and is removed on exit.
 
 from __future__ import annotations
 
-import ipaddress
 import subprocess
 from collections import Counter
 
+from wiremesh.core.wire import endpoint_host_port
 from wiremesh.gateway.noise import INITIATION_SIZE, MESSAGE_INITIATION
 
 TABLE = "wiremesh_gateway"
@@ -47,10 +47,12 @@ table inet {TABLE} {{
 
 
 def _element(endpoint: str) -> tuple[str, str]:
-    """'198.51.100.7:4000' or '[fd00::7]:4000' -> (set name, nft element)."""
-    host, _, port = endpoint.rpartition(":")
-    ip = ipaddress.ip_address(host.strip("[]"))
-    return ("peers4" if ip.version == 4 else "peers6"), f"{ip} . {int(port)}"
+    """'198.51.100.7:4000' or '[fd00::7]:4000' -> (set name, nft element). Endpoints come
+    from WireGuard peer configs, which hold them in canonical form (core.wire)."""
+    host, port = endpoint_host_port(endpoint)
+    if port is None:
+        raise GuardError(f"endpoint {endpoint!r} has no port")
+    return ("peers6" if ":" in host else "peers4"), f"{host} . {port}"
 
 
 def render_update(add: list[str], remove: list[str]) -> str:
