@@ -3,6 +3,7 @@ IP/UDP parsing behind it."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
@@ -16,11 +17,11 @@ from wiremesh.wg.tap import (
     ETH_P_IPV6,
     PACKET_OUTGOING,
     SO_TIMESTAMP,
+    PortSender,
     _arrival,
     not_wireguard_filter,
     parse_ip_udp,
     run_filter,
-    udp_datagram,
 )
 
 PORT = 51820
@@ -113,15 +114,23 @@ def test_not_wireguard_filter(payload: bytes, passed: bool) -> None:
     assert not run_filter(prog, ipv4(payload, dport=PORT + 1), PACKET_HOST, ETH_P_IP)
 
 
-def test_udp_checksum_verifies() -> None:
-    """A receiver sums the pseudo header and the datagram (with its checksum) to 0xFFFF."""
-    dgram = udp_datagram(("198.51.100.2", 51820), ("192.0.2.1", 3478), b"abc")
-    pseudo = bytes([198, 51, 100, 2, 192, 0, 2, 1, 0, 17]) + struct.pack("!H", len(dgram))
-    data = pseudo + dgram + b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    assert total == 0xFFFF
+@pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets need root")
+def test_port_sender_sends_from_the_port_and_receives_nothing() -> None:
+    """Datagrams leave from the port another socket owns, through send-only raw sockets: a
+    raw IPPROTO_UDP socket would get a copy of every UDP datagram the host receives."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(5)
+        sender = PortSender(PORT)
+        try:
+            sender.sendto(b"probe", rx.getsockname())
+            payload, (src, sport) = rx.recvfrom(64)
+            assert sender.sender is not None
+            protos = {s.proto for s in sender.sender._socks.values()}
+        finally:
+            sender.close()
+    assert (payload, src, sport) == (b"probe", "127.0.0.1", PORT)
+    assert protos == {socket.IPPROTO_RAW}
 
 
 def test_arrival_time_comes_from_so_timestamp_ancillary_data() -> None:

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from wiremesh.gateway.sender import UdpSender
+
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 PACKET_OUTGOING = 4
@@ -280,57 +282,30 @@ def _attach(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
                     struct.pack("HL", len(prog), ctypes.addressof(buf)))
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF or 0xFFFF
-
-
-def udp_datagram(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:
-    """A UDP header + payload with its checksum over the IPv4/IPv6 pseudo header."""
-    family = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
-    length = 8 + len(payload)
-    s, d = socket.inet_pton(family, src[0]), socket.inet_pton(family, dst[0])
-    pseudo = (s + d + struct.pack("!BBH", 0, socket.IPPROTO_UDP, length)
-              if family == socket.AF_INET else
-              s + d + struct.pack("!I3xB", length, socket.IPPROTO_UDP))
-    header = struct.pack("!HHHH", src[1], dst[1], length, 0)
-    csum = _checksum(pseudo + header + payload)
-    return struct.pack("!HHHH", src[1], dst[1], length, csum) + payload
-
-
 class PortSender:
     """Sends UDP datagrams with source port `port` although another process owns that port
     (raw sockets; root or CAP_NET_RAW). The source address is the one the kernel would pick
-    for the destination."""
+    for the destination.
+
+    The sockets are IPPROTO_RAW (gateway/sender.py), which are send-only: an IPPROTO_UDP raw
+    socket, even with a filter refusing everything, made the kernel clone every UDP datagram
+    the namespace received (all of WireGuard's traffic) for it before the filter ran."""
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.socks: dict[int, socket.socket] = {}
-
-    def _sock(self, family: int) -> socket.socket:
-        sock = self.socks.get(family)
-        if sock is None:
-            sock = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_UDP)
-            # A raw UDP socket also receives a copy of every UDP datagram: refuse them all.
-            _attach(sock, [(_RET_K, 0, 0, 0)])
-            sock.setblocking(False)
-            self.socks[family] = sock
-        return sock
+        self.sender: UdpSender | None = None
 
     def sendto(self, payload: bytes, dst: tuple[str, int]) -> None:
         family = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as route:
             route.connect(dst)  # no packet is sent: only the route (source address) is looked up
             src = route.getsockname()[0]
-        # Raw IPv6 sockets take the port field as the protocol: 0 keeps it UDP.
-        self._sock(family).sendto(udp_datagram((src, self.port), dst, payload),
-                                  (dst[0], 0))
+        if self.sender is None:
+            self.sender = UdpSender()
+        self.sender.send(payload, socket.inet_pton(family, src), self.port,
+                         socket.inet_pton(family, dst[0]), dst[1])
 
     def close(self) -> None:
-        for sock in self.socks.values():
-            sock.close()
-        self.socks.clear()
+        if self.sender is not None:
+            self.sender.close()
+            self.sender = None
