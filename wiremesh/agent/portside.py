@@ -3,7 +3,8 @@ NAT on the way maps them exactly as it maps WireGuard's own traffic) and the ans
 beside wireguard-go, which owns the socket and drops whatever is not WireGuard.
 
 Two kinds of answers come back: STUN Binding responses (the NAT mapping of the WireGuard
-socket, see discovery.py) and path probes between peers (see paths.py).
+socket, see discovery.py) and path probes between peers (see paths.py). An nftables rule
+(firewall/side.py) moves them from the WireGuard port to a UDP socket of ours.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import asyncio
 import ipaddress
 import logging
 import os
+import socket
 from collections.abc import Callable
 
 from wiremesh.core.stun import MAGIC, Mapped, StunError, binding_request, parse_response
-from wiremesh.wg.tap import PacketTap, PortSender, not_wireguard_filter
+from wiremesh.firewall import nft, side
+from wiremesh.wg.tap import PortSender
 
 log = logging.getLogger("wiremesh.agent.portside")
 _MAGIC = MAGIC.to_bytes(4, "big")
@@ -27,22 +30,35 @@ class PortSide:
     def __init__(self, port: int) -> None:
         self.port = port
         self.sender = PortSender(port)
-        self.tap = PacketTap(not_wireguard_filter(port), rcvbuf=1 << 20)
+        self.sock = _answers_socket()
         self.on_probe: ProbeHandler | None = None
         self._stun: dict[bytes, asyncio.Future[Mapped]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._redirected = False
 
     def start(self) -> None:
+        """Read answers; raises nft.NftError when the redirect cannot be installed."""
         self._loop = asyncio.get_running_loop()
-        for fd in self.tap.filenos():
-            self._loop.add_reader(fd, self._readable)
+        self._loop.add_reader(self.sock, self._readable)
+        nft.load(side.render(self.port, self.sock.getsockname()[1]))
+        self._redirected = True
 
     def _readable(self) -> None:
-        for cap in self.tap.read(0):
-            src = str(ipaddress.ip_address(cap.src_addr))
-            if cap.payload[4:8] == _MAGIC:
+        while True:
+            try:
+                payload, addr = self.sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("side channel receive: %s", e)
+                return
+            ip = ipaddress.ip_address(addr[0])
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped  # the dual-stack socket's view of an IPv4 sender
+            src, sport = str(ip), addr[1]
+            if payload[4:8] == _MAGIC:
                 try:
-                    txid, mapped = parse_response(cap.payload)
+                    txid, mapped = parse_response(payload)
                 except StunError as e:
                     log.debug("dropped a STUN answer from %s: %s", src, e)
                     continue
@@ -50,7 +66,7 @@ class PortSide:
                 if fut is not None and not fut.done():
                     fut.set_result(mapped)
             elif self.on_probe is not None:
-                self.on_probe(cap.payload, src, cap.src_port)
+                self.on_probe(payload, src, sport)
 
     def send(self, payload: bytes, dst: tuple[str, int]) -> bool:
         try:
@@ -78,8 +94,27 @@ class PortSide:
         return None
 
     def close(self) -> None:
-        if self._loop is not None:
-            for fd in self.tap.filenos():
-                self._loop.remove_reader(fd)
-        self.tap.close()
-        self.sender.close()
+        try:
+            if self._redirected:
+                nft.remove(table=side.TABLE)
+                self._redirected = False
+        finally:
+            if self._loop is not None:
+                self._loop.remove_reader(self.sock)
+            self.sock.close()
+            self.sender.close()
+
+
+def _answers_socket() -> socket.socket:
+    """A UDP socket on a free port for IPv4 and IPv6 alike (IPv4 alone where the host has no
+    IPv6)."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    except OSError:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("0.0.0.0", 0))
+    else:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", 0))
+    sock.setblocking(False)
+    return sock

@@ -3,7 +3,7 @@
 - `apply(netmap, ifname, netns=None, mtu=...)`: render and load; the old `inet wiremesh` table is
   replaced in the same transaction, so no packet ever sees a half-applied ruleset.
 - `load(script, netns=None, check=False)`: load (or only check, `nft -c`) a script.
-- `remove(netns=None)`: delete table `inet wiremesh` (no error if it is absent).
+- `remove(netns=None, table=TABLE)`: delete table `inet <table>` (no error if it is absent).
 
 Everything runs in the current network namespace, or in `netns` (via `ip netns exec`) when
 given, e.g. by lab scenarios driving hosts from outside.
@@ -40,5 +40,5 @@ def apply(netmap: Netmap, ifname: str, netns: str | None = None,
     load(render(netmap, ifname, overlay, mtu), netns=netns)
 
 
-def remove(netns: str | None = None) -> None:
-    load(f"table inet {TABLE}\ndelete table inet {TABLE}\n", netns=netns)
+def remove(netns: str | None = None, table: str = TABLE) -> None:
+    load(f"table inet {table}\ndelete table inet {table}\n", netns=netns)

@@ -2,9 +2,9 @@
 
 - throughput: iperf3 TCP between two mesh peers against a plain pair of wireguard-go tunnels
   on the same simulated internet, in rounds that alternate raw and mesh, so both see the same
-  machine load; a third run per round puts back what the agents used to cost (an ETH_P_ALL
-  packet tap on both mesh hosts) to show, in the same run, what removing it bought; and the
-  CPU an idle agent uses;
+  machine load; a third run per round puts back what the agents used to cost (their old
+  side channel on the WireGuard port: packet sockets and a raw UDP socket, on both mesh hosts)
+  to show, in the same run, what removing it bought; and the CPU an idle agent uses;
 - MTU: an HTTP download of a few MB from a web server behind router r1, whose tunnel MTU is
   set to 1200 (`wiremesh up --mtu 1200`) because the internet path to it and to the client
   carries only 1280-byte packets, silently dropping bigger ones (a black hole: the switch
@@ -136,13 +136,16 @@ def raw_pair(topo: Topology) -> Iterator[RawPair]:
             dev.close()
 
 
-# What the agents' packet tap was before it bound to IPv4 and IPv6: an ETH_P_ALL socket with
-# the same filter, which makes the kernel clone every packet the host sends.
+# What the agents' side channel on the WireGuard port was before an nftables rule handed them
+# its answers (firewall/side.py): packet sockets for IPv4 and IPv6 with a filter (the kernel
+# clones every received packet for them in ip_rcv) and a raw IPPROTO_UDP socket to send from
+# the port (the kernel clones every received UDP datagram for it).
 OLD_TAP = """\
 import socket, sys, time
-from wiremesh.wg.tap import _attach, not_wireguard_filter
-s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(3))
-_attach(s, not_wireguard_filter(51820))
+from wiremesh.wg.tap import PacketTap, _attach, not_wireguard_filter
+tap = PacketTap(not_wireguard_filter(51820), rcvbuf=1 << 20)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+_attach(raw, [(6, 0, 0, 0)])  # refuse everything, as the old sender did
 print("ready", flush=True)
 time.sleep(3600)
 """
@@ -156,7 +159,7 @@ def old_taps(hosts: list[Host]) -> Iterator[None]:
         for p in procs:
             assert p.stdout is not None
             if p.stdout.readline().strip() != "ready":
-                raise LabError("the ETH_P_ALL tap did not start")
+                raise LabError("the old side channel did not start")
         yield
     finally:
         for p in procs:
@@ -166,7 +169,8 @@ def old_taps(hosts: list[Host]) -> Iterator[None]:
 
 def throughput(mesh: MeshLab, raw: RawPair, rounds: int, seconds: float,
                console: Console) -> dict[str, Any]:
-    """Alternate raw, mesh and mesh-with-the-old-tap iperf3 runs; the median of each."""
+    """Alternate raw, mesh and mesh-with-the-old-side-channel iperf3 runs; the median of
+    each."""
     client, server = mesh.agents[CLIENT], mesh.agents[SERVER]
     server_ip = server.overlay_ip
     iperf.serve(server.host, server_ip)
@@ -183,7 +187,7 @@ def throughput(mesh: MeshLab, raw: RawPair, rounds: int, seconds: float,
         t.add_column(f"#{i + 1}", justify="right")
     t.add_column("median", justify="right")
     names = {"raw": "plain wireguard-go pair", "mesh": "mesh (agents)",
-             "old_tap": "mesh + the old ETH_P_ALL tap"}
+             "old_tap": "mesh + the old side channel (taps)"}
     for key, name in names.items():
         t.add_row(name, *(f"{r:.0f}" for r in runs[key]), f"{statistics.median(runs[key]):.0f}")
     console.print(t)

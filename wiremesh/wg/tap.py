@@ -1,14 +1,14 @@
 """Passive taps on a UDP port: an AF_PACKET socket + a classic BPF filter; and sending from
 that port without owning it.
 
-WireGuard owns its UDP socket (wireguard-go or the kernel), yet two parts of wiremesh must see
-packets arriving at that port: the JIT gateway reads handshake initiations for keys it has not
-installed yet (gateway/sniffer.py), and the agent reads the STUN answers and path probes it
-sends *from* the WireGuard port (so NATs map them exactly like WireGuard traffic), which
-wireguard-go would silently drop. A packet socket is a copy on the side: WireGuard keeps
-receiving everything directly, the tap only ever slows itself down, and the kernel-side BPF
-program wakes it for nothing but the packets it asked for. It needs no firewall rules and sits
-before netfilter.
+WireGuard owns its UDP socket (wireguard-go or the kernel), yet the JIT gateway must see the
+handshake initiations arriving at that port for keys it has not installed yet
+(gateway/sniffer.py). A packet socket is a copy on the side: WireGuard keeps receiving
+everything directly, the tap only ever slows itself down, and the kernel-side BPF program
+wakes it for nothing but the packets it asked for. It needs no firewall rules and sits before
+netfilter, but the kernel clones every received packet of its protocol for it, so the agent,
+which only needs the answers to what it sends from the WireGuard port, uses an nftables rule
+instead (firewall/side.py) and only the sender here.
 """
 
 from __future__ import annotations
