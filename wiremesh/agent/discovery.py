@@ -3,8 +3,11 @@
 Candidates are this namespace's interface addresses (peers on the same LAN) and the NAT
 mapping of the WireGuard socket itself, measured with a STUN Binding request sent *from* the
 WireGuard port to the server's STUN responder (portside.py); the server adds the address the
-report came from. They are measured again every `interval` seconds and reported whenever
-they change, which is how a roaming agent or a rebound NAT mapping reaches the other peers.
+report came from. They are measured again as soon as a link or address of this machine
+changes (netlink notifications), a few more times in the seconds after while the new network
+settles, and otherwise every `interval` seconds (a NAT that rebinds without any local
+change); they are reported whenever they change, which is how a roaming agent or a rebound
+NAT mapping reaches the other peers. An idle agent measures nothing in between.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from wiremesh.agent.connection import raise_if_cancelled
 from wiremesh.agent.portside import PortSide
 from wiremesh.agent.state import AgentConfig
 from wiremesh.netlink.addresses import local_addresses
+from wiremesh.netlink.watch import AddressWatch
 
 log = logging.getLogger("wiremesh.agent.discovery")
-INTERVAL_S = 1.0  # a roaming agent is found again within this (plus a round trip)
+INTERVAL_S = 15.0  # with no local change: how soon a NAT rebinding is noticed
+RETRY_S = 1.0  # after a local change, or while STUN answers are missing
+SETTLE_CHECKS = 3  # measurements RETRY_S apart after a change (DHCP, routes, NAT settle)
 MAX_MISSES = 3
 
 Candidates = list[dict[str, str]]
@@ -116,11 +122,19 @@ class Discovery:
                 f"{c['endpoint']} ({c['kind']})" for c in self.reported or []))
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.refresh()
-            except (httpx.HTTPError, OSError, ServerRefused) as e:
-                raise_if_cancelled()
-                # The netmap stream notices a dead server; keep measuring meanwhile.
-                log.warning("cannot report candidates: %s", e)
+        settling = 0
+        async with AddressWatch() as watch:
+            while True:
+                quick = settling > 0 or 0 < self.misses < MAX_MISSES
+                if await watch.wait(RETRY_S if quick else self.interval):
+                    settling = SETTLE_CHECKS
+                settling = max(0, settling - 1)
+                await self._refresh_logged()
+
+    async def _refresh_logged(self) -> None:
+        try:
+            await self.refresh()
+        except (httpx.HTTPError, OSError, ServerRefused) as e:
+            raise_if_cancelled()
+            # The netmap stream notices a dead server; keep measuring meanwhile.
+            log.warning("cannot report candidates: %s", e)
