@@ -9,9 +9,10 @@ from sqlalchemy import update
 
 from tests.api.test_api import enroll, field_of, make_key, pub
 from tests.conftest import ApiEnv
+from wiremesh.core.ipam import address_at, index_of
 from wiremesh.store.common import now
 from wiremesh.store.enrolment import RETRY_WINDOW
-from wiremesh.store.tables import Peer
+from wiremesh.store.tables import Meta, Peer
 
 
 async def test_retried_enrolment_returns_the_same_peer(api: ApiEnv) -> None:
@@ -65,6 +66,21 @@ async def test_taken_name_gets_a_server_chosen_one_and_says_so(api: ApiEnv) -> N
     c = (await enroll(api, k["key"], long)).json()
     d = (await enroll(api, k["key"], long)).json()
     assert c["name"] == long and d["name"] == "x" * 61 + "-2"
+
+
+async def test_after_a_wrap_around_addresses_and_names_in_use_are_skipped(api: ApiEnv) -> None:
+    # The store is asked about candidates only (not read whole): those it holds must be
+    # skipped all the same.
+    k = await make_key(api, reusable=True)
+    got = [(await enroll(api, k["key"], n)).json() for n in ("web", "web-3", "a", "b")]
+    assert (await api.client.delete("/api/v1/peers/a", headers=api.admin)).status_code == 204
+    async with api.store.db.tx() as s:  # as after handing out the last of 4 million
+        await s.execute(update(Meta).where(Meta.key == "ipam_next").values(value=1))
+    c = (await enroll(api, k["key"], "web")).json()
+    d = (await enroll(api, k["key"], "web")).json()
+    assert c["overlay_ip"] == got[2]["overlay_ip"]
+    assert d["overlay_ip"] == address_at(index_of(got[3]["overlay_ip"]) + 1)
+    assert (c["name"], d["name"]) == ("web-2", "web-4")
 
 
 async def test_setup_key_fixes_and_reserves_the_peer_name(api: ApiEnv) -> None:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from wiremesh.core.ipam import FIRST, LAST, IpamExhausted, address_at, next_free_index
+from wiremesh.core.ipam import FIRST, LAST, address_at, index_of, indexes_from
 from wiremesh.core.wire import check_key
 from wiremesh.wg import keys
 
@@ -19,18 +19,11 @@ def test_ipam_skips_network_and_broadcast() -> None:
         address_at(0)
 
 
-def test_ipam_next_free_skips_used_and_wraps() -> None:
-    used = {"100.64.0.1", "100.64.0.2"}
-    assert next_free_index(1, used) == 3
-    assert next_free_index(LAST + 5, used) == 3  # out-of-range cursor starts over
-    assert next_free_index(4, {address_at(4)}, limit=5) == 5
-    assert next_free_index(5, {address_at(5)}, limit=5) == 1  # wraps
-
-
-def test_ipam_exhausted() -> None:
-    used = {address_at(i) for i in range(1, 6)}
-    with pytest.raises(IpamExhausted):
-        next_free_index(3, used, limit=5)
+def test_ipam_hands_out_indexes_from_the_cursor_and_wraps_once() -> None:
+    assert list(indexes_from(3, limit=5)) == [3, 4, 5, 1, 2]
+    assert list(indexes_from(LAST + 5, limit=5)) == [1, 2, 3, 4, 5]  # out of range: start over
+    assert next(indexes_from(2)) == 2
+    assert index_of(address_at(70000)) == 70000
 
 
 def test_key_pair_roundtrip_and_hex() -> None:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Container
+from collections.abc import Iterator
 
 OVERLAY_NET = ipaddress.ip_network("100.64.0.0/10")
 # Index 0 is the network address and the last one its broadcast: never hand them out.
 FIRST, LAST = 1, OVERLAY_NET.num_addresses - 2
-
-
-class IpamExhausted(RuntimeError):
-    pass
 
 
 def address_at(index: int) -> str:
@@ -20,13 +16,13 @@ def address_at(index: int) -> str:
     return str(OVERLAY_NET[index])
 
 
-def next_free_index(cursor: int, used: Container[str], limit: int = LAST) -> int:
-    """The first index at or after `cursor` (wrapping once) whose address is not in use."""
+def index_of(address: str) -> int:
+    return int(ipaddress.ip_address(address)) - int(OVERLAY_NET.network_address)
+
+
+def indexes_from(cursor: int, limit: int = LAST) -> Iterator[int]:
+    """Every index once, in the order addresses are handed out: from `cursor` (FIRST when
+    it is out of range) up to `limit`, then wrapping around from FIRST."""
     start = cursor if FIRST <= cursor <= limit else FIRST
-    idx = start
-    while True:
-        if address_at(idx) not in used:
-            return idx
-        idx = idx + 1 if idx < limit else FIRST
-        if idx == start:
-            raise IpamExhausted(f"no free address left in {OVERLAY_NET}")
+    yield from range(start, limit + 1)
+    yield from range(FIRST, start)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,17 +51,13 @@ def as_id(ref: str | int) -> int | None:
     return int(ref) if 0 < int(ref) <= MAX_ID else None
 
 
-def unique_name(wanted: str, taken: set[str] | dict[str, Any]) -> str:
-    """`wanted`, or `wanted-N` with the smallest free N (shortened to stay a valid name)."""
-    if wanted not in taken:
-        return wanted
-    n = 2
-    while True:
+def name_candidates(wanted: str) -> Iterator[str]:
+    """The names a peer asking for `wanted` may get, best first: `wanted`, then `wanted-N`
+    for N = 2, 3, ... (shortened to stay a valid name)."""
+    yield wanted
+    for n in itertools.count(2):
         suffix = f"-{n}"
-        name = wanted[:MAX_NAME - len(suffix)] + suffix
-        if name not in taken:
-            return name
-        n += 1
+        yield wanted[:MAX_NAME - len(suffix)] + suffix
 
 
 async def counter(s: AsyncSession, key: str) -> int:
