@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from wiremesh.core.ipam import OVERLAY_NET, address_at, index_of, indexes_from
 from wiremesh.store import audit
@@ -87,7 +88,7 @@ class Enrolment:
                 Group.name.in_({g for k in keys.values() for g in k.auto_groups})))}
             cursor = await counter(s, "ipam_next")
             out: list[Enrolled | StoreError] = []
-            added: list[tuple[Peer, SetupKey]] = []
+            added: list[tuple[Peer, dict[str, Any], SetupKey]] = []
             rotated: list[int] = []
             for req, h in zip(reqs, hashes, strict=True):
                 key = keys.get(h)
@@ -155,26 +156,33 @@ class Enrolment:
                 names.take(name)
                 taken_keys.add(req.public_key)
                 token = new_secret("wmp")
-                peer = Peer(
+                row = dict(
                     name=name, public_key=req.public_key, overlay_ip=ip,
                     endpoints=req.endpoints, listen_port=req.listen_port,
                     token_hash=hash_secret(token), setup_key_id=key.id, created_at=now(),
                     last_seen=now(), user_id=key.user_id,
                     login_expires_at=self._login_expiry() if key.user_id else None,
                 )
-                s.add(peer)
-                added.append((peer, key))
+                peer = Peer(**row)
+                added.append((peer, row, key))
                 out.append(Enrolled(peer, token, note))
             if not added:
                 if rotated:
                     await bump(s, peers=rotated)
                 return out
-            await s.flush()
-            for peer, key in added:
-                s.add_all(GroupMember(group_id=groups[g], peer_id=peer.id)
-                          for g in key.auto_groups if g in groups)
-                audit.record(s, f"peer:{peer.name}", "peer.enroll", id=peer.id,
-                             setup_key_id=key.id)
+            # The new rows go in as a few multi-row statements (not one ORM object each):
+            # the peers, their auto groups, their audit entries.
+            ids = await s.scalars(insert(Peer).returning(Peer.id, sort_by_parameter_order=True),
+                                  [row for _, row, _ in added])
+            for (peer, _, _), pid in zip(added, ids, strict=True):
+                peer.id = pid
+            members = [{"group_id": groups[g], "peer_id": peer.id}
+                       for peer, _, key in added for g in key.auto_groups if g in groups]
+            if members:
+                await s.execute(insert(GroupMember), members)
+            await audit.record_many(s, [
+                (f"peer:{peer.name}", "peer.enroll", {"id": peer.id, "setup_key_id": key.id})
+                for peer, _, key in added])
             await s.execute(update(Meta).where(Meta.key == "ipam_next").values(value=cursor))
-            await bump(s, peers=[*rotated, *(peer.id for peer, _ in added)])
+            await bump(s, peers=[*rotated, *(peer.id for peer, _, _ in added)])
         return out

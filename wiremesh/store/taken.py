@@ -45,12 +45,18 @@ class Taken:
     async def first_free(self, candidates: Iterator[str], also_taken: Container[str] = (),
                          ask: int = 64) -> str | None:
         """The first of `candidates` no row holds and not in `also_taken`; None when they
-        run out. Asks `ask` candidates at a time, twice as many each round after."""
-        while chunk := list(islice(candidates, ask)):
+        run out. An unknown candidate is asked about together with the `ask` - 1 after it
+        (twice as many each round after), so a run of enrolments asks once per `ask`."""
+        for v in candidates:
+            if v in self._taken or v in also_taken:
+                continue
+            if v in self._free:
+                return v
+            chunk = [v, *islice(candidates, ask - 1)]
             await self.learn(chunk)
-            for v in chunk:
-                if v not in self._taken and v not in also_taken:
-                    return v
+            for c in chunk:
+                if c not in self._taken and c not in also_taken:
+                    return c
             ask = min(2 * ask, MAX_ASKED)
         return None
 
