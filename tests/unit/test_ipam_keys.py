@@ -73,3 +73,19 @@ def test_private_key_file_is_0600_and_reused(tmp_path) -> None:
     k1 = keys.load_or_create_private_key(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert keys.load_or_create_private_key(path) == k1
+
+
+def test_a_key_write_that_fails_midway_leaves_the_old_key_whole(tmp_path, monkeypatch) -> None:
+    """The agent's key is written to a new file that replaces the old one: a reader (the lab
+    read an empty file while an agent started) or a crash mid-write never sees half a key."""
+    path = tmp_path / "private.key"
+    old = keys.load_or_create_private_key(path)
+
+    def crash(_fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keys.os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        keys.write_private_key(path, keys.generate_private_key())
+    assert path.read_text().strip() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["private.key"]  # no temporary left

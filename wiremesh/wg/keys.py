@@ -45,14 +45,23 @@ def public_key_of(private_b64: str) -> str:
 
 
 def write_private_key(path: Path, private_b64: str) -> None:
-    """Write a private key readable only by its owner, never briefly world-readable."""
+    """Write a private key readable only by its owner, never briefly world-readable, and
+    whole or not at all: it goes to a new file that then replaces `path`, so a reader (or a
+    restart after a crash) never finds an empty or half-written key."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, (private_b64 + "\n").encode())
-    finally:
-        os.close(fd)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, (private_b64 + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_or_create_private_key(path: Path) -> str:
