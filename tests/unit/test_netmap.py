@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wiremesh.core.models import PortRange
-from wiremesh.core.netmap import DIGESTED, DeltaMismatch, apply_delta, diff, digest
+from wiremesh.core.netmap import (
+    DIGESTED,
+    DeltaMismatch,
+    SharedPeersDiff,
+    apply_delta,
+    diff,
+    digest,
+)
 from wiremesh.core.wire import (
     DeltaMessage,
     ForwardRule,
@@ -57,6 +64,20 @@ def test_diff_then_apply_gives_new(old: Netmap, new: Netmap) -> None:
     msg = parse_message(encode_message(DeltaMessage(delta=d)))
     assert isinstance(msg, DeltaMessage)
     assert apply_delta(old, msg.delta) == new
+
+
+@given(st.lists(st.tuples(netmaps(1), netmaps(2), st.booleans()), min_size=1, max_size=6))
+def test_shared_peer_diff_is_the_diff(pairs: list[tuple[Netmap, Netmap, bool]]) -> None:
+    """Netmaps sharing peer tables (by identity, as the compiler's do), diffed with one
+    SharedPeersDiff, get the deltas they get alone: a table pair is never mixed up with
+    another."""
+    first_old, first_new, _ = pairs[0]
+    maps = [(replace(old, peers=first_old.peers), replace(new, peers=first_new.peers))
+            if share else (old, new) for old, new, share in pairs]
+    shared = SharedPeersDiff()
+    for old, new in maps:
+        assert diff(old, new, shared) == diff(old, new)
+        assert apply_delta(old, diff(old, new, shared)) == new
 
 
 @given(netmaps(3))

@@ -8,6 +8,7 @@ its view (it asks for a full map instead).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from wiremesh.core.models import PortRange
 from wiremesh.core.wire import (
@@ -21,17 +22,40 @@ class DeltaMismatch(ValueError):
     """A delta was offered for a version other than the one held."""
 
 
-def diff(old: Netmap, new: Netmap) -> NetmapDelta:
-    if old.peers is new.peers:
-        upsert: tuple[NetmapPeer, ...] = ()
-        removed: tuple[str, ...] = ()
-    else:
-        # Compilers reuse unchanged peer objects, so the identity test settles most entries.
-        op = old.peers
-        upsert = tuple(sorted(
-            (p for k, p in new.peers.items() if (q := op.get(k)) is not p and q != p),
-            key=lambda p: p.public_key))
-        removed = tuple(sorted(k for k in op if k not in new.peers))
+PeersDiff = tuple[tuple[NetmapPeer, ...], tuple[str, ...]]  # (upserted, removed keys)
+
+
+def diff_peers(old: dict[str, NetmapPeer], new: dict[str, NetmapPeer]) -> PeersDiff:
+    """The peers `new` adds or changes and the keys it drops, each sorted by key."""
+    if old is new:
+        return (), ()
+    # Compilers reuse unchanged peer objects, so the identity test settles most entries.
+    upsert = tuple(sorted(
+        (p for k, p in new.items() if (q := old.get(k)) is not p and q != p),
+        key=lambda p: p.public_key))
+    return upsert, tuple(sorted(k for k in old if k not in new))
+
+
+class SharedPeersDiff:
+    """`diff_peers` computed once per pair of peer tables: netmaps of peers in the same
+    groups share one table (by identity), so one change diffs each table pair once, however
+    many netmaps hold it. Keep one only while the netmaps it saw are alive (keys are ids)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[int, int], PeersDiff] = {}
+
+    def __call__(self, old: dict[str, NetmapPeer], new: dict[str, NetmapPeer]) -> PeersDiff:
+        key = (id(old), id(new))
+        got = self._seen.get(key)
+        if got is None:
+            got = self._seen[key] = diff_peers(old, new)
+        return got
+
+
+def diff(old: Netmap, new: Netmap,
+         peers_diff: Callable[[dict[str, NetmapPeer], dict[str, NetmapPeer]], PeersDiff]
+         = diff_peers) -> NetmapDelta:
+    upsert, removed = peers_diff(old.peers, new.peers)
     r_up = tuple(r for k, r in sorted(new.routes.items()) if old.routes.get(k) != r)
     r_rm = tuple(sorted(k for k in old.routes if k not in new.routes))
     return NetmapDelta(

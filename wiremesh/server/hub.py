@@ -11,18 +11,19 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
 from wiremesh.core.models import MeshState
-from wiremesh.core.netmap import diff, digest
+from wiremesh.core.netmap import PeersDiff, SharedPeersDiff, diff, diff_peers, digest
 from wiremesh.core.policy import PolicyCompiler
 from wiremesh.core.wire import (
     DEFAULT_MTU,
     DeltaMessage,
     DnsConfig,
     Netmap,
+    NetmapPeer,
     Signer,
     encode_message,
 )
@@ -37,19 +38,23 @@ KEEPALIVE_S = 15.0  # each open stream sends a keepalive line this often when id
 TICK_S = 1.0  # the keepalive timer wakes 1/15 of the streams each second
 
 
-def delta_message(signer: Signer, peer_key: str, old: Netmap, new: Netmap) -> bytes:
+def delta_message(signer: Signer, peer_key: str, old: Netmap, new: Netmap,
+                  peers_diff: Callable[[dict[str, NetmapPeer], dict[str, NetmapPeer]],
+                                       PeersDiff] = diff_peers) -> bytes:
     """The signed stream line taking peer `peer_key` from `old` to `new`. The server built
     it from the store, so it skips validation (`model_construct`); the agent validates every
     message it receives."""
     return signer.seal(peer_key, encode_message(DeltaMessage.model_construct(
-        delta=diff(old, new))))
+        delta=diff(old, new, peers_diff))))
 
 
 def _encode_deltas(
     signer: Signer, state: MeshState, pairs: dict[int, tuple[Netmap, Netmap]],
 ) -> dict[int, tuple[int, int, bytes]]:
+    # One change moves hundreds of netmaps, most of them sharing a few peer tables.
+    shared = SharedPeersDiff()
     return {pid: (old.version, new.version,
-                  delta_message(signer, state.peers[pid].public_key, old, new))
+                  delta_message(signer, state.peers[pid].public_key, old, new, shared))
             for pid, (old, new) in pairs.items()}
 
 
@@ -81,6 +86,7 @@ class NetmapHub:
         # signed once per change (not once per stream): (from version, to version, line).
         self.latest_delta: dict[int, tuple[int, int, bytes]] = {}
         self._last_cost = 0.0
+        self._last_end = 0.0  # when the last refresh ended (monotonic)
         self.full_loads = 0  # refreshes that read the whole mesh (start, and gaps in the log)
         self.current: dict[int, Netmap] = {}
         self.history: dict[int, deque[Netmap]] = {}
@@ -111,29 +117,36 @@ class NetmapHub:
             else:
                 touched = await asyncio.to_thread(self.compiler.update, state)
             # The compiler reports only netmaps whose content changed (or that vanished),
-            # so every one of them gets the new version.
-            current = dict(self.current)
+            # so every one of them gets the new version. Streams read `current` while the
+            # deltas are encoded: it changes only once they are ready.
+            fresh: dict[int, Netmap] = {}
+            gone: list[int] = []
             pairs: dict[int, tuple[Netmap, Netmap]] = {}
             for pid in touched:
                 nm = self.compiler.netmaps.get(pid)
-                old = current.get(pid)
                 if nm is None:
-                    current.pop(pid, None)
-                    self.history.pop(pid, None)
-                    self._digests.pop(pid, None)
+                    gone.append(pid)
                     continue
-                current[pid] = replace(nm, version=rev, relays=self.relays, dns=self.dns,
-                                       mtu=self.mtu)
+                fresh[pid] = replace(nm, version=rev, relays=self.relays, dns=self.dns,
+                                     mtu=self.mtu)
+                old = self.current.get(pid)
                 if old is not None:
-                    self.history.setdefault(pid, deque(maxlen=HISTORY)).append(old)
-                    pairs[pid] = (old, current[pid])
+                    pairs[pid] = (old, fresh[pid])
             t_compiled = time.monotonic()
             encoded = await asyncio.to_thread(_encode_deltas, self.signer, state, pairs)
-            self.current, self.state, self.revision = current, state, rev
+            for pid in gone:
+                self.current.pop(pid, None)
+                self.history.pop(pid, None)
+                self._digests.pop(pid, None)
+            for pid, (old, _) in pairs.items():
+                self.history.setdefault(pid, deque(maxlen=HISTORY)).append(old)
+            self.current.update(fresh)
+            self.state, self.revision = state, rev
             for pid in touched:
                 self.latest_delta.pop(pid, None)
             self.latest_delta.update(encoded)
-            self._last_cost = time.monotonic() - started
+            self._last_end = time.monotonic()
+            self._last_cost = self._last_end - started
             for pid in touched:
                 for ev in self._waiters.get(pid, ()):
                     ev.set()
@@ -161,10 +174,12 @@ class NetmapHub:
                     continue
             if self._stopping:
                 return
-            # Under load, wait twice as long as the last refresh took, so refreshing never
-            # takes more than a third of the process from requests and streams; more
-            # changes then land in each refresh.
-            await asyncio.sleep(max(COALESCE_S, 2 * self._last_cost))
+            # Under load, rest twice as long as the last refresh took before the next one,
+            # so refreshing never takes more than a third of the process from requests and
+            # streams (more changes then land in each refresh); a change after a quiet
+            # spell waits only for the coalescing window.
+            rest = self._last_end + 2 * self._last_cost - time.monotonic()
+            await asyncio.sleep(max(COALESCE_S, rest))
             self._dirty.clear()
             try:
                 await self.refresh()
