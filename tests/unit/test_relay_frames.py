@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wiremesh.agent.relay_link import relay_urls
+from wiremesh.agent.relay_link import relay_urls, replica_relay_urls
 from wiremesh.core.relayframe import MAX_PACKET, BadFrame, pack, unpack
 from wiremesh.core.wire import check_relay
 
@@ -44,6 +44,17 @@ def test_relay_urls_resolve_the_embedded_relay_and_keep_the_order() -> None:
                    "ws://r2.example:80/x"]
     assert relay_urls("http://127.0.0.1:8080/", ["/api/v1/relay"]) == [
         "ws://127.0.0.1:8080/api/v1/relay"]
+
+
+def test_the_embedded_relay_is_on_every_replica_in_the_agents_order() -> None:
+    """An agent given several replicas relays through the first replica that is up (the
+    server's relay was the first replica's only: it died with it)."""
+    got = replica_relay_urls(["https://s1.example", "https://s2.example:8443"], [
+        "wss://r1.example/api/v1/relay", "/api/v1/relay", "https://s1.example/api/v1/relay"])
+    assert got == ["wss://r1.example/api/v1/relay", "wss://s1.example/api/v1/relay",
+                   "wss://s2.example:8443/api/v1/relay"]
+    assert replica_relay_urls(["https://s1.example"], ["/api/v1/relay"]) == relay_urls(
+        "https://s1.example", ["/api/v1/relay"])
 
 
 def test_the_wire_contract_refuses_what_is_not_a_relay() -> None:

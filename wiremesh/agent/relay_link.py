@@ -58,6 +58,18 @@ def relay_urls(server: str, relays: Sequence[str]) -> list[str]:
     return out
 
 
+def replica_relay_urls(servers: Sequence[str], relays: Sequence[str]) -> list[str]:
+    """`relay_urls` for an agent given several replicas of the server: the embedded relay (a
+    path) is on each of them, so it stands for each one's, in the agent's order of replicas.
+    Agents given the same list meet on the first that is up, and relaying outlives the
+    first replica."""
+    out: list[str] = []
+    for r in relays:
+        for server in servers if r.startswith("/") else servers[:1]:
+            out += [u for u in relay_urls(server, [r]) if u not in out]
+    return out
+
+
 @dataclass
 class RelayStats:
     """What went through the link; `to_relay` counts packets wireguard-go handed us."""

@@ -44,7 +44,7 @@ from wiremesh.agent.names import NameService
 from wiremesh.agent.paths import PathManager
 from wiremesh.agent.portside import PortSide
 from wiremesh.agent.probe_responder import start_responder
-from wiremesh.agent.relay_link import RelayLink, relay_urls
+from wiremesh.agent.relay_link import RelayLink, replica_relay_urls
 from wiremesh.agent.routes import RouteManager
 from wiremesh.agent.state import AgentConfig, AgentState
 from wiremesh.agent.sysdns import system_dns
@@ -197,7 +197,8 @@ class Agent:
         if self.names is not None:
             await self.names.set_netmap(netmap)
         if self.relay is not None:
-            self.relay.set_relays(relay_urls(self.state.config.server, netmap.relays))
+            self.relay.set_relays(replica_relay_urls(self.state.config.servers,
+                                                       netmap.relays))
         if self.paths is not None:
             self.paths.table.relay = self.relay is not None and bool(netmap.relays)
         if persist:
@@ -346,8 +347,8 @@ class Agent:
             await _until_trusted(cfg)
             # Relays are verified like the server; the link works while the server is down.
             held = self.state.netmap.relays if self.state.netmap else ()
-            self.relay = RelayLink(relay_urls(cfg.server, held), cfg.token, cfg.listen_port,
-                                   verify=cfg.trust.verify())
+            self.relay = RelayLink(replica_relay_urls(cfg.servers, held), cfg.token,
+                                   cfg.listen_port, verify=cfg.trust.verify())
             metrics.RELAY.link = self.relay
             relay_task = asyncio.create_task(self.relay.run())
             stack.push_async_callback(_cancel, relay_task)
