@@ -16,13 +16,16 @@ import pytest
 from tests.conftest import billion_laughs, serve
 from wiremesh.core.wire import (
     BadMessage,
+    DeltaMessage,
     FullMessage,
     Netmap,
     Signer,
+    encode_message,
     fingerprint,
     open_line,
     parse_message,
 )
+from wiremesh.server import routes_agent
 from wiremesh.server.admission import Openings
 from wiremesh.server.app import create_app
 from wiremesh.server.hub import delta_message
@@ -240,3 +243,22 @@ def test_stream_is_signed_for_the_peer(live) -> None:
     assert isinstance(msg, FullMessage) and msg.netmap.peer_id == a["peer_id"]
     with pytest.raises(BadMessage):
         open_line(identity["public_key"], public_key_of(generate_private_key()), line)
+
+
+def test_lines_written_in_pieces_arrive_whole(live, monkeypatch) -> None:
+    """Big lines go out in pieces (server memory per stream); each still arrives as one
+    line that verifies."""
+    monkeypatch.setattr(routes_agent, "WRITE_SLICE", 50)
+    c, admin = live
+    key, _, auth = first_peer(c, admin)
+    enroll(c, key, "b")
+    server_key = c.get("/api/v1/server-key").json()["public_key"]
+    me = c.get("/api/v1/peers/a", headers=admin).json()["public_key"]
+    with c.stream("GET", "/api/v1/agent/netmap", headers=auth) as r:
+        lines = (parse_message(open_line(server_key, me, x)) for x in r.iter_lines() if x)
+        full = next(lines)
+        assert isinstance(full, FullMessage) and len(encode_message(full)) > 200
+        assert [p.name for p in full.netmap.peers.values()] == ["b"]
+        enroll(c, key, "c")
+        delta = next(m for m in lines if isinstance(m, DeltaMessage))
+        assert [p.name for p in delta.delta.upsert_peers] == ["c"]
