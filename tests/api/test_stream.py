@@ -146,6 +146,8 @@ class _Hub:
         self.signer = SIGNER
         self.exists = exists
         self.pokes = 0
+        self.asked = 0  # peer_exists calls
+        self.revision = 0
 
     def netmap(self, peer_id: int) -> Netmap | None:
         return self.current.get(peer_id)
@@ -154,6 +156,7 @@ class _Hub:
         return delta_message(SIGNER, peer_key, old, new)
 
     async def peer_exists(self, _peer_id: int) -> bool:
+        self.asked += 1
         return self.exists
 
     def poke(self) -> None:
@@ -199,8 +202,9 @@ def _open(line: bytes) -> dict:
 
 async def test_a_late_netmap_is_not_a_deletion() -> None:
     """A peer whose netmap is not compiled yet (enrolled a moment ago, maybe through another
-    replica) gets keepalives until it comes, never `deleted`; a peer gone from the store
-    gets `deleted`, signed for it."""
+    replica) gets keepalives until it comes, never `deleted`, and the store is asked about it
+    once per hub refresh, not at every keepalive; a peer gone from the store gets `deleted`,
+    signed for it."""
     hub, gone_hub = _Hub(None), _Hub(None, exists=False)
     stream = _stream(hub, 1, PEER_KEY, 0, None, Openings().admit())  # type: ignore[arg-type]
 
@@ -214,7 +218,10 @@ async def test_a_late_netmap_is_not_a_deletion() -> None:
     try:
         for _ in range(3):
             assert _open(await anext(stream)) == {"type": "ping", "version": 0}
-        assert hub.pokes >= 3
+        assert hub.pokes >= 3 and hub.asked == 1
+        hub.revision += 1  # a refresh that did not bring it
+        assert _open(await anext(stream)) == {"type": "ping", "version": 0}
+        assert hub.asked == 2
         hub.publish(Netmap(version=4, peer_id=1, name="a", overlay_ip="100.64.0.1"))
         assert _open(await anext(stream))["type"] == "full"
         gone = _stream(gone_hub, 1, PEER_KEY, 0, None,  # type: ignore[arg-type]

@@ -119,16 +119,22 @@ async def _stream(hub: NetmapHub, peer_id: int, public_key: str, since: int,
             await ev.wait()
         sent: Netmap | None = hub.base_for(peer_id, since, held) if since else None
         ping: tuple[int, bytes] | None = None  # the last keepalive line, reused while current
+        # The hub revision at which the store last said the peer exists: a netmap still
+        # missing is asked about again only after a refresh, not at every keepalive (a
+        # burst of enrolments at thousands of streams held every pooled connection so).
+        checked = -1
         while True:
             # Cleared before reading: a change landing while a message is being sent (the
             # yield below) must wake the next wait, not wait for the keepalive 15 s later.
             ev.clear()
             cur = hub.netmap(peer_id)
             if cur is None:
-                if not await hub.peer_exists(peer_id):
-                    yield seal(DeletedMessage.model_construct(peer_id=peer_id,
-                                                              public_key=public_key))
-                    return
+                if checked != hub.revision:
+                    checked = hub.revision
+                    if not await hub.peer_exists(peer_id):
+                        yield seal(DeletedMessage.model_construct(peer_id=peer_id,
+                                                                  public_key=public_key))
+                        return
                 # Not gone, only late (enrolled a moment ago, here or through another
                 # replica, and not compiled yet): its netmap comes with a coming refresh.
                 hub.poke()
