@@ -63,6 +63,25 @@ async def test_only_gateways_read_the_feed_and_pages_cover_the_admitted_peers(
     assert all(ip.endswith("/32") or "/" not in ip for _, ip in known.values())
 
 
+async def test_a_gateway_is_no_mesh_peer(api: ApiEnv) -> None:
+    """Its population comes from the feed: the hub compiles no netmap for it (which would
+    list every admitted peer) and lists it in nobody's."""
+    agents = await make_key(api, reusable=True)
+    c1 = (await enroll(api, agents["key"], "c1")).json()
+    assert (await enroll(api, agents["key"], "c2")).status_code == 201
+    h = await _gateway(api)
+    assert (await api.client.post("/api/v1/policy/apply", json={"text": POLICY},
+                                  headers=api.admin)).status_code == 200
+    await api.hub.refresh()
+    peers = (await api.client.get("/api/v1/peers", headers=api.admin)).json()
+    gw = next(p for p in peers if p["name"] == "gw")
+    assert gw["id"] not in api.hub.current
+    assert c1["peer_id"] in api.hub.current
+    assert all(gw["public_key"] not in nm.peers for nm in api.hub.current.values())
+    _, known = await _pages(api, h, limit=100)
+    assert len(known) == 2
+
+
 async def test_changes_report_removals_and_wait_for_them(api: ApiEnv) -> None:
     agents = await make_key(api, reusable=True)
     for name in ("c1", "c2", "c3"):

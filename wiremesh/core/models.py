@@ -58,6 +58,9 @@ class PeerInfo:
     # As the peer's agent reports them (posture checks): "" = not reported.
     agent_version: str = ""
     os_family: str = ""
+    # A JIT gateway (enrolled with a gateway setup key): it may be named in groups, but it
+    # learns its population from its own feed, so it gets no netmap and is in nobody's.
+    gateway: bool = False
 
 
 @dataclass(frozen=True)

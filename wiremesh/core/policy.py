@@ -17,6 +17,8 @@ Semantics (the failover engineer and the agent rely on them):
   each router gets `ForwardRule(ip(s), R.prefix, P.protocol, P.ports)` and, when
   `R.masquerade`, masquerades into `R.prefix`.
 - Policy names and route names are unique; overlay IPs and public keys are unique.
+- A JIT gateway (`PeerInfo.gateway`) counts as no peer here: it gets no netmap and is in
+  nobody's (it learns whom to admit from its own feed, core/gateway_feed.py).
 
 Public API:
 
@@ -178,7 +180,12 @@ class PolicyCompiler:
     def __init__(self, state: MeshState) -> None:
         state = with_posture(state)
         _check_unique(state)
-        self._peers: dict[int, PeerInfo] = dict(state.peers)
+        # Gateways are kept aside: named in groups, present in nobody's netmap, given none.
+        self._gateways: dict[int, PeerInfo] = {
+            pid: p for pid, p in state.peers.items() if p.gateway}
+        self._peers: dict[int, PeerInfo] = (
+            {pid: p for pid, p in state.peers.items() if not p.gateway}
+            if self._gateways else dict(state.peers))
         self._all: set[int] = set(self._peers)
         self._raw: dict[str, frozenset[int]] = {
             g: frozenset(m) for g, m in state.groups.items() if g != ALL_GROUP}
@@ -237,7 +244,7 @@ class PolicyCompiler:
         """A snapshot of the mesh as the compiler holds it (`all` is listed explicitly)."""
         groups = dict(self._raw)
         groups[ALL_GROUP] = self._group(ALL_GROUP)
-        return MeshState(peers=dict(self._peers), groups=groups,
+        return MeshState(peers=self._peers | self._gateways, groups=groups,
                          policies=tuple(self._policies.values()),
                          routes=tuple(self._routes.values()))
 
@@ -254,6 +261,10 @@ class PolicyCompiler:
         _check_unique(new)
         todo: set[int] = set()
         old_peers, new_peers = self._peers, new.peers
+        gateways = {pid: p for pid, p in new_peers.items() if p.gateway}
+        if gateways:
+            new_peers = {pid: p for pid, p in new_peers.items() if not p.gateway}
+        self._gateways = gateways
         for pid in old_peers.keys() - new_peers.keys():
             todo |= self._remove_peer(pid)
         new_raw = {g: m for g, m in new.groups.items() if g != ALL_GROUP}
@@ -288,10 +299,17 @@ class PolicyCompiler:
 
     def upsert_peer(self, peer: PeerInfo) -> set[int]:
         """Add a peer or change its name, key, overlay IP or endpoints."""
+        if peer.gateway:
+            self._gateways[peer.id] = peer
+            return self._recompute(self._remove_peer(peer.id) if peer.id in self._peers
+                                   else ())
+        self._gateways.pop(peer.id, None)
         return self._recompute(self._upsert_peer(peer))
 
     def remove_peer(self, peer_id: int) -> set[int]:
         """Remove a peer (its group memberships stay, as dangling ids that count for nothing)."""
+        if self._gateways.pop(peer_id, None) is not None:
+            return set()
         if peer_id not in self._peers:
             raise KeyError(f"no peer with id {peer_id}")
         return self._recompute(self._remove_peer(peer_id))

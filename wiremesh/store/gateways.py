@@ -19,9 +19,10 @@ from wiremesh.store import policies
 from wiremesh.store.changes import GROUP, PEER, POLICIES
 from wiremesh.store.common import counter
 from wiremesh.store.database import Database
+from wiremesh.store.mesh import not_gateway
+from wiremesh.store.roles import GATEWAY_ROLE
 from wiremesh.store.tables import ChangeRow, Group, GroupMember, Peer, PolicyRow, SetupKey
 
-GATEWAY_ROLE = "gateway"
 KnownRow = tuple[int, str, str]  # peer id, public key, overlay address
 
 
@@ -101,7 +102,7 @@ async def _known(s: AsyncSession, gateway_id: int,
         sources = await _sources(s, gateway_id)
     q = (select(Peer.id, Peer.public_key, Peer.overlay_ip)
          .outerjoin(SetupKey, SetupKey.id == Peer.setup_key_id)
-         .where((SetupKey.role.is_(None)) | (SetupKey.role != GATEWAY_ROLE)))
+         .where(not_gateway()))
     if ALL_GROUP not in sources:
         q = q.where(Peer.id.in_(select(GroupMember.peer_id).join(
             Group, Group.id == GroupMember.group_id).where(Group.name.in_(sources))))

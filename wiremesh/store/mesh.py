@@ -15,7 +15,17 @@ from wiremesh.store import policies, routes
 from wiremesh.store.changes import GROUP, PEER, POLICIES, ROUTES, Changes
 from wiremesh.store.common import counter, now
 from wiremesh.store.database import Database
-from wiremesh.store.tables import ChangeRow, Group, GroupMember, Peer, PolicyRow, RouteRow, User
+from wiremesh.store.roles import GATEWAY_ROLE
+from wiremesh.store.tables import (
+    ChangeRow,
+    Group,
+    GroupMember,
+    Peer,
+    PolicyRow,
+    RouteRow,
+    SetupKey,
+    User,
+)
 from wiremesh.store.users import USER_GROUP_PREFIX, user_group
 
 
@@ -36,12 +46,13 @@ def _endpoints_with_port(endpoints: list[str], port: int) -> list[str]:
 # everything (and SQLite caps the parameters of one statement).
 MAX_CHANGED = 500
 _PEER_COLUMNS = (Peer.id, Peer.name, Peer.public_key, Peer.overlay_ip, Peer.endpoints,
-                 Peer.listen_port, Peer.agent_version, Peer.os_family)
+                 Peer.listen_port, Peer.agent_version, Peer.os_family, SetupKey.role)
 
 
 def _peer_info(row: Any) -> PeerInfo:
     return PeerInfo(row[0], row[1], row[2], row[3],
-                    tuple(_endpoints_with_port(row[4], row[5])), row[5], row[6], row[7])
+                    tuple(_endpoints_with_port(row[4], row[5])), row[5], row[6], row[7],
+                    gateway=row[8] == GATEWAY_ROLE)
 
 
 def _live() -> ColumnElement[bool]:
@@ -52,8 +63,14 @@ def _live() -> ColumnElement[bool]:
         or_(Peer.login_expires_at.is_(None), Peer.login_expires_at > now())))
 
 
+def not_gateway() -> ColumnElement[bool]:
+    """Peers not enrolled as JIT gateways (to be used with an outer join of SetupKey)."""
+    return or_(SetupKey.role.is_(None), SetupKey.role != GATEWAY_ROLE)
+
+
 def _live_peers() -> Any:  # a Select of _PEER_COLUMNS
-    return select(*_PEER_COLUMNS).outerjoin(User, User.id == Peer.user_id).where(_live())
+    return (select(*_PEER_COLUMNS).outerjoin(User, User.id == Peer.user_id)
+            .outerjoin(SetupKey, SetupKey.id == Peer.setup_key_id).where(_live()))
 
 
 async def _user_groups(s: AsyncSession, peer_ids: set[int] | None) -> dict[str, set[int]]:
