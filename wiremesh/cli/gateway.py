@@ -32,6 +32,7 @@ from wiremesh.cli.common import (
     setup_logging,
     split_listen,
 )
+from wiremesh.core.wire import fingerprint
 from wiremesh.gateway import status as gateway_status
 from wiremesh.gateway.admission import AdmissionLimits
 from wiremesh.gateway.guard import GuardError
@@ -140,14 +141,19 @@ def _read_private_key(path: Path) -> str:
     return key
 
 
-def _server_state(path: Path) -> SyncConfig:
+def _server_state(path: Path, private_key: str) -> SyncConfig:
     try:
         data = json.loads(path.read_text())
+        if not isinstance(data.get("server_key"), str):
+            fail(f"--server-state: {path} pins no server key (written by an older version): "
+                 "enrol again with `gateway enrol`")
+        decode_key(data["server_key"])
         return SyncConfig(server=data["server"], token=data["token"],
+                          server_key=data["server_key"], peer_key=public_key_of(private_key),
                           trust=Trust(data.get("ca_file"), bool(data.get("insecure"))))
     except OSError as e:
         fail(f"--server-state: cannot read {path}: {e.strerror} (enrol with `gateway enrol`)")
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         fail(f"--server-state: {path} is not a gateway enrolment ({e.__class__.__name__}: {e})")
 
 
@@ -161,21 +167,37 @@ def enrol(
     state: Path = typer.Option(..., "--server-state",
                                help="Where to keep the enrolment (token; mode 0600)"),
     hostname: str = typer.Option(socket.gethostname(), "--hostname"),
+    server_fingerprint: str | None = typer.Option(
+        None, "--server-fingerprint",
+        help="The server key's fingerprint (`wiremesh server` prints it): checked before "
+             "the setup key is sent"),
     ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt, as_json: bool = JsonOpt,
 ) -> None:
-    """Enrol this gateway with the server (its WireGuard key is its identity); `run
-    --server-state` then follows the peers the server lets in."""
+    """Enrol this gateway with the server (its WireGuard key is its identity) and pin the
+    server's signing key; `run --server-state` then follows the peers the server lets in,
+    refusing any answer not signed with that key."""
     key = _read_private_key(private_key_file)
     trust = Trust(str(ca_file) if ca_file else None, insecure)
     try:
         trust.check(server)
+        pinned = asyncio.run(client.server_key(server, trust)).get("public_key")
+        try:
+            got_fp = fingerprint(str(pinned))
+        except ValueError:
+            fail(f"the server's signing key {str(pinned)[:60]!r} is malformed", code=1)
+        if server_fingerprint is not None and got_fp != server_fingerprint:
+            fail(f"server key fingerprint is {got_fp}, expected {server_fingerprint}: "
+                 "refusing to enrol", code=1)
         got = asyncio.run(client.enroll(server, {
             "setup_key": setup_key, "public_key": public_key_of(key), "hostname": hostname,
             "listen_port": 51820, "endpoints": []}, trust))
+        if got.get("server_key", {}).get("public_key") != pinned:
+            fail("the enrolment answer names another server key than the server showed "
+                 "before; refusing it", code=1)
         write_private_json(state, {"server": server, "token": got["token"],
                                    "peer_id": got["peer_id"], "name": got["name"],
-                                   "overlay_ip": got["overlay_ip"], "ca_file": trust.ca_file,
-                                   "insecure": insecure})
+                                   "overlay_ip": got["overlay_ip"], "server_key": pinned,
+                                   "ca_file": trust.ca_file, "insecure": insecure})
     except TrustError as e:
         fail(f"--server: {e}")
     except client.ServerRefused as e:
@@ -263,7 +285,7 @@ def run(
     from wiremesh.gateway.service import GatewayConfig, run_gateway
 
     key = _read_private_key(private_key_file)
-    sync = _server_state(server_state) if server_state is not None else None
+    sync = _server_state(server_state, key) if server_state is not None else None
     if sync is None and not db.exists():
         fail(f"--db: {db} does not exist (fill it with `wiremesh gateway import`, or follow "
              "a server with --server-state)")

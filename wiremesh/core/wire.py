@@ -518,6 +518,10 @@ class Signer:
     def generate() -> bytes:
         return Ed25519PrivateKey.generate().private_bytes_raw()
 
+    def sign_feed(self, peer_key: str, target: bytes, body: bytes) -> str:
+        """The signature (base64) of a gateway feed answer: see `verify_feed`."""
+        return base64.b64encode(self._key.sign(_feed_bytes(peer_key, target, body))).decode()
+
     def seal(self, peer_key: str, body: bytes) -> bytes:
         """One stream line carrying `body` for the peer with public key `peer_key`."""
         sig = self._key.sign(CONTEXT + key_bytes(peer_key) + body)
@@ -542,3 +546,32 @@ def open_line(server_key: str, peer_key: str, line: bytes | str) -> bytes:
         raise BadMessage(f"signature does not verify against the pinned server key "
                          f"{fingerprint(server_key)}") from None
     return body
+
+
+# --- signed gateway feed answers -----------------------------------------------------------
+#
+# A JIT gateway's known-peer feed (/api/v1/gateway/...) is JSON over HTTPS like any answer,
+# with the server's signature in a header: over FEED_CONTEXT + the gateway's 32-byte public
+# key + the request target (path and query, as sent) + NUL + the exact body. So an answer
+# verifies only for the gateway and the question it was made for (an old `changes` answer
+# cannot be replayed for a later revision), and only against the key pinned at enrolment.
+
+FEED_CONTEXT = b"wiremesh gateway feed v1\0"
+FEED_SIGNATURE_HEADER = "X-Wiremesh-Signature"
+
+
+def _feed_bytes(peer_key: str, target: bytes, body: bytes) -> bytes:
+    return FEED_CONTEXT + key_bytes(peer_key) + target + b"\0" + body
+
+
+def verify_feed(server_key: str, peer_key: str, target: bytes, body: bytes,
+                signature: str | None) -> None:
+    """Raises BadMessage unless `signature` is the pinned server key's over this answer."""
+    if not signature:
+        raise BadMessage("the answer is not signed")
+    try:
+        Ed25519PublicKey.from_public_bytes(key_bytes(server_key)).verify(
+            base64.b64decode(signature, validate=True), _feed_bytes(peer_key, target, body))
+    except (InvalidSignature, binascii.Error, ValueError):
+        raise BadMessage(f"signature does not verify against the pinned server key "
+                         f"{fingerprint(server_key)}") from None

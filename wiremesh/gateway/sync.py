@@ -4,7 +4,9 @@ into the gateway's SQLite cache (store.py), which holds the revision it is at.
 A restart resumes from that revision; while the server is unreachable the cache keeps
 serving and the sync retries with backoff. Keys the server no longer lets in are handed to
 `on_revoked` the moment their change is committed to the cache, so installed peers go at
-once (provisioner.py). Everything received is checked (keys, addresses) before it is stored.
+once (provisioner.py). Every answer must carry the signature of the server key pinned at
+enrolment (core/wire.py `verify_feed`), and what it holds is checked (keys, addresses)
+before it is stored: a stolen TLS key or a misissued certificate cannot feed the gateway.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import httpx
 
 from wiremesh.agent.connection import Trust
+from wiremesh.core.wire import FEED_SIGNATURE_HEADER, BadMessage, verify_feed
 from wiremesh.gateway.backoff import Backoff
 from wiremesh.gateway.metrics import GatewayMetrics
 from wiremesh.gateway.store import KnownPeerStore, StoreError, SyncedRow
@@ -40,6 +43,8 @@ class FeedError(ValueError):
 class SyncConfig:
     server: str
     token: str
+    server_key: str  # pinned at enrolment: every answer must be signed with it
+    peer_key: str  # the gateway's own public key (answers are signed for it)
     trust: Trust = field(default_factory=Trust)
     page: int = PAGE
     wait: float = WAIT_S
@@ -156,11 +161,15 @@ class KnownPeerSync:
         log.info("%s", json.dumps({"event": "synced", "known": count, "revision": rev,
                                    "revoked": len(gone), "seconds": round(seconds, 2)}))
 
-    @staticmethod
-    def _get(client: httpx.Client, path: str, params: dict[str, Any]) -> dict[str, Any]:
+    def _get(self, client: httpx.Client, path: str, params: dict[str, Any]) -> dict[str, Any]:
         r = client.get(path, params=params)
         if r.status_code != 200:
             raise FeedError(f"{path}: HTTP {r.status_code}: {r.text[:200]}")
+        try:
+            verify_feed(self.cfg.server_key, self.cfg.peer_key, r.request.url.raw_path,
+                        r.content, r.headers.get(FEED_SIGNATURE_HEADER))
+        except BadMessage as e:
+            raise FeedError(f"{path}: refused: {e}") from None
         try:
             body = r.json()
         except ValueError:

@@ -3,17 +3,21 @@
 Only peers enrolled with a `gateway` setup key may read it. A gateway syncs by reading
 pages (keyset by peer id) and then asks for changes since the revision of the first page:
 anything that moved while it paged comes again as a change, so the pages need not be one
-snapshot.
+snapshot. Every answer is signed with the server key for this gateway and this request
+(core/wire.py `verify_feed`), like the netmap streams of agents.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
+from wiremesh.core.wire import FEED_SIGNATURE_HEADER
 from wiremesh.server.auth import current_peer
 from wiremesh.store import Store
 from wiremesh.store.tables import Peer
@@ -38,6 +42,18 @@ class KnownChangesOut(BaseModel):
     reset: bool
 
 
+def _signed(request: Request, gw: Peer, answer: dict[str, Any]) -> Response:
+    """The answer as JSON, signed for this gateway and request target. Serialised here, not
+    through the response model: a page holds 50,000 rows, and validating them all again on
+    the way out cost more than reading them."""
+    body = json.dumps(answer, separators=(",", ":")).encode()
+    target = request.url.path.encode()
+    if query := request.scope.get("query_string"):
+        target += b"?" + query
+    sig = request.app.state.hub.signer.sign_feed(gw.public_key, target, body)
+    return Response(body, media_type="application/json", headers={FEED_SIGNATURE_HEADER: sig})
+
+
 async def current_gateway(request: Request, peer: Peer = Depends(current_peer)) -> Peer:
     store: Store = request.app.state.store
     if not await store.gateways.is_gateway(peer):
@@ -48,17 +64,17 @@ async def current_gateway(request: Request, peer: Peer = Depends(current_peer)) 
 @router.get("/known", response_model=KnownPageOut)
 async def known(request: Request, after: int = Query(0, ge=0),
                 limit: int = Query(50_000, ge=1, le=MAX_PAGE),
-                gw: Peer = Depends(current_gateway)) -> KnownPageOut:
+                gw: Peer = Depends(current_gateway)) -> Response:
     """One page of the peers this gateway must know, by ascending peer id after `after`."""
     page = await request.app.state.store.gateways.known_page(gw.id, after, limit)
-    return KnownPageOut.model_construct(revision=page.revision, peers=page.peers,
-                                        next_after=page.next_after)
+    return _signed(request, gw, {"revision": page.revision, "peers": page.peers,
+                                 "next_after": page.next_after})
 
 
 @router.get("/changes", response_model=KnownChangesOut)
 async def changes(request: Request, since: int = Query(..., ge=0),
                   wait: float = Query(20.0, ge=0, le=60, description="seconds to wait for one"),
-                  gw: Peer = Depends(current_gateway)) -> KnownChangesOut:
+                  gw: Peer = Depends(current_gateway)) -> Response:
     """What changed in this gateway's known set since revision `since`; waits up to `wait`
     seconds for a change (an answer with `revision == since` means none came)."""
     store: Store = request.app.state.store
@@ -66,6 +82,6 @@ async def changes(request: Request, since: int = Query(..., ge=0),
     while True:
         got = await store.gateways.changes(gw.id, since)
         if got.revision != since or time.monotonic() >= deadline:
-            return KnownChangesOut.model_construct(revision=got.revision, upsert=got.upsert,
-                                                   remove=got.remove, reset=got.reset)
+            return _signed(request, gw, {"revision": got.revision, "upsert": got.upsert,
+                                         "remove": got.remove, "reset": got.reset})
         await asyncio.sleep(CHANGE_POLL_S)
