@@ -1,7 +1,9 @@
 """Benchmark: the JIT gateway with 550,000 known peers, against loading them all up front.
 
 Phases, in one lab run (namespaces, real wireguard-go everywhere):
-  1. import the known peers with `wiremesh gateway import`; start `wiremesh gateway run`
+  1. bench set-up: the known peers are written straight into the control server's SQLite
+     file (enrolling 550k agents through the API would take hours); the gateway enrols with
+     a `gateway` setup key and syncs them from the server's signed feed (`sync_s`)
   2. real wireguard-go clients, each in its own namespace, connect in waves; for each, the
      round trip of its first ping (sent before any handshake, so it includes the whole JIT
      install) - "first packet sent -> first ping reply over the tunnel"
@@ -14,7 +16,9 @@ Phases, in one lab run (namespaces, real wireguard-go everywhere):
      comes back with mac2 at wireguard-go's 5 s handshake retry (its first reply shows that)
   5. eager baseline: all known peers written into a plain wireguard-go in batches, bounded
      by a timeout and an RSS cap (so it cannot take the machine down)
-Prints a table, then one JSON line.
+  6. revocation: a pinging client's peer is deleted on the server (`revoke_ms`)
+Prints a table, then one JSON line. The full run takes about 17 minutes on the 2-core
+development machine under load (load average 12-24; without the eager baseline).
 
     .venv/bin/python bench/jit_gateway.py                      # the full run (550k, 50)
     .venv/bin/python bench/jit_gateway.py --known 20000 --clients 10 --synthetic 1000
@@ -144,10 +148,10 @@ policies:
 
 
 def seed_server(mesh: MeshLab, keys: list[str]) -> None:
-    """A server whose store holds every known peer (overlay_ip(i) for keys[i]) in group
-    `clients`, and a policy letting `clients` reach `gateways`. Enrolling 550k agents
-    through the API would take hours, so the rows go straight into its SQLite file while it
-    is stopped (the next start loads them whole)."""
+    """Bench set-up, not an operator's path: a server whose store holds every known peer
+    (overlay_ip(i) for keys[i]) in group `clients`, and a policy letting `clients` reach
+    `gateways`. Enrolling 550k agents through the API would take hours, so the rows go
+    straight into its SQLite file while it is stopped (the next start loads them whole)."""
     mesh.start_server()
     policy = mesh.lab.log_dir / "gateway-policy.yaml"
     policy.write_text(GATEWAY_POLICY)
@@ -236,7 +240,7 @@ def run(known: int, n_clients: int, waves: int, synthetic: int, flood_pps: float
         server = topo.public_host("sv", f"{SUBNET}.3/24")
         mesh = MeshLab(topo, server, make_server_cert(lab.log_dir / "pki", [server.ip]))
         cleanup.callback(mesh.stop_server)
-        console.print(f"seeding the server with {known} peers")
+        console.print(f"bench set-up: {known} peers written into the server's SQLite file")
         t = time.monotonic()
         seed_server(mesh, keys)
         res["seed_s"] = time.monotonic() - t
@@ -436,7 +440,8 @@ def main(
 ) -> None:
     """The JIT gateway against its goals (phases in the module docstring). Takes about 4
     minutes with --known 20000 --clients 5 --no-eager on this 2-core machine (load 14-22);
-    the 550k default spends most of its time seeding the server and syncing."""
+    the 550k default took 17 minutes under load 12-24, mostly seeding the server (and its
+    first load of 550k peers) and syncing."""
     if missing := missing_requirements():
         console.print(f"error: the benchmark needs {', '.join(missing)}")
         raise typer.Exit(2)

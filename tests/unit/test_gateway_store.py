@@ -134,6 +134,19 @@ def test_full_sync_keeps_timestamps_drops_the_rest_and_holds_the_revision(
     assert a is not None and a.allowed_ips == ("100.64.0.9/32",) and a.last_timestamp == b"t" * 12
 
 
+def test_a_full_sync_writes_only_what_changed(store: KnownPeerStore) -> None:
+    rows = [(7, KEY_A, "100.64.0.2/32"), (8, KEY_B, "100.64.0.3/32")]
+    store.replace_synced(rows, 5)
+    before = store.db.total_changes
+    assert store.replace_synced(iter(rows), 6) == (2, [])
+    # The revision's row only.
+    assert store.db.total_changes - before == 1 and store.sync_revision() == 6
+    before = store.db.total_changes
+    assert store.replace_synced(iter([(9, KEY_A, "100.64.0.2/32")]), 7) == (1, [KEY_B])
+    assert store.db.total_changes - before == 3  # KEY_A's new id, KEY_B, the revision
+    assert store.count() == 1
+
+
 def test_changes_remove_by_peer_id_and_report_old_keys(store: KnownPeerStore) -> None:
     store.replace_synced([(7, KEY_A, "100.64.0.2/32"), (8, KEY_B, "100.64.0.3/32")], 5)
     key_c = bytes(range(3, 35))

