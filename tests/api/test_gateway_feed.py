@@ -96,7 +96,8 @@ async def test_changes_report_removals_and_wait_for_them(api: ApiEnv) -> None:
     # Nothing changed: the long poll waits, then says so.
     r = await api.client.get("/api/v1/gateway/changes", headers=h,
                              params={"since": rev, "wait": 0.2})
-    assert r.json() == {"revision": rev, "upsert": [], "remove": [], "reset": False}
+    assert r.json() == {"revision": rev, "upsert": [], "remove": [], "groups": [],
+                        "reset": False}
 
     async def removal_later() -> float:
         await asyncio.sleep(0.3)
@@ -131,3 +132,59 @@ async def test_changes_report_removals_and_wait_for_them(api: ApiEnv) -> None:
     r = await api.client.get("/api/v1/gateway/changes", headers=h,
                              params={"since": r.json()["revision"], "wait": 0})
     assert r.json()["reset"] is True
+
+
+STAFF_TOO = """
+policies:
+  - name: clients-to-gateway
+    sources: [clients]
+    destinations: [gws]
+  - name: staff-to-gateway
+    sources: [staff]
+    destinations: [gws]
+"""
+
+
+async def test_a_policy_change_comes_as_a_delta_to_a_gateway_that_says_what_it_held(
+        api: ApiEnv) -> None:
+    agents = await make_key(api, reusable=True)
+    for name in ("c1", "c2", "c3"):
+        assert (await enroll(api, agents["key"], name)).status_code == 201
+    h = await _gateway(api)
+    assert (await api.client.post("/api/v1/policy/apply", json={"text": POLICY},
+                                  headers=api.admin)).status_code == 200
+    r = await api.client.post("/api/v1/groups", json={"name": "staff", "members": ["c3"]},
+                              headers=api.admin)
+    assert r.status_code in (200, 201), r.text
+    ids = {p["name"]: p["id"] for p in
+           (await api.client.get("/api/v1/peers", headers=api.admin)).json()}
+    rev, known = await _pages(api, h, limit=100)
+    assert set(known) == {ids["c1"], ids["c2"]}
+
+    async def apply(text: str, held: list[str] | None, since: int) -> dict:
+        r = await api.client.post("/api/v1/policy/apply", json={"text": text},
+                                  headers=api.admin)
+        assert r.status_code == 200, r.text
+        params: dict = {"since": since, "wait": 0}
+        if held is not None:
+            params["held"] = held
+        r = await api.client.get("/api/v1/gateway/changes", headers=h, params=params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    # A new policy lets `staff` in: its members come, nobody else moves.
+    body = await apply(STAFF_TOO, ["clients"], rev)
+    assert not body["reset"] and body["groups"] == ["clients", "staff"]
+    assert [u[0] for u in body["upsert"]] == [ids["c3"]] and body["remove"] == []
+    # And out again.
+    body = await apply("policies: []\n", body["groups"], body["revision"])
+    assert not body["reset"] and body["groups"] == []
+    assert body["upsert"] == [] and sorted(body["remove"]) == sorted(
+        [ids["c1"], ids["c2"], ids["c3"]])
+    # Without `held` the server cannot tell what left; nor when an admitted group's
+    # members were replaced wholesale: a reset then.
+    assert (await apply(STAFF_TOO, None, body["revision"]))["reset"] is True
+    rev = (await api.client.get("/api/v1/gateway/changes", headers=h,
+                                params={"since": 0, "wait": 0})).json()["revision"]
+    body = await apply(POLICY.replace("[c1, c2]", "[c1]"), ["clients", "staff"], rev)
+    assert body["reset"] is True

@@ -157,6 +157,11 @@ def _server_state(path: Path, private_key: str) -> SyncConfig:
         fail(f"--server-state: {path} is not a gateway enrolment ({e.__class__.__name__}: {e})")
 
 
+# A server holding hundreds of thousands of peers answers slowly while it recompiles after
+# a change (the gateway's own enrolment is one); the defaults of agents (15 s) are too short.
+ENROL_TIMEOUT_S = 60.0
+
+
 @app.command("enrol")
 def enrol(
     server: str = typer.Option(..., "--server", help="Control server URL"),
@@ -180,7 +185,8 @@ def enrol(
     trust = Trust(str(ca_file) if ca_file else None, insecure)
     try:
         trust.check(server)
-        pinned = asyncio.run(client.server_key(server, trust)).get("public_key")
+        pinned = asyncio.run(client.server_key(server, trust, ENROL_TIMEOUT_S)).get(
+            "public_key")
         try:
             got_fp = fingerprint(str(pinned))
         except ValueError:
@@ -190,7 +196,7 @@ def enrol(
                  "refusing to enrol", code=1)
         got = asyncio.run(client.enroll(server, {
             "setup_key": setup_key, "public_key": public_key_of(key), "hostname": hostname,
-            "listen_port": 51820, "endpoints": []}, trust))
+            "listen_port": 51820, "endpoints": []}, trust, ENROL_TIMEOUT_S))
         if got.get("server_key", {}).get("public_key") != pinned:
             fail("the enrolment answer names another server key than the server showed "
                  "before; refusing it", code=1)

@@ -83,6 +83,13 @@ def _host(peer_id: int, address: str) -> str:
     return str(net)
 
 
+def _groups(body: dict[str, Any]) -> list[str]:
+    groups = body.get("groups")
+    if not (isinstance(groups, list) and all(isinstance(g, str) and g for g in groups)):
+        raise FeedError("the answer names no admitted groups")
+    return groups
+
+
 class KnownPeerSync:
     def __init__(self, cfg: SyncConfig, db: Path, metrics: GatewayMetrics,
                  on_revoked: Callable[[list[bytes]], None]) -> None:
@@ -91,6 +98,9 @@ class KnownPeerSync:
         self.metrics = metrics
         self.on_revoked = on_revoked
         self.synced = threading.Event()  # set once the cache holds some server revision
+        # The groups the server admitted at the cache's revision, as its last answer named
+        # them (sent back, so a policy change comes as a delta); None after a restart.
+        self.held: list[str] | None = None
 
     def run(self, stop: threading.Event) -> None:
         store = KnownPeerStore(self.db, busy_timeout=10.0, cache_mb=SYNC_CACHE_MB)
@@ -122,8 +132,10 @@ class KnownPeerSync:
         if since is None:
             self._full(client, store)
             return
-        body = self._get(client, "/api/v1/gateway/changes",
-                         {"since": since, "wait": self.cfg.wait})
+        params: dict[str, Any] = {"since": since, "wait": self.cfg.wait}
+        if self.held is not None:
+            params["held"] = self.held or [""]
+        body = self._get(client, "/api/v1/gateway/changes", params)
         rev = body.get("revision")
         if not isinstance(rev, int):
             raise FeedError("changes: no revision")
@@ -133,11 +145,13 @@ class KnownPeerSync:
             return
         if rev == since:
             return
+        held = _groups(body)
         upsert = [parse_row(r) for r in body.get("upsert", [])]
         remove = body.get("remove", [])
         if not all(isinstance(i, int) for i in remove):
             raise FeedError("changes: removed peer ids must be integers")
         gone = store.apply_changes(upsert, remove, rev)
+        self.held = held
         if gone:
             self.on_revoked(gone)
         self.metrics.known.set(store.count())
@@ -152,6 +166,7 @@ class KnownPeerSync:
         rev = page.get("revision")
         if not isinstance(rev, int):
             raise FeedError("known: no revision")
+        held = _groups(page)
 
         def rows(page: dict[str, Any]) -> Iterator[SyncedRow]:
             while True:
@@ -164,6 +179,7 @@ class KnownPeerSync:
         # The pages are not one snapshot: the cache holds the first page's revision, and the
         # changes since replay whatever moved while paging.
         count, gone = store.replace_synced(rows(page), rev)
+        self.held = held
         if gone:
             self.on_revoked(gone)
         seconds = time.monotonic() - started

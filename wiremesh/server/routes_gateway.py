@@ -33,12 +33,14 @@ class KnownPageOut(BaseModel):
     revision: int
     peers: list[tuple[int, str, str]]  # peer id, public key, overlay address
     next_after: int | None
+    groups: list[str]  # admitted at `revision`: send them back as `held` with /changes
 
 
 class KnownChangesOut(BaseModel):
     revision: int
     upsert: list[tuple[int, str, str]]
     remove: list[int]
+    groups: list[str]
     reset: bool
 
 
@@ -68,20 +70,27 @@ async def known(request: Request, after: int = Query(0, ge=0),
     """One page of the peers this gateway must know, by ascending peer id after `after`."""
     page = await request.app.state.store.gateways.known_page(gw.id, after, limit)
     return _signed(request, gw, {"revision": page.revision, "peers": page.peers,
-                                 "next_after": page.next_after})
+                                 "next_after": page.next_after,
+                                 "groups": sorted(page.groups)})
 
 
 @router.get("/changes", response_model=KnownChangesOut)
 async def changes(request: Request, since: int = Query(..., ge=0),
                   wait: float = Query(20.0, ge=0, le=60, description="seconds to wait for one"),
+                  held: list[str] | None = Query(
+                      None, description="the groups the last answer named (repeat the "
+                                        "parameter; one empty value for none): a policy "
+                                        "change then comes as a delta instead of a reset"),
                   gw: Peer = Depends(current_gateway)) -> Response:
     """What changed in this gateway's known set since revision `since`; waits up to `wait`
     seconds for a change (an answer with `revision == since` means none came)."""
     store: Store = request.app.state.store
+    groups = None if held is None else frozenset(g for g in held if g)
     deadline = time.monotonic() + wait
     while True:
-        got = await store.gateways.changes(gw.id, since)
+        got = await store.gateways.changes(gw.id, since, groups)
         if got.revision != since or time.monotonic() >= deadline:
             return _signed(request, gw, {"revision": got.revision, "upsert": got.upsert,
-                                         "remove": got.remove, "reset": got.reset})
+                                         "remove": got.remove, "groups": sorted(got.groups),
+                                         "reset": got.reset})
         await asyncio.sleep(CHANGE_POLL_S)
