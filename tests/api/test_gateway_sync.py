@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.api.test_gateway_feed import POLICY
 from tests.conftest import serve
 from wiremesh.core.wire import FEED_SIGNATURE_HEADER, Signer
 from wiremesh.gateway.metrics import GatewayMetrics
@@ -18,16 +19,6 @@ from wiremesh.gateway.store import KnownPeerStore
 from wiremesh.gateway.sync import FeedError, KnownPeerSync, SyncConfig
 from wiremesh.server.app import create_app
 from wiremesh.wg.keys import generate_private_key, public_key_of
-
-POLICY = """
-groups:
-  clients: [c1, c2]
-  gws: [gw]
-policies:
-  - name: clients-to-gateway
-    sources: [clients]
-    destinations: [gws]
-"""
 
 
 @dataclass
