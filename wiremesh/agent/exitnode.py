@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit
 
-from wiremesh.agent.relay_link import relay_urls
+from wiremesh.agent.relay_link import replica_relay_urls
 from wiremesh.core.exitnode import bypass
 from wiremesh.core.wire import Netmap
 from wiremesh.netlink.addresses import local_networks
@@ -34,9 +34,9 @@ def _addresses(urls: Iterable[str]) -> list[str]:
 
 
 class ExitRouting:
-    def __init__(self, ifname: str, server: str) -> None:
+    def __init__(self, ifname: str, servers: Sequence[str]) -> None:
         self.ifname = ifname
-        self.server = server
+        self.servers = tuple(servers)  # every replica: the agent moves to another one alone
         self.applied: list[str] | None = None
 
     def sync(self, netmap: Netmap | None, on: bool, allow_lan: bool) -> bool:
@@ -44,7 +44,7 @@ class ExitRouting:
         whether anything changed."""
         want = None
         if on and netmap is not None:
-            infra = _addresses([self.server, *relay_urls(self.server, netmap.relays)])
+            infra = _addresses([*self.servers, *replica_relay_urls(self.servers, netmap.relays)])
             want = bypass(netmap, infra, local_networks(self.ifname), allow_lan)
         if want == self.applied:
             return False

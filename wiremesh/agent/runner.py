@@ -173,7 +173,7 @@ class Agent:
         self.names: NameService | None = None
         cfg = self.state.config
         self.routes = RouteManager(cfg.interface,
-                                   exit_routing=ExitRouting(cfg.interface, cfg.server))
+                                   exit_routing=ExitRouting(cfg.interface, cfg.servers))
         self.routes.set_exit(self.prefs.exit_node, self.prefs.exit_allow_lan)
         metrics.FAILOVERS.set_function(lambda: self.routes.failovers)
         # The path manager points a peer's WireGuard endpoint at `relay.endpoint(key)` when
