@@ -281,3 +281,19 @@ def test_duplicate_names_are_refused() -> None:
 def test_all_group_cannot_be_edited() -> None:
     with pytest.raises(ValueError, match="built in"):
         PolicyCompiler(mesh(1)).set_group("all", {1})
+
+
+def test_an_entry_two_groups_give_stays_when_one_group_stops_giving_it() -> None:
+    """Peer 3 is in x and y, which both hear from peer 1 (through a and b) with the same rule:
+    when 1 leaves a, the patched combination {x, y} must keep 1 and the rule (y still gives
+    them), while peer 4 (only in x) loses both."""
+    pols = [Policy("ax", ("a",), ("x",), "tcp", (PortRange(22, 22),)),
+            Policy("by", ("b",), ("y",), "tcp", (PortRange(22, 22),))]
+    c = PolicyCompiler(mesh(4, {"a": {1}, "b": {1}, "x": {3, 4}, "y": {3}}, pols))
+    rule = InboundRule("100.64.0.1", "tcp", (PortRange(22, 22),))
+    assert c.set_group("a", set()) == {1, 4}
+    assert c.netmap(3).inbound == {rule} and set(c.netmap(3).peers) == {"key1"}
+    assert c.netmap(4).inbound == frozenset() and not c.netmap(4).peers
+    assert c.set_group("a", {1}) == {1, 4}
+    assert c.netmap(4).inbound == {rule}
+    assert dict(c.netmaps) == oracle_netmaps(c.state())

@@ -36,8 +36,12 @@ its policies give its members (`_GroupParts`); each combination of groups that s
 hold merges its groups' parts once (`_Combo`), and those peers' netmaps share the merged
 objects (most peers share them with their team or service, so 100,000 netmaps cost about as
 much memory as their ~13,000 combinations). A change drops the parts it touches; a
-combination notices by identity that its parts moved on, and keeps each merged object whose
-content did not change, so unchanged netmaps stay identical objects.
+combination notices by identity that its parts moved on and is patched with each changed
+part's delta (`_PartsDelta`, computed once per change and shared by every combination holding
+the group), so a change costs the combinations it touches, each once, whatever the number of
+their peers. Objects whose content did not change are kept, so unchanged netmaps stay
+identical objects, and a peer whose netmap still shares every object with its combination is
+not rebuilt.
 """
 
 from __future__ import annotations
@@ -150,6 +154,22 @@ class _GroupParts:
 
 
 @dataclass(frozen=True)
+class _PartsDelta:
+    """How a group's parts moved from `old` to `new` within one change: computed once and
+    applied to every combination holding the group, so patching one costs the delta (plus
+    copying what changed), not a merge of all its parts."""
+
+    old: _GroupParts
+    new: _GroupParts
+    gone: frozenset[str]  # public keys
+    came: tuple[str, ...]  # public keys added, or whose entry changed
+    inbound_gone: frozenset[InboundRule]
+    inbound_came: frozenset[InboundRule]
+    forward_gone: frozenset[ForwardRule]
+    forward_came: frozenset[ForwardRule]
+
+
+@dataclass(frozen=True)
 class _Combo:
     """What a peer gets from one combination of groups, merged once for every peer holding
     exactly those groups (most peers share theirs with their team or service).
@@ -207,6 +227,12 @@ class PolicyCompiler:
         self._croutes: dict[str, _CompiledRoute] = {}
         self._routes_by_group: dict[str, set[str]] = {}
         self._gparts: dict[str, _GroupParts] = {}
+        # Within one change: each forgotten group's parts as they were before it (what the
+        # combinations hold), the deltas from those to the new parts, and the public keys
+        # whose peer entry was replaced (a value change a key diff does not see).
+        self._stale: dict[str, _GroupParts] = {}
+        self._deltas: dict[str, _PartsDelta] = {}
+        self._moved: set[str] = set()
         self._combos: dict[frozenset[str], _Combo] = {}
         # Each peer's combination (its groups) and how many peers hold each, so a
         # combination nobody holds any more is dropped.
@@ -222,7 +248,7 @@ class PolicyCompiler:
             for p in state.policies:
                 self._index_policy(p)
             self._netmaps: dict[int, Netmap] = {
-                pid: self._compile(pid) for pid in self._peers}
+                pid: self._compile(pid, self._combo_of(pid)) for pid in self._peers}
         finally:
             if collecting:
                 # And they live as long as the mesh does: keep the collector from scanning
@@ -352,6 +378,7 @@ class PolicyCompiler:
         if old_np == new_np:
             return set()  # nothing netmaps carry changed (at most the listen port)
         self._np[p.id] = new_np
+        self._moved.add(new_np.public_key)
         groups = (*self._groups_of.get(p.id, ()), ALL_GROUP)
         if old_np is None:
             self._all.add(p.id)
@@ -573,7 +600,9 @@ class PolicyCompiler:
 
     def _forget(self, g: str) -> None:
         """Group `g`'s parts changed (the combinations holding it see that lazily)."""
-        self._gparts.pop(g, None)
+        gp = self._gparts.pop(g, None)
+        if gp is not None:
+            self._stale.setdefault(g, gp)
 
     def _group_parts(self, g: str) -> _GroupParts:
         gp = self._gparts.get(g)
@@ -611,7 +640,7 @@ class PolicyCompiler:
                 self._gparts.get(g) is gp for g, gp in zip(old.groups, old.gps, strict=True)
         ) and all(self._croutes.get(cr.route.name) is cr for cr in old.used_routes):
             return old
-        groups = (*key, ALL_GROUP)
+        groups = (*key, ALL_GROUP) if old is None else old.groups
         gps = tuple(self._group_parts(g) for g in groups)
         tables = [gp.peers for gp in gps]
         ids = [i for gp in gps for i in gp.ids]
@@ -627,17 +656,22 @@ class PolicyCompiler:
                         tables.append(cr.router_peers)
                         ids.append(cr.routers)
         served = tuple(rc for gp in gps for rc in gp.served)
-        peers = _merge_tables(tables)
-        inbound = _union([gp.inbound for gp in gps])
-        forward = _union([gp.forward for gp in gps])
         masquerade = frozenset(r.prefix for r, _ in served if r.masquerade)
+        patched = None if old is None else self._patched(old, gps, tables, used)
+        if patched is not None:
+            peers, inbound, forward = patched
+        else:
+            peers = _merge_tables(tables)
+            inbound = _union([gp.inbound for gp in gps])
+            forward = _union([gp.forward for gp in gps])
         if old is not None:
             # Keep the objects whose content did not change: netmaps sharing them then
             # compare equal by identity, and the hub's diff skips them.
-            peers = _kept(old.peers, peers)
-            inbound = _kept(old.inbound, inbound)
+            if patched is None:
+                peers = _kept(old.peers, peers)
+                inbound = _kept(old.inbound, inbound)
+                forward = _kept(old.forward, forward)
             routes = _kept(old.routes, routes)
-            forward = _kept(old.forward, forward)
             masquerade = _kept(old.masquerade, masquerade)
         combo = _Combo(
             groups=groups, gps=gps, peers=peers, inbound=inbound, routes=routes,
@@ -647,6 +681,65 @@ class PolicyCompiler:
             used_routes=tuple(used), served=served, ids=tuple(ids))
         self._combos[key] = combo
         return combo
+
+    def _patched(self, old: _Combo, gps: tuple[_GroupParts, ...],
+                 tables: list[dict[str, NetmapPeer]], used: list[_CompiledRoute],
+                 ) -> tuple[dict[str, NetmapPeer], frozenset[InboundRule],
+                            frozenset[ForwardRule]] | None:
+        """`old`'s peers, inbound and forward rules moved on to parts `gps` by applying the
+        deltas of the parts that changed (None when one is not known: merge afresh).
+
+        An entry a changed part lost stays while another part still holds it (parts
+        overlap); an entry a part gained is new to the combination unless another part
+        held it already. Objects whose content does not change are kept as they are."""
+        if len(used) != len(old.used_routes) or any(
+                a is not b for a, b in zip(used, old.used_routes, strict=False)):
+            return None  # the routers' tables moved: rare, merge afresh
+        deltas = []
+        for g, was, now in zip(old.groups, old.gps, gps, strict=True):
+            if was is not now:
+                d = self._delta(g, was, now)
+                if d is None:
+                    return None
+                deltas.append(d)
+        peers = old.peers
+        copied = False
+        for d in deltas:
+            for k in d.gone:
+                if k in peers and not any(k in t for t in tables):
+                    if not copied:
+                        peers, copied = peers.copy(), True
+                    del peers[k]
+        for d in deltas:
+            new_peers = d.new.peers
+            for k in d.came:
+                v = new_peers[k]
+                if peers.get(k) is not v:
+                    if not copied:
+                        peers, copied = peers.copy(), True
+                    peers[k] = v
+        inbound = _patch_set(old.inbound, [d.inbound_gone for d in deltas],
+                             [d.inbound_came for d in deltas], [gp.inbound for gp in gps])
+        forward = _patch_set(old.forward, [d.forward_gone for d in deltas],
+                             [d.forward_came for d in deltas], [gp.forward for gp in gps])
+        return peers, inbound, forward
+
+    def _delta(self, g: str, old: _GroupParts, new: _GroupParts) -> _PartsDelta | None:
+        """The delta of group `g`'s parts from `old` to `new` in this change, if known."""
+        d = self._deltas.get(g)
+        if d is not None and d.old is old and d.new is new:
+            return d
+        if self._stale.get(g) is not old or self._gparts.get(g) is not new:
+            return None  # `old` is older than this change (its combination went unused)
+        was, now = old.peers, new.peers
+        came = now.keys() - was.keys()
+        came.update(k for k in self._moved if k in now and was.get(k) is not now[k])
+        d = _PartsDelta(
+            old, new, frozenset(was.keys() - now.keys()), tuple(came),
+            old.inbound - new.inbound, new.inbound - old.inbound,
+            old.forward - new.forward, new.forward - old.forward)
+        self._deltas[g] = d
+        return d
 
     def _index_route(self, r: Route) -> None:
         self._routes[r.name] = r
@@ -689,6 +782,10 @@ class PolicyCompiler:
         return frozenset(self._groups_of.get(x, ()))
 
     def _combo_of(self, x: int) -> _Combo:
+        return self._combo(self._enter(x))
+
+    def _enter(self, x: int) -> frozenset[str]:
+        """x's combination key, counted as x's (and x no longer counted for its old one)."""
         key = self._combo_key(x)
         old = self._key_of.get(x)
         if old != key:
@@ -696,7 +793,7 @@ class PolicyCompiler:
             self._key_users[key] = self._key_users.get(key, 0) + 1
             if old is not None:
                 self._release(old)
-        return self._combo(key)
+        return key
 
     def _release(self, key: frozenset[str]) -> None:
         n = self._key_users[key] - 1
@@ -710,10 +807,10 @@ class PolicyCompiler:
         """The peers in x's netmap, by id: the only peers whose netmaps mention x."""
         return _union(list(self._combo_of(x).ids)) - {x}
 
-    def _compile(self, x: int) -> Netmap:
+    def _compile(self, x: int, c: _Combo) -> Netmap:
+        """x's netmap, from its combination `c`."""
         me = self._peers[x]
         ip = me.overlay_ip
-        c = self._combo_of(x)
         if me.public_key not in c.peers:
             return Netmap(version=0, peer_id=x, name=me.name, overlay_ip=ip, peers=c.peers,
                           inbound=c.inbound, routes=c.routes, forward=c.forward,
@@ -748,6 +845,7 @@ class PolicyCompiler:
 
     def _recompute(self, todo: Iterable[int]) -> set[int]:
         changed: set[int] = set()
+        by_key: dict[frozenset[str], list[int]] = {}
         for x in todo:
             if x not in self._peers:
                 if self._netmaps.pop(x, None) is not None:
@@ -756,15 +854,46 @@ class PolicyCompiler:
                 if key is not None:
                     self._release(key)
                 continue
-            nm = self._compile(x)
-            if self._netmaps.get(x) != nm:
-                self._netmaps[x] = nm
-                changed.add(x)
+            by_key.setdefault(self._enter(x), []).append(x)
+        # One combination serves all its peers (hundreds in a change): bring it up to date
+        # once, and skip the peers whose netmap still shares every object with it.
+        netmaps, peers = self._netmaps, self._peers
+        for key, xs in by_key.items():
+            c = self._combo(key)
+            for x in xs:
+                old = netmaps.get(x)
+                if old is not None and old.peers is c.peers and old.inbound is c.inbound \
+                        and old.routes is c.routes and old.forward is c.forward \
+                        and old.masquerade is c.masquerade:
+                    me = peers[x]
+                    if me.name == old.name and me.overlay_ip == old.overlay_ip \
+                            and me.public_key not in c.peers:
+                        continue
+                nm = self._compile(x, c)
+                if old != nm:
+                    netmaps[x] = nm
+                    changed.add(x)
+        # Combinations not refreshed by now merge afresh when next needed.
+        self._stale.clear()
+        self._deltas.clear()
+        self._moved.clear()
         return changed
 
 
 def _kept(old: _T, new: _T) -> _T:
     return old if old == new else new
+
+
+def _patch_set(old: frozenset[_T], gone: list[frozenset[_T]], came: list[frozenset[_T]],
+               parts: list[frozenset[_T]]) -> frozenset[_T]:
+    """The union of `parts`, given `old` (their union before) and each changed part's lost
+    and gained elements."""
+    lost = _EMPTY.union(*gone).difference(*parts)
+    added = _EMPTY.union(*came).difference(old)
+    # Each operation copies `old` (tens of thousands of rules for a site's servers): one.
+    if lost and added:
+        return old.difference(lost).union(added)
+    return old.difference(lost) if lost else old.union(added) if added else old
 
 
 def _union(sets: list[frozenset]) -> frozenset:
