@@ -26,6 +26,17 @@ async def _gateway(api: ApiEnv) -> dict:
     return {"Authorization": f"Bearer {r.json()['token']}"}
 
 
+async def _three_agents_a_gateway_and_policy(api: ApiEnv) -> dict:
+    """Agents c1-c3, a gateway (its auth header is returned) and POLICY applied."""
+    agents = await make_key(api, reusable=True)
+    for name in ("c1", "c2", "c3"):
+        assert (await enroll(api, agents["key"], name)).status_code == 201
+    h = await _gateway(api)
+    assert (await api.client.post("/api/v1/policy/apply", json={"text": POLICY},
+                                  headers=api.admin)).status_code == 200
+    return h
+
+
 async def _pages(api: ApiEnv, h: dict, limit: int) -> tuple[int, dict[int, tuple[str, str]]]:
     out: dict[int, tuple[str, str]] = {}
     after, first_rev = 0, None
@@ -83,12 +94,7 @@ async def test_a_gateway_is_no_mesh_peer(api: ApiEnv) -> None:
 
 
 async def test_changes_report_removals_and_wait_for_them(api: ApiEnv) -> None:
-    agents = await make_key(api, reusable=True)
-    for name in ("c1", "c2", "c3"):
-        assert (await enroll(api, agents["key"], name)).status_code == 201
-    h = await _gateway(api)
-    assert (await api.client.post("/api/v1/policy/apply", json={"text": POLICY},
-                                  headers=api.admin)).status_code == 200
+    h = await _three_agents_a_gateway_and_policy(api)
     rev, known = await _pages(api, h, limit=100)
     ids = {p["name"]: p["id"] for p in
            (await api.client.get("/api/v1/peers", headers=api.admin)).json()}
@@ -147,12 +153,7 @@ policies:
 
 async def test_a_policy_change_comes_as_a_delta_to_a_gateway_that_says_what_it_held(
         api: ApiEnv) -> None:
-    agents = await make_key(api, reusable=True)
-    for name in ("c1", "c2", "c3"):
-        assert (await enroll(api, agents["key"], name)).status_code == 201
-    h = await _gateway(api)
-    assert (await api.client.post("/api/v1/policy/apply", json={"text": POLICY},
-                                  headers=api.admin)).status_code == 200
+    h = await _three_agents_a_gateway_and_policy(api)
     r = await api.client.post("/api/v1/groups", json={"name": "staff", "members": ["c3"]},
                               headers=api.admin)
     assert r.status_code in (200, 201), r.text
