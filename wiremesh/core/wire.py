@@ -110,10 +110,11 @@ def check_key(v: Any) -> str:
     return _str(v, "key")
 
 
-def _is_canonical_ipv4(text: str) -> bool:
+def is_canonical_ipv4(text: str) -> bool:
     """Whether `text` is an IPv4 address exactly as ipaddress prints it. A fast path for the
-    checks below (ipaddress takes ~15 us a parse, and the JIT gateway checks an endpoint and a
-    prefix per install); anything else takes the slow path, which decides. inet_pton/ntop are
+    checks below and the gateway's feed (ipaddress takes ~15 us a parse, and the JIT gateway
+    checks an endpoint and a prefix per install); anything else takes the slow path, which
+    decides. inet_pton/ntop are
     pure conversions: the round trip holds only for plain dotted decimal without leading
     zeros, the form both print."""
     try:
@@ -149,7 +150,7 @@ def check_endpoint(v: Any) -> str:
                          "in ASCII")
     host, port = s, None
     addr, colon, rest = s.partition(":")
-    if colon and ":" not in rest and _is_canonical_ipv4(addr):
+    if colon and ":" not in rest and is_canonical_ipv4(addr):
         return f"{addr}:{_port(rest, s)}"
     if s.startswith("["):
         host, sep, rest = s[1:].partition("]:")
@@ -190,7 +191,7 @@ def check_prefix(v: Any) -> str:
         raise ValueError(f"bad prefix {s[:80]!r}: expected an ASCII IP network such as "
                          "198.18.0.0/16")
     addr, _, length = s.partition("/")
-    if length.isdigit() and length[0] != "0" and int(length) <= 32 and _is_canonical_ipv4(addr):
+    if length.isdigit() and length[0] != "0" and int(length) <= 32 and is_canonical_ipv4(addr):
         host_bits = int.from_bytes(socket.inet_aton(addr), "big") & (0xFFFFFFFF >> int(length))
         if not host_bits:
             return s

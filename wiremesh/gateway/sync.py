@@ -15,7 +15,6 @@ import binascii
 import ipaddress
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,12 @@ from typing import Any
 import httpx
 
 from wiremesh.agent.connection import Trust
-from wiremesh.core.wire import FEED_SIGNATURE_HEADER, BadMessage, verify_feed
+from wiremesh.core.wire import (
+    FEED_SIGNATURE_HEADER,
+    BadMessage,
+    is_canonical_ipv4,
+    verify_feed,
+)
 from wiremesh.gateway.backoff import Backoff
 from wiremesh.gateway.metrics import GatewayMetrics
 from wiremesh.gateway.store import KnownPeerStore, StoreError, SyncedRow
@@ -69,11 +73,8 @@ def parse_row(row: Any) -> SyncedRow:
 def _host(peer_id: int, address: str) -> str:
     """`address` as one host's network (`a.b.c.d/32`); plain IPv4 addresses, all a feed of
     550,000 holds, are checked without building ipaddress objects (5x cheaper)."""
-    try:
-        if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, address)) == address:
-            return address + "/32"
-    except OSError:
-        pass
+    if is_canonical_ipv4(address):
+        return address + "/32"
     try:
         net = ipaddress.ip_network(address)
     except ValueError as e:
