@@ -192,6 +192,46 @@ async def test_a_change_while_a_message_is_being_sent_is_not_lost() -> None:
         await stream.aclose()
 
 
+async def _settle() -> None:
+    """Lets every ready task run until it waits again (no time passes)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_a_stream_that_just_carried_a_delta_skips_its_keepalive(monkeypatch) -> None:
+    """A keepalive round finding a delta sent within the interval sends nothing (a signature
+    per stream per round is wasted while an enrolment storm changes every version); an idle
+    stream still gets its keepalive, naming the version it holds."""
+    clock = [1000.0]
+    monkeypatch.setattr(routes_agent, "monotonic", lambda: clock[0])
+    nm = Netmap(version=1, peer_id=1, name="a", overlay_ip="100.64.0.1")
+    hub = _Hub(nm)
+    stream = _stream(hub, 1, PEER_KEY, 0, None, Openings().admit())  # type: ignore[arg-type]
+
+    def keepalive_round() -> None:
+        for ev in hub.waiters:
+            ev.set()
+
+    try:
+        assert _open(await anext(stream))["type"] == "full"
+        clock[0] += 5
+        hub.publish(replace(nm, version=2, name="b"))
+        assert _open(await anext(stream))["delta"]["to_version"] == 2
+        nxt = asyncio.ensure_future(anext(stream))
+        await _settle()  # the stream waits for its next wake-up
+        clock[0] += 5
+        keepalive_round()  # 5 s after the delta: nothing goes out
+        await _settle()
+        assert not nxt.done()
+        hub.publish(replace(nm, version=3, name="c"))
+        assert _open(await nxt)["delta"]["to_version"] == 3
+        clock[0] += routes_agent.KEEPALIVE_S
+        keepalive_round()
+        assert _open(await anext(stream)) == {"type": "ping", "version": 3}
+    finally:
+        await stream.aclose()
+
+
 SIGNER = Signer(Signer.generate())
 PEER_KEY = public_key_of(generate_private_key())
 
