@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.test_gateway_feed import POLICY
+from tests.api.test_gateway_feed import POLICY, STAFF_TOO
 from tests.conftest import serve
 from wiremesh.core.wire import FEED_SIGNATURE_HEADER, Signer
 from wiremesh.gateway.metrics import GatewayMetrics
@@ -132,3 +132,32 @@ def test_a_stored_revision_is_followed_by_signed_changes(env: Env, tmp_path: Pat
     with pytest.raises(FeedError, match="refused"):
         _sync_once(env.cfg, db, Tamper("unsigned"))
     assert KnownPeerStore(db).count() == 1
+
+
+class Recorder(httpx.BaseTransport):
+    """Passes requests on and keeps their targets."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.asked: list[httpx.URL] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.asked.append(request.url)
+        return self.inner.handle_request(request)
+
+
+def test_after_a_restart_a_policy_change_comes_as_a_delta(env: Env, tmp_path: Path) -> None:
+    """The admitted groups are kept with the cached revision, so a gateway restarted (each
+    `_sync_once` is a new sync on the same cache) still tells the server what it held."""
+    db = tmp_path / "known.db"
+    _sync_once(env.cfg, db).close()
+    r = env.http.post("/api/v1/groups", json={"name": "staff", "members": ["c3"]},
+                      headers=env.admin)
+    assert r.status_code in (200, 201), r.text
+    r = env.http.post("/api/v1/policy/apply", json={"text": STAFF_TOO}, headers=env.admin)
+    assert r.status_code == 200, r.text
+    seen = Recorder()
+    store = _sync_once(env.cfg, db, seen)
+    assert [u.path for u in seen.asked] == ["/api/v1/gateway/changes"]
+    assert seen.asked[0].params.get_list("held") == ["clients"]
+    assert store.count() == 3 and store.held_groups() == {"clients", "staff"}

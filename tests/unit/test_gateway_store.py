@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,46 @@ def test_changes_remove_by_peer_id_and_report_old_keys(store: KnownPeerStore) ->
     assert sorted(gone) == sorted([KEY_A, KEY_B])
     assert store.lookup(KEY_A) is None and store.lookup(KEY_B) is None
     assert store.lookup(key_c) is not None and store.sync_revision() == 6
+
+
+def test_admitted_groups_are_held_with_the_revision_and_only_with_it(
+        store: KnownPeerStore, tmp_path: Path) -> None:
+    assert store.held_groups() is None
+    store.replace_synced([(7, KEY_A, "100.64.0.2/32")], 5, ["clients"])
+    store.apply_changes([(8, KEY_B, "100.64.0.3/32")], [], 6, ["clients", "staff"])
+    store.close()
+    store = KnownPeerStore(tmp_path / "peers.db")  # a restart
+    assert store.held_groups() == {"clients", "staff"} and store.sync_revision() == 6
+
+    def rows_then_crash() -> Iterator[tuple[int, bytes, str]]:
+        yield 7, KEY_A, "100.64.0.2/32"
+        raise OSError("connection lost while paging")
+
+    # A full sync that dies half-way leaves revision, rows and groups as they were.
+    with pytest.raises(OSError):
+        store.replace_synced(rows_then_crash(), 9, [])
+    assert store.held_groups() == {"clients", "staff"} and store.sync_revision() == 6
+    assert store.count() == 2
+    store.apply_changes([], [8], 10, [])  # none admitted is an answer too
+    assert store.held_groups() == frozenset() and store.count() == 1
+    store.replace_synced([(7, KEY_A, "100.64.0.2/32")], 11)  # not named: not known
+    assert store.held_groups() is None
+    store.close()
+
+
+def test_a_version_2_store_at_a_revision_is_upgraded_holding_no_groups(
+        tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    store = KnownPeerStore(path)
+    store.replace_synced([(7, KEY_A, "100.64.0.2/32")], 5)
+    store.db.execute("DROP TABLE held_groups")
+    store.db.execute("PRAGMA user_version=2")
+    store.close()
+    store = KnownPeerStore(path)
+    assert store.sync_revision() == 5 and store.held_groups() is None
+    store.apply_changes([], [], 6, ["clients"])
+    assert store.held_groups() == {"clients"}
+    store.close()
 
 
 def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS known_peers (
     public_key BLOB PRIMARY KEY,
@@ -35,6 +35,13 @@ _SCHEMA_V2 = [
     "ALTER TABLE known_peers ADD COLUMN peer_id INTEGER",
     "CREATE INDEX IF NOT EXISTS known_peers_peer_id ON known_peers(peer_id)",
     "CREATE TABLE IF NOT EXISTS sync_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+]
+# Version 3: the groups the server said the cache admits at that revision (sent back with
+# every poll, so a policy change after a restart still comes as a delta). `held_groups` in
+# sync_state says they were recorded: an upgraded cache at a revision has none, and an empty
+# set is a valid answer too.
+_SCHEMA_V3 = [
+    "CREATE TABLE IF NOT EXISTS held_groups (name TEXT PRIMARY KEY) WITHOUT ROWID",
 ]
 SyncedRow = tuple[int, bytes, str]  # peer id, raw public key, allowed IPs
 
@@ -124,13 +131,13 @@ class KnownPeerStore:
             if cache_mb is not None:
                 self.db.execute(f"PRAGMA cache_size={-cache_mb * 1024}")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, 1, SCHEMA_VERSION):
+            if version not in (0, 1, 2, SCHEMA_VERSION):
                 raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
             if version < SCHEMA_VERSION:
                 self.db.execute("BEGIN IMMEDIATE")
                 if version == 0:
                     self.db.execute(_SCHEMA)
-                for statement in _SCHEMA_V2:
+                for statement in (_SCHEMA_V2 if version < 2 else []) + _SCHEMA_V3:
                     self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 self.db.execute("COMMIT")
@@ -186,11 +193,18 @@ class KnownPeerStore:
         row = self.db.execute("SELECT value FROM sync_state WHERE name = 'revision'").fetchone()
         return None if row is None else int(row[0])
 
-    def replace_synced(self, rows: Iterable[SyncedRow],
-                       revision: int) -> tuple[int, list[bytes]]:
+    def held_groups(self) -> frozenset[str] | None:
+        """The groups admitted at the cache's revision, as the server named them; None when
+        not recorded (never synced, or a cache from before they were kept)."""
+        if self.db.execute("SELECT 1 FROM sync_state WHERE name = 'held_groups'").fetchone():
+            return frozenset(g for (g,) in self.db.execute("SELECT name FROM held_groups"))
+        return None
+
+    def replace_synced(self, rows: Iterable[SyncedRow], revision: int,
+                       groups: Iterable[str] | None = None) -> tuple[int, list[bytes]]:
         """A full sync, in one transaction: upsert every row (keeping replay timestamps),
-        delete every other row, hold `revision`. Readers see the old rows until the commit.
-        Returns the number of rows and the keys deleted."""
+        delete every other row, hold `revision` and the admitted `groups`. Readers see the
+        old rows until the commit. Returns the number of rows and the keys deleted."""
         total = 0
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
@@ -208,17 +222,18 @@ class KnownPeerStore:
             gone = list(held)
             del held
             cur.executemany("DELETE FROM known_peers WHERE public_key = ?", [(k,) for k in gone])
-            self._set_revision(cur, revision)
+            self._set_revision(cur, revision, groups)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
         return total, gone
 
-    def apply_changes(self, upsert: list[SyncedRow], remove: list[int],
-                      revision: int) -> list[bytes]:
-        """One change from the server, in one transaction; returns the keys that are no
-        longer known (removed peers, and the old key of a peer whose key changed)."""
+    def apply_changes(self, upsert: list[SyncedRow], remove: list[int], revision: int,
+                      groups: Iterable[str] | None = None) -> list[bytes]:
+        """One change from the server, in one transaction (with the `groups` admitted at
+        `revision`); returns the keys that are no longer known (removed peers, and the old
+        key of a peer whose key changed)."""
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
@@ -231,7 +246,7 @@ class KnownPeerStore:
                     f"({','.join('?' * len(chunk))})", chunk) if k not in new_keys]
             cur.executemany("DELETE FROM known_peers WHERE public_key = ?", [(k,) for k in gone])
             self._upsert_synced(cur, upsert)
-            self._set_revision(cur, revision)
+            self._set_revision(cur, revision, groups)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -247,9 +262,17 @@ class KnownPeerStore:
             [(key, ips, pid) for pid, key, ips in rows])
 
     @staticmethod
-    def _set_revision(cur: sqlite3.Cursor, revision: int) -> None:
+    def _set_revision(cur: sqlite3.Cursor, revision: int, groups: Iterable[str] | None) -> None:
+        """In the transaction of the rows: a cache never claims a revision, nor groups, it
+        does not hold. Unnamed `groups` are forgotten (the server is then asked without)."""
         cur.execute("INSERT INTO sync_state VALUES ('revision', ?) "
                     "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (revision,))
+        cur.execute("DELETE FROM held_groups")
+        if groups is None:
+            cur.execute("DELETE FROM sync_state WHERE name = 'held_groups'")
+            return
+        cur.executemany("INSERT INTO held_groups VALUES (?)", [(g,) for g in set(groups)])
+        cur.execute("INSERT OR IGNORE INTO sync_state VALUES ('held_groups', 1)")
 
     def lookup(self, public_key: bytes) -> KnownPeer | None:
         return self.lookup_many([public_key]).get(public_key)

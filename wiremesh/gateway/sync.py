@@ -99,9 +99,6 @@ class KnownPeerSync:
         self.metrics = metrics
         self.on_revoked = on_revoked
         self.synced = threading.Event()  # set once the cache holds some server revision
-        # The groups the server admitted at the cache's revision, as its last answer named
-        # them (sent back, so a policy change comes as a delta); None after a restart.
-        self.held: list[str] | None = None
 
     def run(self, stop: threading.Event) -> None:
         store = KnownPeerStore(self.db, busy_timeout=10.0, cache_mb=SYNC_CACHE_MB)
@@ -134,8 +131,11 @@ class KnownPeerSync:
             self._full(client, store)
             return
         params: dict[str, Any] = {"since": since, "wait": self.cfg.wait}
-        if self.held is not None:
-            params["held"] = self.held or [""]
+        # The groups the last answer said the cache admits (kept with its revision, so after
+        # a restart too): a policy change then comes as a delta, not a full re-sync.
+        holds = store.held_groups()
+        if holds is not None:
+            params["held"] = sorted(holds) or [""]
         body = self._get(client, "/api/v1/gateway/changes", params)
         rev = body.get("revision")
         if not isinstance(rev, int):
@@ -151,8 +151,7 @@ class KnownPeerSync:
         remove = body.get("remove", [])
         if not all(isinstance(i, int) for i in remove):
             raise FeedError("changes: removed peer ids must be integers")
-        gone = store.apply_changes(upsert, remove, rev)
-        self.held = held
+        gone = store.apply_changes(upsert, remove, rev, held)
         if gone:
             self.on_revoked(gone)
         self.metrics.known.set(store.count())
@@ -179,8 +178,7 @@ class KnownPeerSync:
 
         # The pages are not one snapshot: the cache holds the first page's revision, and the
         # changes since replay whatever moved while paging.
-        count, gone = store.replace_synced(rows(page), rev)
-        self.held = held
+        count, gone = store.replace_synced(rows(page), rev, held)
         if gone:
             self.on_revoked(gone)
         seconds = time.monotonic() - started
