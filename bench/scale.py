@@ -64,8 +64,10 @@ from wiremesh.core.wire import (
     FullMessage,
     Netmap,
     PingMessage,
+    agent_mac_key,
     open_line,
     parse_message,
+    verify_stream_key,
 )
 from wiremesh.lab.gateway import rss_mb
 from wiremesh.lab.org import Org, org_mesh
@@ -150,6 +152,7 @@ class Sim:
     public: str = ""
     token: str = ""
     server_key: str = ""
+    mac_key: bytes | None = None  # agreed with the server's stream key, as the agent does
     held: Netmap | None = None
     replica: int = -1  # where its stream is open (-1: none)
     connects: int = 0
@@ -188,6 +191,9 @@ class Load:
                 backoff = min(2 * backoff, 10.0)
         self.enrolled.append((asked, time.time()))
         sim.token, sim.server_key = got["token"], got["server_key"]["public_key"]
+        verify_stream_key(sim.server_key, got["server_key"]["stream_key"],
+                          got["server_key"]["stream_key_sig"])
+        sim.mac_key = agent_mac_key(sim.private, got["server_key"]["stream_key"])
 
     async def follow(self, sim: Sim) -> None:
         """Hold the stream, moving to the next replica (after a jittered back-off) when it
@@ -217,7 +223,7 @@ class Load:
             backoff = min(2 * backoff, 10.0)
 
     async def _stream(self, sim: Sim, at: int) -> None:
-        q: dict[str, Any] = {"since": sim.held.version if sim.held else 0}
+        q: dict[str, Any] = {"since": sim.held.version if sim.held else 0, "mac": 1}
         if sim.held is not None:
             q["digest"] = digest(sim.held)
         status, headers, r, w = await _request(
@@ -241,7 +247,7 @@ class Load:
             _close(w)
 
     def _line(self, sim: Sim, line: bytes, first: bool) -> None:
-        msg = parse_message(open_line(sim.server_key, sim.public, line))
+        msg = parse_message(open_line(sim.server_key, sim.public, line, sim.mac_key))
         now = time.time()
         if first and sim.connects > 1:
             self.events.append((now, sim.idx, f"resume-{msg.type}"))

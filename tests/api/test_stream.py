@@ -20,15 +20,17 @@ from wiremesh.core.wire import (
     FullMessage,
     Netmap,
     Signer,
+    agent_mac_key,
     encode_message,
     fingerprint,
     open_line,
     parse_message,
+    verify_stream_key,
 )
 from wiremesh.server import routes_agent
 from wiremesh.server.admission import Openings
 from wiremesh.server.app import create_app
-from wiremesh.server.hub import delta_message
+from wiremesh.server.hub import delta_body
 from wiremesh.server.routes_agent import _stream
 from wiremesh.wg.keys import generate_private_key, public_key_of
 
@@ -152,8 +154,8 @@ class _Hub:
     def netmap(self, peer_id: int) -> Netmap | None:
         return self.current.get(peer_id)
 
-    def delta_line(self, _peer_id: int, peer_key: str, old: Netmap, new: Netmap) -> bytes:
-        return delta_message(SIGNER, peer_key, old, new)
+    def delta(self, _peer_id: int, old: Netmap, new: Netmap) -> bytes:
+        return delta_body(old, new)
 
     async def peer_exists(self, _peer_id: int) -> bool:
         self.asked += 1
@@ -290,6 +292,32 @@ def test_stream_is_signed_for_the_peer(live) -> None:
     assert isinstance(msg, FullMessage) and msg.netmap.peer_id == a["peer_id"]
     with pytest.raises(BadMessage):
         open_line(identity["public_key"], public_key_of(generate_private_key()), line)
+
+
+def test_stream_with_mac_carries_lines_only_this_peer_can_check(live) -> None:
+    """`mac=1`: every line carries a MAC under the key the agent agrees with the server's
+    stream key (bound to the signing key); another peer's key does not open it."""
+    c, admin = live
+    identity = c.get("/api/v1/server-key").json()
+    verify_stream_key(identity["public_key"], identity["stream_key"], identity["stream_key_sig"])
+    key = c.post("/api/v1/setup-keys", json={"name": "k", "reusable": True},
+                 headers=admin).json()["key"]
+    private = generate_private_key()
+    me = public_key_of(private)
+    a = c.post("/api/v1/enroll", json={"setup_key": key, "hostname": "a",
+                                        "public_key": me}).json()
+    with c.stream("GET", "/api/v1/agent/netmap", params={"mac": 1},
+                  headers={"Authorization": f"Bearer {a['token']}"}) as r:
+        line = next(x for x in r.iter_lines() if x)
+    assert line.startswith('{"mac":"')
+    mine = agent_mac_key(private, identity["stream_key"])
+    msg = parse_message(open_line(identity["public_key"], me, line, mine))
+    assert isinstance(msg, FullMessage) and msg.netmap.peer_id == a["peer_id"]
+    with pytest.raises(BadMessage):
+        open_line(identity["public_key"], me, line)  # no key agreed: refused
+    other = agent_mac_key(generate_private_key(), identity["stream_key"])
+    with pytest.raises(BadMessage):
+        open_line(identity["public_key"], me, line, other)
 
 
 def test_lines_written_in_pieces_arrive_whole(live, monkeypatch) -> None:

@@ -15,6 +15,7 @@ from wiremesh.agent.discovery import Discovery
 from wiremesh.agent.runner import Agent, ResyncNeeded, next_netmap
 from wiremesh.agent.state import AgentConfig, AgentState
 from wiremesh.core.wire import (
+    BadMessage,
     DeletedMessage,
     DeltaMessage,
     FullMessage,
@@ -25,8 +26,9 @@ from wiremesh.core.wire import (
     encode_message,
     open_line,
     parse_message,
+    verify_stream_key,
 )
-from wiremesh.server.hub import delta_message
+from wiremesh.server.hub import delta_body
 from wiremesh.wg.keys import generate_private_key, public_key_of, write_private_key
 
 KEY = base64.b64encode(bytes([7]) * 32).decode()
@@ -43,7 +45,7 @@ def test_full_replaces_what_is_held() -> None:
 
 
 def test_delta_applies_only_to_its_base() -> None:
-    msg = parse_message(open_line(SERVER.public_key, KEY, delta_message(SERVER, KEY, A, B)))
+    msg = parse_message(open_line(SERVER.public_key, KEY, SERVER.seal(KEY, delta_body(A, B))))
     assert isinstance(msg, DeltaMessage)
     assert next_netmap(A, msg) == B
     with pytest.raises(ResyncNeeded):
@@ -79,16 +81,17 @@ class _Client:
                                candidates: list) -> dict:
         return {}
 
-    async def netmap_stream(self, since: int, digest: str | None = None):
+    async def netmap_stream(self, since: int, digest: str | None = None, mac: bool = False):
+        self.mac = mac
         for line in self.lines:
             yield line
 
 
-def _agent(tmp_path) -> tuple[Agent, _Plane]:
+def _agent(tmp_path, stream_key: str | None = None) -> tuple[Agent, _Plane]:
     private = generate_private_key()
     write_private_key(statefile.private_key_path(tmp_path), private)
     cfg = AgentConfig("https://192.0.2.1:8443", 1, "a", "t", "100.64.0.1", 10, "wm0", 51820, [],
-                      server_key=SERVER.public_key)
+                      server_key=SERVER.public_key, server_stream_key=stream_key)
     statefile.save(tmp_path, AgentState(cfg, A))
     agent = Agent(tmp_path)
     assert agent.public_key == public_key_of(private)
@@ -97,13 +100,15 @@ def _agent(tmp_path) -> tuple[Agent, _Plane]:
     return agent, plane
 
 
-def _follow(agent: Agent, lines: list[bytes | str], caplog) -> list[str]:
-    """Run the agent over `lines`; the refusals it logged."""
+def _follow(agent: Agent, lines: list[bytes | str], caplog, mac: bool = False) -> list[str]:
+    """Run the agent over `lines`; the refusals it logged. `mac`: whether the agent asked
+    for lines with a MAC."""
     text = [x.decode() if isinstance(x, bytes) else x for x in lines]
     client = _Client(text)
     discovery = Discovery(client, agent.state.config, None)  # type: ignore[arg-type]
     with caplog.at_level("ERROR", logger="wiremesh.agent"):
         asyncio.run(agent._follow(client, discovery))  # type: ignore[arg-type]
+    assert client.mac == mac
     return [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
 
 
@@ -157,3 +162,49 @@ def test_a_signed_deletion_naming_this_peer_stops_the_agent(tmp_path, caplog) ->
         peer_id=1, public_key=agent.public_key)))
     with pytest.raises(PeerDeleted):
         _follow(agent, [line], caplog)
+
+
+def test_with_a_stream_key_lines_carry_a_mac_only_this_peer_and_the_server_share(
+        tmp_path, caplog) -> None:
+    """An agent that pinned the server's stream key asks for MAC'd lines and accepts only
+    those made with the key it agreed with the server (or lines signed by the pinned key);
+    a MAC for another peer, a forged stream key's, or a tampered line changes nothing."""
+    verify_stream_key(SERVER.public_key, SERVER.stream_key, SERVER.stream_key_sig)
+    agent, plane = _agent(tmp_path, SERVER.stream_key)
+    other_peer = public_key_of(generate_private_key())
+    impostor = Signer(Signer.generate())
+    full = encode_message(FullMessage(netmap=A))
+    good = SERVER.seal_mac(agent.public_key, encode_message(FullMessage(netmap=B)))
+    lines = [
+        SERVER.seal_mac(other_peer, full),  # another peer's MAC key
+        impostor.seal_mac(agent.public_key, full),  # agreed with another stream key
+        good.replace(b'"name":"b"', b'"name":"x"'),  # tampered
+        good,
+        SERVER.seal(agent.public_key, encode_message(FullMessage(netmap=A))),  # signed: fine
+    ]
+    refused = _follow(agent, lines, caplog, mac=True)
+    assert plane.applied == [B, A]
+    assert len(refused) == 3 and all("MAC does not verify" in r for r in refused)
+
+
+def test_a_mac_line_without_an_agreed_key_is_refused(tmp_path, caplog) -> None:
+    agent, plane = _agent(tmp_path)
+    refused = _follow(agent, [SERVER.seal_mac(agent.public_key,
+                                              encode_message(FullMessage(netmap=B)))], caplog)
+    assert plane.applied == [] and "agreed on no MAC key" in refused[0]
+
+
+def test_a_stream_key_is_accepted_only_under_the_pinned_keys_signature() -> None:
+    impostor = Signer(Signer.generate())
+    with pytest.raises(BadMessage, match="not signed by the server key"):
+        verify_stream_key(SERVER.public_key, impostor.stream_key, SERVER.stream_key_sig)
+    with pytest.raises(BadMessage, match="not signed by the server key"):
+        verify_stream_key(SERVER.public_key, impostor.stream_key, impostor.stream_key_sig)
+    with pytest.raises(BadMessage):
+        verify_stream_key(SERVER.public_key, SERVER.stream_key, "not base64!")
+
+
+def test_a_low_order_peer_key_agrees_on_no_mac_key() -> None:
+    zero = base64.b64encode(bytes(32)).decode()
+    with pytest.raises(BadMessage, match="no stream key"):
+        SERVER.mac_key(zero)

@@ -154,12 +154,16 @@ class ServerClient:
         """How this agent reaches each peer (direct or relayed), for `peers list`."""
         self._check(await self.http.put("/api/v1/agent/paths", json={"peers": peers}))
 
-    async def netmap_stream(self, since: int, digest: str | None = None) -> AsyncIterator[str]:
+    async def netmap_stream(self, since: int, digest: str | None = None,
+                            mac: bool = False) -> AsyncIterator[str]:
         """The stream's lines as they come; the caller validates each one. `digest` (of the
-        netmap at `since`) lets a replica that never numbered it resume with a delta."""
+        netmap at `since`) lets a replica that never numbered it resume with a delta; `mac`
+        asks for lines with a MAC instead of a signature each."""
         params: dict[str, str | int] = {"since": since}
         if digest is not None:
             params["digest"] = digest
+        if mac:
+            params["mac"] = 1
         async with self.http.stream("GET", "/api/v1/agent/netmap", params=params) as r:
             if r.status_code >= 400:
                 await r.aread()

@@ -56,9 +56,11 @@ from wiremesh.core.wire import (
     FullMessage,
     Netmap,
     StreamMessage,
+    agent_mac_key,
     fingerprint,
     open_line,
     parse_message,
+    verify_stream_key,
 )
 from wiremesh.firewall.nft import NftError
 from wiremesh.firewall.render import RenderError
@@ -105,6 +107,7 @@ async def enroll_peer(
         "listen_port": listen_port,
         "endpoints": endpoints,
     }
+    stream_key = _stream_key(identity, pinned)
     got = await enroll(server, body, trust)
     if got.get("server_key", {}).get("public_key") != pinned:
         raise ServerRefused("the enrolment answer names another server key than the server "
@@ -114,7 +117,7 @@ async def enroll_peer(
         overlay_ip=got["overlay_ip"], overlay_prefix_len=got["overlay_prefix_len"],
         interface=interface, listen_port=listen_port, endpoints=endpoints,
         ca_file=trust.ca_file, insecure=trust.insecure, server_key=pinned,
-        replicas=list(replicas or []),
+        server_stream_key=stream_key, replicas=list(replicas or []),
     )
     st = AgentState(cfg)
     statefile.save(state_dir, st)
@@ -123,6 +126,21 @@ async def enroll_peer(
     if got.get("note"):
         log.warning("enrolled under another name than asked: %s", got["note"])
     return st
+
+
+def _stream_key(identity: dict[str, Any], pinned: str) -> str | None:
+    """The server's stream key when it offers one, refused unless the pinned key signed it
+    (None from a server from before MACs: the agent then asks for signed lines)."""
+    key, sig = identity.get("stream_key"), identity.get("stream_key_sig")
+    if key is None and sig is None:
+        return None
+    try:
+        if not isinstance(key, str) or not isinstance(sig, str):
+            raise BadMessage("the server's stream key or its signature is not a string")
+        verify_stream_key(pinned, key, sig)
+    except BadMessage as e:
+        raise ServerRefused(f"{e}: refusing to enrol") from None
+    return key
 
 
 def next_netmap(held: Netmap | None, msg: StreamMessage) -> Netmap | None:
@@ -142,14 +160,15 @@ def next_netmap(held: Netmap | None, msg: StreamMessage) -> Netmap | None:
 
 
 class Agent:
-    def _verified(self, line: str) -> StreamMessage:
+    def _verified(self, line: str, mac_key: bytes | None = None) -> StreamMessage:
         """A stream line's message, only when it is signed with the pinned server key for
-        this peer, validates, and (when it names a peer) names this one."""
+        this peer (or carries its MAC under `mac_key`, agreed with the server's stream key),
+        validates, and (when it names a peer) names this one."""
         cfg = self.state.config
         if cfg.server_key is None:
             raise BadMessage("no server key pinned (state from before signed netmaps); "
                              "enrol again with `wiremesh up`")
-        msg = parse_message(open_line(cfg.server_key, self.public_key, line))
+        msg = parse_message(open_line(cfg.server_key, self.public_key, line, mac_key))
         named = (msg.netmap.peer_id if isinstance(msg, FullMessage) else
                  msg.peer_id if isinstance(msg, DeletedMessage) else cfg.peer_id)
         if named != cfg.peer_id or (isinstance(msg, DeletedMessage)
@@ -267,9 +286,12 @@ class Agent:
             metrics.SERVER_CONNECTED.set(1)
             metrics.CREDENTIALS_REFUSED.set(0)
             self.refusals = 0
-            async for line in client.netmap_stream(since, digest(held) if held else None):
+            stream_key = self.state.config.server_stream_key
+            mac_key = agent_mac_key(self.private_key, stream_key) if stream_key else None
+            async for line in client.netmap_stream(since, digest(held) if held else None,
+                                                   mac=mac_key is not None):
                 try:
-                    msg = self._verified(line)
+                    msg = self._verified(line, mac_key)
                 except BadMessage as e:
                     # Nothing of it reaches WireGuard or nftables; the held netmap stays.
                     metrics.BAD_MESSAGES.inc()

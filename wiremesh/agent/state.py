@@ -52,6 +52,10 @@ class AgentConfig:
     # The key every netmap stream line must be signed with, pinned at enrolment (None only
     # in state saved before signing existed: such an agent accepts no update until re-enrolled).
     server_key: WgKey | None = None
+    # The server's stream key (X25519), checked against `server_key` at enrolment: streams
+    # then carry MACs under the key agreed with it instead of a signature per line. None
+    # (enrolled with a server from before MACs): lines stay signed.
+    server_stream_key: WgKey | None = None
     # How the server is verified, kept so `wiremesh agent` restarts check it the same way.
     ca_file: str | None = None
     insecure: bool = False

@@ -38,23 +38,19 @@ KEEPALIVE_S = 15.0  # each open stream sends a keepalive line this often when id
 TICK_S = 1.0  # the keepalive timer wakes 1/15 of the streams each second
 
 
-def delta_message(signer: Signer, peer_key: str, old: Netmap, new: Netmap,
-                  peers_diff: Callable[[dict[str, NetmapPeer], dict[str, NetmapPeer]],
-                                       PeersDiff] = diff_peers) -> bytes:
-    """The signed stream line taking peer `peer_key` from `old` to `new`. The server built
-    it from the store, so it skips validation (`model_construct`); the agent validates every
-    message it receives."""
-    return signer.seal(peer_key, encode_message(DeltaMessage.model_construct(
-        delta=diff(old, new, peers_diff))))
+def delta_body(old: Netmap, new: Netmap,
+               peers_diff: Callable[[dict[str, NetmapPeer], dict[str, NetmapPeer]],
+                                    PeersDiff] = diff_peers) -> bytes:
+    """The message taking a peer from `old` to `new`, unsealed (each stream seals it the way
+    its agent asked). The server built it from the store, so it skips validation
+    (`model_construct`); the agent validates every message it receives."""
+    return encode_message(DeltaMessage.model_construct(delta=diff(old, new, peers_diff)))
 
 
-def _encode_deltas(
-    signer: Signer, state: MeshState, pairs: dict[int, tuple[Netmap, Netmap]],
-) -> dict[int, tuple[int, int, bytes]]:
+def _encode_deltas(pairs: dict[int, tuple[Netmap, Netmap]]) -> dict[int, tuple[int, int, bytes]]:
     # One change moves hundreds of netmaps, most of them sharing a few peer tables.
     shared = SharedPeersDiff()
-    return {pid: (old.version, new.version,
-                  delta_message(signer, state.peers[pid].public_key, old, new, shared))
+    return {pid: (old.version, new.version, delta_body(old, new, shared))
             for pid, (old, new) in pairs.items()}
 
 
@@ -82,8 +78,8 @@ class NetmapHub:
         self.revision = 0
         self.state = MeshState()
         self.compiler: PolicyCompiler | None = None
-        # Per peer, the delta from its previous version to its current one, encoded and
-        # signed once per change (not once per stream): (from version, to version, line).
+        # Per peer, the delta from its previous version to its current one, encoded once per
+        # change (not once per stream): (from version, to version, message).
         self.latest_delta: dict[int, tuple[int, int, bytes]] = {}
         self._last_cost = 0.0
         self._last_end = 0.0  # when the last refresh ended (monotonic)
@@ -133,7 +129,7 @@ class NetmapHub:
                 if old is not None:
                     pairs[pid] = (old, fresh[pid])
             t_compiled = time.monotonic()
-            encoded = await asyncio.to_thread(_encode_deltas, self.signer, state, pairs)
+            encoded = await asyncio.to_thread(_encode_deltas, pairs)
             for pid in gone:
                 self.current.pop(pid, None)
                 self.history.pop(pid, None)
@@ -251,13 +247,13 @@ class NetmapHub:
     async def peer_exists(self, peer_id: int) -> bool:
         return await self.store.peer_exists(peer_id)
 
-    def delta_line(self, peer_id: int, peer_key: str, old: Netmap, new: Netmap) -> bytes:
-        """The stream line from `old` to `new`: the one encoded at the change when it is
-        that step, else made for this stream."""
+    def delta(self, peer_id: int, old: Netmap, new: Netmap) -> bytes:
+        """The message from `old` to `new`: the one encoded at the change when it is that
+        step, else made for this stream."""
         pre = self.latest_delta.get(peer_id)
         if pre is not None and pre[:2] == (old.version, new.version):
             return pre[2]
-        return delta_message(self.signer, peer_key, old, new)
+        return delta_body(old, new)
 
     def connected(self, peer_id: int) -> bool:
         """Does this replica hold a stream (or relay session) of the peer?"""

@@ -4,6 +4,7 @@ line; the messages are defined in core/wire.py)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from time import monotonic
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -11,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from wiremesh.core.ipam import OVERLAY_NET
 from wiremesh.core.wire import (
+    BadMessage,
     DeletedMessage,
     FullMessage,
     Netmap,
@@ -61,7 +63,8 @@ async def enroll(body: EnrollRequest, request: Request) -> EnrollResponse:
 
 def _server_key(request: Request) -> ServerKeyOut:
     signer = request.app.state.hub.signer
-    return ServerKeyOut(public_key=signer.public_key, fingerprint=signer.fingerprint)
+    return ServerKeyOut(public_key=signer.public_key, fingerprint=signer.fingerprint,
+                        stream_key=signer.stream_key, stream_key_sig=signer.stream_key_sig)
 
 
 @router.get("/server-key", response_model=ServerKeyOut)
@@ -104,11 +107,14 @@ def _slices(line: bytes) -> Iterator[bytes]:
 
 
 async def _stream(hub: NetmapHub, peer_id: int, public_key: str, since: int,
-                  held: str | None, opening: Opening) -> AsyncIterator[bytes]:
-    """Every line is signed for this peer (`public_key`), so no other peer can replay it."""
+                  held: str | None, opening: Opening, mac: bool = False,
+                  ) -> AsyncIterator[bytes]:
+    """Every line is signed for this peer (`public_key`), or carries a MAC under the key
+    only this peer shares with us (`mac`), so no other peer can replay it."""
+    seal_body = partial(hub.signer.seal_mac if mac else hub.signer.seal, public_key)
 
     def seal(msg: StreamMessage) -> bytes:
-        return hub.signer.seal(public_key, encode_message(msg))
+        return seal_body(encode_message(msg))
 
     ev = hub.subscribe(peer_id)
     metrics.STREAMS.inc()
@@ -155,7 +161,7 @@ async def _stream(hub: NetmapHub, peer_id: int, public_key: str, since: int,
                 sent = cur
             elif sent.version < cur.version:
                 last_line = monotonic()
-                for part in _slices(hub.delta_line(peer_id, public_key, sent, cur)):
+                for part in _slices(seal_body(hub.delta(peer_id, sent, cur))):
                     yield part
                 metrics.PUSHES.labels("delta").inc()
                 sent = cur
@@ -184,12 +190,21 @@ async def netmap_stream(
         None, pattern="^[0-9a-f]{32}$",
         description="digest of the netmap the agent holds (core.netmap.digest): lets a "
                     "replica that does not know `since` resume with a delta"),
+    mac: bool = Query(False, description="authenticate lines with the MAC key agreed with "
+                                         "the server's stream key (see /server-key) instead "
+                                         "of a signature each"),
     peer: Peer = Depends(current_peer),
 ) -> StreamingResponse | JSONResponse:
+    hub = request.app.state.hub
+    if mac:
+        try:
+            hub.signer.mac_key(peer.public_key)
+        except BadMessage as e:
+            return problem(400, "No stream key", f"{e}; open the stream without mac=1")
     opening = request.app.state.openings.admit()
     if opening is None:
         return problem(503, "Busy", "too many netmap streams opening at once; retry later",
                        headers={"Retry-After": Openings.retry_after()})
     return StreamingResponse(
-        _stream(request.app.state.hub, peer.id, peer.public_key, since, digest, opening),
+        _stream(hub, peer.id, peer.public_key, since, digest, opening, mac),
         media_type="application/x-ndjson", headers={"Cache-Control": "no-store"})

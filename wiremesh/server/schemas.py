@@ -57,6 +57,9 @@ class ServerKeyOut(BaseModel):
 
     public_key: str
     fingerprint: str
+    stream_key: str = Field(description="X25519 key (base64) an agent agrees a MAC key with, "
+                                        "for netmap streams opened with `mac=1`")
+    stream_key_sig: str = Field(description="the signing key's signature over the stream key")
 
 
 class EnrollResponse(BaseModel):
