@@ -157,9 +157,17 @@ class Sim:
     replica: int = -1  # where its stream is open (-1: none)
     connects: int = 0
     done: bool = False
+    _digest: tuple[Netmap, str] | None = None
 
     def __post_init__(self) -> None:
         self.public = public_key_of(self.private)
+
+    def held_digest(self) -> str:
+        """The digest of the held netmap (sent when resuming), computed once per netmap."""
+        assert self.held is not None
+        if self._digest is None or self._digest[0] is not self.held:
+            self._digest = (self.held, digest(self.held))
+        return self._digest[1]
 
 
 class Load:
@@ -225,7 +233,7 @@ class Load:
     async def _stream(self, sim: Sim, at: int) -> None:
         q: dict[str, Any] = {"since": sim.held.version if sim.held else 0, "mac": 1}
         if sim.held is not None:
-            q["digest"] = digest(sim.held)
+            q["digest"] = sim.held_digest()
         status, headers, r, w = await _request(
             self.urls[at], self.ctx, "GET", f"/api/v1/agent/netmap?{urlencode(q)}",
             {"Authorization": f"Bearer {sim.token}"})
@@ -252,8 +260,13 @@ class Load:
         if first and sim.connects > 1:
             self.events.append((now, sim.idx, f"resume-{msg.type}"))
         if isinstance(msg, PingMessage):
-            if sim.held is not None and msg.version != sim.held.version:
-                self.ping_mismatch += 1
+            if sim.held is not None:
+                if msg.version != sim.held.version:
+                    self.ping_mismatch += 1
+                # An agent computes its digest on its own CPU when it reconnects; here one
+                # process plays thousands of agents, so it does while their streams idle,
+                # not all at once in the middle of a replica's reconnect storm.
+                sim.held_digest()
             return
         try:
             new = next_netmap(sim.held, msg)
@@ -513,6 +526,10 @@ class Figures:
     killed_streams: int = 0
     full_maps_after_kill: int | None = None
     resumed_with: dict[str, int] = field(default_factory=dict)
+    storm_cpu_s: dict[str, float] = field(default_factory=dict)  # survivors, load, wall
+    storm_load: float = 0.0
+    storm_errors: dict[str, int] = field(default_factory=dict)
+    storm_timeline_s: dict[str, float] = field(default_factory=dict)
     ping_mismatch: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     all_to_all_converge_s: float | None = None
@@ -595,14 +612,16 @@ def measure_idle(feed: Feed, replicas: list[Replica], fig: Figures) -> None:
     fig.server_rss_mb = max(fig.rss_per_replica)
 
 
-def kill_one(feed: Feed, replicas: list[Replica], fig: Figures) -> None:
+def kill_one(feed: Feed, replicas: list[Replica], procs: list[Any], fig: Figures) -> None:
     feed.drain(0.5)
     victim = replicas[0]
     fig.killed_streams = feed.open_streams(0)
     seen = len(feed.events)
+    errors0 = Counter(feed.error_summary())
     t_kill = time.time()
     victim.proc.send_signal(signal.SIGKILL)
     victim.proc.wait()
+    cpu0 = _cpu(replicas[1:], procs)
 
     def resumed() -> list[tuple[float, int, str]]:
         return [e for e in feed.events[seen:] if e[2].startswith("resume-")]
@@ -611,7 +630,13 @@ def kill_one(feed: Feed, replicas: list[Replica], fig: Figures) -> None:
         feed.wait(lambda: len({e[1] for e in resumed()}) >= fig.killed_streams
                   and feed.open_streams(0) == 0, 120, "the killed replica's agents to resume")
     finally:
+        fig.storm_cpu_s = {k: v - cpu0[k] for k, v in _cpu(replicas[1:], procs).items()}
+        fig.storm_load = os.getloadavg()[0]
+        fig.storm_errors = dict(Counter(feed.error_summary()) - errors0)
         got = resumed()
+        first = sorted({e[1]: e[0] for e in reversed(got)}.values())
+        fig.storm_timeline_s = {f"{q:.0%}": first[int(q * (len(first) - 1))] - t_kill
+                                for q in (0.1, 0.5, 0.9, 1.0) if first}
         if got and len({e[1] for e in got}) >= fig.killed_streams:
             fig.replica_kill_resume_s = max(e[0] for e in got) - t_kill
         fig.resumed_with = dict(Counter(e[2].removeprefix("resume-") for e in got))
@@ -654,7 +679,7 @@ def run_mesh(args: argparse.Namespace, work: Path, db_url: str, n: int, replicas
         measure_idle(feed, replicas, fig)
         if replicas_n > 1:
             console.print("killing replica 0 ...")
-            kill_one(feed, replicas, fig)
+            kill_one(feed, replicas, procs, fig)
         feed.drain(0.5)
         fig.ping_mismatch = sum(feed.ping_mismatch.values())
         fig.errors = feed.error_summary()
@@ -718,6 +743,16 @@ def table(args: argparse.Namespace, fig: Figures) -> Table:
         t.add_row("first message after resume", ", ".join(
             f"{k}: {v}" for k, v in sorted(fig.resumed_with.items())))
         t.add_row("full maps after the kill", str(fig.full_maps_after_kill))
+        t.add_row("  share of them resumed after", ", ".join(
+            f"{k} {v:.1f} s" for k, v in fig.storm_timeline_s.items()))
+        resumes = max(1, sum(fig.resumed_with.values()))
+        t.add_row("  CPU meanwhile (load average)", ", ".join(
+            f"{k} {v:.1f} s" for k, v in fig.storm_cpu_s.items())
+            + f" ({fig.storm_load:.1f})")
+        t.add_row("  survivor CPU per resume",
+                  f"{fig.storm_cpu_s.get('servers', 0.0) / resumes * 1e3:.1f} ms")
+        t.add_row("  client-side retries meanwhile", ", ".join(
+            f"{k}: {v}" for k, v in fig.storm_errors.items()) or "none")
     t.add_row("keepalives naming another version than held", str(fig.ping_mismatch))
     t.add_row("client-side retries", ", ".join(f"{k}: {v}" for k, v in fig.errors.items())
               or "none")
