@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from fastapi import HTTPException, Request
 from starlette.requests import HTTPConnection
 
+from wiremesh.server.hub import NetmapHub
 from wiremesh.store import Store
 from wiremesh.store.tables import Peer
 
@@ -125,5 +126,18 @@ async def current_peer(request: Request) -> Peer:
     return peer
 
 
+async def streaming_peer(request: Request) -> tuple[int, str]:
+    """(peer id, public key) of an agent opening its netmap stream: from the hub's last read
+    of the store when it has the token (the agents of a dead replica come back all at once,
+    thousands of lookups), else as `current_peer` (enrolled a moment ago)."""
+    token = bearer_token(request)
+    hub: NetmapHub = request.app.state.hub
+    hit = None if token is None else hub.credential(token)
+    if hit is not None:
+        return hit
+    peer = await current_peer(request)
+    return peer.id, peer.public_key
+
+
 __all__ = ["CSRF_HEADER", "CSRF_TOKEN", "SESSION_COOKIE", "Principal", "admin_actor",
-           "bearer_token", "current_peer", "principal"]
+           "bearer_token", "current_peer", "principal", "streaming_peer"]

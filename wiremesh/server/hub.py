@@ -66,6 +66,8 @@ class MeshSource(Protocol):
 
     async def peer_exists(self, peer_id: int) -> bool: ...
 
+    def credential(self, token: str) -> tuple[int, str] | None: ...
+
 
 class NetmapHub:
     def __init__(self, store: MeshSource, signer: Signer, relays: Sequence[str] = (),
@@ -239,6 +241,11 @@ class NetmapHub:
                 if digest(old) == held:
                     return replace(old, version=version)
         return None
+
+    def credential(self, token: str) -> tuple[int, str] | None:
+        """(peer id, public key) of the peer holding `token` as of the hub's last read of the
+        store, or None (not read yet: ask the store)."""
+        return self.store.credential(token)
 
     def netmap(self, peer_id: int) -> Netmap | None:
         """The peer's current netmap (None: deleted, or enrolled and not compiled yet)."""

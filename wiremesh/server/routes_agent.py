@@ -22,7 +22,7 @@ from wiremesh.core.wire import (
 )
 from wiremesh.server import metrics
 from wiremesh.server.admission import Opening, Openings
-from wiremesh.server.auth import current_peer
+from wiremesh.server.auth import current_peer, streaming_peer
 from wiremesh.server.errors import problem
 from wiremesh.server.hub import KEEPALIVE_S, TICK_S, NetmapHub
 from wiremesh.server.schemas import (
@@ -193,18 +193,23 @@ async def netmap_stream(
     mac: bool = Query(False, description="authenticate lines with the MAC key agreed with "
                                          "the server's stream key (see /server-key) instead "
                                          "of a signature each"),
-    peer: Peer = Depends(current_peer),
 ) -> StreamingResponse | JSONResponse:
     hub = request.app.state.hub
-    if mac:
-        try:
-            hub.signer.mac_key(peer.public_key)
-        except BadMessage as e:
-            return problem(400, "No stream key", f"{e}; open the stream without mac=1")
+    # Admitted before the credential is checked, so a refused opening costs no lookup.
     opening = request.app.state.openings.admit()
     if opening is None:
         return problem(503, "Busy", "too many netmap streams opening at once; retry later",
                        headers={"Retry-After": Openings.retry_after()})
+    try:
+        peer_id, public_key = await streaming_peer(request)
+        if mac:
+            hub.signer.mac_key(public_key)
+    except BadMessage as e:
+        opening.done()
+        return problem(400, "No stream key", f"{e}; open the stream without mac=1")
+    except BaseException:
+        opening.done()
+        raise
     return StreamingResponse(
-        _stream(hub, peer.id, peer.public_key, since, digest, opening, mac),
+        _stream(hub, peer_id, public_key, since, digest, opening, mac),
         media_type="application/x-ndjson", headers={"Cache-Control": "no-store"})

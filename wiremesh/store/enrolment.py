@@ -98,6 +98,7 @@ class Enrolment:
                     # key is not spent again.
                     token = new_secret("wmp")
                     before.token_hash = hash_secret(token)
+                    rotated.append(before.id)  # logged: hubs hold the tokens they read
                     audit.record(s, f"peer:{before.name}", "peer.enroll_again",
                                  id=before.id, setup_key_id=before.setup_key_id)
                     out.append(Enrolled(before, token))

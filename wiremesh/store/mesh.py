@@ -13,7 +13,7 @@ from wiremesh.core.models import MeshState, PeerInfo
 from wiremesh.core.policy import ALL_GROUP
 from wiremesh.store import policies, routes
 from wiremesh.store.changes import GROUP, PEER, POLICIES, ROUTES, Changes
-from wiremesh.store.common import counter, now
+from wiremesh.store.common import counter, hash_secret, now
 from wiremesh.store.database import Database
 from wiremesh.store.roles import GATEWAY_ROLE
 from wiremesh.store.tables import (
@@ -47,6 +47,7 @@ def _endpoints_with_port(endpoints: list[str], port: int) -> list[str]:
 MAX_CHANGED = 500
 _PEER_COLUMNS = (Peer.id, Peer.name, Peer.public_key, Peer.overlay_ip, Peer.endpoints,
                  Peer.listen_port, Peer.agent_version, Peer.os_family, SetupKey.role)
+_TOKEN_HASH = len(_PEER_COLUMNS)  # read after them by _live_peers
 
 
 def _peer_info(row: Any) -> PeerInfo:
@@ -68,8 +69,8 @@ def not_gateway() -> ColumnElement[bool]:
     return or_(SetupKey.role.is_(None), SetupKey.role != GATEWAY_ROLE)
 
 
-def _live_peers() -> Any:  # a Select of _PEER_COLUMNS
-    return (select(*_PEER_COLUMNS).outerjoin(User, User.id == Peer.user_id)
+def _live_peers() -> Any:  # a Select of _PEER_COLUMNS and the token hash
+    return (select(*_PEER_COLUMNS, Peer.token_hash).outerjoin(User, User.id == Peer.user_id)
             .outerjoin(SetupKey, SetupKey.id == Peer.setup_key_id).where(_live()))
 
 
@@ -96,6 +97,29 @@ class MeshReader:
         self.db = db
         self._changes = Changes(db)
         self._peer_infos: dict[int, tuple[tuple[Any, ...], PeerInfo]] = {}
+        # The live peers' credentials as last read with them: token hash -> (peer id, public
+        # key), and each peer's hash. A token changes only in a logged change (enrolment
+        # bumps the peer), so these are as fresh as the netmaps the hub serves.
+        self._credentials: dict[str, tuple[int, str]] = {}
+        self._hash_of: dict[int, str] = {}
+
+    def credential(self, token: str) -> tuple[int, str] | None:
+        """(peer id, public key) of the live peer holding `token`, as of the last read (no
+        store round trip); None when that read did not have it."""
+        return self._credentials.get(hash_secret(token))
+
+    def _hold_credential(self, row: Any) -> None:
+        h = row[_TOKEN_HASH]
+        old = self._hash_of.get(row[0])
+        if old is not None and old != h:
+            self._credentials.pop(old, None)
+        self._hash_of[row[0]] = h
+        self._credentials[h] = (row[0], row[2])
+
+    def _drop_credential(self, peer_id: int) -> None:
+        old = self._hash_of.pop(peer_id, None)
+        if old is not None:
+            self._credentials.pop(old, None)
 
     async def revision(self) -> int:
         return await self._changes.revision()
@@ -113,13 +137,16 @@ class MeshReader:
             rows = await s.execute(_live_peers())
             cache, peers = self._peer_infos, {}
             for row in rows:
-                key = (*row[:4], tuple(row[4]), *row[5:])
+                key = (*row[:4], tuple(row[4]), *row[5:_TOKEN_HASH])
                 hit = cache.get(row[0])
                 if hit is None or hit[0] != key:
                     hit = cache[row[0]] = (key, _peer_info(row))
                 peers[row[0]] = hit[1]
+                self._hold_credential(row)
             for gone in cache.keys() - peers.keys():
                 del cache[gone]
+            for gone in self._hash_of.keys() - peers.keys():
+                self._drop_credential(gone)
             groups: dict[str, set[int]] = {
                 g: set() for g in await s.scalars(select(Group.name))
             }
@@ -171,8 +198,10 @@ class MeshReader:
                     info, old = _peer_info(row), peers.get(row[0])
                     peers[row[0]] = old if old == info else info
                     alive.add(row[0])
+                    self._hold_credential(row)
                 for gone in peer_ids - alive:
                     peers.pop(gone, None)
+                    self._drop_credential(gone)
                 member_of: dict[str, set[int]] = {}
                 for pid, g in await s.execute(
                         select(GroupMember.peer_id, Group.name)
