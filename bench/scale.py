@@ -157,6 +157,10 @@ class Sim:
     replica: int = -1  # where its stream is open (-1: none)
     connects: int = 0
     done: bool = False
+    # When its stream last broke, and when it then asked again and was answered.
+    broke: float = 0.0
+    asked: float = 0.0
+    answered: float = 0.0
     _digest: tuple[Netmap, str] | None = None
 
     def __post_init__(self) -> None:
@@ -179,9 +183,11 @@ class Load:
         self.expect_peers = expect_peers
         self.events: list[tuple[float, int, str]] = []  # (time, agent, full|delta|deleted|..)
         self.enrolled: list[tuple[float, float]] = []  # (asked, answered)
+        self.resumes: list[tuple[float, float, float, float]] = []  # Sim times, first line
         self.ping_mismatch = 0
         self.errors: Counter[str] = Counter()
         self.sims: list[Sim] = []
+        self.digests_ready = False
 
     async def enrol(self, sim: Sim) -> None:
         backoff = 0.5
@@ -223,6 +229,8 @@ class Load:
                 continue
             except (OSError, ValueError, asyncio.IncompleteReadError, BadMessage) as e:
                 self.errors[f"stream: {type(e).__name__}"] += 1
+            if sim.replica >= 0:
+                sim.broke = time.time()
             sim.replica = -1
             if sim.done:
                 return
@@ -234,9 +242,11 @@ class Load:
         q: dict[str, Any] = {"since": sim.held.version if sim.held else 0, "mac": 1}
         if sim.held is not None:
             q["digest"] = sim.held_digest()
+        sim.asked = time.time()
         status, headers, r, w = await _request(
             self.urls[at], self.ctx, "GET", f"/api/v1/agent/netmap?{urlencode(q)}",
             {"Authorization": f"Bearer {sim.token}"})
+        sim.answered = time.time()
         try:
             if status != 200:
                 raise HttpError(status, headers, await _body(r, headers))
@@ -259,14 +269,10 @@ class Load:
         now = time.time()
         if first and sim.connects > 1:
             self.events.append((now, sim.idx, f"resume-{msg.type}"))
+            self.resumes.append((sim.broke, sim.asked, sim.answered, now))
         if isinstance(msg, PingMessage):
-            if sim.held is not None:
-                if msg.version != sim.held.version:
-                    self.ping_mismatch += 1
-                # An agent computes its digest on its own CPU when it reconnects; here one
-                # process plays thousands of agents, so it does while their streams idle,
-                # not all at once in the middle of a replica's reconnect storm.
-                sim.held_digest()
+            if sim.held is not None and msg.version != sim.held.version:
+                self.ping_mismatch += 1
             return
         try:
             new = next_netmap(sim.held, msg)
@@ -297,21 +303,37 @@ def load_main(conf: dict[str, Any], out: Any) -> None:
     load.sims = [Sim(i, key, home) for i, key, home in conf["agents"]]
 
     async def report() -> None:
-        sent_events = sent_enrolled = 0
+        sent_events = sent_enrolled = sent_resumes = 0
         while True:
             await asyncio.sleep(0.2)
             by_replica = Counter(s.replica for s in load.sims if s.replica >= 0)
             out.put({"events": load.events[sent_events:],
                      "enrolled": load.enrolled[sent_enrolled:],
+                     "resumes": load.resumes[sent_resumes:],
                      "streams": dict(by_replica), "ping_mismatch": load.ping_mismatch,
+                     "digests_ready": load.digests_ready,
                      "errors": dict(load.errors)})
             sent_events, sent_enrolled = len(load.events), len(load.enrolled)
+            sent_resumes = len(load.resumes)
+
+    async def digests() -> None:
+        # An agent computes its netmap's digest on its own CPU when it reconnects; here one
+        # process plays thousands of agents, so they compute theirs once the mesh is
+        # settled (the controller says so), not all at once in a replica's reconnect storm.
+        while not conf["settled"].is_set():
+            await asyncio.sleep(0.5)
+        for s in load.sims:
+            if s.held is not None:
+                s.held_digest()
+        load.digests_ready = True
 
     async def main() -> None:
         gate = asyncio.Semaphore(conf["concurrency"])
         reporter = asyncio.create_task(report())
+        ready = asyncio.create_task(digests())
         await asyncio.gather(*(load.agent(s, gate) for s in load.sims))
         reporter.cancel()
+        ready.cancel()
 
     asyncio.run(main())
 
@@ -399,10 +421,13 @@ async def _reset_postgres(url: str) -> None:
 class Feed:
     """What the load processes report, merged."""
 
-    def __init__(self, q: Any, workers: int) -> None:
+    def __init__(self, q: Any, workers: int, settled: Any) -> None:
         self.q = q
+        self.settled = settled  # set when no more changes come: agents may cache digests
+        self.digests_ready: dict[int, bool] = {}
         self.events: list[tuple[float, int, str]] = []
         self.enrolled: list[tuple[float, float]] = []
+        self.resumes: list[tuple[float, float, float, float]] = []
         self.streams: dict[int, dict[int, int]] = {}
         self.ping_mismatch: dict[int, int] = {}
         self.errors: dict[int, dict[str, int]] = {}
@@ -417,8 +442,10 @@ class Feed:
                 return
             self.events += msg["events"]
             self.enrolled += msg["enrolled"]
+            self.resumes += msg["resumes"]
             self.streams[w] = {int(k): v for k, v in msg["streams"].items()}
             self.ping_mismatch[w] = msg["ping_mismatch"]
+            self.digests_ready[w] = msg["digests_ready"]
             self.errors[w] = msg["errors"]
 
     def open_streams(self, replica: int | None = None) -> int:
@@ -451,15 +478,16 @@ def _queue_worker(w: int, conf: dict[str, Any], q: Any) -> None:
 def start_load(urls: list[str], ca_file: Path, agents: list[tuple[int, str, int]],
                workers: int, concurrency: int, expect_peers: int) -> tuple[list[Any], Feed]:
     ctx = mp.get_context("fork")
-    q = ctx.Queue()
+    q, settled = ctx.Queue(), ctx.Event()
     procs = []
     for w in range(workers):
         conf = {"urls": urls, "ca_file": str(ca_file), "agents": agents[w::workers],
+                "settled": settled,
                 "concurrency": max(1, concurrency // workers), "expect_peers": expect_peers}
         p = ctx.Process(target=_queue_worker, args=(w, conf, q), daemon=True)
         p.start()
         procs.append(p)
-    return procs, Feed(q, workers)
+    return procs, Feed(q, workers, settled)
 
 
 def stop_load(procs: list[Any]) -> None:
@@ -530,6 +558,7 @@ class Figures:
     storm_load: float = 0.0
     storm_errors: dict[str, int] = field(default_factory=dict)
     storm_timeline_s: dict[str, float] = field(default_factory=dict)
+    storm_phases_s: dict[str, float] = field(default_factory=dict)  # medians
     ping_mismatch: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     all_to_all_converge_s: float | None = None
@@ -613,10 +642,11 @@ def measure_idle(feed: Feed, replicas: list[Replica], fig: Figures) -> None:
 
 
 def kill_one(feed: Feed, replicas: list[Replica], procs: list[Any], fig: Figures) -> None:
-    feed.drain(0.5)
+    feed.wait(lambda: sum(feed.digests_ready.values()) == feed.workers, 300,
+              "the agents' netmap digests")
     victim = replicas[0]
     fig.killed_streams = feed.open_streams(0)
-    seen = len(feed.events)
+    seen, seen_resumes = len(feed.events), len(feed.resumes)
     errors0 = Counter(feed.error_summary())
     t_kill = time.time()
     victim.proc.send_signal(signal.SIGKILL)
@@ -633,6 +663,14 @@ def kill_one(feed: Feed, replicas: list[Replica], procs: list[Any], fig: Figures
         fig.storm_cpu_s = {k: v - cpu0[k] for k, v in _cpu(replicas[1:], procs).items()}
         fig.storm_load = os.getloadavg()[0]
         fig.storm_errors = dict(Counter(feed.error_summary()) - errors0)
+        phases = feed.resumes[seen_resumes:]
+        if phases:
+            fig.storm_phases_s = {
+                what: statistics.median(f(*ph) for ph in phases) for what, f in (
+                    ("kill -> stream broke", lambda b, a, h, f: b - t_kill),
+                    ("broke -> asked again", lambda b, a, h, f: a - b),
+                    ("asked -> answered", lambda b, a, h, f: h - a),
+                    ("answered -> first line", lambda b, a, h, f: f - h))}
         got = resumed()
         first = sorted({e[1]: e[0] for e in reversed(got)}.values())
         fig.storm_timeline_s = {f"{q:.0%}": first[int(q * (len(first) - 1))] - t_kill
@@ -676,6 +714,7 @@ def run_mesh(args: argparse.Namespace, work: Path, db_url: str, n: int, replicas
         console.print(f"enrolled at {fig.enroll_per_s:.0f}/s; {args.changes} changes ...")
         run_changes(admin, feed, org, n, args.changes, fig)
         console.print("idle window ...")
+        feed.settled.set()
         measure_idle(feed, replicas, fig)
         if replicas_n > 1:
             console.print("killing replica 0 ...")
@@ -745,6 +784,8 @@ def table(args: argparse.Namespace, fig: Figures) -> Table:
         t.add_row("full maps after the kill", str(fig.full_maps_after_kill))
         t.add_row("  share of them resumed after", ", ".join(
             f"{k} {v:.1f} s" for k, v in fig.storm_timeline_s.items()))
+        t.add_row("  one resume (medians)", ", ".join(
+            f"{k} {v:.2f} s" for k, v in fig.storm_phases_s.items()))
         resumes = max(1, sum(fig.resumed_with.values()))
         t.add_row("  CPU meanwhile (load average)", ", ".join(
             f"{k} {v:.1f} s" for k, v in fig.storm_cpu_s.items())
