@@ -3,6 +3,7 @@ and plans report what they should."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import textwrap
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_policy_compiler import states
 
 from tests.conftest import billion_laughs
@@ -208,6 +210,34 @@ def test_hostile_files_are_refused_naming_the_limit(text: str, expected: str) ->
     with pytest.raises(PolicyFileError) as e:
         parse(text, lab_state(), source="p.yaml")
     assert expected in str(e.value)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # YAML resolves these scalars to an int or a date their value does not fit: ValueError.
+    (GOOD_HEAD + "  - {name: a, sources: [devs], destinations: [web], proto: tcp,\n"
+                 "     ports: [" + "9" * 5000 + "]}\n",
+     "line 6: bad YAML: cannot read '9999"),
+    (GOOD_HEAD + "  - {name: 2001-13-45, sources: [devs], destinations: [web]}\n",
+     "line 5: bad YAML: cannot read '2001-13-45': month must be in 1..12"),
+    ('{"policies":\t[' + "9" * 5000 + "]}", "bad JSON: Exceeds the limit"),
+    # Group names are names like any other: '' or 'a b' could be stored but never addressed.
+    ("groups:\n  '': [alice]\n", "line 2: groups.: bad name ''"),
+    ("groups:\n  a b: [alice]\n", "line 2: groups.a b: bad name 'a b'"),
+    ("groups:\n  devs: [alice, 7]\n", "line 2: groups.devs[1]: Input should be a valid string"),
+    ("groups: {}\n\udcff", "character 12 is not Unicode text"),
+])
+def test_values_python_cannot_hold_are_issues_not_exceptions(text: str, expected: str) -> None:
+    with pytest.raises(PolicyFileError) as e:
+        parse(text, lab_state(), source="p.yaml")
+    assert expected in str(e.value), e.value.lines()
+
+
+@settings(max_examples=300)
+@given(st.text(st.sampled_from(list("{}[]:,-&*!|>'\"#%@ \n\tab01.~?")), max_size=120)
+       | st.text(max_size=120))
+def test_any_text_parses_or_is_a_policy_file_error(text: str) -> None:
+    with contextlib.suppress(PolicyFileError):
+        parse(text, lab_state())
 
 
 def test_anchors_and_aliases_within_the_limits_still_work() -> None:

@@ -167,7 +167,7 @@ class _TestIn(_Model):
 
 
 class _FileIn(_Model):
-    groups: dict[str, list[str]] = {}
+    groups: dict[Name, list[Name]] = {}
     routes: list[_RouteIn] | None = None
     policies: list[_PolicyIn] = []
     tests: list[_TestIn] = []
@@ -232,6 +232,20 @@ MAX_NODES = 100_000
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # A scalar YAML resolves to a type its value does not fit (an integer of 5,000
+        # digits, a date in month 13) raises ValueError: a bad value at this node's line.
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as e:
+            value = str(node.value)
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shown!r}: {str(e).partition(';')[0]}",
+                node.start_mark) from None
+
+
 def _check_limits(text: str) -> None:
     """Raise PolicyFileError when the document, aliases expanded, is deeper than MAX_DEPTH or
     has more than MAX_NODES values. Each anchor's expanded size and height are remembered, so
@@ -272,11 +286,16 @@ def _check_limits(text: str) -> None:
 
 def _load(text: str) -> tuple[Any, dict[Path, int], list[Issue]]:
     """Data, the line of every path, and duplicate-key issues."""
-    size = len(text.encode())
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError as e:  # a lone surrogate: no UTF-8 file holds one
+        raise PolicyFileError("policy", [Issue(None, "", f"character {e.start + 1} is not "
+                                                         "Unicode text (a lone surrogate)")]
+                              ) from None
     if size > MAX_BYTES:
         raise PolicyFileError("policy", [Issue(None, "", f"the file is {size} bytes; "
                                                          f"the limit is {MAX_BYTES} (1 MiB)")])
-    loader = _SafeLoader(text)
+    loader = _Loader(text)
     try:
         _check_limits(text)
         node = loader.get_single_node()
@@ -288,6 +307,9 @@ def _load(text: str) -> tuple[Any, dict[Path, int], list[Issue]]:
             except json.JSONDecodeError as je:
                 raise PolicyFileError("policy", [Issue(je.lineno, "", f"bad JSON: {je.msg}")]
                                       ) from None
+            except ValueError as ve:  # a number too long to convert
+                raise PolicyFileError("policy", [Issue(None, "", f"bad JSON: {ve}".partition(
+                    ";")[0])]) from None
             except RecursionError:
                 raise PolicyFileError("policy", [Issue(None, "", "refused: nested too deeply")]
                                       ) from None

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from wiremesh.core.wire import FEED_SIGNATURE_HEADER
 from wiremesh.server.auth import current_peer
 from wiremesh.store import Store
+from wiremesh.store.common import MAX_ID, MAX_REVISION
 from wiremesh.store.tables import Peer
 
 router = APIRouter(prefix="/api/v1/gateway")
@@ -64,7 +65,7 @@ async def current_gateway(request: Request, peer: Peer = Depends(current_peer)) 
 
 
 @router.get("/known", response_model=KnownPageOut)
-async def known(request: Request, after: int = Query(0, ge=0),
+async def known(request: Request, after: int = Query(0, ge=0, le=MAX_ID),
                 limit: int = Query(50_000, ge=1, le=MAX_PAGE),
                 gw: Peer = Depends(current_gateway)) -> Response:
     """One page of the peers this gateway must know, by ascending peer id after `after`."""
@@ -75,7 +76,7 @@ async def known(request: Request, after: int = Query(0, ge=0),
 
 
 @router.get("/changes", response_model=KnownChangesOut)
-async def changes(request: Request, since: int = Query(..., ge=0),
+async def changes(request: Request, since: int = Query(..., ge=0, le=MAX_REVISION),
                   wait: float = Query(20.0, ge=0, le=60, description="seconds to wait for one"),
                   held: list[str] | None = Query(
                       None, description="the groups the last answer named (repeat the "

@@ -19,6 +19,8 @@ PeerRef = Annotated[str, Field(pattern=NAME_RE, description="peer name or id")]
 PeerRefPath = Annotated[str, Path(pattern=NAME_RE, description="peer name or id")]
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 MAX_EXPIRY_S = 10 * 365 * 86400
+# The last second a datetime holds (9999-12-31T23:59:59Z): reports are shown as datetimes.
+MAX_TIMESTAMP = 253402300799
 
 
 def in_range(lo: int, hi: int, unit: str) -> AfterValidator:
@@ -41,7 +43,8 @@ ExpirySeconds = Annotated[int, in_range(1, MAX_EXPIRY_S, "seconds (10 years)"),
 
 class Strict(BaseModel):
     # strict: JSON `false` is not the integer 0, nor "1" the integer 1, as the schema says.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # No NaN or Infinity either: JSON has neither, though Python's decoder takes them.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class EnrollRequest(Strict):
@@ -143,7 +146,8 @@ class PathReport(Strict):
     peer: WgKey
     path: Literal["direct", "relayed", "probing"]
     endpoint: Endpoint | None = Field(None, description="the WireGuard endpoint in use")
-    last_handshake: float | None = Field(None, ge=0, description="unix seconds; none = never")
+    last_handshake: float | None = Field(None, ge=0, le=MAX_TIMESTAMP,
+                                         description="unix seconds; none = never")
 
 
 class PathsReport(Strict):

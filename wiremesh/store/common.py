@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from wiremesh.store.tables import Meta
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integer columns
+MAX_REVISION = 2**63 - 1  # revisions are 64-bit integer columns
 MAX_NAME = 63  # the longest Name (core/wire.py)
 
 

@@ -25,9 +25,9 @@ class Groups:
                 grp = Group(name=name)
                 s.add(grp)
                 await s.flush()
-                for m in members:
-                    peer = await lookup.peer(s, m, field="members")
-                    s.add(GroupMember(group_id=grp.id, peer_id=peer.id))
+                # One row per peer, however often (by name or by id) the list names it.
+                ids = {(await lookup.peer(s, m, field="members")).id for m in members}
+                s.add_all(GroupMember(group_id=grp.id, peer_id=pid) for pid in sorted(ids))
                 await bump(s, groups=[name])
                 audit.record(s, actor, "group.create", name=name, members=members)
                 return grp

@@ -1,0 +1,83 @@
+"""What probing the API as a hostile peer or a careless admin found, each pinned by a test:
+every refusal is a problem body naming the field, and nothing refused reaches the store."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.test_api import enroll, make_key, pub
+from tests.api.test_bad_refs import assert_problem
+from tests.api.test_gateway_feed import _gateway
+from tests.conftest import ApiEnv
+
+
+async def _peer(api: ApiEnv, hostname: str = "a") -> dict[str, str]:
+    k = await make_key(api)
+    r = await enroll(api, k["key"], hostname)
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+@pytest.mark.parametrize("handshake", ["Infinity", "-Infinity", "NaN", "1e300",
+                                       "253402300800"])
+async def test_a_peer_cannot_report_a_handshake_no_datetime_holds(api: ApiEnv,
+                                                                  handshake: str) -> None:
+    # Python's JSON decoder takes Infinity and NaN; reported, they made GET /peers a 500
+    # for every admin until the server restarted.
+    peer = await _peer(api)
+    body = f'{{"peers": [{{"peer": "{pub()}", "path": "direct", "last_handshake": {handshake}}}]}}'
+    r = await api.client.put("/api/v1/agent/paths", content=body,
+                             headers={**peer, "content-type": "application/json"})
+    assert assert_problem(r, 422)["errors"][0]["field"] == "peers.0.last_handshake"
+    r = await api.client.get("/api/v1/peers", headers=api.admin)
+    assert r.status_code == 200 and r.json()[0]["paths"] == []
+
+
+async def test_the_latest_handshake_a_datetime_holds_is_shown(api: ApiEnv) -> None:
+    peer = await _peer(api)
+    r = await api.client.put("/api/v1/agent/paths", headers=peer, json={"peers": [
+        {"peer": pub(), "path": "direct", "last_handshake": 253402300799}]})
+    assert r.status_code == 204, r.text
+    r = await api.client.get("/api/v1/peers", headers=api.admin)
+    assert r.json()[0]["paths"][0]["last_handshake"].startswith("9999-12-31T23:59:59")
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("known?after=2147483648", "after"), ("known?after=99999999999999999999", "after"),
+    ("changes?since=9223372036854775808&wait=0", "since"),
+])
+async def test_gateway_feed_numbers_past_the_columns_are_refused(api: ApiEnv, query: str,
+                                                                 field: str) -> None:
+    gw = await _gateway(api)
+    r = await api.client.get(f"/api/v1/gateway/{query}", headers=gw)
+    assert assert_problem(r, 422)["errors"][0]["field"] == field
+    r = await api.client.get("/api/v1/gateway/known?after=2147483647", headers=gw)
+    assert r.status_code == 200 and r.json()["peers"] == []
+
+
+async def test_a_group_created_naming_a_peer_twice_holds_it_once(api: ApiEnv) -> None:
+    # It used to answer 409 "group 'g' already exists" (the duplicate membership row).
+    k = await make_key(api)
+    a = (await enroll(api, k["key"], "a")).json()
+    r = await api.client.post("/api/v1/groups", headers=api.admin,
+                              json={"name": "g", "members": ["a", "a", str(a["peer_id"])]})
+    assert r.status_code == 201, r.text
+    assert r.json()["members"] == ["a"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("groups:\n  '': []\n", "groups.: bad name ''"),
+    ("groups:\n  a b: []\n", "groups.a b: bad name 'a b'"),
+    ("policies:\n- {name: a, sources: [all], destinations: [all], proto: tcp, ports: ["
+     + "9" * 5000 + "]}\n", "line 2: bad YAML: cannot read"),
+    ("policies:\n- {name: 2001-13-45, sources: [all], destinations: [all]}\n",
+     "month must be in 1..12"),
+])
+async def test_policy_files_the_store_cannot_hold_are_refused(api: ApiEnv, text: str,
+                                                              expected: str) -> None:
+    before = (await api.client.get("/api/v1/policy/export", headers=api.admin)).text
+    for op in ("diff", "apply"):
+        r = await api.client.post(f"/api/v1/policy/{op}", json={"text": text},
+                                  headers=api.admin)
+        assert expected in assert_problem(r, 422)["detail"]
+    assert (await api.client.get("/api/v1/policy/export", headers=api.admin)).text == before
