@@ -48,6 +48,17 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def read_text(path: Path, what: str) -> str:
+    """The text of the file `path` (given as `what`, e.g. an option), or exit 2 saying why
+    not: missing, unreadable, a directory, or not UTF-8 text."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        fail(f"{what}: cannot read {path}: {e.strerror or e}")
+    except UnicodeDecodeError as e:
+        fail(f"{what}: {path} is not UTF-8 text (byte {e.start + 1} is {e.object[e.start]:#04x})")
+
+
 def split_listen(listen: str, option: str) -> tuple[str, int]:
     """`HOST:PORT` (IPv6 hosts in brackets) from an option value, or exit 2 naming it."""
     host, sep, port = listen.rpartition(":")

@@ -29,6 +29,7 @@ from wiremesh.cli.common import (
     err_console,
     fail,
     print_json,
+    read_text,
     setup_logging,
     split_listen,
 )
@@ -131,11 +132,9 @@ def import_peers(
 
 
 def _read_private_key(path: Path) -> str:
+    key = read_text(path, "--private-key-file").strip()
     try:
-        key = path.read_text().strip()
         decode_key(key)
-    except OSError as e:
-        fail(f"--private-key-file: cannot read {path}: {e.strerror}")
     except BadKey as e:
         fail(f"--private-key-file: {e}")
     return key

@@ -17,6 +17,7 @@ from wiremesh.cli.common import (
     fail,
     print_json,
     print_table,
+    read_text,
 )
 
 app = typer.Typer(help="Policy as code: apply, diff, export, matrix, explain.",
@@ -28,10 +29,7 @@ FileArg = typer.Argument(..., help="Policy file (YAML or JSON)")
 
 
 def _read(path: Path) -> dict[str, str]:
-    try:
-        return {"text": path.read_text(), "source": path.name}
-    except OSError as e:
-        fail(f"cannot read {path}: {e.strerror}")
+    return {"text": read_text(path, "FILE"), "source": path.name}
 
 
 def _print_plan(out: dict) -> None:

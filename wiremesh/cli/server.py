@@ -13,7 +13,7 @@ import typer
 from pydantic import ValidationError
 
 from wiremesh.agent.connection import reason
-from wiremesh.cli.common import console, fail, setup_logging, split_listen
+from wiremesh.cli.common import console, fail, read_text, setup_logging, split_listen
 from wiremesh.core.wire import (
     DEFAULT_MESH_DOMAIN,
     DEFAULT_MTU,
@@ -137,10 +137,7 @@ def server(
             fail("--oidc-issuer needs --oidc-client-id and --oidc-client-secret-file")
         if not oidc_issuer.startswith("https://"):
             fail(f"--oidc-issuer {oidc_issuer!r}: expected an https:// URL")
-        try:
-            client_secret = oidc_client_secret_file.read_text().strip()
-        except OSError as e:
-            fail(f"--oidc-client-secret-file {oidc_client_secret_file}: {reason(e)}")
+        client_secret = read_text(oidc_client_secret_file, "--oidc-client-secret-file").strip()
         if not client_secret:
             fail(f"--oidc-client-secret-file {oidc_client_secret_file}: the file is empty")
         oidc = OidcConfig(
@@ -217,15 +214,13 @@ def write_secret(path: Path, text: str) -> None:
 
 def relay_secret(path: Path, create: bool = True) -> str:
     """The relay credential in `path`; a new random one is written there if it is missing."""
-    try:
-        secret = path.read_text().strip()
-    except FileNotFoundError:
-        if not create:
-            fail(f"--secret-file {path}: no such file (the server's --relay-secret-file)")
+    if path.exists():
+        secret = read_text(path, "relay secret file").strip()
+    elif create:
         secret = secrets.token_urlsafe(32)
         write_secret(path, secret)
-    except OSError as e:
-        fail(f"relay secret file {path}: {e.strerror}")
+    else:
+        fail(f"--secret-file {path}: no such file (the server's --relay-secret-file)")
     if len(secret) < 16:
         fail(f"relay secret file {path}: holds fewer than 16 characters")
     return secret
