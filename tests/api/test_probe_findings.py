@@ -3,12 +3,14 @@ every refusal is a problem body naming the field, and nothing refused reaches th
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.api.test_api import enroll, make_key, pub
 from tests.api.test_bad_refs import assert_problem
 from tests.api.test_gateway_feed import _gateway
 from tests.conftest import ApiEnv
+from wiremesh.core.wire import FullMessage, encode_message, parse_message
 
 
 async def _peer(api: ApiEnv, hostname: str = "a") -> dict[str, str]:
@@ -81,3 +83,37 @@ async def test_policy_files_the_store_cannot_hold_are_refused(api: ApiEnv, text:
                                   headers=api.admin)
         assert expected in assert_problem(r, 422)["detail"]
     assert (await api.client.get("/api/v1/policy/export", headers=api.admin)).text == before
+
+
+@pytest.mark.parametrize("client_host", ["fe80::1%eth0", "garbage", "a" * 300])
+async def test_a_client_address_no_endpoint_can_be_is_not_sent_to_peers(
+        api: ApiEnv, client_host: str) -> None:
+    # A link-local client, or what a proxy's X-Forwarded-For says, used to be stored as the
+    # peer's endpoint: every other agent then refused its whole netmap (wire contract).
+    k = await make_key(api, reusable=True)
+    a = (await enroll(api, k["key"], "a")).json()
+    transport = httpx.ASGITransport(app=api.app, client=(client_host, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://wm") as odd:
+        r = await odd.post("/api/v1/enroll", json={
+            "setup_key": k["key"], "public_key": pub(), "hostname": "b",
+            "endpoints": ["192.0.2.7:51820"]})
+        assert r.status_code == 201, r.text
+        peer = {"Authorization": f"Bearer {r.json()['token']}"}
+        r = await odd.put("/api/v1/agent/endpoints", headers=peer, json={"listen_port": 1})
+        assert r.status_code == 200 and r.json()["observed"] is None
+    r = await api.client.get("/api/v1/peers/b", headers=api.admin)
+    assert r.json()["endpoints"] == []  # the report replaced the enrolment's endpoints
+    await api.hub.refresh()
+    line = encode_message(FullMessage.model_construct(netmap=api.hub.netmap(a["peer_id"])))
+    assert parse_message(line).netmap.peers  # b is in it, and valid
+
+
+async def test_an_ipv6_endpoint_and_the_same_observed_address_are_one(api: ApiEnv) -> None:
+    k = await make_key(api)
+    transport = httpx.ASGITransport(app=api.app, client=("fd00::7", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://wm") as c:
+        r = await c.post("/api/v1/enroll", json={
+            "setup_key": k["key"], "public_key": pub(), "hostname": "b",
+            "endpoints": ["[fd00::7]:51820"]})
+    r = await api.client.get(f"/api/v1/peers/{r.json()['peer_id']}", headers=api.admin)
+    assert r.json()["endpoints"] == ["[fd00::7]:51820"]

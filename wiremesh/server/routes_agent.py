@@ -18,7 +18,9 @@ from wiremesh.core.wire import (
     Netmap,
     PingMessage,
     StreamMessage,
+    check_endpoint,
     encode_message,
+    endpoint_host_port,
 )
 from wiremesh.server import metrics
 from wiremesh.server.admission import Opening, Openings
@@ -39,11 +41,23 @@ from wiremesh.store.tables import Peer
 router = APIRouter(prefix="/api/v1")
 
 
+def _client_address(request: Request) -> str | None:
+    """The address the request came from, when it is one peers can be sent to. It is not
+    always: behind a proxy it is what X-Forwarded-For says, and a link-local client is
+    `fe80::1%eth0`. Kept, an endpoint the wire contract refuses would make every netmap
+    that lists this peer invalid, and agents would drop them all."""
+    host = request.client.host if request.client else None
+    try:
+        return None if host is None else check_endpoint(host)
+    except ValueError:
+        return None
+
+
 def _observed(request: Request, endpoints: list[str]) -> list[str]:
     """Reported endpoints plus the address the request came from (first-hop reflexive)."""
     out = list(endpoints)
-    host = request.client.host if request.client else None
-    if host and host not in {e.split(":")[0].strip("[]") for e in out}:
+    host = _client_address(request)
+    if host and host not in {endpoint_host_port(e)[0] for e in out}:
         out.append(host)
     return out
 
@@ -84,7 +98,7 @@ async def report_endpoints(body: EndpointReport, request: Request,
         body.os_family)
     if changed:
         request.app.state.hub.poke()
-    return EndpointAnswer(observed=request.client.host if request.client else None,
+    return EndpointAnswer(observed=_client_address(request),
                           stun_port=request.app.state.stun_port)
 
 
