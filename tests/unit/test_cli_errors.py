@@ -48,3 +48,15 @@ def test_relay_secret_file_not_utf8(binary: Path) -> None:
     line = one_line_error(["relay", "--secret-file", str(binary), "--server",
                            "http://127.0.0.1:9"])
     assert "relay secret file" in line and "not UTF-8 text" in line
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "https://mesh.example:99999"])
+def test_malformed_server_urls(url: str) -> None:
+    line = one_line_error(["peers", "list", "--server", url, "--token", "wma_x"])
+    assert line.startswith(f"error: server URL {url!r}: ")
+
+
+def test_user_input_is_printed_as_given_not_as_emoji(tmp_path: Path) -> None:
+    # Rich turned ':abc:' into an emoji: the wrong fingerprint was shown as 'SHA256🔤'.
+    line = one_line_error(["peers", "list", "--server", "https://a:x:abc:", "--token", "t"])
+    assert ":abc:" in line

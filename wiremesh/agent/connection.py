@@ -42,8 +42,13 @@ class Trust:
 
     def check(self, url: str) -> None:
         """Raise TrustError when `url` cannot be used under this trust choice."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            port = parts.port  # ValueError for a port out of range or not a number
+        except ValueError as e:  # and for an unclosed IPv6 bracket
+            raise TrustError(f"server URL {url!r}: {e}; expected https://HOST[:PORT]"
+                             ) from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
             raise TrustError(f"server URL {url!r}: expected https://HOST[:PORT]")
         if parts.scheme == "http" and not self.insecure and not _is_loopback(parts.hostname):
             raise TrustError(

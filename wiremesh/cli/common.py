@@ -23,8 +23,9 @@ from wiremesh.agent.connection import (
     unreachable,
 )
 
-console = Console()
-err_console = Console(stderr=True)
+# No emoji codes: user input such as a fingerprint 'SHA256:abc:...' is printed as given.
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 ServerOpt = typer.Option(
     None, "--server", envvar="WIREMESH_SERVER", help="Server URL, e.g. https://mesh.example.org:8443"
