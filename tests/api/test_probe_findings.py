@@ -117,3 +117,11 @@ async def test_an_ipv6_endpoint_and_the_same_observed_address_are_one(api: ApiEn
             "endpoints": ["[fd00::7]:51820"]})
     r = await api.client.get(f"/api/v1/peers/{r.json()['peer_id']}", headers=api.admin)
     assert r.json()["endpoints"] == ["[fd00::7]:51820"]
+
+
+@pytest.mark.parametrize("prefix", ["fd00::/64", "100.64.0.1/32", "127.0.0.0/8"])
+async def test_a_route_no_router_can_serve_is_refused(api: ApiEnv, prefix: str) -> None:
+    r = await api.client.put("/api/v1/routes/r", headers=api.admin,
+                             json={"prefix": prefix, "router_group": "all"})
+    assert assert_problem(r, 422)["errors"][0]["field"] == "routes[0].prefix"
+    assert (await api.client.get("/api/v1/routes", headers=api.admin)).json() == []

@@ -240,6 +240,27 @@ def test_any_text_parses_or_is_a_policy_file_error(text: str) -> None:
         parse(text, lab_state())
 
 
+@pytest.mark.parametrize(("prefix", "expected"), [
+    # Agents route, filter and masquerade IPv4 only (an IPv6 prefix broke the router's nft
+    # rendering); a peer's own /32 given to a router would take that peer's traffic.
+    ("fd00::/64", "fd00::/64: a route is an IPv4 network"),
+    ("100.64.0.5/32", "100.64.0.5/32 is inside the overlay 100.64.0.0/10"),
+    ("100.64.0.0/10", "is inside the overlay"),
+    ("127.0.0.0/8", "loopback, link-local or multicast"),
+    ("224.0.0.0/4", "loopback, link-local or multicast"),
+])
+def test_routes_a_router_cannot_serve_are_refused(prefix: str, expected: str) -> None:
+    issues = bad(f"routes:\n  - {{name: n, prefix: '{prefix}', routers: all}}\n", lab_state())
+    assert len(issues) == 1 and issues[0].startswith("line 2: routes[0].prefix: "), issues
+    assert expected in issues[0]
+
+
+@pytest.mark.parametrize("prefix", ["0.0.0.0/0", "64.0.0.0/2", "198.18.1.0/24"])
+def test_exit_and_networks_around_the_overlay_are_routes(prefix: str) -> None:
+    f = parse(f"routes:\n  - {{name: n, prefix: '{prefix}', routers: all}}\n", lab_state())
+    assert f.routes is not None and f.routes[0].prefix == prefix
+
+
 def test_anchors_and_aliases_within_the_limits_still_work() -> None:
     f = parse("groups:\n  devs: &devs [alice, bob]\n  ops: *devs\n", lab_state())
     assert f.groups == {"devs": ("alice", "bob"), "ops": ("alice", "bob")}

@@ -36,6 +36,7 @@ API:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from pydantic import (
 )
 
 from wiremesh.core.explain import Explanation, explain
+from wiremesh.core.ipam import OVERLAY_NET
 from wiremesh.core.models import MeshState, Policy, PortRange, Route
 from wiremesh.core.policy import ALL_GROUP, PolicyCompiler
 from wiremesh.core.posture import OsFamily, Posture
@@ -148,6 +150,22 @@ class _RouteIn(_Model):
     router_metrics: dict[Name, Metric] = {}
     masquerade: bool = True
     enabled: bool = True
+
+    @field_validator("prefix")
+    @classmethod
+    def _routable(cls, v: str) -> str:
+        # Agents route, filter and masquerade IPv4 prefixes only; a peer's own overlay /32
+        # given to a router would move that peer's traffic to the router.
+        net = ipaddress.ip_network(v)
+        if not isinstance(net, ipaddress.IPv4Network):
+            raise ValueError(f"{v}: a route is an IPv4 network")
+        if net.subnet_of(ipaddress.IPv4Network(OVERLAY_NET)):
+            raise ValueError(f"{v} is inside the overlay {OVERLAY_NET}: peers' addresses "
+                             "are not routed")
+        if net.is_loopback or net.is_link_local or net.is_multicast:
+            raise ValueError(f"{v} is a loopback, link-local or multicast network: no router "
+                             "can serve it")
+        return v
 
 
 class _TestIn(_Model):
