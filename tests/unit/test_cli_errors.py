@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,65 @@ def test_user_input_is_printed_as_given_not_as_emoji(tmp_path: Path) -> None:
     # Rich turned ':abc:' into an emoji: the wrong fingerprint was shown as 'SHA256🔤'.
     line = one_line_error(["peers", "list", "--server", "https://a:x:abc:", "--token", "t"])
     assert ":abc:" in line
+
+
+@pytest.fixture
+def odd_server() -> Iterator[tuple[str, list[tuple[int, str, bytes]]]]:
+    """An HTTP server on loopback that is no wiremesh server: it answers every request with
+    the (status, content type, body) last put in the list it yields with its URL."""
+    answers: list[tuple[int, str, bytes]] = [(200, "application/json", b"{}")]
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            status, ctype, body = answers[-1]
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", answers
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize(("answer", "command", "expected"), [
+    ((200, "text/html", b"<html>login</html>"), ["peers", "list"],
+     "to GET /api/v1/peers is not a JSON list of objects (HTTP 200, text/html)"),
+    ((200, "application/json", b"[1, 2]"), ["peers", "list"], "is not a JSON list of objects"),
+    ((200, "application/json", b"null"), ["keys", "create", "k"], "is not a JSON object"),
+    ((200, "application/json", b"not json"), ["policy", "matrix"], "is not a JSON object"),
+    ((200, "application/json", b"{}"), ["policy", "explain", "a", "b"],
+     "has no field 'allowed': is it a wiremesh server of this version?"),
+    ((200, "application/json", b'{"name": "k"}'), ["tokens", "create", "t"],
+     "has no field 'role'"),
+    ((500, "application/json", b"[]"), ["groups", "list"], "error: [] (HTTP 500)"),
+    ((502, "text/html", b"<html>\n bad gateway\n</html>"), ["routes", "list"],
+     "error: <html> bad gateway </html> (HTTP 502)"),
+    ((400, "application/problem+json", b'{"detail": 5}'), ["audit"], '{"detail": 5} (HTTP 400)'),
+])
+def test_a_server_that_answers_garbage(odd_server, answer, command, expected) -> None:
+    url, answers = odd_server
+    answers.append(answer)
+    line = one_line_error([*command, "--server", url, "--token", "wma_x"])
+    assert expected in line, line
+
+
+@pytest.mark.parametrize("answer", [(200, "text/html", b"<html>hi</html>"),
+                                    (200, "application/json", b"[1]")])
+def test_up_against_a_server_that_answers_garbage(tmp_path: Path, odd_server, answer) -> None:
+    url, answers = odd_server
+    answers.append(answer)
+    line = one_line_error(["up", "--server", url, "--setup-key", "wmk_x",
+                           "--state-dir", str(tmp_path)])
+    assert f"GET {url}/api/v1/server-key answered HTTP 200 with no JSON object" in line, line

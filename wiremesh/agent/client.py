@@ -42,9 +42,26 @@ class CredentialsRefused(ServerRefused):
 def _problem(r: httpx.Response) -> str:
     try:
         body = r.json()
-        return str(body.get("detail") or body.get("title") or r.text)
     except ValueError:
-        return r.text.strip() or f"HTTP {r.status_code}"
+        body = None
+    if isinstance(body, dict) and (body.get("detail") or body.get("title")):
+        return str(body.get("detail") or body.get("title"))
+    return " ".join(r.text.split())[:200] or f"HTTP {r.status_code}"
+
+
+def _object(r: httpx.Response) -> dict[str, Any]:
+    """The JSON object a successful answer carries; anything else (a proxy's page, some
+    other server at that URL) is refused naming what came."""
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ServerRefused(f"{r.request.method} {r.request.url} answered HTTP "
+                            f"{r.status_code} with no JSON object "
+                            f"({r.headers.get('content-type', 'no content type')}): "
+                            "is it a wiremesh server?")
+    return body
 
 
 async def server_key(server: str, trust: Trust, timeout: float = 15.0) -> dict[str, Any]:
@@ -53,8 +70,7 @@ async def server_key(server: str, trust: Trust, timeout: float = 15.0) -> dict[s
         r = await c.get("/api/v1/server-key")
     if r.status_code != 200:
         raise ServerRefused(f"server key refused ({r.status_code}): {_problem(r)}")
-    identity: dict[str, Any] = r.json()
-    return identity
+    return _object(r)
 
 
 async def enroll(server: str, body: dict[str, Any], trust: Trust,
@@ -63,8 +79,7 @@ async def enroll(server: str, body: dict[str, Any], trust: Trust,
         r = await c.post("/api/v1/enroll", json=body)
     if r.status_code != 201:
         raise ServerRefused(f"enrolment refused ({r.status_code}): {_problem(r)}")
-    enrolled: dict[str, Any] = r.json()
-    return enrolled
+    return _object(r)
 
 
 def _retry_after(r: httpx.Response) -> float:
@@ -83,7 +98,7 @@ async def device_login(server: str, trust: Trust, hostname: str,
         r = await c.post("/auth/device", json={"hostname": hostname})
         if r.status_code != 200:
             raise ServerRefused(f"device login refused ({r.status_code}): {_problem(r)}")
-        start: dict[str, Any] = r.json()
+        start = _object(r)
         show(start)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(start.get("expires_in", 600))
@@ -93,7 +108,7 @@ async def device_login(server: str, trust: Trust, hostname: str,
             r = await c.post("/auth/device/poll", json={"login_id": start["login_id"]})
             if r.status_code != 200:
                 raise ServerRefused(f"device login failed ({r.status_code}): {_problem(r)}")
-            answer: dict[str, Any] = r.json()
+            answer = _object(r)
             if answer.get("status") == "ok":
                 return answer
             interval = float(answer.get("interval", interval))
@@ -147,8 +162,7 @@ class ServerClient:
                                 json={"listen_port": listen_port, "endpoints": endpoints,
                                       "candidates": candidates, **posture_report()})
         self._check(r)
-        answer: dict[str, Any] = r.json()
-        return answer
+        return _object(r)
 
     async def report_paths(self, peers: list[dict[str, Any]]) -> None:
         """How this agent reaches each peer (direct or relayed), for `peers list`."""

@@ -59,7 +59,7 @@ def keys_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
               ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
               as_json: bool = JsonOpt) -> None:
     """List setup keys (secrets are never shown again, only their prefix)."""
-    keys = Api(server, token, ca_file, insecure).call("GET", "/setup-keys")
+    keys = Api(server, token, ca_file, insecure).call("GET", "/setup-keys", expect=list)
     if as_json:
         print_json(keys)
         return
@@ -101,7 +101,7 @@ def tokens_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
                 ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
                 as_json: bool = JsonOpt) -> None:
     """List admin tokens (never their secrets)."""
-    tokens = Api(server, token, ca_file, insecure).call("GET", "/admin-tokens")
+    tokens = Api(server, token, ca_file, insecure).call("GET", "/admin-tokens", expect=list)
     if as_json:
         print_json(tokens)
         return
@@ -124,7 +124,7 @@ def peers_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
                ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
                as_json: bool = JsonOpt) -> None:
     """List peers."""
-    peers = Api(server, token, ca_file, insecure).call("GET", "/peers")
+    peers = Api(server, token, ca_file, insecure).call("GET", "/peers", expect=list)
     if as_json:
         print_json(peers)
         return
@@ -175,7 +175,7 @@ def groups_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
                 ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
                 as_json: bool = JsonOpt) -> None:
     """List groups and their members."""
-    groups = Api(server, token, ca_file, insecure).call("GET", "/groups")
+    groups = Api(server, token, ca_file, insecure).call("GET", "/groups", expect=list)
     if as_json:
         print_json(groups)
         return

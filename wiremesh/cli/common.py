@@ -118,18 +118,52 @@ class Api:
         self.http = httpx.Client(base_url=server, timeout=30.0, verify=trust.verify(),
                                  headers={"Authorization": f"Bearer {token}"})
 
-    def call(self, method: str, path: str, **kw: Any) -> Any:
+    def call(self, method: str, path: str, expect: type = dict, **kw: Any) -> Any:
+        """The answer: a JSON object (`expect` dict), a list of them (list) or text (str);
+        anything else (a proxy's error page, some other server) ends the command in one
+        line, as does a field the commands read that the answer lacks."""
+        url = str(self.http.base_url).rstrip("/")
         try:
             r = self.http.request(method, f"/api/v1{path}", **kw)
         except httpx.HTTPError as e:
-            fail(unreachable(str(self.http.base_url).rstrip("/"), e))
+            fail(unreachable(url, e))
         if r.status_code >= 400:
-            try:
-                body = r.json()
-                msg = body.get("detail") or body.get("title")
-            except ValueError:
-                msg = r.text
-            fail(f"{msg} (HTTP {r.status_code})")
-        if not r.content:
-            return None
-        return r.json() if "json" in r.headers.get("content-type", "") else r.text
+            fail(f"{_problem_detail(r)} (HTTP {r.status_code})")
+        if not r.content or expect is str:
+            return r.text or None
+        where = f"the answer of {url} to {method} /api/v1{path}"
+        try:
+            body = json.loads(r.content, object_hook=lambda d: _Answer(where, d))
+        except ValueError:
+            body = None
+        if not (isinstance(body, _Answer) if expect is dict else isinstance(body, list) and all(
+                isinstance(x, _Answer) for x in body)):
+            what = "a JSON object" if expect is dict else "a JSON list of objects"
+            fail(f"{where} is not {what} (HTTP {r.status_code}, "
+                 f"{r.headers.get('content-type', 'no content type')}): is it a wiremesh "
+                 "server?")
+        return body
+
+
+class _Answer(dict[str, Any]):
+    """A JSON object the server answered; reading a field it lacks ends the command."""
+
+    def __init__(self, where: str, fields: dict[str, Any]) -> None:
+        super().__init__(fields)
+        self.where = where
+
+    def __missing__(self, key: str) -> NoReturn:
+        fail(f"{self.where} has no field {key!r}: is it a wiremesh server of this version?")
+
+
+def _problem_detail(r: httpx.Response) -> str:
+    """What an error answer says, on one line: its problem body's detail, else its text."""
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("detail", "title"):
+            if isinstance(body.get(key), str) and body[key]:
+                return str(body[key])
+    return " ".join(r.text.split())[:200] or r.reason_phrase

@@ -72,7 +72,8 @@ def diff(file: Path = FileArg, server: str | None = ServerOpt, token: str | None
 def export_(server: str | None = ServerOpt, token: str | None = TokenOpt,
             ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Print the current groups, policies and routes as a policy file (YAML)."""
-    typer.echo(Api(server, token, ca_file, insecure).call("GET", "/policy/export"), nl=False)
+    typer.echo(Api(server, token, ca_file, insecure).call(
+            "GET", "/policy/export", expect=str), nl=False)
 
 
 @app.command("matrix")
@@ -123,7 +124,7 @@ def routes_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
                 ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
                 as_json: bool = JsonOpt) -> None:
     """List routes."""
-    routes = Api(server, token, ca_file, insecure).call("GET", "/routes")
+    routes = Api(server, token, ca_file, insecure).call("GET", "/routes", expect=list)
     if as_json:
         print_json(routes)
         return
@@ -174,7 +175,8 @@ def audit(limit: int = typer.Option(50, "--limit", min=1), server: str | None = 
           ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
           as_json: bool = JsonOpt) -> None:
     """Show the audit log: who changed what, when (newest first)."""
-    entries = Api(server, token, ca_file, insecure).call("GET", "/audit", params={"limit": limit})
+    entries = Api(server, token, ca_file, insecure).call(
+            "GET", "/audit", expect=list, params={"limit": limit})
     if as_json:
         print_json(entries)
         return
