@@ -125,3 +125,21 @@ async def test_a_route_no_router_can_serve_is_refused(api: ApiEnv, prefix: str) 
                              json={"prefix": prefix, "router_group": "all"})
     assert assert_problem(r, 422)["errors"][0]["field"] == "routes[0].prefix"
     assert (await api.client.get("/api/v1/routes", headers=api.admin)).json() == []
+
+
+async def test_the_last_admin_token_is_not_revoked(api: ApiEnv) -> None:
+    # Nothing could administer the mesh afterwards: the initial token is printed only for an
+    # empty store.
+    r = await api.client.delete("/api/v1/admin-tokens/initial", headers=api.admin)
+    assert "last admin token" in assert_problem(r, 409)["detail"]
+    assert (await api.client.get("/api/v1/peers", headers=api.admin)).status_code == 200
+    r = await api.client.post("/api/v1/admin-tokens", json={"name": "look", "role": "auditor"},
+                              headers=api.admin)
+    r = await api.client.delete("/api/v1/admin-tokens/initial", headers=api.admin)
+    assert r.status_code == 409  # an auditor administers nothing
+    r = await api.client.post("/api/v1/admin-tokens", json={"name": "next"}, headers=api.admin)
+    successor = {"Authorization": f"Bearer {r.json()['token']}"}
+    r = await api.client.delete("/api/v1/admin-tokens/initial", headers=successor)
+    assert r.status_code == 200, r.text
+    r = await api.client.delete("/api/v1/admin-tokens/next", headers=successor)
+    assert r.status_code == 409

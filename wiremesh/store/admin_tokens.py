@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from wiremesh.store import audit
 from wiremesh.store.common import hash_secret, new_secret, now, same_secret
 from wiremesh.store.database import Database
 from wiremesh.store.errors import Conflict, NotFound
-from wiremesh.store.tables import AdminToken
+from wiremesh.store.tables import AdminToken, User
 
 
 def new_admin_token(name: str, role: str) -> tuple[AdminToken, str]:
@@ -52,6 +53,21 @@ class AdminTokens:
                 AdminToken.name == name, AdminToken.revoked_at.is_(None)))
             if row is None:
                 raise NotFound(f"no admin token named {name!r}", "name")
+            if row.role == "admin" and not await _other_admins(s, row.id):
+                # Nothing could administer the mesh any more: the initial token is printed
+                # only for an empty store.
+                raise Conflict(f"{name!r} is the last admin token and no user is an admin: "
+                               "create another admin token first", "name")
             row.revoked_at = now()
             audit.record(s, actor, "admin_token.revoke", name=name)
             return row
+
+
+async def _other_admins(s: AsyncSession, token_id: int) -> bool:
+    """Whether some live admin token other than `token_id`, or an admin user, remains."""
+    token = await s.scalar(select(AdminToken.id).where(
+        AdminToken.id != token_id, AdminToken.role == "admin",
+        AdminToken.revoked_at.is_(None)).limit(1))
+    user = await s.scalar(select(User.id).where(
+        User.role == "admin", User.disabled_at.is_(None)).limit(1))
+    return token is not None or user is not None
