@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import subprocess
 import sys
 import time
@@ -22,7 +23,8 @@ import pytest
 from wiremesh.core.models import PortRange
 from wiremesh.core.wire import ForwardRule, InboundRule, Netmap
 from wiremesh.firewall import nft
-from wiremesh.firewall.render import render
+from wiremesh.firewall.render import FlowTimeouts, render
+from wiremesh.lab.mesh import wait_until
 from wiremesh.lab.netns import Host, Lab, missing_requirements
 from wiremesh.wg.backend import WgPeerConfig
 from wiremesh.wg.keys import generate_private_key, public_key_of
@@ -72,6 +74,7 @@ except OSError:
 sys.exit(0 if ok else 1)
 """
 
+UNANSWERED_UDP = 6000  # b lets a send here; nothing listens, so b's kernel answers "unreachable"
 BLOCKED_TIMEOUT = 0.6  # a dropped SYN/datagram shows as a timeout this long
 
 
@@ -137,7 +140,7 @@ def mesh() -> Iterator[Mesh]:
             hosts["b"].run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
             ifs, backends = _wireguard(lab, hosts)
             for n, specs in (("b", ["tcp:8080", "tcp:9090", "udp:5353", "udp:5454"]),
-                             ("n", ["tcp:8080", "tcp:9090"]), ("a", ["tcp:7070"])):
+                             ("n", ["tcp:8080", "tcp:9090"]), ("a", ["tcp:7070", "tcp:7171"])):
                 hosts[n].popen([sys.executable, "-c", SERVER, *specs])
             m = Mesh(lab, hosts, ifs)
             # Without the masquerade n cannot answer the mesh, so bring it up first.
@@ -156,6 +159,7 @@ B_NETMAP = Netmap(
     version=1, peer_id=2, name="b", overlay_ip=OVERLAY["b"],
     inbound=frozenset({InboundRule(OVERLAY["a"], "tcp", P(8080)),
                        InboundRule(OVERLAY["a"], "udp", P(5353)),
+                       InboundRule(OVERLAY["a"], "udp", P(UNANSWERED_UDP)),
                        InboundRule(OVERLAY["c"], "icmp")}),
     forward=frozenset({ForwardRule(OVERLAY["a"], INTERNAL, "tcp", P(8080))}),
     masquerade=frozenset({INTERNAL}),
@@ -288,3 +292,133 @@ def test_router_clamps_the_mss_both_ways_to_its_tunnel_mtu(mesh: Mesh) -> None:
         assert max(narrow) <= 1200 - 40
     finally:
         mesh.apply(B_NETMAP)
+
+
+# --- a peer that routes nothing: replies recognised without conntrack ----------------------------
+
+# a and c route nothing: a lets b reach its port 7070, c lets nobody in.
+A_NETMAP = Netmap(version=1, peer_id=1, name="a", overlay_ip=OVERLAY["a"],
+                  inbound=frozenset({InboundRule(OVERLAY["b"], "tcp", P(7070))}))
+C_NETMAP = Netmap(version=1, peer_id=3, name="c", overlay_ip=OVERLAY["c"])
+UDP_TIMEOUT = 3  # seconds, short for the expiry test
+
+# In a: send one datagram from `port` to host:dport (opening a flow), then exit.
+UDP_OPEN = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.sendto(b"open", (sys.argv[2], int(sys.argv[3])))
+"""
+# In a: listen on the given ports for a while; print "ready", then each datagram's payload.
+UDP_LISTEN = r"""
+import select, socket, sys, time
+socks = []
+for port in sys.argv[2:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(port))); socks.append(s)
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while (left := end - time.monotonic()) > 0:
+    for s in select.select(socks, [], [], left)[0]:
+        print(s.recv(100).decode(), flush=True)
+"""
+# In b: send `payload` from port sport to host:dport.
+UDP_SEND = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.sendto(sys.argv[4].encode(), (sys.argv[2], int(sys.argv[3])))
+"""
+# In a: a connected UDP socket learns of b's "port unreachable" only if the ICMP error got in.
+UDP_REFUSED = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.0)
+s.connect((sys.argv[1], int(sys.argv[2])))
+for _ in range(5):
+    s.send(b"anyone?")
+    try:
+        s.recv(100)
+    except ConnectionRefusedError:
+        sys.exit(0)
+    except OSError:
+        pass
+sys.exit(1)
+"""
+
+
+@pytest.fixture(scope="module")
+def clients(mesh: Mesh) -> Iterator[Mesh]:
+    """a and c under their own stateless-for-conntrack ACL (b, the router, keeps its own)."""
+    timeouts = FlowTimeouts(udp=UDP_TIMEOUT)
+    try:
+        for name, netmap in (("a", A_NETMAP), ("c", C_NETMAP)):
+            nft.apply(netmap, mesh.wg_if[name], netns=mesh.hosts[name].ns, timeouts=timeouts)
+        yield mesh
+    finally:
+        for name in ("a", "c"):
+            nft.remove(netns=mesh.hosts[name].ns)
+
+
+def _udp_from_b(mesh: Mesh, sends: list[tuple[int, int, str]], ports: list[int]) -> set[str]:
+    """What a receives on `ports` of b's datagrams (sport, dport, payload)."""
+    listener = subprocess.Popen(
+        mesh.hosts["a"].cmd([sys.executable, "-c", UDP_LISTEN, "1.5", *map(str, ports)]),
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
+        for sport, dport, payload in sends:
+            mesh.hosts["b"].run([sys.executable, "-c", UDP_SEND, str(sport), OVERLAY["a"],
+                                 str(dport), payload])
+        out, _ = listener.communicate(timeout=15)
+    finally:
+        listener.kill()
+        listener.wait()
+    return set(out.split())
+
+
+def _flows(mesh: Mesh, host: str) -> str:
+    return mesh.hosts[host].run(["nft", "list", "set", "inet", "wiremesh", "flows"]).stdout
+
+
+def test_a_peer_that_routes_nothing_runs_no_conntrack(clients: Mesh) -> None:
+    for name in ("a", "c"):
+        ruleset = clients.hosts[name].run(["nft", "list", "ruleset"]).stdout
+        assert "chain to_mesh" in ruleset
+        assert not re.search(r"\bct\b", ruleset), f"{name} has a ct expression"
+
+
+def test_replies_to_what_a_client_opened_come_back(clients: Mesh) -> None:
+    b = OVERLAY["b"]
+    assert clients.eventually("a", "tcp", b, 8080)
+    assert clients.eventually("a", "udp", b, 5353)
+    assert clients.eventually("a", "tcp", N_IP, 8080)  # through the router
+    assert clients.hosts["c"].ping(b, count=2, timeout_s=1)  # echo replies to c's pings
+    # An ICMP error about a's own datagram (b has no listener there) reaches a's socket:
+    # how PMTU discovery's "fragmentation needed" gets in too.
+    res = clients.hosts["a"].run([sys.executable, "-c", UDP_REFUSED, b, str(UNANSWERED_UDP)],
+                                 check=False, timeout=20)
+    assert res.returncode == 0, "b's port unreachable did not reach a"
+
+
+def test_a_peer_opens_only_what_the_clients_policy_allows(clients: Mesh) -> None:
+    assert clients.eventually("b", "tcp", OVERLAY["a"], 7070)  # allowed by a's policy
+    assert not clients.probe("b", "tcp", OVERLAY["a"], 7171)  # listening, not allowed
+    assert not clients.probe("b", "tcp", OVERLAY["c"], 7070)
+    assert not clients.hosts["b"].ping(OVERLAY["a"], count=1, timeout_s=BLOCKED_TIMEOUT)
+
+
+def test_only_the_opened_udp_flow_is_answered_until_it_expires(clients: Mesh) -> None:
+    a_port, other_a_port, b_port = 40001, 40002, UNANSWERED_UDP
+    clients.hosts["a"].run([sys.executable, "-c", UDP_OPEN, str(a_port), OVERLAY["b"],
+                            str(b_port)])
+    # A policy update in between keeps the flows open (the table is not recreated).
+    nft.apply(dataclasses.replace(A_NETMAP, version=2), clients.wg_if["a"],
+              netns=clients.hosts["a"].ns, timeouts=FlowTimeouts(udp=UDP_TIMEOUT))
+    got = _udp_from_b(clients, [(b_port, a_port, "reply"), (b_port + 1, a_port, "other-port"),
+                                (b_port, other_a_port, "other-dst")], [a_port, other_a_port])
+    assert got == {"reply"}
+    # The entry ages out UDP_TIMEOUT after a's last datagram; then b is a stranger again.
+    wait_until(lambda: f". {b_port} . {a_port}" not in _flows(clients, "a"),
+               UDP_TIMEOUT + 10, "a's UDP flow to expire")
+    assert _udp_from_b(clients, [(b_port, a_port, "late")], [a_port]) == set()

@@ -8,7 +8,7 @@ import pytest
 
 from wiremesh.core.models import PortRange
 from wiremesh.core.wire import ForwardRule, InboundRule, Netmap
-from wiremesh.firewall.render import RenderError, render
+from wiremesh.firewall.render import FlowTimeouts, RenderError, render
 
 
 def nm(inbound=(), forward=(), masquerade=()) -> Netmap:
@@ -28,18 +28,89 @@ def P(a: int, b: int | None = None) -> PortRange:
     return PortRange(a, a if b is None else b)
 
 
+def final_table(script: str) -> str:
+    """The table the script leaves behind (after the prelude that empties the old one)."""
+    return script[script.rindex("table inet wiremesh {"):]
+
+
+def chain(script: str, name: str) -> list[str]:
+    m = re.search(rf"\tchain {name} {{\n(.*?)\n\t}}", final_table(script), re.S)
+    assert m, f"chain {name} missing"
+    return [ln.strip() for ln in m.group(1).splitlines()]
+
+
 def test_empty_netmap_drops_every_new_connection_from_the_mesh_only() -> None:
     s = render(nm(), "wg0")
-    assert s.splitlines()[1:4] == ["table inet wiremesh", "delete table inet wiremesh",
-                                   "table inet wiremesh {"]
     assert '\t\tiifname "wg0" jump from_mesh' in s
     assert '\t\tiifname "wg0" jump mesh_forward' in s
-    body = s.split("chain from_mesh {")[1].split("}")[0].splitlines()
-    assert body[1].strip() == "ct state established,related accept"
-    assert body[2].strip() == "ct state invalid drop"
-    assert body[-2].strip() == "counter drop"
+    body = chain(s, "from_mesh")
+    assert body[0] == "ip saddr . meta l4proto . th sport . th dport @flows accept"
+    assert body[-1] == "counter drop"
+    assert chain(s, "mesh_forward") == ["counter drop"]
     assert "policy accept" in s and "policy drop" not in s  # the underlay is not ours
-    assert "postrouting" not in s and "elements" not in s
+    table = final_table(s)
+    assert "postrouting" not in table and "elements" not in table
+
+
+def test_a_peer_that_routes_nothing_has_no_conntrack_and_records_what_it_opens() -> None:
+    s = render(nm(inbound=[InboundRule("100.64.0.5", "tcp", (P(22),))]), "wg0",
+               timeouts=FlowTimeouts(tcp=3600, tcp_edge=60, udp=30, ping=10))
+    assert not re.search(r"\bct\b", s)  # any ct expression turns conntrack on for the netns
+    assert chain(s, "output")[1] == 'oifname "wg0" jump to_mesh'
+    key = "ip daddr . meta l4proto . th dport . th sport"
+    assert chain(s, "to_mesh") == [
+        f"tcp flags & (syn | fin | rst) == 0 update @flows {{ {key} timeout 3600s }} accept",
+        f"meta l4proto tcp update @flows {{ {key} timeout 60s }} accept",
+        f"meta l4proto udp update @flows {{ {key} timeout 30s }} accept",
+        "icmp type echo-request update @pings { ip daddr . icmp id timeout 10s }",
+    ]
+    # Replies: the reversed tuple, echo replies to our pings, errors quoting our packets
+    # (100.64.0.2 = 0x64400002), then what policy allows, then nothing.
+    assert chain(s, "from_mesh") == [
+        "ip saddr . meta l4proto . th sport . th dport @flows accept",
+        "icmp type echo-reply ip saddr . icmp id @pings accept",
+        "icmp type { destination-unreachable, time-exceeded, parameter-problem } "
+        "@th,64,8 0x45 @th,160,32 0x64400002 accept",
+        "ip saddr @in_any accept",
+        "ip protocol icmp ip saddr @in_icmp accept",
+        "ip saddr . tcp dport @in_tcp accept",
+        "ip saddr . udp dport @in_udp accept",
+        "ip saddr @probe_src udp dport 51999 accept",
+        "counter drop",
+    ]
+
+
+def test_routers_keep_conntrack_for_forwarding_and_nat() -> None:
+    s = render(nm(forward=[ForwardRule("100.64.0.5", "198.18.0.0/16", "all")],
+                  masquerade=["198.18.0.0/16"]), "wg0")
+    for name in ("from_mesh", "mesh_forward"):
+        assert chain(s, name)[:2] == ["ct state established,related accept",
+                                      "ct state invalid drop"]
+    assert "chain output" not in final_table(s)
+
+
+def test_a_reload_keeps_the_flows_and_removes_everything_else() -> None:
+    s = render(nm(), "wg0")
+    lines = s.splitlines()
+    assert "delete table inet wiremesh" not in lines
+    flush = lines.index("flush table inet wiremesh")
+    # The dynamic sets are created when missing and never deleted or redefined.
+    assert any(ln.startswith("\tset flows { type ") for ln in lines[:flush])
+    assert any(ln.startswith("\tset pings { typeof ") for ln in lines[:flush])
+    after = "\n".join(lines[flush:])
+    assert "set flows" not in after and "set pings" not in after
+    # Everything a router's ruleset may have held goes, so a router turned client drops
+    # its NAT chain (and with it conntrack).
+    for name in ("postrouting", "mss_clamp", "mesh_forward", "output", "to_mesh"):
+        assert f"delete chain inet wiremesh {name}" in lines[flush:]
+    assert "delete set inet wiremesh masq_dst" in lines[flush:]
+
+
+@pytest.mark.parametrize("bad", [FlowTimeouts(tcp=0), FlowTimeouts(udp=True),
+                                 FlowTimeouts(ping="30")])  # type: ignore[arg-type]
+def test_bad_timeouts_are_refused(bad: FlowTimeouts) -> None:
+    with pytest.raises(RenderError, match="timeouts"):
+        render(nm(), "wg0", timeouts=bad)
 
 
 def test_inbound_rules_land_in_their_sets_merged() -> None:
@@ -109,7 +180,8 @@ def test_a_masquerading_exit_peer_clamps_at_the_default_mtu() -> None:
 
 
 def test_a_peer_that_forwards_nothing_has_no_clamp() -> None:
-    assert "mss_clamp" not in render(nm(inbound=[InboundRule("100.64.0.5", "all")]), "wg0")
+    s = render(nm(inbound=[InboundRule("100.64.0.5", "all")]), "wg0")
+    assert "mss_clamp" not in final_table(s)
 
 
 @pytest.mark.parametrize("mtu", [1199, 9001, True, "1400", 1400.0])

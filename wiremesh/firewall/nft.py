@@ -1,7 +1,8 @@
 """Apply a rendered ruleset with `nft -f -` (one atomic transaction) and remove it.
 
-- `apply(netmap, ifname, netns=None, mtu=...)`: render and load; the old `inet wiremesh` table is
-  replaced in the same transaction, so no packet ever sees a half-applied ruleset.
+- `apply(netmap, ifname, netns=None, mtu=..., timeouts=...)`: render and load; the old `inet
+  wiremesh` table is replaced in the same transaction (keeping the flows a peer opened), so no
+  packet ever sees a half-applied ruleset.
 - `load(script, netns=None, check=False)`: load (or only check, `nft -c`) a script.
 - `remove(netns=None, table=TABLE)`: delete table `inet <table>` (no error if it is absent).
 
@@ -15,7 +16,7 @@ import shutil
 import subprocess
 
 from wiremesh.core.wire import DEFAULT_MTU, Netmap
-from wiremesh.firewall.render import OVERLAY, TABLE, render
+from wiremesh.firewall.render import OVERLAY, TABLE, FlowTimeouts, render
 
 
 class NftError(RuntimeError):
@@ -36,8 +37,9 @@ def load(script: str, netns: str | None = None, check: bool = False,
 
 
 def apply(netmap: Netmap, ifname: str, netns: str | None = None,
-          overlay: str = OVERLAY, mtu: int = DEFAULT_MTU) -> None:
-    load(render(netmap, ifname, overlay, mtu), netns=netns)
+          overlay: str = OVERLAY, mtu: int = DEFAULT_MTU,
+          timeouts: FlowTimeouts = FlowTimeouts()) -> None:
+    load(render(netmap, ifname, overlay, mtu, timeouts), netns=netns)
 
 
 def remove(netns: str | None = None, table: str = TABLE) -> None:

@@ -1,13 +1,18 @@
 """A peer's netmap as an nftables script (pure): the inbound ACL, router forwarding, NAT.
 
-`render(netmap, ifname)` returns a script for `nft -f` that replaces table `inet wiremesh` in
-one transaction (create-if-missing, delete, recreate), so the kernel never holds half a ruleset:
+`render(netmap, ifname)` returns a script for `nft -f` that replaces the contents of table
+`inet wiremesh` in one transaction, so the kernel never holds half a ruleset; only the elements
+of its dynamic sets (the flows this peer opened) live on:
 
-- chain `input` sends packets arriving on `ifname` to `from_mesh`: established/related pass,
-  invalid drop, then new connections are accepted only when (source overlay IP[, port]) is in
+- chain `input` sends packets arriving on `ifname` to `from_mesh`: replies to what this peer
+  opened pass, then new connections are accepted only when (source overlay IP[, port]) is in
   the allowed sets (`in_any` for proto all, `in_icmp`, and `in_tcp`/`in_udp`: concatenated
   interval sets of `ip . port`, so thousands of rules cost one lookup), else dropped (counted).
   Traffic on any other interface (the underlay, WireGuard's own UDP) is not touched.
+- What a reply is: on a peer that routes nothing, the reflexive sets `flows` and `pings`,
+  filled by chain `output` from what it sends into the mesh (no conntrack in its namespace:
+  see `_reflexive`); on routers and exit nodes, which need conntrack for forwarding and NAT
+  anyway, conntrack's established/related.
 - chain `forward` does the same for packets from `ifname` into routed prefixes, from the
   netmap's forward rules (sets `fwd_*` of `ip . prefix[ . port]`); replies pass as
   established. A peer with no forward rules forwards nothing from the mesh.
@@ -25,6 +30,7 @@ import ipaddress
 import re
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from wiremesh.core.explain import Access, normalise_access
 from wiremesh.core.failover import PROBE_PORT
@@ -34,7 +40,7 @@ from wiremesh.core.wire import (
     MTU_MAX,
     MTU_MIN,
     Netmap,
-     check_ipv4,
+    check_ipv4,
     check_name,
     check_prefix,
 )
@@ -136,9 +142,89 @@ def _no_overlap(prefixes: Iterable[str]) -> list[str]:
     return [str(n) for n in ipaddress.collapse_addresses(nets)]
 
 
-def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY, mtu: int = DEFAULT_MTU) -> str:
+@dataclass(frozen=True)
+class FlowTimeouts:
+    """How long (seconds) a flow this peer opened stays open to replies after its last packet
+    out: conntrack's defaults (TCP established 5 days, opening or closing 2 minutes, UDP 2
+    minutes, ICMP 30 s)."""
+
+    tcp: int = 5 * 24 * 3600
+    tcp_edge: int = 120  # after a SYN, FIN or RST of ours: a handshake or a close
+    udp: int = 120
+    ping: int = 30
+
+    def check(self) -> None:
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RenderError(f"timeouts.{name}: {value!r} is not a number of seconds")
+
+
+# The reflexive ACL's sets, filled from the output path. Their elements are kept when the
+# ruleset is replaced: a policy update must not cut the replies of the flows open right now.
+# A full set takes no new flow (their replies are dropped) until entries expire.
+FLOW_SET_SIZE = 65535
+_DYNAMIC_SETS = {
+    "flows": "type ipv4_addr . inet_proto . inet_service . inet_service",
+    "pings": "typeof ip daddr . icmp id",
+}
+# Everything else a ruleset of ours may hold, named so a reload can delete it whichever
+# kind of peer (router or not) rendered it before.
+_CHAINS = ("input", "from_mesh", "output", "to_mesh", "forward", "mesh_forward", "postrouting",
+           "mss_clamp")
+_STATIC_SETS = {
+    "in_any": "ipv4_addr", "in_icmp": "ipv4_addr", "in_tcp": "ipv4_addr . inet_service",
+    "in_udp": "ipv4_addr . inet_service", "probe_src": "ipv4_addr",
+    "fwd_any": "ipv4_addr . ipv4_addr", "fwd_icmp": "ipv4_addr . ipv4_addr",
+    "fwd_tcp": "ipv4_addr . ipv4_addr . inet_service",
+    "fwd_udp": "ipv4_addr . ipv4_addr . inet_service", "masq_dst": "ipv4_addr",
+}
+_INTERVAL = {"in_tcp", "in_udp", "fwd_any", "fwd_icmp", "fwd_tcp", "fwd_udp", "masq_dst"}
+_FLOW_OUT = "ip daddr . meta l4proto . th dport . th sport"
+_FLOW_IN = "ip saddr . meta l4proto . th sport . th dport"
+
+
+def _replace_keeping_flows() -> list[str]:
+    """Empty the table but for the dynamic sets' elements, whatever it held (one transaction
+    with what follows): create what may be missing, flush every rule, delete the rest."""
+    lines = [f"table inet {TABLE} {{"]
+    for name, key in _DYNAMIC_SETS.items():
+        lines.append(f"\tset {name} {{ {key}; size {FLOW_SET_SIZE}; flags dynamic,timeout; }}")
+    lines += [f"\tchain {c} {{}}" for c in _CHAINS]
+    lines += [f"\tset {n} {{ type {t};{' flags interval;' if n in _INTERVAL else ''} }}"
+              for n, t in _STATIC_SETS.items()]
+    lines += ["}", f"flush table inet {TABLE}"]
+    lines += [f"delete chain inet {TABLE} {c}" for c in _CHAINS]
+    lines += [f"delete set inet {TABLE} {n}" for n in _STATIC_SETS]
+    return lines
+
+
+def _reflexive(ifname: str, t: FlowTimeouts) -> list[str]:
+    """A peer that forwards nothing needs no conntrack: what it sends into the mesh records
+    the flow (remote address, protocol, remote port, own port) in `flows`, and a packet from
+    the mesh is a reply when its reversed tuple is there. WireGuard's cryptokey routing
+    vouches for the source address, so a peer can only answer flows opened to it (or through
+    it, when it routes the destination). Conntrack in the namespace costs every packet, the
+    underlay's too, on wireguard-go's single sending and receiving goroutines."""
+    return [
+        "\tchain output {",
+        "\t\ttype filter hook output priority filter; policy accept;",
+        f'\t\toifname "{ifname}" jump to_mesh',
+        "\t}",
+        "\tchain to_mesh {",
+        # Most packets first: TCP in mid-connection.
+        f"\t\ttcp flags & (syn | fin | rst) == 0 update @flows {{ {_FLOW_OUT} timeout {t.tcp}s }}"
+        " accept",
+        f"\t\tmeta l4proto tcp update @flows {{ {_FLOW_OUT} timeout {t.tcp_edge}s }} accept",
+        f"\t\tmeta l4proto udp update @flows {{ {_FLOW_OUT} timeout {t.udp}s }} accept",
+        f"\t\ticmp type echo-request update @pings {{ ip daddr . icmp id timeout {t.ping}s }}",
+        "\t}",
+    ]
+
+
+def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY, mtu: int = DEFAULT_MTU,
+           timeouts: FlowTimeouts = FlowTimeouts()) -> str:
     """The nftables script enforcing `netmap` on WireGuard interface `ifname`, whose MTU is
-    `mtu`."""
+    `mtu`; `timeouts` for the flows a peer that routes nothing opened."""
     if not _IFNAME.match(ifname):
         raise RenderError(f"ifname: {ifname!r} is not a valid interface name")
     overlay = _prefix(overlay)
@@ -148,6 +234,9 @@ def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY, mtu: int = DEFAU
         raise RenderError(f"name: {e}") from None
     if isinstance(netmap.version, bool) or not isinstance(netmap.version, int):
         raise RenderError(f"version: {netmap.version!r} is not a number")
+    own_ip = _ipv4(netmap.overlay_ip, "overlay_ip")
+    timeouts.check()
+    routing = bool(netmap.forward or netmap.masquerade)
 
     inbound = _by_proto(_grants(
         (_ipv4(r.src, "inbound src"), _proto(r.proto), r.ports) for r in netmap.inbound))
@@ -160,35 +249,41 @@ def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY, mtu: int = DEFAU
     def port_elements(entries: list[tuple[str, tuple[PortRange, ...]]]) -> list[str]:
         return [f"{key} . {p}" for key, ports in entries for p in _ports(ports)]
 
+    def static_set(name: str, elements: Iterable[str]) -> list[str]:
+        return _set(name, _STATIC_SETS[name], elements, name in _INTERVAL)
+
     lines = [
-        f"# wiremesh ruleset for {netmap.name} ({_ipv4(netmap.overlay_ip, 'overlay_ip')}), "
-        f"netmap version "
-        f"{netmap.version}",
-        f"table inet {TABLE}",
-        f"delete table inet {TABLE}",
+        f"# wiremesh ruleset for {netmap.name} ({own_ip}), netmap version {netmap.version}",
+        *_replace_keeping_flows(),
         f"table inet {TABLE} {{",
     ]
-    lines += _set("in_any", "ipv4_addr", (k for k, _ in inbound["all"]), interval=False)
-    lines += _set("in_icmp", "ipv4_addr", (k for k, _ in inbound["icmp"]), interval=False)
-    lines += _set("in_tcp", "ipv4_addr . inet_service", port_elements(inbound["tcp"]), True)
-    lines += _set("in_udp", "ipv4_addr . inet_service", port_elements(inbound["udp"]), True)
+    lines += static_set("in_any", (k for k, _ in inbound["all"]))
+    lines += static_set("in_icmp", (k for k, _ in inbound["icmp"]))
+    lines += static_set("in_tcp", port_elements(inbound["tcp"]))
+    lines += static_set("in_udp", port_elements(inbound["udp"]))
     # Clients allowed to use this router's routes probe it (failover health checks).
-    lines += _set("probe_src", "ipv4_addr",
-                  sorted({_ipv4(r.src, "forward src") for r in netmap.forward}), interval=False)
-    lines += _set("fwd_any", "ipv4_addr . ipv4_addr", (k for k, _ in forward["all"]), True)
-    lines += _set("fwd_icmp", "ipv4_addr . ipv4_addr", (k for k, _ in forward["icmp"]), True)
-    lines += _set("fwd_tcp", "ipv4_addr . ipv4_addr . inet_service",
-                  port_elements(forward["tcp"]), True)
-    lines += _set("fwd_udp", "ipv4_addr . ipv4_addr . inet_service",
-                  port_elements(forward["udp"]), True)
+    lines += static_set("probe_src", sorted({_ipv4(r.src, "forward src") for r in netmap.forward}))
+    if routing:
+        # Forwarding and NAT need conntrack anyway: replies are what it calls established.
+        replies = ["\t\tct state established,related accept", "\t\tct state invalid drop"]
+    else:
+        lines += _reflexive(ifname, timeouts)
+        replies = [
+            f"\t\t{_FLOW_IN} @flows accept",
+            "\t\ticmp type echo-reply ip saddr . icmp id @pings accept",
+            # Errors about a packet this peer sent (PMTU discovery's "fragmentation needed",
+            # unreachable, TTL exceeded): the quoted header (no options) has our source.
+            # Matching its whole tuple against `flows` is beyond nft's type checks.
+            "\t\ticmp type { destination-unreachable, time-exceeded, parameter-problem } "
+            f"@th,64,8 0x45 @th,160,32 {int(ipaddress.IPv4Address(own_ip)):#010x} accept",
+        ]
     lines += [
         "\tchain input {",
         "\t\ttype filter hook input priority filter; policy accept;",
         f'\t\tiifname "{ifname}" jump from_mesh',
         "\t}",
         "\tchain from_mesh {",
-        "\t\tct state established,related accept",
-        "\t\tct state invalid drop",
+        *replies,
         "\t\tip saddr @in_any accept",
         "\t\tip protocol icmp ip saddr @in_icmp accept",
         "\t\tip saddr . tcp dport @in_tcp accept",
@@ -200,9 +295,17 @@ def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY, mtu: int = DEFAU
         "\t\ttype filter hook forward priority filter; policy accept;",
         f'\t\tiifname "{ifname}" jump mesh_forward',
         "\t}",
+    ]
+    if not routing:
+        lines += ["\tchain mesh_forward {", "\t\tcounter drop", "\t}", "}"]
+        return "\n".join(lines) + "\n"
+    lines += static_set("fwd_any", (k for k, _ in forward["all"]))
+    lines += static_set("fwd_icmp", (k for k, _ in forward["icmp"]))
+    lines += static_set("fwd_tcp", port_elements(forward["tcp"]))
+    lines += static_set("fwd_udp", port_elements(forward["udp"]))
+    lines += [
         "\tchain mesh_forward {",
-        "\t\tct state established,related accept",
-        "\t\tct state invalid drop",
+        *replies,
         # Never from the mesh back into it: an exit node's 0.0.0.0/0 grant must not carry a
         # client to other peers (masqueraded as the exit node, around their own ACLs).
         f"\t\tip daddr {overlay} counter drop",
@@ -214,14 +317,13 @@ def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY, mtu: int = DEFAU
         "\t}",
     ]
     if netmap.masquerade:
-        lines += _set("masq_dst", "ipv4_addr", _no_overlap(netmap.masquerade), True)
+        lines += static_set("masq_dst", _no_overlap(netmap.masquerade))
         lines += [
             "\tchain postrouting {",
             "\t\ttype nat hook postrouting priority srcnat; policy accept;",
             f"\t\tip saddr {overlay} ip daddr @masq_dst masquerade",
             "\t}",
         ]
-    if netmap.forward or netmap.masquerade:
-        lines += _mss_clamp(ifname, mtu)
+    lines += _mss_clamp(ifname, mtu)
     lines.append("}")
     return "\n".join(lines) + "\n"
