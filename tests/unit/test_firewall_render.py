@@ -44,7 +44,7 @@ def test_empty_netmap_drops_every_new_connection_from_the_mesh_only() -> None:
     assert '\t\tiifname "wg0" jump from_mesh' in s
     assert '\t\tiifname "wg0" jump mesh_forward' in s
     body = chain(s, "from_mesh")
-    assert body[0] == "ip saddr . meta l4proto . th sport . th dport @flows accept"
+    assert body[1] == "ip saddr . meta l4proto . th sport . th dport @flows accept"
     assert body[-1] == "counter drop"
     assert chain(s, "mesh_forward") == ["counter drop"]
     assert "policy accept" in s and "policy drop" not in s  # the underlay is not ours
@@ -60,14 +60,18 @@ def test_a_peer_that_routes_nothing_has_no_conntrack_and_records_what_it_opens()
     key = "ip daddr . meta l4proto . th dport . th sport"
     assert chain(s, "to_mesh") == [
         f"tcp flags & (syn | fin | rst) == 0 update @flows {{ {key} timeout 3600s }} accept",
+        "tcp flags & (syn | ack) == syn | ack accept",
         f"meta l4proto tcp update @flows {{ {key} timeout 60s }} accept",
         f"meta l4proto udp update @flows {{ {key} timeout 30s }} accept",
         "icmp type echo-request update @pings { ip daddr . icmp id timeout 10s }",
     ]
     # Replies: the reversed tuple, echo replies to our pings, errors quoting our packets
     # (100.64.0.2 = 0x64400002), then what policy allows, then nothing.
+    back = "ip saddr . meta l4proto . th sport . th dport"
     assert chain(s, "from_mesh") == [
-        "ip saddr . meta l4proto . th sport . th dport @flows accept",
+        f"tcp flags & (fin | rst) != 0 {back} @flows update @flows {{ {back} timeout 60s }} "
+        "accept",
+        f"{back} @flows accept",
         "icmp type echo-reply ip saddr . icmp id @pings accept",
         "icmp type { destination-unreachable, time-exceeded, parameter-problem } "
         "@th,64,8 0x45 @th,160,32 0x64400002 accept",

@@ -214,6 +214,9 @@ def _reflexive(ifname: str, t: FlowTimeouts) -> list[str]:
         # Most packets first: TCP in mid-connection.
         f"\t\ttcp flags & (syn | fin | rst) == 0 update @flows {{ {_FLOW_OUT} timeout {t.tcp}s }}"
         " accept",
+        # A SYN-ACK answers a connection the peer opened, which policy let in: nothing to
+        # record (a peer flooding SYNs would otherwise fill the set).
+        "\t\ttcp flags & (syn | ack) == syn | ack accept",
         f"\t\tmeta l4proto tcp update @flows {{ {_FLOW_OUT} timeout {t.tcp_edge}s }} accept",
         f"\t\tmeta l4proto udp update @flows {{ {_FLOW_OUT} timeout {t.udp}s }} accept",
         f"\t\ticmp type echo-request update @pings {{ ip daddr . icmp id timeout {t.ping}s }}",
@@ -269,6 +272,9 @@ def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY, mtu: int = DEFAU
     else:
         lines += _reflexive(ifname, timeouts)
         replies = [
+            # The peer closing or resetting: its flow times out like one we close.
+            f"\t\ttcp flags & (fin | rst) != 0 {_FLOW_IN} @flows "
+            f"update @flows {{ {_FLOW_IN} timeout {timeouts.tcp_edge}s }} accept",
             f"\t\t{_FLOW_IN} @flows accept",
             "\t\ticmp type echo-reply ip saddr . icmp id @pings accept",
             # Errors about a packet this peer sent (PMTU discovery's "fragmentation needed",
