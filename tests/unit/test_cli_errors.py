@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -125,3 +128,35 @@ def test_up_against_a_server_that_answers_garbage(tmp_path: Path, odd_server, an
     line = one_line_error(["up", "--server", url, "--setup-key", "wmk_x",
                            "--state-dir", str(tmp_path)])
     assert f"GET {url}/api/v1/server-key answered HTTP 200 with no JSON object" in line, line
+
+
+def _server_fails(tmp_path: Path, *args: str) -> str:
+    """`wiremesh server` with `args` must stop before serving: one line, exit code 2 (the
+    port it would listen on is never bound: every case fails first)."""
+    run = subprocess.run([sys.executable, "-m", "wiremesh", "server", "--listen",
+                          "127.0.0.1:9", "--db", f"sqlite:///{tmp_path}/s.db", *args],
+                         capture_output=True, text=True, timeout=60)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, (run.returncode, run.stderr)
+    return lines[0]
+
+
+def test_server_database_down_is_one_line(tmp_path: Path) -> None:
+    # It was uvicorn's lifespan traceback. The password is not shown.
+    line = _server_fails(tmp_path, "--db", "postgresql://wm:hunter2@127.0.0.1:9/wm")
+    assert line == ("error: --db postgresql://wm:***@127.0.0.1:9/wm: cannot connect: "
+                    "connection refused")
+
+
+def test_server_stun_port_taken_is_one_line(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        line = _server_fails(tmp_path, "--stun-listen", f"127.0.0.1:{port}")
+    assert line == f"error: --stun-listen 127.0.0.1:{port}: address already in use"
+
+
+@pytest.mark.parametrize("url", ["wss://[::1", "wss://relay.example:99999"])
+def test_server_malformed_relay_url_is_one_line(tmp_path: Path, url: str) -> None:
+    assert _server_fails(tmp_path, "--stun-listen", "off", "--relay", url).startswith(
+        f"error: --relay {url!r}: ")

@@ -126,6 +126,9 @@ def server(
         async_url(db)
     except BadDatabaseURL as e:
         fail(str(e))
+    database_reachable(db)
+    if stun is not None:
+        udp_port_free(*stun)
 
     oidc = None
     if oidc_issuer is not None:
@@ -201,6 +204,45 @@ def tls_files(cert: Path | None, key: Path | None) -> tuple[str, str] | None:
     return str(cert), str(key)
 
 
+def database_reachable(db: str) -> None:
+    """Connect once now, so a database that is down or refuses us is one line naming it
+    (from the app's start-up it is a traceback through uvicorn's lifespan)."""
+    import asyncio
+
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+    from wiremesh.store.db import make_engine
+
+    async def connect() -> None:
+        engine = make_engine(db)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(connect())
+    except (OSError, SQLAlchemyError) as e:
+        why = str(e.orig) if isinstance(e, DBAPIError) else reason(e) or str(e)
+        shown = make_url(db).render_as_string(hide_password=True)
+        fail(f"--db {shown}: cannot connect: {' '.join(why.split())}")
+
+
+def udp_port_free(host: str, port: int) -> None:
+    """Bind the STUN responder's address now, so one in use is a line, not a traceback."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.bind((host, port))
+    except OSError as e:
+        fail(f"--stun-listen {host}:{port}: {reason(e) or e}")
+
+
 # Relay frames are at most 32 + 65535 bytes; encrypted packets do not compress.
 RELAY_WS_OPTIONS: dict[str, Any] = {"ws_max_size": 1 << 17, "ws_per_message_deflate": False}
 
@@ -231,7 +273,11 @@ def relay_url(url: str) -> str:
     when none is given."""
     from wiremesh.relay.switch import RELAY_PATH
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as e:  # and for an unclosed IPv6 bracket
+        fail(f"--relay {url!r}: {e}; expected wss://HOST:PORT or wss://HOST:PORT/PATH")
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     if scheme not in ("ws", "wss") or not parts.hostname:
         fail(f"--relay {url!r}: expected wss://HOST:PORT or wss://HOST:PORT/PATH")
