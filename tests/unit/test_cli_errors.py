@@ -160,3 +160,20 @@ def test_server_stun_port_taken_is_one_line(tmp_path: Path) -> None:
 def test_server_malformed_relay_url_is_one_line(tmp_path: Path, url: str) -> None:
     assert _server_fails(tmp_path, "--stun-listen", "off", "--relay", url).startswith(
         f"error: --relay {url!r}: ")
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("[]", "is unreadable: it holds no agent configuration ('config')"),
+    ("null", "is unreadable: it holds no agent configuration ('config')"),
+    ('{"config": 5}', "is unreadable: "),
+    (None, "cannot be read: Is a directory"),
+])
+def test_agent_saved_state_that_is_no_state(tmp_path: Path, content: str | None,
+                                            expected: str) -> None:
+    state = tmp_path / "state.json"
+    if content is None:
+        state.mkdir()  # was a traceback (only a missing file was expected)
+    else:
+        state.write_text(content)  # were KeyError/TypeError texts: "'config'"
+    line = one_line_error(["agent", "--state-dir", str(tmp_path)])
+    assert line.startswith(f"error: saved state {state} {expected}"), line

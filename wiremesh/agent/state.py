@@ -113,12 +113,16 @@ def load(state_dir: Path) -> AgentState:
     path = files(state_dir)[0]
     try:
         data = json.loads(path.read_text())
+        if not isinstance(data, dict) or "config" not in data:
+            raise ValueError("it holds no agent configuration ('config')")
         cfg = _CONFIG.validate_python(data["config"])
     except FileNotFoundError:
         raise StateError(f"no saved state in {state_dir}; enrol first with `wiremesh up`") from None
+    except OSError as e:
+        raise StateError(f"saved state {path} cannot be read: {e.strerror or e}") from None
     except ValidationError as e:
         raise StateError(f"saved state {path} is unreadable: {describe(e)}") from None
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, TypeError) as e:
         raise StateError(f"saved state {path} is unreadable: {e}") from None
     nm = None
     if data.get("netmap") is not None:
