@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -177,3 +178,19 @@ def test_agent_saved_state_that_is_no_state(tmp_path: Path, content: str | None,
         state.write_text(content)  # were KeyError/TypeError texts: "'config'"
     line = one_line_error(["agent", "--state-dir", str(tmp_path)])
     assert line.startswith(f"error: saved state {state} {expected}"), line
+
+
+def test_json_output_stays_json_when_a_metric_is_nan(odd_server) -> None:
+    url, answers = odd_server
+    answers.append((200, "text/plain", b"wiremesh_gateway_known_peers NaN\n"))
+    res = runner.invoke(app, ["gateway", "status", "--metrics", f"{url}/metrics",
+                              "--interval", "0.1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout, parse_constant=pytest.fail)["known"] is None
+
+
+def test_gateway_status_malformed_metrics_url() -> None:
+    res = runner.invoke(app, ["gateway", "status", "--metrics", "http://[::1"])
+    assert res.exit_code == 1, res.exception  # a runtime error: the gateway is not there
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert res.output.startswith("error: --metrics: cannot read http://[::1: "), res.output

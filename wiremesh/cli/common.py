@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -77,8 +78,21 @@ def print_table(title: str, columns: list[str], rows: list[list[object]]) -> Non
     console.print(t)
 
 
+def _finite(obj: Any) -> Any:
+    """`obj` with NaN and infinities as null: JSON has no such numbers, and scripts reading
+    --json output with a strict parser (jq, JSON.parse) refuse them."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=None, default=str) + "\n")
+    sys.stdout.write(json.dumps(_finite(obj), indent=None, default=str, allow_nan=False)
+                     + "\n")
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -231,7 +231,7 @@ def status(
         first = gateway_status.scrape(metrics_url)
         time.sleep(interval)  # the rate's measuring window, not a synchronisation
         second = gateway_status.scrape(metrics_url)
-    except (httpx.HTTPError, ValueError) as e:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
         fail(f"--metrics: cannot read {metrics_url}: {e or e.__class__.__name__}", code=1)
     out = gateway_status.summary(first, second, interval)
     if as_json:
