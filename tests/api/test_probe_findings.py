@@ -143,3 +143,25 @@ async def test_the_last_admin_token_is_not_revoked(api: ApiEnv) -> None:
     assert r.status_code == 200, r.text
     r = await api.client.delete("/api/v1/admin-tokens/next", headers=successor)
     assert r.status_code == 409
+
+
+async def test_a_setup_key_naming_a_group_twice_enrols(api: ApiEnv) -> None:
+    # Every enrolment with it answered 500 (the membership row inserted twice).
+    await api.client.post("/api/v1/groups", json={"name": "g"}, headers=api.admin)
+    k = await make_key(api, auto_groups=["g", "g"])
+    assert k["auto_groups"] == ["g"]
+    r = await enroll(api, k["key"], "a")
+    assert r.status_code == 201, r.text
+    r = await api.client.get("/api/v1/groups", headers=api.admin)
+    assert {g["name"]: g["members"] for g in r.json()}["g"] == ["a"]
+
+
+async def test_a_key_stored_naming_a_group_twice_enrols(api: ApiEnv) -> None:
+    from wiremesh.store.tables import SetupKey
+
+    await api.client.post("/api/v1/groups", json={"name": "g"}, headers=api.admin)
+    k = await make_key(api, auto_groups=["g"])
+    async with api.store.db.tx() as s:  # as an older server stored it
+        (await s.get(SetupKey, k["id"])).auto_groups = ["g", "g"]
+    r = await enroll(api, k["key"], "a")
+    assert r.status_code == 201, r.text

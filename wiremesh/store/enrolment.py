@@ -177,8 +177,10 @@ class Enrolment:
                                   [row for _, row, _ in added])
             for (peer, _, _), pid in zip(added, ids, strict=True):
                 peer.id = pid
+            # Each group once: a key created by an older server may name one twice.
             members = [{"group_id": groups[g], "peer_id": peer.id}
-                       for peer, _, key in added for g in key.auto_groups if g in groups]
+                       for peer, _, key in added for g in dict.fromkeys(key.auto_groups)
+                       if g in groups]
             if members:
                 await s.execute(insert(GroupMember), members)
             await audit.record_many(s, [

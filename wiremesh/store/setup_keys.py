@@ -64,7 +64,10 @@ class SetupKeys:
                 name=name, key_hash=hash_secret(key), key_prefix=key[:10], reusable=reusable,
                 usage_limit=usage_limit if reusable else 1, used_count=0,
                 expires_at=now() + expires_in if expires_in else None, revoked=False,
-                auto_groups=auto_groups, created_at=now(), peer_name=peer_name, role=role,
+                # Once each: enrolment adds the peer to each group named (a group named
+                # twice made every enrolment with the key fail on the membership's key).
+                auto_groups=list(dict.fromkeys(auto_groups)), created_at=now(),
+                peer_name=peer_name, role=role,
             )
             s.add(row)
             await s.flush()
