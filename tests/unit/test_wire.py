@@ -5,6 +5,7 @@ nftables text that parses back to the same values (so nothing accepted can injec
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import re
@@ -266,3 +267,61 @@ def test_ipv4_fast_paths_agree_with_ipaddress(ip, length, port):
         else:
             with pytest.raises(ValueError):
                 check_endpoint(text)
+
+
+def _paths(doc: object, at: tuple = ()) -> list[tuple]:
+    """Every place in a JSON document: dict keys and list indexes, outermost first."""
+    out: list[tuple] = []
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(
+        doc, list) else ()
+    for k, v in items:
+        out += [(*at, k), *_paths(v, (*at, k))]
+    return out
+
+
+_ROUTE = {"name": "r", "prefix": "198.18.0.0/16", "routers": [[KEYS[1], 100]]}
+_PEER = {"public_key": KEYS[0], "name": "b", "overlay_ip": "100.64.0.2",
+         "endpoints": ["192.0.2.1:51820"]}
+_RULE = {"src": "100.64.0.2", "proto": "tcp", "ports": ["22", "80-90"]}
+_DNS = {"domain": "mesh.internal", "zones": [{"zone": "corp.example",
+                                              "nameservers": ["198.18.0.53"]}]}
+MESSAGES = [
+    {"type": "full", "netmap": {
+        "version": 3, "peer_id": 1, "name": "a", "overlay_ip": "100.64.0.1", "peers": [_PEER],
+        "inbound": [_RULE], "routes": [_ROUTE], "forward": [{**_RULE, "prefix": "198.18.0.0/16"}],
+        "masquerade": ["198.18.0.0/16"], "relays": ["/api/v1/relay"], "dns": _DNS, "mtu": 1420}},
+    {"type": "delta", "delta": {
+        "from_version": 1, "to_version": 2, "upsert_peers": [_PEER], "remove_peers": [KEYS[2]],
+        "add_inbound": [_RULE], "remove_inbound": [], "upsert_routes": [_ROUTE],
+        "remove_routes": ["x"], "masquerade": [], "relays": ["wss://relay.example/r"],
+        "dns": _DNS, "mtu": 1400, "name": "z", "overlay_ip": "100.64.0.9"}},
+]
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=20) | st.sampled_from(
+        ["", "0", "65536", "1-0", "[fe80::1%eth0]:5", "1.2.3.4:", "300.1.1.1", KEYS[0],
+         "A" * 44, "wss://", "ws://[::1", "http://a:99999/x", "fd00::/64"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                  max_size=3),
+    max_leaves=8)
+
+
+def test_the_seed_messages_are_valid() -> None:
+    for m in MESSAGES:
+        parse_message(json.dumps(m))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(MESSAGES), st.data())
+def test_a_message_with_any_field_replaced_parses_or_is_a_bad_message(message, data) -> None:
+    # What the agent refuses must be a BadMessage (logged, the last netmap kept), whatever
+    # a field turns into: another type, a huge number, a malformed address or URL.
+    doc = json.loads(json.dumps(message))
+    for _ in range(data.draw(st.integers(1, 3))):
+        *parent, last = data.draw(st.sampled_from(_paths(doc)))
+        target = doc
+        for k in parent:
+            target = target[k]
+        target[last] = data.draw(JSON_VALUES)
+    with contextlib.suppress(BadMessage):
+        parse_message(json.dumps(doc))
