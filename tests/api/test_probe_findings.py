@@ -165,3 +165,18 @@ async def test_a_key_stored_naming_a_group_twice_enrols(api: ApiEnv) -> None:
         (await s.get(SetupKey, k["id"])).auto_groups = ["g", "g"]
     r = await enroll(api, k["key"], "a")
     assert r.status_code == 201, r.text
+
+
+async def test_endpoints_an_older_server_stored_are_left_out_of_netmaps(api: ApiEnv) -> None:
+    from wiremesh.store.tables import Peer
+
+    k = await make_key(api, reusable=True)
+    a = (await enroll(api, k["key"], "a")).json()
+    b = (await enroll(api, k["key"], "b")).json()
+    async with api.store.db.tx() as s:
+        (await s.get(Peer, b["peer_id"])).endpoints = [
+            "garbage", "fe80::1%eth0", "192.0.2.9", "[fd00::9]:7"]
+    await api.hub.refresh()
+    line = encode_message(FullMessage.model_construct(netmap=api.hub.netmap(a["peer_id"])))
+    peer = next(iter(parse_message(line).netmap.peers.values()))
+    assert peer.endpoints == ("192.0.2.9:51820", "[fd00::9]:7")

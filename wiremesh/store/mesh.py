@@ -3,7 +3,6 @@ as the changes logged since a revision applied to the mesh at that revision."""
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_, select
@@ -11,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from wiremesh.core.models import MeshState, PeerInfo
 from wiremesh.core.policy import ALL_GROUP
+from wiremesh.core.wire import check_endpoint, endpoint_host_port
 from wiremesh.store import policies, routes
 from wiremesh.store.changes import GROUP, PEER, POLICIES, ROUTES, Changes
 from wiremesh.store.common import counter, hash_secret, now
@@ -30,15 +30,17 @@ from wiremesh.store.users import USER_GROUP_PREFIX, user_group
 
 
 def _endpoints_with_port(endpoints: list[str], port: int) -> list[str]:
-    """Endpoints are stored as reported; a bare address gets the peer's listen port."""
+    """Endpoints are stored as reported; a bare address gets the peer's listen port. One the
+    wire contract refuses is left out (an older server stored what a proxy's
+    X-Forwarded-For said, or a link-local client's scoped address): agents would refuse
+    every netmap that lists the peer."""
     out = []
     for e in endpoints:
         try:
-            ip = ipaddress.ip_address(e)
+            host, given = endpoint_host_port(check_endpoint(e))
         except ValueError:
-            out.append(e)
             continue
-        out.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+        out.append(f"[{host}]:{given or port}" if ":" in host else f"{host}:{given or port}")
     return out
 
 
