@@ -16,6 +16,7 @@ from test_policy_compiler import states
 
 from tests.conftest import billion_laughs
 from wiremesh.core.models import MeshState, PeerInfo, Policy, PortRange
+from wiremesh.core.policy import PolicyCompiler, compile_netmaps
 from wiremesh.core.policyfile import PolicyFileError, PolicyTest, export, parse, plan, run_tests
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "policy.yaml"
@@ -194,6 +195,18 @@ def test_plan_lists_changes_and_touched_peers() -> None:
     assert [(c.name, c.rules_added, c.rules_removed, c.peers_added) for c in p2.peers] == [
         ("db1", 1, 1, 0)]
     assert "~ policy web-to-db" in p2.lines()
+
+
+def test_a_plan_on_a_borrowed_compiler_is_the_same_and_leaves_it_as_it_was() -> None:
+    old = lab_state()
+    new = parse(EXAMPLE.read_text(), old).apply(old)
+    compiler = PolicyCompiler(old)
+    held = dict(compiler.netmaps)
+    assert plan(old, new, compiler) == plan(old, new)
+    assert dict(compiler.netmaps) == held
+    # Moved on from there, it is still the compiler of the mesh it held.
+    compiler.update(new)
+    assert dict(compiler.netmaps) == compile_netmaps(new)
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -8,10 +8,11 @@ it last sent and sends the diff, which also coalesces bursts of changes into one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -98,60 +99,72 @@ class NetmapHub:
         """Read what changed in the store and recompile what it affects; returns the ids of
         peers whose netmap changed or vanished."""
         async with self._lock:
-            started = time.monotonic()
-            got = None
-            if self.compiler is not None:
-                got = await self.store.load_since(self.revision, self.state)
-            if got is None:
-                got = await self.store.load_state()
-                self.full_loads += 1
-            rev, state = got
-            if rev == self.revision:
-                return set()
-            t_loaded = time.monotonic()
-            if self.compiler is None:
-                self.compiler = await asyncio.to_thread(PolicyCompiler, state)
-                touched = set(self.compiler.netmaps)
-            else:
-                touched = await asyncio.to_thread(self.compiler.update, state)
-            # The compiler reports only netmaps whose content changed (or that vanished),
-            # so every one of them gets the new version. Streams read `current` while the
-            # deltas are encoded: it changes only once they are ready.
-            fresh: dict[int, Netmap] = {}
-            gone: list[int] = []
-            pairs: dict[int, tuple[Netmap, Netmap]] = {}
-            for pid in touched:
-                nm = self.compiler.netmaps.get(pid)
-                if nm is None:
-                    gone.append(pid)
-                    continue
-                fresh[pid] = replace(nm, version=rev, relays=self.relays, dns=self.dns,
-                                     mtu=self.mtu)
-                old = self.current.get(pid)
-                if old is not None:
-                    pairs[pid] = (old, fresh[pid])
-            t_compiled = time.monotonic()
-            encoded = await asyncio.to_thread(_encode_deltas, pairs)
-            for pid in gone:
-                self.current.pop(pid, None)
-                self.history.pop(pid, None)
-                self._digests.pop(pid, None)
-            for pid, (old, _) in pairs.items():
-                self.history.setdefault(pid, deque(maxlen=HISTORY)).append(old)
-            self.current.update(fresh)
-            self.state, self.revision = state, rev
-            for pid in touched:
-                self.latest_delta.pop(pid, None)
-            self.latest_delta.update(encoded)
-            self._last_end = time.monotonic()
-            self._last_cost = self._last_end - started
-            for pid in touched:
-                for ev in self._waiters.get(pid, ()):
-                    ev.set()
-            log.info("revision %d: %d netmaps changed (load %.0f ms, compile %.0f ms, "
-                     "encode %.0f ms)", rev, len(touched), (t_loaded - started) * 1e3,
-                     (t_compiled - t_loaded) * 1e3, (time.monotonic() - t_compiled) * 1e3)
-            return touched
+            return await self._refresh()
+
+    @contextlib.asynccontextmanager
+    async def settled(self) -> AsyncIterator[tuple[MeshState, PolicyCompiler | None]]:
+        """The mesh at the store's latest revision (read-after-write) and its compiler,
+        which no refresh moves while the caller holds them; the caller may move the compiler
+        away only if it moves it back (a policy plan does: core/policyfile.py `plan`)."""
+        async with self._lock:
+            await self._refresh()
+            yield self.state, self.compiler
+
+    async def _refresh(self) -> set[int]:
+        started = time.monotonic()
+        got = None
+        if self.compiler is not None:
+            got = await self.store.load_since(self.revision, self.state)
+        if got is None:
+            got = await self.store.load_state()
+            self.full_loads += 1
+        rev, state = got
+        if rev == self.revision:
+            return set()
+        t_loaded = time.monotonic()
+        if self.compiler is None:
+            self.compiler = await asyncio.to_thread(PolicyCompiler, state)
+            touched = set(self.compiler.netmaps)
+        else:
+            touched = await asyncio.to_thread(self.compiler.update, state)
+        # The compiler reports only netmaps whose content changed (or that vanished),
+        # so every one of them gets the new version. Streams read `current` while the
+        # deltas are encoded: it changes only once they are ready.
+        fresh: dict[int, Netmap] = {}
+        gone: list[int] = []
+        pairs: dict[int, tuple[Netmap, Netmap]] = {}
+        for pid in touched:
+            nm = self.compiler.netmaps.get(pid)
+            if nm is None:
+                gone.append(pid)
+                continue
+            fresh[pid] = replace(nm, version=rev, relays=self.relays, dns=self.dns,
+                                 mtu=self.mtu)
+            old = self.current.get(pid)
+            if old is not None:
+                pairs[pid] = (old, fresh[pid])
+        t_compiled = time.monotonic()
+        encoded = await asyncio.to_thread(_encode_deltas, pairs)
+        for pid in gone:
+            self.current.pop(pid, None)
+            self.history.pop(pid, None)
+            self._digests.pop(pid, None)
+        for pid, (old, _) in pairs.items():
+            self.history.setdefault(pid, deque(maxlen=HISTORY)).append(old)
+        self.current.update(fresh)
+        self.state, self.revision = state, rev
+        for pid in touched:
+            self.latest_delta.pop(pid, None)
+        self.latest_delta.update(encoded)
+        self._last_end = time.monotonic()
+        self._last_cost = self._last_end - started
+        for pid in touched:
+            for ev in self._waiters.get(pid, ()):
+                ev.set()
+        log.info("revision %d: %d netmaps changed (load %.0f ms, compile %.0f ms, "
+                 "encode %.0f ms)", rev, len(touched), (t_loaded - started) * 1e3,
+                 (t_compiled - t_loaded) * 1e3, (time.monotonic() - t_compiled) * 1e3)
+        return touched
 
     def poke(self) -> None:
         """Ask the background loop to refresh (changes are coalesced)."""
@@ -265,10 +278,6 @@ class NetmapHub:
     def connected(self, peer_id: int) -> bool:
         """Does this replica hold a stream (or relay session) of the peer?"""
         return peer_id in self._waiters
-
-    def snapshot(self) -> tuple[MeshState, Mapping[int, Netmap] | None]:
-        """The mesh as of the last refresh, and its compiled netmaps (None before one)."""
-        return self.state, self.compiler.netmaps if self.compiler else None
 
     def digest(self, nm: Netmap) -> str:
         """The digest of a peer's current netmap, computed once per version."""

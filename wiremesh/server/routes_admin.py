@@ -153,7 +153,7 @@ async def delete_peer(ref: PeerRefPath, request: Request,
 
 
 async def _group_out(request: Request, name: str) -> GroupOut:
-    return GroupOut(name=name, members=(await _store(request).groups.all())[name])
+    return GroupOut(name=name, members=(await _store(request).groups.all(name))[name])
 
 
 @router.get("/groups", response_model=list[GroupOut])

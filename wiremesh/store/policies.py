@@ -15,6 +15,8 @@ from wiremesh.store.database import Database
 from wiremesh.store.errors import NotFound
 from wiremesh.store.tables import Group, GroupMember, Peer, PolicyRow, RouteRow
 
+# Peer names looked up per statement (SQLite caps the parameters of one).
+MAX_NAMES = 500
 DEFAULT_POLICY = Policy(name="default", sources=(ALL_GROUP,), destinations=(ALL_GROUP,),
                         description="all peers reach all peers")
 
@@ -58,8 +60,14 @@ class Policies:
         """Set the listed groups' members and replace every policy (and every route, when
         given) in one transaction; groups not listed keep their members."""
         async with self.db.tx() as s:
-            peers = {p.name: p.id for p in await s.scalars(select(Peer))}
-            existing = {g.name: g for g in await s.scalars(select(Group))}
+            # Only the peers the file names, as plain rows: not every peer as an object.
+            named = sorted({m for members in groups.values() for m in members})
+            peers: dict[str, int] = {}
+            for at in range(0, len(named), MAX_NAMES):
+                peers.update((name, pid) for name, pid in await s.execute(
+                    select(Peer.name, Peer.id).where(Peer.name.in_(named[at:at + MAX_NAMES]))))
+            existing = {g.name: g for g in await s.scalars(
+                select(Group).where(Group.name.in_(list(groups))))}
             for name, members in groups.items():
                 grp = existing.get(name)
                 if grp is None:
