@@ -82,6 +82,8 @@ def change(draw, state: MeshState) -> tuple[str, object, MeshState]:
                  draw(st.sampled_from((None, "renamed", "p1"))), draw(st.sampled_from((None, 50))))
         if any(q.overlay_ip == p.overlay_ip for q in state.peers.values() if q.id != i):
             p = peer(i)
+        # Now and then a JIT gateway (no peer to the compiler), or a peer again.
+        p = dataclasses.replace(p, gateway=draw(st.sampled_from((False, False, True))))
         return "upsert_peer", p, dataclasses.replace(state, peers={**state.peers, i: p})
     if kind == "unpeer" and state.peers:
         i = draw(st.sampled_from(sorted(state.peers)))

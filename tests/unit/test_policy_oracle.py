@@ -3,6 +3,7 @@ the oracle the fast, incremental compiler is checked against (tests only)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 
 from wiremesh.core.models import MeshState
@@ -17,6 +18,9 @@ def members(state: MeshState, groups: tuple[str, ...]) -> set[int]:
 
 
 def oracle_netmaps(state: MeshState) -> dict[int, Netmap]:
+    # A JIT gateway is no peer here: in no group, given no netmap.
+    state = dataclasses.replace(
+        state, peers={pid: p for pid, p in state.peers.items() if not p.gateway})
     knows: dict[int, set[int]] = defaultdict(set)
     inbound: dict[int, set[InboundRule]] = defaultdict(set)
     forward: dict[int, set[ForwardRule]] = defaultdict(set)

@@ -286,13 +286,26 @@ class PolicyCompiler:
         new = with_posture(new)
         _check_unique(new)
         todo: set[int] = set()
-        old_peers, new_peers = self._peers, new.peers
-        gateways = {pid: p for pid, p in new_peers.items() if p.gateway}
-        if gateways:
-            new_peers = {pid: p for pid, p in new_peers.items() if not p.gateway}
+        # One pass over the peers (550,000 behind a gateway: each pass costs 0.05-0.1 s).
+        old_peers = self._peers
+        gateways: dict[int, PeerInfo] = {}
+        upserts: list[PeerInfo] = []
+        kept = 0
+        for pid, p in new.peers.items():
+            if p.gateway:
+                gateways[pid] = p
+                continue
+            old_p = old_peers.get(pid)
+            if old_p is None:
+                upserts.append(p)
+            else:
+                kept += 1
+                if old_p is not p and old_p != p:
+                    upserts.append(p)
         self._gateways = gateways
-        for pid in old_peers.keys() - new_peers.keys():
-            todo |= self._remove_peer(pid)
+        if kept < len(old_peers):
+            for pid in [pid for pid in old_peers if pid not in new.peers or pid in gateways]:
+                todo |= self._remove_peer(pid)
         new_raw = {g: m for g, m in new.groups.items() if g != ALL_GROUP}
         for g in self._raw.keys() - new_raw.keys():
             todo |= self._set_group(g, None)
@@ -300,10 +313,8 @@ class PolicyCompiler:
             old = self._raw.get(g)
             if old is None or (old is not m and old != m):
                 todo |= self._set_group(g, frozenset(m))
-        for pid, p in new_peers.items():
-            old_p = old_peers.get(pid)
-            if old_p is None or (old_p is not p and old_p != p):
-                todo |= self._upsert_peer(p)
+        for p in upserts:
+            todo |= self._upsert_peer(p)
         new_routes = {r.name: r for r in new.routes}
         for name in self._routes.keys() - new_routes.keys():
             todo |= self._set_route(name, None)

@@ -138,5 +138,9 @@ def _known(sources: frozenset[str], *columns: Any) -> Select[Any]:
     q = (select(*(columns or (Peer.id, Peer.public_key, Peer.overlay_ip)))
          .outerjoin(SetupKey, SetupKey.id == Peer.setup_key_id).where(not_gateway()))
     if ALL_GROUP not in sources:
-        q = q.where(Peer.id.in_(_members(sources)))
+        # Asked per peer (an index probe), not `id IN (members)`: that list is built whole
+        # for every statement, 550,000 ids for a delta of a few peers (0.4 s of CPU).
+        q = q.where(select(GroupMember.peer_id).join(Group, Group.id == GroupMember.group_id)
+                    .where(GroupMember.peer_id == Peer.id, Group.name.in_(list(sources)))
+                    .exists())
     return q
