@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from tests.api.test_api import enroll, make_key
 from tests.conftest import ApiEnv, billion_laughs
+from wiremesh.core.policy import compile_netmaps
+from wiremesh.server import routes_policy
 
 EXAMPLE = (Path(__file__).parents[2] / "examples" / "policy.yaml").read_text()
 NAMES = ["alice", "bob", "web1", "db1", "r1", "r2"]
@@ -135,3 +142,32 @@ async def test_oversized_and_hostile_files_are_refused_with_a_problem(api: ApiEn
                               json={"text": billion_laughs(9), "source": "lol.yaml"})
     assert r.status_code == 422
     assert r.json()["detail"].startswith("lol.yaml: line 6: refused: more than 100000 values")
+
+
+async def test_a_diff_given_up_holds_the_hub_until_its_plan_is_done(
+        api: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan moves the hub's compiler away and back in a worker thread: a request
+    cancelled meanwhile must not let a refresh move it at the same time."""
+    await _mesh(api)
+    entered, release = threading.Event(), threading.Event()
+    real = routes_policy._evaluate
+
+    def held(*args: Any) -> Any:
+        entered.set()
+        release.wait(10)
+        return real(*args)
+
+    monkeypatch.setattr(routes_policy, "_evaluate", held)
+    task = asyncio.create_task(api.client.post("/api/v1/policy/diff", json={"text": EXAMPLE},
+                                               headers=api.admin))
+    await asyncio.to_thread(entered.wait, 10)
+    task.cancel()
+    await asyncio.sleep(0.1)
+    refresh = asyncio.create_task(api.hub.refresh())
+    await asyncio.sleep(0.1)
+    assert not refresh.done()  # waits for the plan
+    release.set()
+    await asyncio.wait_for(refresh, 10)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert dict(api.hub.compiler.netmaps) == compile_netmaps(api.hub.state)
