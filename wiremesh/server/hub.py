@@ -91,6 +91,9 @@ class NetmapHub:
         self.history: dict[int, deque[Netmap]] = {}
         self._waiters: dict[int, set[asyncio.Event]] = {}
         self._digests: dict[int, tuple[int, str]] = {}  # peer id -> (version, digest of it)
+        # Texts of the peer tables and rule sets netmaps share, for digests (see `digest`);
+        # emptied at each refresh so it holds no replaced tables.
+        self._digest_memo: dict[int, tuple[object, str]] = {}
         self._lock = asyncio.Lock()
         self._dirty = asyncio.Event()
         self._stopping = False
@@ -153,6 +156,7 @@ class NetmapHub:
             self.history.setdefault(pid, deque(maxlen=HISTORY)).append(old)
         self.current.update(fresh)
         self.state, self.revision = state, rev
+        self._digest_memo.clear()
         for pid in touched:
             self.latest_delta.pop(pid, None)
         self.latest_delta.update(encoded)
@@ -251,7 +255,7 @@ class NetmapHub:
             # The agent is behind us: a delta from the older netmap it holds, when we have
             # it, leads forward to ours.
             for old in reversed(history):
-                if digest(old) == held:
+                if digest(old, self._digest_memo) == held:
                     return replace(old, version=version)
         return None
 
@@ -283,7 +287,7 @@ class NetmapHub:
         """The digest of a peer's current netmap, computed once per version."""
         got = self._digests.get(nm.peer_id)
         if got is None or got[0] != nm.version:
-            got = self._digests[nm.peer_id] = (nm.version, digest(nm))
+            got = self._digests[nm.peer_id] = (nm.version, digest(nm, self._digest_memo))
         return got[1]
 
     @property
