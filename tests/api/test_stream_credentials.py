@@ -38,7 +38,7 @@ async def test_a_reissued_or_deleted_token_stops_opening_streams(api: ApiEnv) ->
 
 async def test_an_opening_past_the_bound_is_refused_before_its_credential_is_read(
         api: ApiEnv) -> None:
-    api.app.state.openings = Openings(limit=0)  # type: ignore[attr-defined]
+    api.app.state.openings = Openings(limit=0, waiting=0)  # type: ignore[attr-defined]
     r = await api.client.get(STREAM, headers={"Authorization": "Bearer wmp_not-a-token"})
     assert r.status_code == 503, r.text
     assert 1 <= int(r.headers["retry-after"]) <= 5

@@ -25,7 +25,7 @@ from wiremesh.server import (
     routes_tokens,
     routes_users,
 )
-from wiremesh.server.admission import MAX_OPENING, Openings
+from wiremesh.server.admission import MAX_OPENING, MAX_WAITING, Openings
 from wiremesh.server.bodylimit import BodyLimit
 from wiremesh.server.enrolment import EnrolmentQueue
 from wiremesh.server.hub import NetmapHub
@@ -45,7 +45,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
                dns: DnsConfig | None = None,
                mtu: int = DEFAULT_MTU,
                oidc: OidcConfig | None = None,
-               max_openings: int = MAX_OPENING) -> FastAPI:
+               max_openings: int = MAX_OPENING, max_waiting: int = MAX_WAITING) -> FastAPI:
     """`on_admin_token` receives the initial admin token when the store was empty;
     `on_fingerprint` the fingerprint of the key netmaps are signed with.
 
@@ -56,7 +56,8 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
     domain and split-DNS zones every agent's resolver serves; `mtu`: the mesh-wide WireGuard
     interface MTU sent in every netmap; `oidc`: the OpenID provider users log in with (None:
     admin tokens and setup keys only); `max_openings`: netmap stream openings in progress
-    past which more get 503 (admission control, server/admission.py).
+    past which more wait their turn, `max_waiting`: waiting ones past which more get 503
+    (admission control, server/admission.py).
     """
 
     @contextlib.asynccontextmanager
@@ -79,7 +80,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
         await hub.refresh()
         enrolments = EnrolmentQueue(store.enrolment)
         app.state.store, app.state.hub, app.state.enrolments = store, hub, enrolments
-        app.state.openings = Openings(max_openings)
+        app.state.openings = Openings(max_openings, max_waiting)
         app.state.relay = RelaySwitch(routes_relay.HubAuthority(store, hub)) if relay else None
         stun = await start_stun(*stun_listen) if stun_listen else None
         app.state.stun_port = stun_listen[1] if stun_listen else None

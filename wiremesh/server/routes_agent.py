@@ -210,7 +210,7 @@ async def netmap_stream(
 ) -> StreamingResponse | JSONResponse:
     hub = request.app.state.hub
     # Admitted before the credential is checked, so a refused opening costs no lookup.
-    opening = request.app.state.openings.admit()
+    opening = await request.app.state.openings.take()
     if opening is None:
         return problem(503, "Busy", "too many netmap streams opening at once; retry later",
                        headers={"Retry-After": Openings.retry_after()})
