@@ -9,6 +9,7 @@ import contextlib
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select
@@ -17,6 +18,7 @@ from tests.api.test_api import pub
 from wiremesh.core.models import Policy, Route
 from wiremesh.core.policy import ALL_GROUP, compile_netmaps
 from wiremesh.core.wire import Signer
+from wiremesh.server import hub as hub_module
 from wiremesh.server.hub import NetmapHub
 from wiremesh.store import Store
 from wiremesh.store.changes import trim
@@ -164,6 +166,34 @@ async def test_a_hub_that_missed_trimmed_changes_reloads_whole(db_url: str) -> N
         await b.hub.refresh()
         assert b.hub.full_loads == 2
         await assert_as_fresh(b)
+
+
+async def test_a_slow_full_load_does_not_hold_back_the_next_change(
+        db_url: str, monkeypatch) -> None:
+    """The hub rests twice the time of its last incremental refresh before the next one;
+    a full load (at start: 47 s at 550k peers) must not count, or the first change after a
+    restart waits minutes."""
+    clock = [1000.0]
+    monkeypatch.setattr(hub_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    async with replicas(db_url, 1) as [r]:
+        load_state, load_since = r.store.mesh.load_state, r.store.mesh.load_since
+
+        async def slow_full():  # type: ignore[no-untyped-def]
+            clock[0] += 50
+            return await load_state()
+
+        async def slow_since(*a):  # type: ignore[no-untyped-def]
+            clock[0] += 3
+            return await load_since(*a)
+
+        monkeypatch.setattr(r.store.mesh, "load_state", slow_full)
+        monkeypatch.setattr(r.store.mesh, "load_since", slow_since)
+        await enroll(r.store, await setup_key(r.store), "x")
+        await r.hub.refresh()
+        assert r.hub.full_loads == 1 and r.hub.rest() == hub_module.COALESCE_S
+        await enroll(r.store, await setup_key(r.store), "y")
+        await r.hub.refresh()  # incremental, 3 s: the next one waits 6 s
+        assert r.hub.full_loads == 1 and r.hub.rest() == pytest.approx(6.0)
 
 
 async def test_every_change_logs_its_revision(db_url: str) -> None:

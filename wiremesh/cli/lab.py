@@ -135,8 +135,8 @@ def dataplane(
     last line is one JSON object with the figures (null for a section that did not run).
 
     How long: a few minutes (two lab set-ups, 20 s of idle measurement, --rounds x 3 iperf3
-    runs of --seconds + 2 s each (a 1 s pause before each), the exit-node failover) plus --lossy-minutes and its
-    trials' own lab (--lossy-minutes 0 skips it).
+    runs of --seconds + 2 s each (a 1 s pause before each), the exit-node failover) plus
+    --lossy-minutes and its trials' own lab (--lossy-minutes 0 skips it).
     """
     from wiremesh.lab.dataplane_scenario import run_dataplane, summary_ok
 
