@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wiremesh.lab.gateway import cpu_s, overlay_ip
+from wiremesh.lab.mesh import stop
 from wiremesh.wg.keys import generate_private_key, public_key_of
 
 console = Console(stderr=True)
@@ -83,12 +84,7 @@ def server(db: Path) -> Iterator[tuple[httpx.Client, Callable[[], float]]]:
                 time.sleep(0.2)
             yield http, lambda: cpu_s(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 15)
 
 
 def seed(db: Path, n: int) -> None:

@@ -25,6 +25,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from wiremesh.lab.mesh import stop
 from wiremesh.lab.netns import Host, LabError
 from wiremesh.lab.pki import ServerCert, make_server_cert
 
@@ -123,12 +124,7 @@ def running_provider(workdir: Path, users: Sequence[LabUser], redirect_uris: Seq
         provider.issuer = _wait_issuer(proc, log, timeout)
         yield provider
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 5)
 
 
 def _popen(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
