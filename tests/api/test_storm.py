@@ -98,10 +98,12 @@ def test_reconnect_storm_is_admitted_and_the_survivor_keeps_serving(tmp_path) ->
                                  f"(admitted: {sum(1 for a in rest if a.opened)})")
                     health = await ac.get("/healthz")
                     assert health.json()["streams"] == AGENTS
-                # The storm went through admission control, and nobody got in twice or
-                # lost the stream it held.
-                assert sum(a.busy for a in rest) > 0
-                assert app.state.openings.refused == sum(a.busy for a in rest)
+                # The storm went through admission control (openings waited for a turn,
+                # maybe some were refused: how many depends on how fast the clients come),
+                # and nobody got in twice or lost the stream it held.
+                openings = app.state.openings
+                assert openings.waited > 0
+                assert openings.refused == sum(a.busy for a in rest)
                 assert [a.opened for a in agents] == [1] * AGENTS
                 await _until(lambda: all(a.held is not None and len(a.held.peers) == AGENTS
                                          for a in agents), "every netmap to hold the change")

@@ -27,7 +27,7 @@ async def test_openings_past_the_bound_wait_their_turn_in_order() -> None:
     first.done()
     first.done()  # idempotent: hands over one turn only
     await asyncio.gather(*waiters)
-    assert order == [0, 1, 2] and ops.active == 0 and ops.refused == 0
+    assert order == [0, 1, 2] and ops.active == 0 and ops.refused == 0 and ops.waited == 3
     assert ops.admit() is not None
 
 

@@ -39,6 +39,7 @@ class Openings:
         self.limit, self.max_waiting, self.wait_s = limit, waiting, wait_s
         self.active = 0
         self.refused = 0
+        self.waited = 0  # openings that waited for a turn (refused later or not)
         self._turns: deque[asyncio.Future[None]] = deque()
 
     def admit(self) -> Opening | None:
@@ -59,6 +60,7 @@ class Openings:
             return None
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._turns.append(turn)
+        self.waited += 1
         try:
             await asyncio.wait_for(asyncio.shield(turn), self.wait_s)
         except BaseException as e:  # waited too long, or the client went away
