@@ -611,13 +611,9 @@ def open_line(server_key: str, peer_key: str, line: bytes | str,
     raw = raw.rstrip(b"\r\n")
     if raw.startswith(_MAC_HEAD):
         return _open_mac(raw, mac_key)
-    head = len(_HEAD) + _SIG_LEN + len(_MID)
-    if (len(raw) <= head + len(_TAIL) or not raw.startswith(_HEAD)
-            or raw[len(_HEAD) + _SIG_LEN:head] != _MID or not raw.endswith(_TAIL)):
-        raise BadMessage("not a signed stream line")
-    body = raw[head:-len(_TAIL)]
+    tag, body = _envelope(raw, _HEAD, _SIG_LEN, "not a signed stream line")
     try:
-        sig = base64.b64decode(raw[len(_HEAD):len(_HEAD) + _SIG_LEN], validate=True)
+        sig = base64.b64decode(tag, validate=True)
         Ed25519PublicKey.from_public_bytes(key_bytes(server_key)).verify(
             sig, CONTEXT + key_bytes(peer_key) + body)
     except (InvalidSignature, binascii.Error, ValueError):
@@ -626,16 +622,21 @@ def open_line(server_key: str, peer_key: str, line: bytes | str,
     return body
 
 
+def _envelope(raw: bytes, head: bytes, tag_len: int, refusal: str) -> tuple[bytes, bytes]:
+    """(base64 tag, message bytes) of a line laid out as head + tag + _MID + msg + _TAIL."""
+    start = len(head) + tag_len + len(_MID)
+    if (len(raw) <= start + len(_TAIL) or not raw.startswith(head)
+            or raw[len(head) + tag_len:start] != _MID or not raw.endswith(_TAIL)):
+        raise BadMessage(refusal)
+    return raw[len(head):len(head) + tag_len], raw[start:-len(_TAIL)]
+
+
 def _open_mac(raw: bytes, mac_key: bytes | None) -> bytes:
-    head = len(_MAC_HEAD) + _MAC_LEN + len(_MID)
-    if (len(raw) <= head + len(_TAIL) or raw[len(_MAC_HEAD) + _MAC_LEN:head] != _MID
-            or not raw.endswith(_TAIL)):
-        raise BadMessage("not an authenticated stream line")
+    tag, body = _envelope(raw, _MAC_HEAD, _MAC_LEN, "not an authenticated stream line")
     if mac_key is None:
         raise BadMessage("a line with a MAC, but this stream agreed on no MAC key")
-    body = raw[head:-len(_TAIL)]
     try:
-        mac = base64.b64decode(raw[len(_MAC_HEAD):len(_MAC_HEAD) + _MAC_LEN], validate=True)
+        mac = base64.b64decode(tag, validate=True)
     except (binascii.Error, ValueError):
         raise BadMessage("the line's MAC is not base64") from None
     if not hmac.compare_digest(mac, hmac.digest(mac_key, body, "sha256")):
