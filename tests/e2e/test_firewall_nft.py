@@ -100,8 +100,17 @@ class Mesh:
                 return True
         return False
 
+    # Where the ACL of a and c (they route nothing) sits: on their WireGuard interface's
+    # own hooks, or on the input and output hooks (kernels without an egress hook).
+    client_hooks: str = "device"
+
     def apply(self, netmap: Netmap) -> None:
         nft.apply(netmap, self.wg_if["b"], netns=self.hosts["b"].ns)
+
+    def apply_client(self, name: str, netmap: Netmap, timeouts: FlowTimeouts) -> None:
+        nft.load(render(netmap, self.wg_if[name], timeouts=timeouts,
+                        device_hooks=self.client_hooks == "device"),
+                 netns=self.hosts[name].ns)
 
 
 def _wireguard(lab: Lab, hosts: dict[str, Host]) -> tuple[dict[str, str], list]:
@@ -321,7 +330,7 @@ print("ready", flush=True)
 end = time.monotonic() + float(sys.argv[1])
 while (left := end - time.monotonic()) > 0:
     for s in select.select(socks, [], [], left)[0]:
-        print(s.recv(100).decode(), flush=True)
+        print(s.recv(65535).decode(), flush=True)
 """
 # In b: send `payload` from port sport to host:dport.
 UDP_SEND = r"""
@@ -347,14 +356,14 @@ sys.exit(1)
 """
 
 
-@pytest.fixture(scope="module")
-def clients(mesh: Mesh) -> Iterator[Mesh]:
+@pytest.fixture(scope="module", params=["device", "inet"])
+def clients(mesh: Mesh, request: pytest.FixtureRequest) -> Iterator[Mesh]:
     """a and c under their own stateless-for-conntrack ACL (b, the router, keeps its own)."""
-    timeouts = FlowTimeouts(udp=UDP_TIMEOUT)
+    m = dataclasses.replace(mesh, client_hooks=request.param)
     try:
         for name, netmap in (("a", A_NETMAP), ("c", C_NETMAP)):
-            nft.apply(netmap, mesh.wg_if[name], netns=mesh.hosts[name].ns, timeouts=timeouts)
-        yield mesh
+            m.apply_client(name, netmap, FlowTimeouts(udp=UDP_TIMEOUT))
+        yield m
     finally:
         for name in ("a", "c"):
             nft.remove(netns=mesh.hosts[name].ns)
@@ -378,7 +387,8 @@ def _udp_from_b(mesh: Mesh, sends: list[tuple[int, int, str]], ports: list[int])
 
 
 def _flows(mesh: Mesh, host: str) -> str:
-    return mesh.hosts[host].run(["nft", "list", "set", "inet", "wiremesh", "flows"]).stdout
+    family = "netdev" if mesh.client_hooks == "device" else "inet"
+    return mesh.hosts[host].run(["nft", "list", "set", family, "wiremesh", "flows"]).stdout
 
 
 def test_a_peer_that_routes_nothing_runs_no_conntrack(clients: Mesh) -> None:
@@ -386,6 +396,9 @@ def test_a_peer_that_routes_nothing_runs_no_conntrack(clients: Mesh) -> None:
         ruleset = clients.hosts[name].run(["nft", "list", "ruleset"]).stdout
         assert "chain to_mesh" in ruleset
         assert not re.search(r"\bct\b", ruleset), f"{name} has a ct expression"
+        hooks = ("hook ingress", "hook egress") if clients.client_hooks == "device" else (
+            "hook input", "hook output")
+        assert all(h in ruleset for h in hooks), ruleset
 
 
 def test_replies_to_what_a_client_opened_come_back(clients: Mesh) -> None:
@@ -413,8 +426,8 @@ def test_only_the_opened_udp_flow_is_answered_until_it_expires(clients: Mesh) ->
     clients.hosts["a"].run([sys.executable, "-c", UDP_OPEN, str(a_port), OVERLAY["b"],
                             str(b_port)])
     # A policy update in between keeps the flows open (the table is not recreated).
-    nft.apply(dataclasses.replace(A_NETMAP, version=2), clients.wg_if["a"],
-              netns=clients.hosts["a"].ns, timeouts=FlowTimeouts(udp=UDP_TIMEOUT))
+    clients.apply_client("a", dataclasses.replace(A_NETMAP, version=2),
+                         FlowTimeouts(udp=UDP_TIMEOUT))
     got = _udp_from_b(clients, [(b_port, a_port, "reply"), (b_port + 1, a_port, "other-port"),
                                 (b_port, other_a_port, "other-dst")], [a_port, other_a_port])
     assert got == {"reply"}
@@ -422,3 +435,16 @@ def test_only_the_opened_udp_flow_is_answered_until_it_expires(clients: Mesh) ->
     wait_until(lambda: f". {b_port} . {a_port}" not in _flows(clients, "a"),
                UDP_TIMEOUT + 10, "a's UDP flow to expire")
     assert _udp_from_b(clients, [(b_port, a_port, "late")], [a_port]) == set()
+
+
+def test_a_reply_too_big_for_the_tunnel_arrives_whole_and_only_to_its_flow(
+        clients: Mesh) -> None:
+    # Bigger than the tunnel's MTU, so b's kernel sends it in fragments; on the device hooks
+    # a's ACL sees them before reassembly.
+    a_port, other_a_port, b_port = 40003, 40004, UNANSWERED_UDP
+    clients.hosts["a"].run([sys.executable, "-c", UDP_OPEN, str(a_port), OVERLAY["b"],
+                            str(b_port)])
+    big, stray = "r" * 4000, "s" * 4000
+    got = _udp_from_b(clients, [(b_port, a_port, big), (b_port, other_a_port, stray)],
+                      [a_port, other_a_port])
+    assert got == {big}
