@@ -1,16 +1,19 @@
 """The agent's side channel with the real kernel: datagrams to the WireGuard port that are not
 WireGuard messages reach the agent's socket (with their true source), WireGuard's own stay
-with the socket that owns the port, and stopping takes the rule away."""
+with the socket that owns the port, the rule follows the underlay devices as they come, the
+input-hook fallback does the same job, and stopping takes the rule away."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 
 from wiremesh.firewall.side import TABLE
-from wiremesh.lab.netns import Lab, missing_requirements
+from wiremesh.lab.mesh import wait_until
+from wiremesh.lab.netns import Host, Lab, missing_requirements
 
 pytestmark = pytest.mark.e2e
 
@@ -28,15 +31,17 @@ async def main():
     wg = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     wg.bind(("0.0.0.0", int(sys.argv[1])))
     wg.setblocking(False)
-    side = PortSide(int(sys.argv[1]))
+    side = PortSide(int(sys.argv[1]), sys.argv[2], hook=sys.argv[3])
     side.on_probe = lambda payload, ip, port: print("side", payload.decode(), ip, port,
                                                     flush=True)
-    side.start()
+    await side.start()
+    follow = asyncio.create_task(side.follow())
     loop = asyncio.get_running_loop()
     loop.add_reader(wg, lambda: print("wg", wg.recv(64)[:4].hex(), flush=True))
     loop.call_later(20, lambda: print("nothing more in 20 s", flush=True))  # fail, not hang
     print("ready", flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)
+    follow.cancel()
     side.close()
     print("closed", flush=True)
 
@@ -52,27 +57,90 @@ for payload in sys.argv[3:]:
 """
 
 
-def test_side_channel_takes_only_what_is_not_wireguard() -> None:
+TRANSPORT = "04000000" + "00" * 28  # a WireGuard transport data message
+
+
+def _chains(host: Host) -> dict[str, list[str]]:
+    """family of the side table -> the devices its chain is bound to ([] on the input hook).
+    From nft's text: its JSON leaves out the devices of a multi-device chain (1.0.6)."""
+    found = {}
+    for line in host.run(["nft", "list", "tables"]).stdout.splitlines():
+        family, name = line.split()[1:3]
+        if name == TABLE:
+            text = host.run(["nft", "list", "table", family, TABLE]).stdout
+            m = re.search(r"devices? = \{ ([^}]*) \}|device \"?([^\" ;]+)", text)
+            devs = (m.group(1) or m.group(2)).replace('"', "").split(", ") if m else []
+            found[family] = sorted(devs)
+    return found
+
+
+def _probe(peer: Host, to: str, payload: str) -> None:
+    peer.run([sys.executable, "-c", SEND, to, str(PORT), payload])
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "closed"
+
+
+def test_side_channel_on_ingress_follows_new_underlay_devices() -> None:
     with Lab() as lab:
         net = lab.add_switch("u", "192.0.2.0/24")
         agent, peer = lab.add_host("a"), lab.add_host("p")
         agent_ip = lab.connect(agent, net).split("/")[0]
         peer_ip = lab.connect(peer, net).split("/")[0]
-        proc = subprocess.Popen(agent.cmd([sys.executable, "-c", AGENT, str(PORT)]),
+        proc = subprocess.Popen(agent.cmd([sys.executable, "-c", AGENT, str(PORT),
+                                           lab.name("wg"), "ingress"]),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None and proc.stdin is not None
             assert proc.stdout.readline().strip() == "ready"
-            transport = "04000000" + "00" * 28  # a WireGuard transport data message
-            probe = b"WMD1 probe".hex()
-            peer.run([sys.executable, "-c", SEND, agent_ip, str(PORT), transport, probe])
+            assert _chains(agent) == {"netdev": [lab.link_of(agent, net)]}
+            _probe(peer, agent_ip, TRANSPORT)
+            _probe(peer, agent_ip, b"WMD1 probe".hex())
             got = {proc.stdout.readline().strip() for _ in range(2)}
             assert got == {"wg 04000000", f"side WMD1 probe {peer_ip} 4000"}
-            assert TABLE in agent.run(["nft", "list", "tables"]).stdout
-            proc.stdin.write("\n")
-            proc.stdin.flush()
-            assert proc.stdout.readline().strip() == "closed"
-            assert TABLE not in agent.run(["nft", "list", "tables"]).stdout
+
+            # A second network: the rule moves onto its device too, and answers arriving
+            # there are moved.
+            net2 = lab.add_switch("w", "198.51.100.0/24")
+            peer2 = lab.add_host("q")
+            agent_ip2 = lab.connect(agent, net2).split("/")[0]
+            peer2_ip = lab.connect(peer2, net2).split("/")[0]
+            both = sorted([lab.link_of(agent, net), lab.link_of(agent, net2)])
+            wait_until(lambda: _chains(agent) == {"netdev": both}, 10,
+                       "the side chain on the new device")
+            _probe(peer2, agent_ip2, b"WMD1 second".hex())
+            assert proc.stdout.readline().strip() == f"side WMD1 second {peer2_ip} 4000"
+
+            _stop(proc)
+            assert _chains(agent) == {}
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_side_channel_on_the_input_hook_when_asked() -> None:
+    with Lab() as lab:
+        net = lab.add_switch("u", "192.0.2.0/24")
+        agent, peer = lab.add_host("a"), lab.add_host("p")
+        agent_ip = lab.connect(agent, net).split("/")[0]
+        peer_ip = lab.connect(peer, net).split("/")[0]
+        proc = subprocess.Popen(agent.cmd([sys.executable, "-c", AGENT, str(PORT),
+                                           lab.name("wg"), "input"]),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout.readline().strip() == "ready"
+            assert _chains(agent) == {"inet": []}
+            _probe(peer, agent_ip, TRANSPORT)
+            _probe(peer, agent_ip, b"WMD1 probe".hex())
+            got = {proc.stdout.readline().strip() for _ in range(2)}
+            assert got == {"wg 04000000", f"side WMD1 probe {peer_ip} 4000"}
+            _stop(proc)
+            assert _chains(agent) == {}
         finally:
             proc.kill()
             proc.wait()

@@ -58,8 +58,8 @@ try:
                                f"{server}:{port}", 1)], [])
 
     async def main():
-        side = PortSide(port)
-        side.start()
+        side = PortSide(port, ifname)
+        await side.start()
         try:
             print(f"stun {await side.stun((server, int(sys.argv[4])))}", flush=True)
         finally:

@@ -4,7 +4,9 @@ beside wireguard-go, which owns the socket and drops whatever is not WireGuard.
 
 Two kinds of answers come back: STUN Binding responses (the NAT mapping of the WireGuard
 socket, see discovery.py) and path probes between peers (see paths.py). An nftables rule
-(firewall/side.py) moves them from the WireGuard port to a UDP socket of ours.
+(firewall/side.py) moves them from the WireGuard port to a UDP socket of ours, on the ingress
+hook of the devices underlay traffic arrives on; `follow()` moves it along when links or
+addresses change.
 """
 
 from __future__ import annotations
@@ -14,34 +16,113 @@ import ipaddress
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
+from typing import Literal
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from wiremesh.core.stun import MAGIC, Mapped, StunError, binding_request, parse_response
 from wiremesh.firewall import nft, side
+from wiremesh.netlink.addresses import underlay_devices
+from wiremesh.netlink.watch import AddressWatch
 from wiremesh.wg.tap import PortSender
 
 log = logging.getLogger("wiremesh.agent.portside")
 _MAGIC = MAGIC.to_bytes(4, "big")
+# A device that vanished between listing and loading fails the load: list again, this often.
+LOAD_TRIES = 3
+POLL_S = 60.0  # how often the devices are listed when netlink notifications fail
 
 ProbeHandler = Callable[[bytes, str, int], None]  # payload, source address, source port
 
 
 class PortSide:
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, port: int, wg_ifname: str,
+                 hook: Literal["ingress", "input"] = "ingress") -> None:
+        """`wg_ifname`: the agent's WireGuard interface (never an underlay device); `hook`:
+        "input" keeps the redirect on the input hook, after a host firewall's verdict
+        (firewall/side.py says when that matters)."""
+        self.port, self.wg_ifname, self.hook = port, wg_ifname, hook
         self.sender = PortSender(port)
         self.sock = _answers_socket()
         self.on_probe: ProbeHandler | None = None
         self._stun: dict[bytes, asyncio.Future[Mapped]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The redirect is (re)loaded from the event loop's thread and from worker threads.
+        self._lock = threading.Lock()
+        self._closed = False
         self._redirected = False
+        # The underlay devices (name -> index) the loaded table was made for.
+        self._listed: dict[str, int] | None = None
+        self.on_input = False  # the rule sits on the input hook (asked for, or the fallback)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Read answers; raises nft.NftError when the redirect cannot be installed."""
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock, self._readable)
-        nft.load(side.render(self.port, self.sock.getsockname()[1]))
-        self._redirected = True
+        await asyncio.to_thread(self._install)
+
+    async def follow(self) -> None:
+        """Keep the redirect on the underlay devices of the moment (run while started)."""
+        async with AddressWatch() as watch:
+            while True:
+                if not await watch.wait(POLL_S):
+                    continue
+                try:
+                    await asyncio.to_thread(self._install)
+                except (nft.NftError, OSError, NetlinkError) as e:
+                    log.warning("side channel: cannot follow the underlay devices: %s", e)
+
+    def _install(self) -> None:
+        """Load the redirect for the underlay devices listed now, unless it is loaded for
+        them already; on the input hook when nft refuses the ingress chain."""
+        with self._lock:
+            if self._closed:
+                return
+            listed = underlay_devices(self.wg_ifname) if self.hook == "ingress" else None
+            if self._redirected and listed == self._listed:
+                return
+            refused: Exception | None = None
+            if listed is not None:
+                listed, refused = self._load_ingress(listed)
+                if refused is None:
+                    if self.on_input or not self._redirected:
+                        log.info("side channel on the ingress hook of %s",
+                                 ", ".join(listed) or "no device (no table)")
+                    self._listed, self._redirected, self.on_input = listed, True, False
+                    return
+            nft.load(side.render(self.port, self._side_port(), None))
+            if refused is not None and not self.on_input:
+                # Tried again at the next change of devices (rare), not remembered: the
+                # refusal may have been a device that came and went.
+                log.info("side channel on the input hook: the ingress chain cannot be loaded "
+                         "(%s)", refused)
+            self._listed, self._redirected, self.on_input = listed, True, True
+
+    def _load_ingress(self, listed: dict[str, int]) -> tuple[dict[str, int], Exception | None]:
+        """Load the rule on `listed`'s ingress, listing again when a device vanished between
+        listing and loading; (the devices it was loaded for, None) or (..., the refusal)."""
+        refused: Exception | None = None
+        for _ in range(LOAD_TRIES):
+            try:
+                # No underlay device (only lo): nothing can arrive to be moved, so no table
+                # at all until one appears (follow() wakes up for it).
+                if listed:
+                    nft.load(side.render(self.port, self._side_port(), list(listed)))
+                else:
+                    nft.remove(table=side.TABLE)
+                return listed, None
+            except (nft.NftError, ValueError) as e:
+                refused = e
+                fresh = underlay_devices(self.wg_ifname)
+                if fresh == listed:
+                    break  # not a device that vanished meanwhile
+                listed = fresh
+        return listed, refused
+
+    def _side_port(self) -> int:
+        return int(self.sock.getsockname()[1])
 
     def _readable(self) -> None:
         while True:
@@ -95,9 +176,11 @@ class PortSide:
 
     def close(self) -> None:
         try:
-            if self._redirected:
-                nft.remove(table=side.TABLE)
-                self._redirected = False
+            with self._lock:
+                self._closed = True
+                if self._redirected:
+                    nft.remove(table=side.TABLE)
+                    self._redirected = False
         finally:
             if self._loop is not None:
                 self._loop.remove_reader(self.sock)

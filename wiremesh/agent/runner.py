@@ -329,7 +329,7 @@ class Agent:
     async def run(self) -> None:
         cfg = self.state.config
         backend = await asyncio.to_thread(make_backend, self.backend_kind, cfg.interface)
-        self.portside = _open_portside(cfg.listen_port)
+        self.portside = _open_portside(cfg.listen_port, cfg.interface)
         if self.portside is not None:
             # The relay link joins once the server can be verified (see _until_trusted).
             self.paths = PathManager(self.portside, self.private_key, None, self._rewrite_peers)
@@ -353,8 +353,10 @@ class Agent:
                 stack.push_async_callback(self.names.close)
                 await self.names.start(self.state.netmap)
             if self.portside is not None:
-                self.portside.start()
+                await self.portside.start()
                 stack.callback(self.portside.close)
+                follow = asyncio.create_task(self.portside.follow())
+                stack.push_async_callback(_cancel, follow)
             if self.paths is not None:
                 paths = asyncio.create_task(self.paths.run())
                 stack.push_async_callback(_cancel, paths)
@@ -450,9 +452,9 @@ async def _until_trusted(cfg: AgentConfig) -> None:
             await asyncio.sleep(REFUSED_BACKOFF_MAX)
 
 
-def _open_portside(port: int) -> PortSide | None:
+def _open_portside(port: int, ifname: str) -> PortSide | None:
     try:
-        return PortSide(port)
+        return PortSide(port, ifname)
     except OSError as e:
         log.warning("no endpoint discovery through NAT (raw and packet sockets: %s)", e)
         return None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
 
 def ensure_address(ifname: str, address: str, prefix_len: int) -> None:
@@ -38,24 +40,45 @@ def set_link_mtu(ifname: str, mtu: int) -> None:
         ipr.link("set", index=idx[0], mtu=mtu)
 
 
-def _global_addresses(exclude_ifname: str) -> list[tuple[str, int]]:
+@dataclass(frozen=True)
+class _Address:
+    ifname: str
+    index: int
+    up: bool
+    address: str
+    prefix_len: int
+
+
+def _global_addresses(exclude_ifname: str) -> list[_Address]:
     out = []
     with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        links = {link["index"]: link for link in ipr.get_links()}
         for a in ipr.get_addr():
-            if a["scope"] != 0 or names.get(a["index"]) in (exclude_ifname, "lo"):
+            link = links.get(a["index"])
+            if a["scope"] != 0 or link is None:
                 continue
-            out.append((a.get_attr("IFA_ADDRESS"), a["prefixlen"]))
+            name = str(link.get_attr("IFLA_IFNAME"))
+            if name in (exclude_ifname, "lo"):
+                continue
+            out.append(_Address(name, a["index"], bool(link["flags"] & IFF_UP),
+                                a.get_attr("IFA_ADDRESS"), a["prefixlen"]))
     return out
 
 
 def local_addresses(exclude_ifname: str) -> list[str]:
     """Global-scope addresses of this namespace's interfaces, except `exclude_ifname` (the
     WireGuard interface, whose overlay address is no candidate) and loopback."""
-    return [addr for addr, _ in _global_addresses(exclude_ifname)]
+    return [a.address for a in _global_addresses(exclude_ifname)]
 
 
 def local_networks(exclude_ifname: str) -> list[str]:
     """The networks those addresses sit on (the local LANs), as prefixes."""
-    return sorted({str(ipaddress.ip_interface(f"{addr}/{plen}").network)
-                   for addr, plen in _global_addresses(exclude_ifname)})
+    return sorted({str(ipaddress.ip_interface(f"{a.address}/{a.prefix_len}").network)
+                   for a in _global_addresses(exclude_ifname)})
+
+
+def underlay_devices(exclude_ifname: str) -> dict[str, int]:
+    """The interfaces underlay traffic arrives on: those that are up and carry one of those
+    addresses, as name -> index (a device deleted and created again under the same name is a
+    new one: whatever was bound to the old one by name is gone)."""
+    return {a.ifname: a.index for a in _global_addresses(exclude_ifname) if a.up}
