@@ -180,3 +180,35 @@ async def test_endpoints_an_older_server_stored_are_left_out_of_netmaps(api: Api
     line = encode_message(FullMessage.model_construct(netmap=api.hub.netmap(a["peer_id"])))
     peer = next(iter(parse_message(line).netmap.peers.values()))
     assert peer.endpoints == ("192.0.2.9:51820", "[fd00::9]:7")
+
+
+@pytest.mark.parametrize("content_type", [
+    "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+    "application/jsonx", None])
+async def test_a_body_that_is_not_json_is_refused_with_415(api: ApiEnv,
+                                                          content_type: str | None) -> None:
+    # Answered 422 "Input should be a valid dictionary": it blamed a well-formed body for
+    # its header. Without any Content-Type (curl --data-binary -H 'Content-Type:') too.
+    headers = {**api.admin, **({"content-type": content_type} if content_type else {})}
+    r = await api.client.post("/api/v1/groups", content=b'{"name": "g", "members": []}',
+                              headers=headers)
+    assert r.request.headers.get("content-type") == content_type
+    body = assert_problem(r, 415)
+    assert "application/json" in body["detail"] and body["errors"][0]["field"] == "Content-Type"
+    assert (content_type or "no Content-Type") in body["detail"]
+    r = await api.client.get("/api/v1/groups", headers=api.admin)
+    assert [g["name"] for g in r.json()] == ["all"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8",
+                                          "Application/JSON", "application/merge-patch+json"])
+async def test_json_under_any_json_media_type_is_taken(api: ApiEnv, content_type: str) -> None:
+    r = await api.client.post("/api/v1/groups", content=b'{"name": "g", "members": []}',
+                              headers={**api.admin, "content-type": content_type})
+    assert r.status_code == 201, r.text
+
+
+async def test_an_empty_body_is_still_named_missing(api: ApiEnv) -> None:
+    r = await api.client.post("/api/v1/groups", headers={**api.admin,
+                                                         "content-type": "text/plain"})
+    assert assert_problem(r, 422)["errors"][0]["field"] == "body"

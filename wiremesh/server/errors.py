@@ -34,7 +34,7 @@ class Problem(BaseModel):
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": HTTPStatus(code).phrase,
            "content": {PROBLEM: {"schema": Problem.model_json_schema()}}}
-    for code in (400, 401, 403, 404, 409, 413, 422)
+    for code in (400, 401, 403, 404, 409, 413, 415, 422)
 }
 
 
@@ -66,9 +66,22 @@ def _allowed(app: FastAPI, request: Request) -> str:
                             for r in app.routes))
 
 
+def _unsupported_type(request: Request) -> JSONResponse:
+    given = request.headers.get("content-type")
+    detail = (f"the request body must be application/json, not {given}" if given else
+              "the request body must be application/json, and the request names no Content-Type")
+    return problem(415, "Unsupported media type", detail,
+                   [{"field": "Content-Type", "message": detail}])
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # A body FastAPI did not decode as JSON (its Content-Type was missing or not JSON)
+        # reaches validation as raw bytes; "Input should be a valid dictionary" would blame
+        # the body when the header is at fault.
+        if isinstance(exc.body, bytes):
+            return _unsupported_type(request)
         errors = [
             {"field": _loc(tuple(e.get("loc", ()))),
              "message": str(e.get("msg", "invalid")).removeprefix("Value error, ")}
