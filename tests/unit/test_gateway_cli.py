@@ -41,6 +41,24 @@ def test_import_counts_and_reimports(tmp_path: Path) -> None:
     assert json.loads(res.stdout.strip().splitlines()[-1])["known_peers"] == 300
 
 
+def test_import_counts_a_key_named_again_once(tmp_path: Path) -> None:
+    # "imported 3 peers; 2 known peers": the key named twice was counted twice.
+    a, b = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+    src = tmp_path / "peers.txt"
+    src.write_text(f"{a} 100.64.0.2/32\n{a} 100.64.0.3/32\n{b} 100.64.0.4/32\n")
+    db = tmp_path / "peers.db"
+    res = runner.invoke(app, ["gateway", "import", str(src), "--db", str(db), "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert {k: result[k] for k in ("rows", "imported", "duplicates_skipped", "known_peers")} == {
+        "rows": 3, "imported": 2, "duplicates_skipped": 1, "known_peers": 2}
+    res = runner.invoke(app, ["gateway", "import", str(src), "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.stdout.split())  # as Rich wrapped it
+    assert "read 3 peer lines, skipped 1 naming a key again" in said
+    assert "imported 2 peers" in said and "2 known peers" in said
+
+
 def test_import_bad_line_is_one_line_error_and_nothing_imported(tmp_path: Path) -> None:
     src = tmp_path / "peers.txt"
     good = base64.b64encode(os.urandom(32)).decode()

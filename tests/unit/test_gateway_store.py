@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from wiremesh.gateway.store import (
+    ImportCount,
     KnownPeerStore,
     StoreError,
     StoreUnavailable,
@@ -51,7 +52,7 @@ def test_parse_line_errors_name_line_and_field(line: str, field: str) -> None:
 
 def test_import_lookup_and_upsert_keeps_timestamp(store: KnownPeerStore) -> None:
     rows = parse_peer_lines([f"{B64_A} 100.64.0.2/32", f"{B64_B} 100.64.0.3/32,198.18.0.0/24"])
-    assert store.import_peers(rows) == 2
+    assert store.import_peers(rows) == ImportCount(rows=2, imported=2)
     assert store.lookup(KEY_B).allowed_ips == ("100.64.0.3/32", "198.18.0.0/24")
     assert store.lookup(bytes(32)) is None
     store.record_timestamps({KEY_A: b"\x40" + bytes(11)})
@@ -78,8 +79,17 @@ def test_replace_drops_previous_peers(store: KnownPeerStore) -> None:
 def test_batches_report_progress(store: KnownPeerStore) -> None:
     seen: list[int] = []
     rows = ((i.to_bytes(32, "big"), "100.64.0.2/32") for i in range(1, 2501))
-    assert store.import_peers(rows, on_batch=seen.append, batch=1000) == 2500
+    assert store.import_peers(rows, on_batch=seen.append, batch=1000).imported == 2500
     assert seen == [1000, 2000, 2500]
+
+
+def test_a_key_named_again_is_skipped_and_counted(store: KnownPeerStore) -> None:
+    # The count was of rows: a key named twice counted twice, one peer stored.
+    rows = parse_peer_lines([f"{B64_A} 100.64.0.2/32", f"{B64_B} 100.64.0.3/32",
+                             f"{B64_A} 100.64.0.9/32", f"{B64_A} 100.64.0.2/32"])
+    count = store.import_peers(rows, batch=2)
+    assert (count.rows, count.imported, count.duplicates) == (4, 2, 2)
+    assert store.lookup(KEY_A).allowed_ips == ("100.64.0.2/32",) and store.count() == 2
 
 
 @pytest.fixture

@@ -122,13 +122,16 @@ def import_peers(
         fail(f"FILE: {e}")
     finally:
         store.close()
-    result = {"imported": count, "known_peers": total,
+    result = {"rows": count.rows, "imported": count.imported,
+              "duplicates_skipped": count.duplicates, "known_peers": total,
               "seconds": round(time.monotonic() - started, 2)}
     if as_json:
         print_json(result)
     else:
-        console.print(f"imported {count} peers in {result['seconds']} s; "
-                      f"{total} known peers in {db}")
+        skipped = (f", skipped {count.duplicates} naming a key again (its first line holds)"
+                   if count.duplicates else "")
+        console.print(f"read {count.rows} peer lines{skipped}; imported {count.imported} peers "
+                      f"in {result['seconds']} s; {total} known peers in {db}")
 
 
 def _read_private_key(path: Path) -> str:
