@@ -25,7 +25,7 @@ from rich.table import Table
 
 from wiremesh.lab.layout import Layout
 from wiremesh.lab.mesh import MeshLab
-from wiremesh.lab.netns import Lab, missing_requirements
+from wiremesh.lab.netns import Lab, missing_requirements, unwind_on_sigterm
 from wiremesh.lab.topology import build_mesh
 
 
@@ -117,6 +117,7 @@ def main() -> int:
         print(f"this benchmark needs {', '.join(missing)}", file=sys.stderr)
         return 2
     console = Console(stderr=True)
+    unwind_on_sigterm()
     with Lab() as lab:
         mesh: MeshLab = build_mesh(lab, Layout.public([]))
         mesh.start_server()

@@ -49,7 +49,7 @@ from wiremesh.gateway.admission import AdmissionLimits
 from wiremesh.lab import gateway
 from wiremesh.lab.figures import percentile
 from wiremesh.lab.mesh import MeshLab, wait_until, wiremesh_cmd
-from wiremesh.lab.netns import Host, Lab, LabError, missing_requirements
+from wiremesh.lab.netns import Host, Lab, LabError, missing_requirements, unwind_on_sigterm
 from wiremesh.lab.pki import make_server_cert
 from wiremesh.lab.topology import Topology
 from wiremesh.wg.backend import WgError, WgPeerConfig
@@ -449,6 +449,7 @@ def main(
     if known < clients + synthetic:
         console.print("error: --known must be at least --clients + --synthetic")
         raise typer.Exit(2)
+    unwind_on_sigterm()
     res = run(known, clients, waves, synthetic, flood_pps, flood_unique, flood_wave_gap, sources,
               ttl, dh_per_second, eager, eager_timeout, eager_rss_cap_mb)
     res["dh_per_second"] = dh_per_second

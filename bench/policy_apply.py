@@ -41,6 +41,7 @@ from rich.table import Table
 
 from wiremesh.lab.gateway import cpu_s, overlay_ip
 from wiremesh.lab.mesh import stop
+from wiremesh.lab.netns import unwind_on_sigterm
 from wiremesh.wg.keys import generate_private_key, public_key_of
 
 console = Console(stderr=True)
@@ -169,6 +170,7 @@ def main(peers: int = typer.Option(550_000, min=10, help="Peers in group `client
          rounds: int = typer.Option(3, min=1, help="Rounds of the four operations")) -> None:
     """The server's CPU seconds per policy apply and group change with a large gateway
     population (about 4 minutes at the default size on this 2-core machine)."""
+    unwind_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="wm-policy-") as tmp:
         db = Path(tmp) / "server.db"
         with server(db) as (http, _):

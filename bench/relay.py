@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wiremesh.lab.mesh import host_metrics, ping_pairs
-from wiremesh.lab.netns import Lab, LabError
+from wiremesh.lab.netns import Lab, LabError, unwind_on_sigterm
 from wiremesh.lab.relay_pair import relay_pair
 
 PORT = 5201
@@ -66,6 +66,7 @@ def main() -> None:
     p.add_argument("--pings", type=int, default=20)
     args = p.parse_args()
     console = Console(stderr=True)
+    unwind_on_sigterm()
     with Lab() as lab, relay_pair(lab) as (mesh, a, b):
         first = ping_pairs([(a.host, b.overlay_ip)], deadline_s=20)
         if first[(a.host.name, b.overlay_ip)] is None:

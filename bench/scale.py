@@ -70,6 +70,7 @@ from wiremesh.core.wire import (
     verify_stream_key,
 )
 from wiremesh.lab.gateway import rss_mb
+from wiremesh.lab.netns import unwind_on_sigterm
 from wiremesh.lab.org import Org, org_mesh
 from wiremesh.lab.pki import make_server_cert
 from wiremesh.wg.keys import generate_private_key, public_key_of
@@ -362,10 +363,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_replicas(work: Path, db_url: str, n: int) -> tuple[list[Replica], str, Path]:
+def start_replicas(work: Path, db_url: str, n: int,
+                   replicas: list[Replica]) -> tuple[str, Path]:
+    """Start `n` servers, each put into `replicas` as soon as it runs (so that an interrupted
+    start still stops it). Each leads its own process group: a Ctrl-C at the terminal
+    reaches the controller alone, which stops them in order."""
     tls = make_server_cert(work, ["127.0.0.1"])
     token_file = work / "admin.token"
-    replicas: list[Replica] = []
     for i in range(n):
         url = f"https://127.0.0.1:{_free_port()}"
         log = work / f"server{i}.log"
@@ -375,7 +379,7 @@ def start_replicas(work: Path, db_url: str, n: int) -> tuple[list[Replica], str,
                  "--listen", url.removeprefix("https://"), "--admin-token-file",
                  str(token_file), "--tls-cert", str(tls.cert_file), "--tls-key",
                  str(tls.key_file), "--stun-listen", "off"],
-                stdout=f, stderr=subprocess.STDOUT)
+                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         rep = Replica(url, proc, log)
         replicas.append(rep)
         # One at a time: the first migrates and bootstraps the database.
@@ -390,18 +394,23 @@ def start_replicas(work: Path, db_url: str, n: int) -> tuple[list[Replica], str,
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"server {i} did not answer") from None
                 time.sleep(0.2)
-    return replicas, token_file.read_text().strip(), tls.ca_file
+    return token_file.read_text().strip(), tls.ca_file
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
 
 
 def stop_replicas(replicas: list[Replica]) -> None:
     for r in replicas:
-        if r.proc.poll() is None:
-            r.proc.terminate()
+        _signal_group(r.proc, signal.SIGTERM)
     for r in replicas:
         try:
             r.proc.wait(15)
         except subprocess.TimeoutExpired:
-            r.proc.kill()
+            _signal_group(r.proc, signal.SIGKILL)
             r.proc.wait()
 
 
@@ -468,6 +477,11 @@ class Feed:
 
 
 def _queue_worker(w: int, conf: dict[str, Any], q: Any) -> None:
+    # The controller stops its load processes (SIGTERM), also when it is interrupted itself:
+    # a Ctrl-C reaching them too would print a traceback each.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     class Tagged:
         def put(self, msg: dict[str, Any]) -> None:
             q.put((w, msg))
@@ -476,10 +490,10 @@ def _queue_worker(w: int, conf: dict[str, Any], q: Any) -> None:
 
 
 def start_load(urls: list[str], ca_file: Path, agents: list[tuple[int, str, int]],
-               workers: int, concurrency: int, expect_peers: int) -> tuple[list[Any], Feed]:
+               workers: int, concurrency: int, expect_peers: int, procs: list[Any]) -> Feed:
+    """Start the load processes, each put into `procs` as soon as it runs."""
     ctx = mp.get_context("fork")
     q, settled = ctx.Queue(), ctx.Event()
-    procs = []
     for w in range(workers):
         conf = {"urls": urls, "ca_file": str(ca_file), "agents": agents[w::workers],
                 "settled": settled,
@@ -487,7 +501,7 @@ def start_load(urls: list[str], ca_file: Path, agents: list[tuple[int, str, int]
         p = ctx.Process(target=_queue_worker, args=(w, conf, q), daemon=True)
         p.start()
         procs.append(p)
-    return procs, Feed(q, workers, settled)
+    return Feed(q, workers, settled)
 
 
 def stop_load(procs: list[Any]) -> None:
@@ -496,6 +510,9 @@ def stop_load(procs: list[Any]) -> None:
             p.terminate()
     for p in procs:
         p.join(10)
+        if p.is_alive():
+            p.kill()
+            p.join()
 
 
 def _admin(url: str, ca_file: Path, token: str) -> httpx.Client:
@@ -683,9 +700,10 @@ def kill_one(feed: Feed, replicas: list[Replica], procs: list[Any], fig: Figures
 
 def run_mesh(args: argparse.Namespace, work: Path, db_url: str, n: int, replicas_n: int,
              org: Org | None, fig: Figures) -> None:
-    replicas, token, ca_file = start_replicas(work, db_url, replicas_n)
+    replicas: list[Replica] = []
     procs: list[Any] = []
     try:
+        token, ca_file = start_replicas(work, db_url, replicas_n, replicas)
         admin = _admin(replicas[-1].url, ca_file, token)
         if org is not None:
             keys = setup_policy(admin, org)
@@ -696,8 +714,8 @@ def run_mesh(args: argparse.Namespace, work: Path, db_url: str, n: int, replicas
             agents = [(i, key, i % replicas_n) for i in range(n)]
         console.print(f"{replicas_n} server(s) up; {n} simulated agents enrol "
                       f"({args.workers} load processes) ...")
-        procs, feed = start_load([r.url for r in replicas], ca_file, agents, args.workers,
-                                 args.concurrency, 0 if org is not None else n - 1)
+        feed = start_load([r.url for r in replicas], ca_file, agents, args.workers,
+                          args.concurrency, 0 if org is not None else n - 1, procs)
         cpu0 = _cpu(replicas, procs)
         enrol_all(feed, n, fig, timeout=max(600, n / 2))
         fig.cpu_s = {k: v - cpu0[k] for k, v in _cpu(replicas, procs).items()}
@@ -837,6 +855,7 @@ def main() -> int:
     # per agent, a load process its share of them.
     _check_fd_limit(max(args.agents, args.all_to_all) + 1000)
     fig = Figures()
+    unwind_on_sigterm()  # a controller stopped with SIGTERM stops its servers and load too
     with tempfile.TemporaryDirectory(prefix="wm-scale-") as tmp:
         work = Path(tmp)
 
@@ -861,6 +880,9 @@ def main() -> int:
             for log in sorted(work.glob("*/server*.log")):
                 console.print(f"--- {log} ---\n{log.read_text()[-1500:]}", highlight=False)
             raise
+        except KeyboardInterrupt:
+            console.print("interrupted; its servers and load processes are stopped")
+            return 130
     Console().print(table(args, fig))
     all_ms = [x for xs in fig.change_ms.values() for x in xs]
     print(json.dumps({

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,14 +12,15 @@ import typer
 from rich.console import Console
 
 from wiremesh.cli.common import JsonOpt, console, fail, print_json
-from wiremesh.lab.netns import LabError, clean_leftovers, missing_requirements
+from wiremesh.lab.netns import (
+    LabError,
+    clean_leftovers,
+    missing_requirements,
+    unwind_on_sigterm,
+)
 
 app = typer.Typer(help="Lab: build a mesh in network namespaces and run scenarios (root).",
                   no_args_is_help=True)
-
-
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _run(scenario: Callable[[Console], dict[str, Any]], as_json: bool,
@@ -30,8 +30,7 @@ def _run(scenario: Callable[[Console], dict[str, Any]], as_json: bool,
     missing = missing_requirements()
     if missing:
         fail(f"the lab needs {', '.join(missing)} (run as root after `make install`)")
-    # SIGTERM unwinds like Ctrl-C so every namespace and process is torn down.
-    signal.signal(signal.SIGTERM, _interrupt)
+    unwind_on_sigterm()  # every namespace and process is torn down
     out = Console(stderr=True) if as_json else console
     try:
         result = scenario(out)
@@ -163,7 +162,7 @@ def lab_up(
     missing = missing_requirements()
     if missing:
         fail(f"the lab needs {', '.join(missing)} (run as root after `make install`)")
-    signal.signal(signal.SIGTERM, _interrupt)
+    unwind_on_sigterm()
     try:
         record = explore.up(topology, peers, Console(stderr=True))
     except LabError as e:

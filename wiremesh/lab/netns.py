@@ -258,6 +258,16 @@ class Lab:
         self.close()
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def unwind_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so `finally` blocks and context managers tear down what
+    this process started (Python's default for SIGTERM ends it without them)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def kill_namespace_processes(ns: str) -> None:
     res = run(["ip", "netns", "pids", ns], check=False)
     pids = [int(x) for x in res.stdout.split()]
