@@ -14,6 +14,7 @@ from wiremesh.agent.client import PeerDeleted
 from wiremesh.agent.discovery import Discovery
 from wiremesh.agent.runner import Agent, ResyncNeeded, next_netmap
 from wiremesh.agent.state import AgentConfig, AgentState
+from wiremesh.core import wire
 from wiremesh.core.wire import (
     BadMessage,
     DeletedMessage,
@@ -23,6 +24,7 @@ from wiremesh.core.wire import (
     NetmapPeer,
     PingMessage,
     Signer,
+    agent_mac_key,
     encode_message,
     open_line,
     parse_message,
@@ -202,6 +204,22 @@ def test_a_stream_key_is_accepted_only_under_the_pinned_keys_signature() -> None
         verify_stream_key(SERVER.public_key, impostor.stream_key, impostor.stream_key_sig)
     with pytest.raises(BadMessage):
         verify_stream_key(SERVER.public_key, SERVER.stream_key, "not base64!")
+
+
+def test_the_server_holds_the_mac_keys_of_the_peers_it_served_last(monkeypatch) -> None:
+    # The cache was cleared whole when full: a busy server then agreed a key with every
+    # peer at once. Now the least recently used goes alone.
+    server = Signer(Signer.generate(), mac_keys_held=2)
+    agreed: list[str] = []
+    real = wire._mac_key
+    monkeypatch.setattr(wire, "_mac_key", lambda own, other, *rest: (
+        agreed.append(base64.b64encode(other).decode()), real(own, other, *rest))[1])
+    own = generate_private_key()
+    a, b, c = public_key_of(own), *(public_key_of(generate_private_key()) for _ in range(2))
+    for key in (a, b, a, c, a, b):  # c pushes out b, the least recently used, not a
+        server.mac_key(key)
+    assert agreed == [a, b, c, b]
+    assert server.mac_key(a) == agent_mac_key(own, server.stream_key)
 
 
 def test_a_low_order_peer_key_agrees_on_no_mac_key() -> None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -558,7 +559,7 @@ def fingerprint(public_key: str) -> str:
 class Signer:
     """The server's signing key (Ed25519, 32 raw bytes)."""
 
-    def __init__(self, private_raw: bytes) -> None:
+    def __init__(self, private_raw: bytes, mac_keys_held: int = 200_000) -> None:
         self._key = Ed25519PrivateKey.from_private_bytes(private_raw)
         self.public_key = base64.b64encode(self._key.public_key().public_bytes_raw()).decode()
         self.fingerprint = fingerprint(self.public_key)
@@ -569,8 +570,9 @@ class Signer:
         self.stream_key_sig = base64.b64encode(
             self._key.sign(STREAM_KEY_CONTEXT + self._stream_raw)).decode()
         # peer key -> MAC key: one X25519 per peer, then a hash per line. Bounded: an entry
-        # is 100 bytes, and a replica serves some tens of thousands of peers.
-        self._mac_keys: dict[str, bytes] = {}
+        # is ~100 bytes and a replica serves some tens of thousands of peers; past the bound
+        # the least recently used goes (a deleted peer's, in time), one at a time.
+        self._mac_keys = functools.lru_cache(maxsize=mac_keys_held)(self._agree_mac_key)
 
     @staticmethod
     def generate() -> bytes:
@@ -588,13 +590,11 @@ class Signer:
     def mac_key(self, peer_key: str) -> bytes:
         """The MAC key shared with the peer whose WireGuard public key is `peer_key`;
         raises BadMessage when that key agrees on nothing."""
-        got = self._mac_keys.get(peer_key)
-        if got is None:
-            if len(self._mac_keys) >= 200_000:
-                self._mac_keys.clear()
-            raw = key_bytes(peer_key)
-            got = self._mac_keys[peer_key] = _mac_key(self._stream, raw, raw, self._stream_raw)
-        return got
+        return self._mac_keys(peer_key)
+
+    def _agree_mac_key(self, peer_key: str) -> bytes:
+        raw = key_bytes(peer_key)
+        return _mac_key(self._stream, raw, raw, self._stream_raw)
 
     def seal_mac(self, peer_key: str, body: bytes) -> bytes:
         """Like `seal`, authenticated with the peer's MAC key instead of a signature."""
