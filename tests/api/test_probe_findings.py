@@ -212,3 +212,17 @@ async def test_an_empty_body_is_still_named_missing(api: ApiEnv) -> None:
     r = await api.client.post("/api/v1/groups", headers={**api.admin,
                                                          "content-type": "text/plain"})
     assert assert_problem(r, 422)["errors"][0]["field"] == "body"
+
+
+@pytest.mark.parametrize(("body", "where"), [
+    (b'{"name": "g", "members": [}', "at character 26: Expecting value"),
+    (b'{"name": "g"', "at character 12: Expecting ',' delimiter"),
+    (b"{nope", "at character 1: Expecting property name enclosed in double quotes")])
+async def test_a_body_that_is_not_valid_json_names_where_and_why(api: ApiEnv, body: bytes,
+                                                                 where: str) -> None:
+    # Answered "26: JSON decode error": the offset stood where a field's name goes, the
+    # decoder's reason was left out.
+    r = await api.client.post("/api/v1/groups", content=body,
+                              headers={**api.admin, "content-type": "application/json"})
+    fault = assert_problem(r, 422)["errors"][0]
+    assert fault == {"field": "body", "message": f"not valid JSON {where}"}

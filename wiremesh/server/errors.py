@@ -66,6 +66,18 @@ def _allowed(app: FastAPI, request: Request) -> str:
                             for r in app.routes))
 
 
+def _fault(e: dict[str, Any]) -> dict[str, Any]:
+    loc = tuple(e.get("loc", ()))
+    if e.get("type") == "json_invalid" and loc[:1] == ("body",):
+        # FastAPI puts the character offset where the field would be ("26: JSON decode
+        # error") and the decoder's reason in ctx.
+        at = f" at character {loc[1]}" if len(loc) > 1 else ""
+        why = (e.get("ctx") or {}).get("error", "cannot be decoded")
+        return {"field": "body", "message": f"not valid JSON{at}: {why}"}
+    return {"field": _loc(loc),
+            "message": str(e.get("msg", "invalid")).removeprefix("Value error, ")}
+
+
 def _unsupported_type(request: Request) -> JSONResponse:
     given = request.headers.get("content-type")
     detail = (f"the request body must be application/json, not {given}" if given else
@@ -82,11 +94,7 @@ def install(app: FastAPI) -> None:
         # the body when the header is at fault.
         if isinstance(exc.body, bytes):
             return _unsupported_type(request)
-        errors = [
-            {"field": _loc(tuple(e.get("loc", ()))),
-             "message": str(e.get("msg", "invalid")).removeprefix("Value error, ")}
-            for e in exc.errors()
-        ]
+        errors = [_fault(e) for e in exc.errors()]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return problem(422, "Invalid request", detail, errors)
 
