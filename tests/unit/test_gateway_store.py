@@ -44,6 +44,12 @@ def test_parse_line_normalises_networks() -> None:
     (f"{B64_A} 100.64.0.300/32", "line 4: allowed ips"),
     (f"{B64_A}", "line 4: expected"),
     (f"{B64_A} 100.64.0.1/32 extra", "line 4: expected"),
+    # A non-ASCII key (a byte-order mark before it) raised a traceback; a scoped address
+    # lost its scope and was stored as another network.
+    (f"\ufeff{B64_A} 100.64.0.1/32", "line 4: public key"),
+    (f"{B64_A[:-2]}\u00e9= 100.64.0.1/32", "line 4: public key"),
+    (f"{B64_A} fe80::1%eth0/64", "line 4: allowed ips: 'fe80::1%eth0/64': a scoped"),
+    (f"{B64_A} 100.64.0.1/32,fd00::%1/8", "line 4: allowed ips: .*a scoped"),
 ])
 def test_parse_line_errors_name_line_and_field(line: str, field: str) -> None:
     with pytest.raises(StoreError, match=field):

@@ -84,10 +84,13 @@ def parse_peer_line(line: str, lineno: int) -> tuple[bytes, str] | None:
     key_text, ips_text = fields
     try:
         key = binascii.a2b_base64(key_text, strict_mode=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a plain ValueError for text that is not ASCII
         key = b""
     if len(key) != 32 or key == bytes(32):
         raise StoreError(f"line {lineno}: public key: not a WireGuard key: {key_text[:50]!r}")
+    if "%" in ips_text:  # ip_network drops an IPv6 scope (fe80::1%eth0/64) when not strict
+        raise StoreError(f"line {lineno}: allowed ips: {ips_text[:80]!r}: a scoped address "
+                         "(with %) is no network")
     try:
         nets = [str(ipaddress.ip_network(ip, strict=False)) for ip in ips_text.split(",")]
     except ValueError as e:
