@@ -194,7 +194,8 @@ def test_endpoints_canonical(given_: str, canonical: str) -> None:
 
 def test_prefix_and_key_checks() -> None:
     assert check_prefix("198.18.0.0/16") == "198.18.0.0/16"
-    for bad in ["198.18.0.1/16", "198.18.0.0/16\n", "\u0661.0.0.0/8"]:
+    for bad in ["198.18.0.1/16", "198.18.0.0/16\n", "\u0661.0.0.0/8",
+                "fd00::%1/8", "fe80::%eth0/64"]:  # the scoped ones passed
         with pytest.raises(ValueError):
             check_prefix(bad)
     with pytest.raises(ValueError, match="canonical"):

@@ -200,6 +200,8 @@ def check_prefix(v: Any) -> str:
         host_bits = int.from_bytes(socket.inet_aton(addr), "big") & (0xFFFFFFFF >> int(length))
         if not host_bits:
             return s
+    if "%" in s:  # ip_network keeps a scope (fd00::%1/8): no route, UAPI or nft takes one
+        raise ValueError(f"bad prefix {s!r}: scoped IPv6 networks are not supported")
     try:
         return str(ipaddress.ip_network(s))
     except ValueError as e:
