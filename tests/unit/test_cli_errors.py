@@ -70,13 +70,16 @@ def test_user_input_is_printed_as_given_not_as_emoji(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def odd_server() -> Iterator[tuple[str, list[tuple[int, str, bytes]]]]:
+def odd_server() -> Iterator[tuple[str, list[tuple[int, str, bytes]], list[str]]]:
     """An HTTP server on loopback that is no wiremesh server: it answers every request with
-    the (status, content type, body) last put in the list it yields with its URL."""
+    the (status, content type, body) last put in the list it yields with its URL, and
+    notes each request's method and path in the other list it yields."""
     answers: list[tuple[int, str, bytes]] = [(200, "application/json", b"{}")]
+    asked: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
         def _answer(self) -> None:
+            asked.append(f"{self.command} {self.path}")
             status, ctype, body = answers[-1]
             self.send_response(status)
             self.send_header("Content-Type", ctype)
@@ -93,7 +96,7 @@ def odd_server() -> Iterator[tuple[str, list[tuple[int, str, bytes]]]]:
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", answers
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", answers, asked
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -113,9 +116,12 @@ def odd_server() -> Iterator[tuple[str, list[tuple[int, str, bytes]]]]:
     ((502, "text/html", b"<html>\n bad gateway\n</html>"), ["routes", "list"],
      "error: <html> bad gateway </html> (HTTP 502)"),
     ((400, "application/problem+json", b'{"detail": 5}'), ["audit"], '{"detail": 5} (HTTP 400)'),
+    # A redirect's empty body was taken for success: "revoked admin token t".
+    ((307, "text/plain", b""), ["tokens", "revoke", "t"],
+     "to DELETE /api/v1/admin-tokens/t is a redirect to nowhere (HTTP 307)"),
 ])
 def test_a_server_that_answers_garbage(odd_server, answer, command, expected) -> None:
-    url, answers = odd_server
+    url, answers, _ = odd_server
     answers.append(answer)
     line = one_line_error([*command, "--server", url, "--token", "wma_x"])
     assert expected in line, line
@@ -124,7 +130,7 @@ def test_a_server_that_answers_garbage(odd_server, answer, command, expected) ->
 @pytest.mark.parametrize("answer", [(200, "text/html", b"<html>hi</html>"),
                                     (200, "application/json", b"[1]")])
 def test_up_against_a_server_that_answers_garbage(tmp_path: Path, odd_server, answer) -> None:
-    url, answers = odd_server
+    url, answers, _ = odd_server
     answers.append(answer)
     line = one_line_error(["up", "--server", url, "--setup-key", "wmk_x",
                            "--state-dir", str(tmp_path)])
@@ -181,7 +187,7 @@ def test_agent_saved_state_that_is_no_state(tmp_path: Path, content: str | None,
 
 
 def test_json_output_stays_json_when_a_metric_is_nan(odd_server) -> None:
-    url, answers = odd_server
+    url, answers, _ = odd_server
     answers.append((200, "text/plain", b"wiremesh_gateway_known_peers NaN\n"))
     res = runner.invoke(app, ["gateway", "status", "--metrics", f"{url}/metrics",
                               "--interval", "0.1", "--json"])
@@ -194,3 +200,30 @@ def test_gateway_status_malformed_metrics_url() -> None:
     assert res.exit_code == 1, res.exception  # a runtime error: the gateway is not there
     assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
     assert res.output.startswith("error: --metrics: cannot read http://[::1: "), res.output
+
+
+@pytest.mark.parametrize(("command", "path"), [
+    (["tokens", "revoke", "../groups/g"], "DELETE /api/v1/admin-tokens/..%2Fgroups%2Fg"),
+    (["peers", "delete", "../groups/g"], "DELETE /api/v1/peers/..%2Fgroups%2Fg"),
+    (["peers", "show", "a?b#c"], "GET /api/v1/peers/a%3Fb%23c"),
+    (["groups", "remove", "g", "x/y"], "DELETE /api/v1/groups/g/members/x%2Fy"),
+    (["routes", "delete", "r/../../groups/g"], "DELETE /api/v1/routes/r%2F..%2F..%2Fgroups%2Fg"),
+])
+def test_names_stay_one_path_segment(odd_server, command: list[str], path: str) -> None:
+    # `tokens revoke ../groups/g` deleted group g: httpx resolved the dot segments.
+    url, answers, asked = odd_server
+    answers.append((204, "application/json", b""))
+    res = runner.invoke(app, [*command, "--server", url, "--token", "wma_x"])
+    assert asked == [path], (asked, res.output)
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    (["tokens", "revoke", ""], "error: NAME: '' names nothing"),
+    (["peers", "show", "."], "error: PEER: '.' names nothing"),
+    (["groups", "delete", ".."], "error: NAME: '..' names nothing"),
+    (["groups", "remove", "g", ""], "error: PEER: '' names nothing"),
+])
+def test_empty_or_dot_names_are_refused(odd_server, command: list[str], expected: str) -> None:
+    url, _, asked = odd_server
+    assert one_line_error([*command, "--server", url, "--token", "wma_x"]) == expected
+    assert asked == []

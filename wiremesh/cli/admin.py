@@ -16,6 +16,7 @@ from wiremesh.cli.common import (
     console,
     print_json,
     print_table,
+    segment,
 )
 
 keys_app = typer.Typer(help="Setup keys: create, list, revoke.", no_args_is_help=True)
@@ -115,7 +116,7 @@ def tokens_revoke(name: str = typer.Argument(..., help="Admin token name"),
                   server: str | None = ServerOpt, token: str | None = TokenOpt,
                   ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Revoke an admin token: every replica refuses it from now on."""
-    Api(server, token, ca_file, insecure).call("DELETE", f"/admin-tokens/{name}")
+    Api(server, token, ca_file, insecure).call("DELETE", f"/admin-tokens/{segment(name, 'NAME')}")
     console.print(f"revoked admin token {name}")
 
 
@@ -147,7 +148,7 @@ def peers_show(peer: str = typer.Argument(..., help="Peer name or id"),
                server: str | None = ServerOpt, token: str | None = TokenOpt,
                ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Show one peer as JSON."""
-    print_json(Api(server, token, ca_file, insecure).call("GET", f"/peers/{peer}"))
+    print_json(Api(server, token, ca_file, insecure).call("GET", f"/peers/{segment(peer, 'PEER')}"))
 
 
 @peers_app.command("rename")
@@ -156,7 +157,7 @@ def peers_rename(peer: str = typer.Argument(..., help="Peer name or id"),
                  server: str | None = ServerOpt, token: str | None = TokenOpt,
                  ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Rename a peer."""
-    p = Api(server, token, ca_file, insecure).call("PATCH", f"/peers/{peer}",
+    p = Api(server, token, ca_file, insecure).call("PATCH", f"/peers/{segment(peer, 'PEER')}",
                                                    json={"name": new_name})
     console.print(f"peer {p['id']} is now {p['name']}")
 
@@ -166,7 +167,7 @@ def peers_delete(peer: str = typer.Argument(..., help="Peer name or id"),
                  server: str | None = ServerOpt, token: str | None = TokenOpt,
                  ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Delete a peer: it disappears from every other peer's netmap."""
-    Api(server, token, ca_file, insecure).call("DELETE", f"/peers/{peer}")
+    Api(server, token, ca_file, insecure).call("DELETE", f"/peers/{segment(peer, 'PEER')}")
     console.print(f"deleted peer {peer}")
 
 
@@ -200,7 +201,7 @@ def groups_add(group: str = typer.Argument(...), peer: str = typer.Argument(...)
                server: str | None = ServerOpt, token: str | None = TokenOpt,
                ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Add a peer to a group."""
-    Api(server, token, ca_file, insecure).call("POST", f"/groups/{group}/members",
+    Api(server, token, ca_file, insecure).call("POST", f"/groups/{segment(group, 'GROUP')}/members",
                                                json={"peer": peer})
     console.print(f"added {peer} to {group}")
 
@@ -210,7 +211,8 @@ def groups_remove(group: str = typer.Argument(...), peer: str = typer.Argument(.
                   server: str | None = ServerOpt, token: str | None = TokenOpt,
                   ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Remove a peer from a group."""
-    Api(server, token, ca_file, insecure).call("DELETE", f"/groups/{group}/members/{peer}")
+    Api(server, token, ca_file, insecure).call(
+        "DELETE", f"/groups/{segment(group, 'GROUP')}/members/{segment(peer, 'PEER')}")
     console.print(f"removed {peer} from {group}")
 
 
@@ -219,5 +221,5 @@ def groups_delete(name: str = typer.Argument(...), server: str | None = ServerOp
                   token: str | None = TokenOpt,
                   ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Delete a group (refused while a policy or route uses it)."""
-    Api(server, token, ca_file, insecure).call("DELETE", f"/groups/{name}")
+    Api(server, token, ca_file, insecure).call("DELETE", f"/groups/{segment(name, 'NAME')}")
     console.print(f"deleted group {name}")

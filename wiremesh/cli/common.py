@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -118,6 +119,15 @@ def server_trust(server: str, ca_file: Path | None, insecure: bool) -> Trust:
     return trust
 
 
+def segment(value: str, what: str) -> str:
+    """`value` (a name or id the user gave) as one segment of an API path. Quoted: a '/',
+    '?' or '#' in it reached another resource (`tokens revoke ../groups/x` deleted group x,
+    as httpx resolves dot segments); an empty or dot name is refused for the same reason."""
+    if value in ("", ".", ".."):
+        fail(f"{what}: {value!r} names nothing")
+    return quote(value, safe="")
+
+
 class Api:
     """Admin calls against a server; every failure becomes one clear line and exit code 2."""
 
@@ -143,9 +153,12 @@ class Api:
             fail(unreachable(url, e))
         if r.status_code >= 400:
             fail(f"{_problem_detail(r)} (HTTP {r.status_code})")
+        where = f"the answer of {url} to {method} /api/v1{path}"
+        if 300 <= r.status_code < 400:  # its empty body is no success: nothing was done
+            fail(f"{where} is a redirect to {r.headers.get('location', 'nowhere')} "
+                 f"(HTTP {r.status_code}): is --server the wiremesh server's URL?")
         if not r.content or expect is str:
             return r.text or None
-        where = f"the answer of {url} to {method} /api/v1{path}"
         try:
             body = json.loads(r.content, object_hook=lambda d: _Answer(where, d))
         except ValueError:

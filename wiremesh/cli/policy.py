@@ -18,6 +18,7 @@ from wiremesh.cli.common import (
     print_json,
     print_table,
     read_text,
+    segment,
 )
 
 app = typer.Typer(help="Policy as code: apply, diff, export, matrix, explain.",
@@ -155,7 +156,7 @@ def routes_set(
         if not peer or not m.isdigit():
             fail(f"--router-metric {item!r}: expected PEER=METRIC")
         overrides[peer] = int(m)
-    Api(server, token, ca_file, insecure).call("PUT", f"/routes/{name}", json={
+    Api(server, token, ca_file, insecure).call("PUT", f"/routes/{segment(name, 'NAME')}", json={
         "prefix": prefix, "router_group": router_group, "metric": metric,
         "router_metrics": overrides, "masquerade": masquerade, "enabled": enabled})
     console.print(f"route {name} -> {prefix} via group {router_group}")
@@ -166,7 +167,7 @@ def routes_delete(name: str = typer.Argument(...), server: str | None = ServerOp
                   token: str | None = TokenOpt,
                   ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Delete a route."""
-    Api(server, token, ca_file, insecure).call("DELETE", f"/routes/{name}")
+    Api(server, token, ca_file, insecure).call("DELETE", f"/routes/{segment(name, 'NAME')}")
     console.print(f"deleted route {name}")
 
 
