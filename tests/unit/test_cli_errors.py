@@ -227,3 +227,11 @@ def test_empty_or_dot_names_are_refused(odd_server, command: list[str], expected
     url, _, asked = odd_server
     assert one_line_error([*command, "--server", url, "--token", "wma_x"]) == expected
     assert asked == []
+
+
+def test_up_refuses_a_bad_metrics_address_before_enrolling(tmp_path: Path, odd_server) -> None:
+    # It was parsed once enrolled: the one-time setup key was spent, the agent never ran.
+    url, _, asked = odd_server
+    line = one_line_error(["up", "--server", url, "--setup-key", "wmk_x", "--state-dir",
+                           str(tmp_path), "--metrics-listen", "127.0.0.1:99999"])
+    assert line.startswith("error: --metrics-listen '127.0.0.1:99999'") and asked == []

@@ -113,6 +113,7 @@ def up(
     server, replicas = servers[0], servers[1:]
     setup_logging(verbose)
     _check_backend(backend)
+    listen = _listen(metrics_listen)  # before enrolment spends a one-time setup key
     if len(interface) > 15:
         fail(f"--interface {interface!r}: at most 15 characters")
     if (setup_key is None) == (not login):
@@ -149,7 +150,7 @@ def up(
                       f"{fingerprint(st.config.server_key or '')}", highlight=False)
     if mtu is not None:
         _save_mtu(state_dir, mtu)
-    _run(state_dir, backend, metrics_listen)
+    _run(state_dir, backend, listen)
 
 
 def _save_mtu(state_dir: Path, mtu: int) -> None:
@@ -184,11 +185,12 @@ def agent(state_dir: Path = StateDirOpt, backend: str = BackendOpt,
     """Run the agent from saved state (works while the server is down)."""
     setup_logging(verbose)
     _check_backend(backend)
+    listen = _listen(metrics_listen)
     try:
         statefile.load(state_dir)
     except statefile.StateError as e:
         fail(str(e))
-    _run(state_dir, backend, metrics_listen)
+    _run(state_dir, backend, listen)
 
 
 def set_prefs(
@@ -233,10 +235,9 @@ def _save_prefs(state_dir: Path, **changes: object) -> prefs.Prefs:
     return new
 
 
-def _run(state_dir: Path, backend: str, metrics_listen: str | None) -> NoReturn:
+def _run(state_dir: Path, backend: str, listen: tuple[str, int] | None) -> NoReturn:
     from wiremesh.agent.runner import run_forever
 
-    listen = _listen(metrics_listen)
     try:
         with pidfile.hold(state_dir):
             code = run_forever(state_dir, backend, listen)
