@@ -45,6 +45,16 @@ def test_policy_file_not_utf8_or_unreadable(tmp_path: Path, binary: Path, comman
     assert line == f"error: FILE: cannot read {tmp_path}: Is a directory"
 
 
+@pytest.mark.parametrize("command", ["apply", "diff"])
+def test_policy_file_too_large_or_endless(tmp_path: Path, command: str) -> None:
+    # Read whole first: /dev/zero ran until memory was gone.
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * ((1 << 20) + 1))
+    for path in (big, Path("/dev/zero")):
+        line = one_line_error(["policy", command, str(path), *ADMIN])
+        assert line == f"error: FILE: {path} is larger than 1048576 bytes (1 MiB), the limit"
+
+
 def test_gateway_private_key_file_not_utf8(tmp_path: Path, binary: Path) -> None:
     line = one_line_error(["gateway", "enrol", "--private-key-file", str(binary), *ADMIN[:2],
                            "--setup-key", "wmk_x", "--server-state", str(tmp_path / "s")])

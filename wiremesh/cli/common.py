@@ -51,13 +51,23 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+# Every file a command reads whole is small: keys, secrets, policy files (1 MiB at most on
+# the server too). /dev/zero or a disk image given by mistake was read until memory ran out.
+READ_LIMIT = 1 << 20
+
+
 def read_text(path: Path, what: str) -> str:
     """The text of the file `path` (given as `what`, e.g. an option), or exit 2 saying why
-    not: missing, unreadable, a directory, or not UTF-8 text."""
+    not: missing, unreadable, a directory, larger than READ_LIMIT, or not UTF-8 text."""
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(READ_LIMIT + 1)
     except OSError as e:
         fail(f"{what}: cannot read {path}: {e.strerror or e}")
+    if len(data) > READ_LIMIT:
+        fail(f"{what}: {path} is larger than {READ_LIMIT} bytes (1 MiB), the limit")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         fail(f"{what}: {path} is not UTF-8 text (byte {e.start + 1} is {e.object[e.start]:#04x})")
 
