@@ -226,3 +226,18 @@ async def test_a_body_that_is_not_valid_json_names_where_and_why(api: ApiEnv, bo
                               headers={**api.admin, "content-type": "application/json"})
     fault = assert_problem(r, 422)["errors"][0]
     assert fault == {"field": "body", "message": f"not valid JSON {where}"}
+
+
+async def test_a_body_nested_too_deeply_says_so(api: ApiEnv) -> None:
+    # Answered 400 "There was an error parsing the body", twice (title and detail).
+    r = await api.client.post("/api/v1/groups", content=b"[" * 100_000 + b"]" * 100_000,
+                              headers={**api.admin, "content-type": "application/json"})
+    body = assert_problem(r, 400)
+    assert body["title"] == "Bad Request"
+    assert body["detail"] == "the JSON body nests too deeply to decode"
+
+
+async def test_a_problem_title_is_its_status_phrase_not_the_detail(api: ApiEnv) -> None:
+    r = await api.client.get("/api/v1/peers", headers={"Authorization": "Bearer wma_nope"})
+    body = assert_problem(r, 401)
+    assert body["title"] == "Unauthorized" and body["detail"] != body["title"]

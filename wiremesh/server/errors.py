@@ -115,4 +115,11 @@ def install(app: FastAPI) -> None:
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
             headers = {**(headers or {}), "Allow": _allowed(app, request)}
-        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=headers)
+        detail = str(exc.detail)
+        if isinstance(exc.__cause__, RecursionError):
+            # FastAPI's "There was an error parsing the body" for JSON nested deeper than
+            # the decoder goes ([[[[...]]]]).
+            detail = "the JSON body nests too deeply to decode"
+        # The title names the kind of problem, the same for every occurrence (RFC 9457).
+        return problem(exc.status_code, HTTPStatus(exc.status_code).phrase, detail,
+                       headers=headers)
