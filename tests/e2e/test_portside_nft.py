@@ -122,14 +122,35 @@ def test_side_channel_on_ingress_follows_new_underlay_devices() -> None:
             proc.wait()
 
 
-def test_side_channel_on_the_input_hook_when_asked() -> None:
+# A strict host firewall: WireGuard's port, established flows, nothing else.
+HOST_FIREWALL = f"""
+table inet wmhostfw {{
+\tchain input {{
+\t\ttype filter hook input priority filter; policy drop;
+\t\tct state established,related accept
+\t\tiif lo accept
+\t\tudp dport {PORT} accept
+\t}}
+}}
+"""
+
+
+@pytest.mark.parametrize(("hook", "firewall"), [("input", ""), ("ingress", HOST_FIREWALL)],
+                         ids=["asked", "host-firewall"])
+def test_side_channel_on_the_input_hook(hook: str, firewall: str) -> None:
+    """The fallback, asked for or because a host firewall judges the input hook: there the
+    rewrite comes after the firewall's verdict on the WireGuard port, so a firewall that lets
+    in only that port still lets the answers through."""
     with Lab() as lab:
         net = lab.add_switch("u", "192.0.2.0/24")
         agent, peer = lab.add_host("a"), lab.add_host("p")
         agent_ip = lab.connect(agent, net).split("/")[0]
         peer_ip = lab.connect(peer, net).split("/")[0]
+        if firewall:
+            subprocess.run(agent.cmd(["nft", "-f", "-"]), input=firewall, text=True,
+                           check=True)
         proc = subprocess.Popen(agent.cmd([sys.executable, "-c", AGENT, str(PORT),
-                                           lab.name("wg"), "input"]),
+                                           lab.name("wg"), hook]),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None and proc.stdin is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from wiremesh.firewall.side import TABLE, render
+from wiremesh.firewall.side import TABLE, host_firewall, render
 
 # Both families go first: a switch from the input fallback leaves nothing behind.
 DROP = (f"table netdev {TABLE}\ndelete table netdev {TABLE}\n"
@@ -65,3 +65,25 @@ def test_bad_ports_are_refused_by_name(wg: object, side: object, error: str,
                                        devices: list[str] | None) -> None:
     with pytest.raises(ValueError, match=error):
         render(wg, side, devices)  # type: ignore[arg-type]
+
+
+def _chain(family: str, table: str, hook: str | None = "input") -> dict[str, object]:
+    base = {"type": "filter", "hook": hook, "prio": 0, "policy": "drop"} if hook else {}
+    return {"family": family, "table": table, "name": "c", "handle": 1, **base}
+
+
+@pytest.mark.parametrize(("chains", "legacy", "found"), [
+    ([], [], None),
+    ([_chain("inet", "filter")], [], "chain inet filter c"),
+    ([_chain("ip", "filter")], [], "chain ip filter c"),  # iptables-nft
+    ([_chain("ip6", "firewalld")], [], "chain ip6 firewalld c"),
+    ([], ["nat", "filter"], "the legacy iptables filter table"),
+    # Ours (the ACL of routers, the side rule's own fallback), other hooks, regular chains,
+    # the netdev family and legacy tables without input filtering are no host firewall.
+    ([_chain("inet", "wiremesh"), _chain("inet", TABLE), _chain("inet", "f", "forward"),
+      _chain("inet", "f", "output"), _chain("inet", "f", None), _chain("netdev", "f", "ingress")],
+     ["nat", "mangle"], None),
+])
+def test_a_host_firewall_is_a_foreign_chain_on_the_input_hook(
+        chains: list[dict[str, object]], legacy: list[str], found: str | None) -> None:
+    assert host_firewall(chains, legacy) == found

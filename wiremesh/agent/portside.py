@@ -12,12 +12,14 @@ addresses change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
 import socket
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -53,8 +55,8 @@ class PortSide:
         self._lock = threading.Lock()
         self._closed = False
         self._redirected = False
-        # The underlay devices (name -> index) the loaded table was made for.
-        self._listed: dict[str, int] | None = None
+        # The underlay devices (name -> index) and host firewall the table was loaded for.
+        self._listed: tuple[dict[str, int] | None, str | None] | None = None
         self.on_input = False  # the rule sits on the input hook (asked for, or the fallback)
 
     async def start(self) -> None:
@@ -76,29 +78,34 @@ class PortSide:
 
     def _install(self) -> None:
         """Load the redirect for the underlay devices listed now, unless it is loaded for
-        them already; on the input hook when nft refuses the ingress chain."""
+        them already; on the input hook where a host firewall judges that hook, or when nft
+        refuses the ingress chain (firewall/side.py says why)."""
         with self._lock:
             if self._closed:
                 return
             listed = underlay_devices(self.wg_ifname) if self.hook == "ingress" else None
-            if self._redirected and listed == self._listed:
+            firewall = _host_firewall() if listed is not None else None
+            if self._redirected and (listed, firewall) == self._listed:
                 return
             refused: Exception | None = None
-            if listed is not None:
+            if listed is not None and firewall is None:
                 listed, refused = self._load_ingress(listed)
                 if refused is None:
                     if self.on_input or not self._redirected:
                         log.info("side channel on the ingress hook of %s",
                                  ", ".join(listed) or "no device (no table)")
-                    self._listed, self._redirected, self.on_input = listed, True, False
+                    self._listed, self._redirected, self.on_input = (listed, None), True, False
                     return
             nft.load(side.render(self.port, self._side_port(), None))
-            if refused is not None and not self.on_input:
-                # Tried again at the next change of devices (rare), not remembered: the
-                # refusal may have been a device that came and went.
-                log.info("side channel on the input hook: the ingress chain cannot be loaded "
-                         "(%s)", refused)
-            self._listed, self._redirected, self.on_input = listed, True, True
+            if not self.on_input:
+                # Once per move to the input hook. A refusal is tried again at the next change
+                # of devices (rare), not remembered: it may have been a device that came and
+                # went.
+                why = (f"after the host firewall ({firewall})" if firewall is not None
+                       else f"the ingress chain cannot be loaded ({refused})"
+                       if refused is not None else "as configured")
+                log.info("side channel on the input hook: %s", why)
+            self._listed, self._redirected, self.on_input = (listed, firewall), True, True
 
     def _load_ingress(self, listed: dict[str, int]) -> tuple[dict[str, int], Exception | None]:
         """Load the rule on `listed`'s ingress, listing again when a device vanished between
@@ -186,6 +193,14 @@ class PortSide:
                 self._loop.remove_reader(self.sock)
             self.sock.close()
             self.sender.close()
+
+
+def _host_firewall() -> str | None:
+    legacy: list[str] = []
+    for names in ("/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"):
+        with contextlib.suppress(OSError):  # absent without the legacy modules
+            legacy += Path(names).read_text().split()
+    return side.host_firewall(nft.list_chains(), legacy)
 
 
 def _answers_socket() -> socket.socket:

@@ -5,6 +5,7 @@
   no packet ever sees a half-applied ruleset. A kernel that refuses the device hooks (no
   egress hook before 5.16) gets the ACL on the input and output hooks instead.
 - `load(script, netns=None, check=False)`: load (or only check, `nft -c`) a script.
+- `list_chains(netns=None)`: every chain, as nft's JSON describes it.
 - `remove(netns=None, table=TABLE)`: delete table `<table>` of the inet and netdev families
   (no error if they are absent).
 
@@ -14,9 +15,11 @@ given, e.g. by lab scenarios driving hosts from outside.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
+from typing import Any
 
 from wiremesh.core.wire import DEFAULT_MTU, Netmap
 from wiremesh.firewall.render import OVERLAY, TABLE, FlowTimeouts, render
@@ -29,17 +32,34 @@ class NftError(RuntimeError):
     pass
 
 
-def load(script: str, netns: str | None = None, check: bool = False,
-         timeout: float = 30.0) -> None:
+def _nft(args: list[str], what: str, netns: str | None, script: str | None = None,
+         timeout: float = 30.0) -> str:
     nft = shutil.which("nft")
     if not nft:
         raise NftError("nft not found; install the 'nftables' package")
-    cmd = [nft, *(["-c"] if check else []), "-f", "-"]
+    cmd = [nft, *args]
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     res = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=timeout)
     if res.returncode != 0:
-        raise NftError(f"nft {'check' if check else 'load'} failed: {res.stderr.strip()}")
+        raise NftError(f"nft {what} failed: {res.stderr.strip()}")
+    return res.stdout
+
+
+def load(script: str, netns: str | None = None, check: bool = False,
+         timeout: float = 30.0) -> None:
+    _nft([*(["-c"] if check else []), "-f", "-"], "check" if check else "load", netns, script,
+         timeout)
+
+
+def list_chains(netns: str | None = None) -> list[dict[str, Any]]:
+    """Each chain's family, table, name, and for base chains hook, prio and policy."""
+    out = _nft(["-j", "list", "chains"], "list", netns)
+    try:
+        items = json.loads(out)["nftables"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise NftError(f"nft list chains: unexpected output ({e})") from e
+    return [i["chain"] for i in items if isinstance(i, dict) and isinstance(i.get("chain"), dict)]
 
 
 def apply(netmap: Netmap, ifname: str, netns: str | None = None,

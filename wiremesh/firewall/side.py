@@ -15,22 +15,30 @@ socket held a reference to it, and ran the filter on each.
 Where the rule sits: on the netdev `ingress` hook of the underlay devices (those that are up
 and carry an address, agent/portside.py keeps the list current), not on the `input` hook. A
 chain on `input` is run for every packet the host receives, underlay and overlay alike, the
-tunnel's decrypted traffic included: in the lead's iperf3 runs (8 alternating rounds, two
-cores) the mesh reached 0.935 of a plain wireguard-go pair with this rule on `input` and 0.977
-with it on the underlay's ingress (0.992 with no tables at all). On ingress, only packets
-arriving on the underlay devices meet it, and nothing else in the host pays for a hook.
+tunnel's decrypted traffic included: in iperf3 runs (8 alternating rounds, two cores; README,
+the data plane's measured variants) the mesh reached 0.935 of a plain wireguard-go pair with
+this rule on `input` and 0.977 with it on the underlay's ingress (0.992 with no tables at all).
+On ingress, only packets arriving on the underlay devices meet it, and nothing else in the host
+pays for a hook.
 
-The trade-off: ingress runs before everything else, so the rewrite now happens *before* a host
-firewall looks (on `input`, the old chain ran after the filter priority and the firewall judged
-these datagrams on the WireGuard port, like WireGuard's own). Now a host firewall sees STUN
-answers and path probes addressed to the agent's side port, which is an ephemeral port that
-differs per agent, and conntrack does not know them either: the requests left from the
+The trade-off: ingress runs before everything else, so the rewrite happens *before* a host
+firewall looks (on `input`, the chain ran after the filter priority and the firewall judged
+these datagrams on the WireGuard port, like WireGuard's own). From ingress, a host firewall
+would see STUN answers and path probes addressed to the agent's side port, an ephemeral port
+that differs per agent, and conntrack would not know them either: the requests left from the
 WireGuard port, so an answer rewritten to another port is not the reply of that flow. A host
-firewall that lets in only udp/<WireGuard port> (and established flows) therefore drops them:
-WireGuard keeps working, but the agent learns no NAT mapping and finds no direct path through
-probes (peers then use the addresses they know, or the relay). On such a host, run the agent
-with the input-hook rule (`render(..., devices=None)`, what the agent falls back to when the
-kernel refuses the netdev chain, and what PortSide(hook="input") forces).
+firewall that lets in only udp/<WireGuard port> (and established flows) would drop them:
+WireGuard would keep working, but the agent would learn no NAT mapping and find no direct path
+by probing (peers would fall back to the addresses they know, or the relay).
+
+So the agent keeps the rule on `input` (after the firewall, as before) wherever a host
+firewall hooks in there: a base chain on the input hook in a table not ours (nftables, and
+iptables-nft, which is nftables underneath), or a legacy iptables `filter` table (see
+`host_firewall`). That costs those hosts what it cost before: a second chain on a hook already
+in use is not free either (same runs: 0.896 with the ACL and this rule in two chains on
+`input`, 0.924 with the rule moved into the ACL's chain). What is not seen: a firewall that
+starts after the agent is noticed only at the next change of links or addresses (or a
+restart), and one that hooks in elsewhere (prerouting, an eBPF program) is not looked for.
 
 A packet is only seen if it arrives on a listed device: an answer arriving on a device without
 an address of its own (weak host model, asymmetric routes) or through loopback is not moved.
@@ -38,7 +46,8 @@ an address of its own (weak host model, asymmetric routes) or through loopback i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from wiremesh.firewall.render import _IFNAME
 
@@ -62,6 +71,21 @@ def _device(name: str) -> str:
         raise ValueError(f"devices: {name!r} is not an interface name "
                          "(1-15 of A-Z a-z 0-9 _ . -)")
     return name
+
+
+def host_firewall(chains: Iterable[Mapping[str, Any]],
+                  legacy_tables: Iterable[str] = ()) -> str | None:
+    """What judges received datagrams by their port on the input hook, besides us: the first
+    base chain there of a table not ours (`chains`: nft's JSON of `list chains`), or a legacy
+    iptables filter table (`legacy_tables`: /proc/net/ip{,6}_tables_names); None if neither.
+    Our own tables are left out: the ACL judges only what comes out of the tunnel."""
+    for c in chains:
+        if (c.get("hook") == "input" and c.get("family") in ("ip", "ip6", "inet")
+                and not str(c.get("table", "")).startswith("wiremesh")):
+            return f"chain {c['family']} {c['table']} {c.get('name', '?')}"
+    if "filter" in legacy_tables:
+        return "the legacy iptables filter table"
+    return None
 
 
 def _drop() -> list[str]:
