@@ -200,7 +200,11 @@ def _host_firewall() -> str | None:
     for names in ("/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"):
         with contextlib.suppress(OSError):  # absent without the legacy modules
             legacy += Path(names).read_text().split()
-    return side.host_firewall(nft.list_chains(), legacy)
+    try:
+        chains = nft.list_chains()
+    except nft.NftError as e:  # e.g. an nft built without JSON: assume the worst, as before
+        return f"cannot tell: {e}"
+    return side.host_firewall(chains, legacy)
 
 
 def _answers_socket() -> socket.socket:

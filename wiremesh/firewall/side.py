@@ -31,14 +31,15 @@ firewall that lets in only udp/<WireGuard port> (and established flows) would dr
 WireGuard would keep working, but the agent would learn no NAT mapping and find no direct path
 by probing (peers would fall back to the addresses they know, or the relay).
 
-So the agent keeps the rule on `input` (after the firewall, as before) wherever a host
-firewall hooks in there: a base chain on the input hook in a table not ours (nftables, and
-iptables-nft, which is nftables underneath), or a legacy iptables `filter` table (see
-`host_firewall`). That costs those hosts what it cost before: a second chain on a hook already
-in use is not free either (same runs: 0.896 with the ACL and this rule in two chains on
-`input`, 0.924 with the rule moved into the ACL's chain). What is not seen: a firewall that
-starts after the agent is noticed only at the next change of links or addresses (or a
-restart), and one that hooks in elsewhere (prerouting, an eBPF program) is not looked for.
+So the agent keeps the rule on `input` (after the firewall, as before) wherever a host firewall
+hooks in there: a base chain on the input hook in a table not ours (nftables, and iptables-nft,
+which is nftables underneath), or a legacy iptables `filter` table (see `host_firewall`), and
+where nft cannot list the chains to tell. Those hosts pay for a chain on `input` as before: a
+second chain on a hook already in use is not free either (same runs: 0.896 with the ACL and
+this rule in two chains on `input`, 0.924 with the rule moved into the ACL's chain). What is
+not seen: a firewall that starts after the agent is noticed only at the next change of links or
+addresses (or a restart), and one that hooks in elsewhere (prerouting, an eBPF program) is not
+looked for.
 
 A packet is only seen if it arrives on a listed device: an answer arriving on a device without
 an address of its own (weak host model, asymmetric routes) or through loopback is not moved.
