@@ -73,6 +73,10 @@ class Discovery:
         local = await asyncio.to_thread(local_addresses, self.cfg.interface)
         if self.local is not None and set(local) != self.local:
             self.moved = True
+            if self.side is not None:
+                # The STUN answer comes back on the new address's device: the side channel's
+                # rule must be there first (its own wake-up by the same change may come later).
+                await self.side.refresh()
         self.local = set(local)
         out = [{"endpoint": _endpoint(ip, port), "kind": "local"} for ip in local]
         server = await self._stun_server()

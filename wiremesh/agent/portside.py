@@ -55,8 +55,8 @@ class PortSide:
         self._lock = threading.Lock()
         self._closed = False
         self._redirected = False
-        # The underlay devices (name -> index) and host firewall the table was loaded for.
-        self._listed: tuple[dict[str, int] | None, str | None] | None = None
+        # The underlay devices (name -> index) the table was loaded for.
+        self._listed: dict[str, int] | None = None
         self.on_input = False  # the rule sits on the input hook (asked for, or the fallback)
 
     async def start(self) -> None:
@@ -69,12 +69,15 @@ class PortSide:
         """Keep the redirect on the underlay devices of the moment (run while started)."""
         async with AddressWatch() as watch:
             while True:
-                if not await watch.wait(POLL_S):
-                    continue
-                try:
-                    await asyncio.to_thread(self._install)
-                except (nft.NftError, OSError, NetlinkError) as e:
-                    log.warning("side channel: cannot follow the underlay devices: %s", e)
+                if await watch.wait(POLL_S):
+                    await self.refresh()
+
+    async def refresh(self) -> None:
+        """Move the redirect to the underlay devices listed now, if they changed."""
+        try:
+            await asyncio.to_thread(self._install)
+        except (nft.NftError, OSError, NetlinkError) as e:
+            log.warning("side channel: cannot follow the underlay devices: %s", e)
 
     def _install(self) -> None:
         """Load the redirect for the underlay devices listed now, unless it is loaded for
@@ -84,9 +87,10 @@ class PortSide:
             if self._closed:
                 return
             listed = underlay_devices(self.wg_ifname) if self.hook == "ingress" else None
-            firewall = _host_firewall() if listed is not None else None
-            if self._redirected and (listed, firewall) == self._listed:
+            if self._redirected and listed == self._listed:
                 return
+            # Looked for when the devices change, not at every wake-up (an nft run).
+            firewall = _host_firewall() if listed is not None else None
             refused: Exception | None = None
             if listed is not None and firewall is None:
                 listed, refused = self._load_ingress(listed)
@@ -94,7 +98,7 @@ class PortSide:
                     if self.on_input or not self._redirected:
                         log.info("side channel on the ingress hook of %s",
                                  ", ".join(listed) or "no device (no table)")
-                    self._listed, self._redirected, self.on_input = (listed, None), True, False
+                    self._listed, self._redirected, self.on_input = listed, True, False
                     return
             nft.load(side.render(self.port, self._side_port(), None))
             if not self.on_input:
@@ -105,7 +109,7 @@ class PortSide:
                        else f"the ingress chain cannot be loaded ({refused})"
                        if refused is not None else "as configured")
                 log.info("side channel on the input hook: %s", why)
-            self._listed, self._redirected, self.on_input = (listed, firewall), True, True
+            self._listed, self._redirected, self.on_input = listed, True, True
 
     def _load_ingress(self, listed: dict[str, int]) -> tuple[dict[str, int], Exception | None]:
         """Load the rule on `listed`'s ingress, listing again when a device vanished between

@@ -37,8 +37,8 @@ which is nftables underneath), or a legacy iptables `filter` table (see `host_fi
 where nft cannot list the chains to tell. Those hosts pay for a chain on `input` as before: a
 second chain on a hook already in use is not free either (same runs: 0.896 with the ACL and
 this rule in two chains on `input`, 0.924 with the rule moved into the ACL's chain). What is
-not seen: a firewall that starts after the agent is noticed only at the next change of links or
-addresses (or a restart), and one that hooks in elsewhere (prerouting, an eBPF program) is not
+not seen: a firewall that starts after the agent is noticed only when the underlay devices
+change (or at a restart), and one that hooks in elsewhere (prerouting, an eBPF program) is not
 looked for.
 
 A packet is only seen if it arrives on a listed device: an answer arriving on a device without
