@@ -25,12 +25,15 @@ PORT = 51820
 # Owns the WireGuard port like wireguard-go; prints what reaches it and what the side sees.
 AGENT = """
 import asyncio, socket, sys
+from wiremesh.agent import portside
 from wiremesh.agent.portside import PortSide
 
 async def main():
     wg = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     wg.bind(("0.0.0.0", int(sys.argv[1])))
     wg.setblocking(False)
+    if len(sys.argv) > 4:
+        portside.POLL_S = float(sys.argv[4])  # how often follow() looks without a wake-up
     side = PortSide(int(sys.argv[1]), sys.argv[2], hook=sys.argv[3])
     side.on_probe = lambda payload, ip, port: print("side", payload.decode(), ip, port,
                                                     flush=True)
@@ -162,6 +165,33 @@ def test_side_channel_on_the_input_hook(hook: str, firewall: str) -> None:
             assert got == {"wg 04000000", f"side WMD1 probe {peer_ip} 4000"}
             _stop(proc)
             assert _chains(agent) == {}
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_host_firewall_started_later_moves_the_rule_to_the_input_hook() -> None:
+    """As at boot, when the firewall comes up after the agent: nothing changes in the
+    addresses, yet the rule moves behind it, and the answers get through it."""
+    with Lab() as lab:
+        net = lab.add_switch("u", "192.0.2.0/24")
+        agent, peer = lab.add_host("a"), lab.add_host("p")
+        agent_ip = lab.connect(agent, net).split("/")[0]
+        peer_ip = lab.connect(peer, net).split("/")[0]
+        proc = subprocess.Popen(agent.cmd([sys.executable, "-c", AGENT, str(PORT),
+                                           lab.name("wg"), "ingress", "0.2"]),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout.readline().strip() == "ready"
+            assert _chains(agent) == {"netdev": [lab.link_of(agent, net)]}
+            subprocess.run(agent.cmd(["nft", "-f", "-"]), input=HOST_FIREWALL, text=True,
+                           check=True)
+            wait_until(lambda: _chains(agent) == {"inet": []}, 10,
+                       "the side rule behind the host firewall")
+            _probe(peer, agent_ip, b"WMD1 probe".hex())
+            assert proc.stdout.readline().strip() == f"side WMD1 probe {peer_ip} 4000"
+            _stop(proc)
         finally:
             proc.kill()
             proc.wait()

@@ -193,6 +193,7 @@ def test_render_is_deterministic() -> None:
 @pytest.mark.parametrize(("netmap", "ifname", "message"), [
     (nm(), 'wg0"; flush ruleset; "', "ifname"),
     (nm(), "a-very-long-interface-name", "ifname"),
+    (nm(), "wg0\n", "ifname"),
     (nm(inbound=[InboundRule("fd00::1", "all")]), "wg0", "inbound src"),
     (nm(forward=[ForwardRule("100.64.0.1", "198.18.1.1/24", "all")]), "wg0", "prefix"),
 ])

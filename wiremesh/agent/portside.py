@@ -34,7 +34,7 @@ log = logging.getLogger("wiremesh.agent.portside")
 _MAGIC = MAGIC.to_bytes(4, "big")
 # A device that vanished between listing and loading fails the load: list again, this often.
 LOAD_TRIES = 3
-POLL_S = 60.0  # how often the devices are listed when netlink notifications fail
+POLL_S = 60.0  # how often devices and host firewall are looked at without a netlink wake-up
 
 ProbeHandler = Callable[[bytes, str, int], None]  # payload, source address, source port
 
@@ -55,8 +55,9 @@ class PortSide:
         self._lock = threading.Lock()
         self._closed = False
         self._redirected = False
-        # The underlay devices (name -> index) the table was loaded for.
+        # The underlay devices (name -> index) and host firewall the table was loaded for.
         self._listed: dict[str, int] | None = None
+        self._firewall: str | None = None
         self.on_input = False  # the rule sits on the input hook (asked for, or the fallback)
 
     async def start(self) -> None:
@@ -69,8 +70,10 @@ class PortSide:
         """Keep the redirect on the underlay devices of the moment (run while started)."""
         async with AddressWatch() as watch:
             while True:
-                if await watch.wait(POLL_S):
-                    await self.refresh()
+                # Also when nothing changed: a host firewall started after the agent (as at
+                # boot) is noticed within POLL_S, not at the next change of addresses.
+                await watch.wait(POLL_S)
+                await self.refresh()
 
     async def refresh(self) -> None:
         """Move the redirect to the underlay devices listed now, if they changed."""
@@ -87,10 +90,9 @@ class PortSide:
             if self._closed:
                 return
             listed = underlay_devices(self.wg_ifname) if self.hook == "ingress" else None
-            if self._redirected and listed == self._listed:
-                return
-            # Looked for when the devices change, not at every wake-up (an nft run).
             firewall = _host_firewall() if listed is not None else None
+            if self._redirected and (listed, firewall) == (self._listed, self._firewall):
+                return
             refused: Exception | None = None
             if listed is not None and firewall is None:
                 listed, refused = self._load_ingress(listed)
@@ -98,7 +100,8 @@ class PortSide:
                     if self.on_input or not self._redirected:
                         log.info("side channel on the ingress hook of %s",
                                  ", ".join(listed) or "no device (no table)")
-                    self._listed, self._redirected, self.on_input = listed, True, False
+                    self._listed, self._firewall = listed, firewall
+                    self._redirected, self.on_input = True, False
                     return
             nft.load(side.render(self.port, self._side_port(), None))
             if not self.on_input:
@@ -109,7 +112,8 @@ class PortSide:
                        else f"the ingress chain cannot be loaded ({refused})"
                        if refused is not None else "as configured")
                 log.info("side channel on the input hook: %s", why)
-            self._listed, self._redirected, self.on_input = listed, True, True
+            self._listed, self._firewall = listed, firewall
+            self._redirected, self.on_input = True, True
 
     def _load_ingress(self, listed: dict[str, int]) -> tuple[dict[str, int], Exception | None]:
         """Load the rule on `listed`'s ingress, listing again when a device vanished between

@@ -51,7 +51,7 @@ from wiremesh.core.wire import (
 
 TABLE = "wiremesh"
 OVERLAY = "100.64.0.0/10"
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # fullmatch: `$` would let "wg0\n" through
 
 
 class RenderError(ValueError):
@@ -262,7 +262,7 @@ def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY, mtu: int = DEFAU
     `device_hooks=False` keeps them on the input and output hooks, for kernels without the
     egress hook (before 5.16). Routers and exit nodes stay there anyway: they need
     conntrack, which runs after ingress."""
-    if not _IFNAME.match(ifname):
+    if not IFNAME.fullmatch(ifname):
         raise RenderError(f"ifname: {ifname!r} is not a valid interface name")
     overlay = _prefix(overlay)
     try:

@@ -50,7 +50,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from wiremesh.firewall.render import _IFNAME
+from wiremesh.firewall.render import IFNAME
 
 TABLE = "wiremesh_side"
 # On `input`: after `filter` (0), so host firewalls (ufw, firewalld at filter + 10) see the
@@ -68,7 +68,7 @@ def _port(port: int, what: str) -> int:
 
 
 def _device(name: str) -> str:
-    if not isinstance(name, str) or not _IFNAME.fullmatch(name):
+    if not isinstance(name, str) or not IFNAME.fullmatch(name):
         raise ValueError(f"devices: {name!r} is not an interface name "
                          "(1-15 of A-Z a-z 0-9 _ . -)")
     return name
