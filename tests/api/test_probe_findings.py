@@ -241,3 +241,19 @@ async def test_a_problem_title_is_its_status_phrase_not_the_detail(api: ApiEnv) 
     r = await api.client.get("/api/v1/peers", headers={"Authorization": "Bearer wma_nope"})
     body = assert_problem(r, 401)
     assert body["title"] == "Unauthorized" and body["detail"] != body["title"]
+
+
+async def test_the_built_in_group_is_named_as_such_not_as_missing(api: ApiEnv) -> None:
+    # "no group 'all'" (404) to a setup key naming it or a delete: it looked gone.
+    r = await api.client.post("/api/v1/setup-keys", headers=api.admin,
+                              json={"name": "k", "auto_groups": ["all"]})
+    assert assert_problem(r, 409)["errors"] == [
+        {"field": "auto_groups", "message": "'all' is built in: it always holds every peer"}]
+    r = await api.client.delete("/api/v1/groups/all", headers=api.admin)
+    assert "'all' is built in" in assert_problem(r, 409)["detail"]
+    await _peer(api)  # peer "a"
+    r = await api.client.post("/api/v1/groups/all/members", headers=api.admin,
+                              json={"peer": "a"})
+    assert "'all' is built in" in assert_problem(r, 409)["detail"]
+    r = await api.client.get("/api/v1/groups", headers=api.admin)
+    assert [g["name"] for g in r.json()] == ["all"]

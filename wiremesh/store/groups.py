@@ -52,8 +52,6 @@ class Groups:
             return out
 
     async def set_membership(self, actor: str, group: str, peer_ref: str, member: bool) -> None:
-        if group == ALL_GROUP:
-            raise Conflict(f"{ALL_GROUP!r} always holds every peer", "group")
         async with self.db.tx() as s:
             grp = await lookup.group(s, group)
             peer = await lookup.peer(s, peer_ref)
