@@ -245,3 +245,8 @@ def test_up_refuses_a_bad_metrics_address_before_enrolling(tmp_path: Path, odd_s
     line = one_line_error(["up", "--server", url, "--setup-key", "wmk_x", "--state-dir",
                            str(tmp_path), "--metrics-listen", "127.0.0.1:99999"])
     assert line.startswith("error: --metrics-listen '127.0.0.1:99999'") and asked == []
+
+
+def test_a_bad_exit_node_is_named_without_pydantic_s_prefix(tmp_path: Path) -> None:
+    line = one_line_error(["set", "--state-dir", str(tmp_path), "--exit-node", "\u00fc"])
+    assert line.startswith("error: exit_node: bad name '\u00fc': 1-63 ASCII letters"), line

@@ -475,7 +475,7 @@ def describe(e: ValidationError) -> str:
     parts = []
     for err in e.errors(include_url=False, include_input=False)[:5]:
         loc = ".".join(str(x) for x in err["loc"]) or "message"
-        parts.append(f"{loc}: {err['msg']}")
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
     more = e.error_count() - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
