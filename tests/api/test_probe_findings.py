@@ -237,6 +237,13 @@ async def test_a_body_nested_too_deeply_says_so(api: ApiEnv) -> None:
     assert body["detail"] == "the JSON body nests too deeply to decode"
 
 
+async def test_a_body_that_is_not_utf8_says_so(api: ApiEnv) -> None:
+    # Answered "There was an error parsing the body".
+    r = await api.client.post("/api/v1/groups", content=b'{"name": "\xff", "members": []}',
+                              headers={**api.admin, "content-type": "application/json"})
+    assert assert_problem(r, 400)["detail"] == "the JSON body is not UTF-8 text (byte 11 is 0xff)"
+
+
 async def test_a_problem_title_is_its_status_phrase_not_the_detail(api: ApiEnv) -> None:
     r = await api.client.get("/api/v1/peers", headers={"Authorization": "Bearer wma_nope"})
     body = assert_problem(r, 401)

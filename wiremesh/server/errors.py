@@ -116,10 +116,14 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:
             headers = {**(headers or {}), "Allow": _allowed(app, request)}
         detail = str(exc.detail)
-        if isinstance(exc.__cause__, RecursionError):
-            # FastAPI's "There was an error parsing the body" for JSON nested deeper than
-            # the decoder goes ([[[[...]]]]).
+        # FastAPI answers "There was an error parsing the body" for a JSON body its decoder
+        # cannot even start on; say why.
+        cause = exc.__cause__
+        if isinstance(cause, RecursionError):  # [[[[...]]]]
             detail = "the JSON body nests too deeply to decode"
+        elif isinstance(cause, UnicodeDecodeError):
+            detail = (f"the JSON body is not UTF-8 text (byte {cause.start + 1} is "
+                      f"{cause.object[cause.start]:#04x})")
         # The title names the kind of problem, the same for every occurrence (RFC 9457).
         return problem(exc.status_code, HTTPStatus(exc.status_code).phrase, detail,
                        headers=headers)
