@@ -5,15 +5,18 @@ input-hook fallback does the same job, and stopping takes the rule away."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
 from wiremesh.firewall.side import TABLE
 from wiremesh.lab.mesh import wait_until
-from wiremesh.lab.netns import Host, Lab, missing_requirements
+from wiremesh.lab.netns import Host, Lab, Switch, missing_requirements
 
 pytestmark = pytest.mark.e2e
 
@@ -81,6 +84,45 @@ def _probe(peer: Host, to: str, payload: str) -> None:
     peer.run([sys.executable, "-c", SEND, to, str(PORT), payload])
 
 
+@dataclass
+class SideLab:
+    lab: Lab
+    net: Switch
+    agent: Host
+    peer: Host
+    agent_ip: str
+    peer_ip: str
+    proc: subprocess.Popen
+
+    def line(self) -> str:
+        assert self.proc.stdout is not None
+        return str(self.proc.stdout.readline()).strip()
+
+
+@contextlib.contextmanager
+def side_lab(hook: str, *extra: str, firewall: str = "") -> Iterator[SideLab]:
+    """An agent host (with `firewall` loaded first) running AGENT, and a peer, on one switch;
+    the agent is ready when this yields."""
+    with Lab() as lab:
+        net = lab.add_switch("u", "192.0.2.0/24")
+        agent, peer = lab.add_host("a"), lab.add_host("p")
+        agent_ip = lab.connect(agent, net).split("/")[0]
+        peer_ip = lab.connect(peer, net).split("/")[0]
+        if firewall:
+            subprocess.run(agent.cmd(["nft", "-f", "-"]), input=firewall, text=True,
+                           check=True)
+        proc = subprocess.Popen(agent.cmd([sys.executable, "-c", AGENT, str(PORT),
+                                           lab.name("wg"), hook, *extra]),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            s = SideLab(lab, net, agent, peer, agent_ip, peer_ip, proc)
+            assert s.line() == "ready"
+            yield s
+        finally:
+            proc.kill()
+            proc.wait()
+
+
 def _stop(proc: subprocess.Popen) -> None:
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write("\n")
@@ -89,40 +131,28 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def test_side_channel_on_ingress_follows_new_underlay_devices() -> None:
-    with Lab() as lab:
-        net = lab.add_switch("u", "192.0.2.0/24")
-        agent, peer = lab.add_host("a"), lab.add_host("p")
-        agent_ip = lab.connect(agent, net).split("/")[0]
-        peer_ip = lab.connect(peer, net).split("/")[0]
-        proc = subprocess.Popen(agent.cmd([sys.executable, "-c", AGENT, str(PORT),
-                                           lab.name("wg"), "ingress"]),
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert proc.stdout is not None and proc.stdin is not None
-            assert proc.stdout.readline().strip() == "ready"
-            assert _chains(agent) == {"netdev": [lab.link_of(agent, net)]}
-            _probe(peer, agent_ip, TRANSPORT)
-            _probe(peer, agent_ip, b"WMD1 probe".hex())
-            got = {proc.stdout.readline().strip() for _ in range(2)}
-            assert got == {"wg 04000000", f"side WMD1 probe {peer_ip} 4000"}
+    with side_lab("ingress") as t:
+        lab, agent = t.lab, t.agent
+        assert _chains(agent) == {"netdev": [lab.link_of(agent, t.net)]}
+        _probe(t.peer, t.agent_ip, TRANSPORT)
+        _probe(t.peer, t.agent_ip, b"WMD1 probe".hex())
+        assert {t.line() for _ in range(2)} == {"wg 04000000",
+                                                 f"side WMD1 probe {t.peer_ip} 4000"}
 
-            # A second network: the rule moves onto its device too, and answers arriving
-            # there are moved.
-            net2 = lab.add_switch("w", "198.51.100.0/24")
-            peer2 = lab.add_host("q")
-            agent_ip2 = lab.connect(agent, net2).split("/")[0]
-            peer2_ip = lab.connect(peer2, net2).split("/")[0]
-            both = sorted([lab.link_of(agent, net), lab.link_of(agent, net2)])
-            wait_until(lambda: _chains(agent) == {"netdev": both}, 10,
-                       "the side chain on the new device")
-            _probe(peer2, agent_ip2, b"WMD1 second".hex())
-            assert proc.stdout.readline().strip() == f"side WMD1 second {peer2_ip} 4000"
+        # A second network: the rule moves onto its device too, and answers arriving there
+        # are moved.
+        net2 = lab.add_switch("w", "198.51.100.0/24")
+        peer2 = lab.add_host("q")
+        agent_ip2 = lab.connect(agent, net2).split("/")[0]
+        peer2_ip = lab.connect(peer2, net2).split("/")[0]
+        both = sorted([lab.link_of(agent, t.net), lab.link_of(agent, net2)])
+        wait_until(lambda: _chains(agent) == {"netdev": both}, 10,
+                   "the side chain on the new device")
+        _probe(peer2, agent_ip2, b"WMD1 second".hex())
+        assert t.line() == f"side WMD1 second {peer2_ip} 4000"
 
-            _stop(proc)
-            assert _chains(agent) == {}
-        finally:
-            proc.kill()
-            proc.wait()
+        _stop(t.proc)
+        assert _chains(agent) == {}
 
 
 # A strict host firewall: WireGuard's port, established flows, nothing else.
@@ -144,54 +174,25 @@ def test_side_channel_on_the_input_hook(hook: str, firewall: str) -> None:
     """The fallback, asked for or because a host firewall judges the input hook: there the
     rewrite comes after the firewall's verdict on the WireGuard port, so a firewall that lets
     in only that port still lets the answers through."""
-    with Lab() as lab:
-        net = lab.add_switch("u", "192.0.2.0/24")
-        agent, peer = lab.add_host("a"), lab.add_host("p")
-        agent_ip = lab.connect(agent, net).split("/")[0]
-        peer_ip = lab.connect(peer, net).split("/")[0]
-        if firewall:
-            subprocess.run(agent.cmd(["nft", "-f", "-"]), input=firewall, text=True,
-                           check=True)
-        proc = subprocess.Popen(agent.cmd([sys.executable, "-c", AGENT, str(PORT),
-                                           lab.name("wg"), hook]),
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert proc.stdout is not None and proc.stdin is not None
-            assert proc.stdout.readline().strip() == "ready"
-            assert _chains(agent) == {"inet": []}
-            _probe(peer, agent_ip, TRANSPORT)
-            _probe(peer, agent_ip, b"WMD1 probe".hex())
-            got = {proc.stdout.readline().strip() for _ in range(2)}
-            assert got == {"wg 04000000", f"side WMD1 probe {peer_ip} 4000"}
-            _stop(proc)
-            assert _chains(agent) == {}
-        finally:
-            proc.kill()
-            proc.wait()
+    with side_lab(hook, firewall=firewall) as t:
+        assert _chains(t.agent) == {"inet": []}
+        _probe(t.peer, t.agent_ip, TRANSPORT)
+        _probe(t.peer, t.agent_ip, b"WMD1 probe".hex())
+        assert {t.line() for _ in range(2)} == {"wg 04000000",
+                                                 f"side WMD1 probe {t.peer_ip} 4000"}
+        _stop(t.proc)
+        assert _chains(t.agent) == {}
 
 
 def test_a_host_firewall_started_later_moves_the_rule_to_the_input_hook() -> None:
     """As at boot, when the firewall comes up after the agent: nothing changes in the
     addresses, yet the rule moves behind it, and the answers get through it."""
-    with Lab() as lab:
-        net = lab.add_switch("u", "192.0.2.0/24")
-        agent, peer = lab.add_host("a"), lab.add_host("p")
-        agent_ip = lab.connect(agent, net).split("/")[0]
-        peer_ip = lab.connect(peer, net).split("/")[0]
-        proc = subprocess.Popen(agent.cmd([sys.executable, "-c", AGENT, str(PORT),
-                                           lab.name("wg"), "ingress", "0.2"]),
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert proc.stdout is not None and proc.stdin is not None
-            assert proc.stdout.readline().strip() == "ready"
-            assert _chains(agent) == {"netdev": [lab.link_of(agent, net)]}
-            subprocess.run(agent.cmd(["nft", "-f", "-"]), input=HOST_FIREWALL, text=True,
-                           check=True)
-            wait_until(lambda: _chains(agent) == {"inet": []}, 10,
-                       "the side rule behind the host firewall")
-            _probe(peer, agent_ip, b"WMD1 probe".hex())
-            assert proc.stdout.readline().strip() == f"side WMD1 probe {peer_ip} 4000"
-            _stop(proc)
-        finally:
-            proc.kill()
-            proc.wait()
+    with side_lab("ingress", "0.2") as t:
+        assert _chains(t.agent) == {"netdev": [t.lab.link_of(t.agent, t.net)]}
+        subprocess.run(t.agent.cmd(["nft", "-f", "-"]), input=HOST_FIREWALL, text=True,
+                       check=True)
+        wait_until(lambda: _chains(t.agent) == {"inet": []}, 10,
+                   "the side rule behind the host firewall")
+        _probe(t.peer, t.agent_ip, b"WMD1 probe".hex())
+        assert t.line() == f"side WMD1 probe {t.peer_ip} 4000"
+        _stop(t.proc)
