@@ -26,6 +26,7 @@ from wiremesh.firewall.render import OVERLAY, TABLE, FlowTimeouts, render
 
 log = logging.getLogger("wiremesh.firewall.nft")
 FAMILIES = ("inet", "netdev")
+_REFUSED: set[tuple[str | None, str]] = set()  # (netns, interface) that refused device hooks
 
 
 class NftError(RuntimeError):
@@ -71,8 +72,11 @@ def apply(netmap: Netmap, ifname: str, netns: str | None = None,
         # Tried every time rather than remembered: the refusal may have been the interface
         # missing for a moment, and a policy change is rare enough to pay one more nft run.
         load(render(netmap, ifname, overlay, mtu, timeouts, device_hooks=False), netns=netns)
-        log.warning("ACL on the input and output hooks: nftables refused the device hooks "
-                    "of %s (%s)", ifname, e)
+        # Once per interface, not at every netmap of a kernel that has no egress hook.
+        level = logging.DEBUG if (netns, ifname) in _REFUSED else logging.WARNING
+        _REFUSED.add((netns, ifname))
+        log.log(level, "ACL on the input and output hooks: nftables refused the device hooks "
+                "of %s (%s)", ifname, e)
 
 
 def remove(netns: str | None = None, table: str = TABLE) -> None:
