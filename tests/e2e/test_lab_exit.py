@@ -44,8 +44,12 @@ def test_exit_node_carries_traffic_fails_over_and_keeps_the_mesh_outside() -> No
                       mesh.lab.link_of(host, mesh.topo.internet)])
         assert x.route_dev(SERVER_V6) is None
         assert not x.client.host.ping(SERVER_V6)
-        # The agent's own connection to the server did not go through the exit node.
-        assert x.client.metrics()["wiremesh_agent_server_connected"] == 1
+        # The agent's own connection to the server stays up beside the exit node (which
+        # way it goes, `exit_outside_tunnel` checked). Polled: the new addresses above wake
+        # the agent's endpoint discovery, and a loaded CI machine once caught its stream
+        # between two connections.
+        wait_until(lambda: x.client.metrics()["wiremesh_agent_server_connected"] == 1, 20,
+                   "c1 connected to the server")
         assert x.client.host.http_get(f"{mesh.url}/healthz", ca_file=mesh.tls.ca_file)
 
         # The local network goes through the exit node unless asked otherwise, which the
