@@ -22,10 +22,9 @@ import subprocess
 from typing import Any
 
 from wiremesh.core.wire import DEFAULT_MTU, Netmap
-from wiremesh.firewall.render import OVERLAY, TABLE, FlowTimeouts, render
+from wiremesh.firewall.render import OVERLAY, TABLE, FlowTimeouts, drop_table, render
 
 log = logging.getLogger("wiremesh.firewall.nft")
-FAMILIES = ("inet", "netdev")
 _REFUSED: set[tuple[str | None, str]] = set()  # (netns, interface) that refused device hooks
 
 
@@ -80,5 +79,4 @@ def apply(netmap: Netmap, ifname: str, netns: str | None = None,
 
 
 def remove(netns: str | None = None, table: str = TABLE) -> None:
-    load("".join(f"table {f} {table}\ndelete table {f} {table}\n" for f in FAMILIES),
-         netns=netns)
+    load("\n".join(drop_table(table)) + "\n", netns=netns)

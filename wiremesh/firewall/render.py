@@ -50,6 +50,7 @@ from wiremesh.core.wire import (
 )
 
 TABLE = "wiremesh"
+FAMILIES = ("netdev", "inet")  # the families tables of ours may be in
 OVERLAY = "100.64.0.0/10"
 IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # fullmatch: `$` would let "wg0\n" through
 
@@ -209,10 +210,10 @@ def _replace_keeping_flows(family: str, chains: Iterable[str],
     return lines
 
 
-def _drop(family: str) -> list[str]:
-    """Delete table `<family> wiremesh`, there or not (a peer that became a router, or
-    stopped being one, leaves the other layout behind)."""
-    return [f"table {family} {TABLE}", f"delete table {family} {TABLE}"]
+def drop_table(table: str, families: Iterable[str] = FAMILIES) -> list[str]:
+    """Delete table `<family> <table>` of each family, there or not: declaring it first makes
+    the delete valid either way, in the same transaction."""
+    return [line for f in families for line in (f"table {f} {table}", f"delete table {f} {table}")]
 
 
 def _to_mesh(t: FlowTimeouts) -> list[str]:
@@ -316,7 +317,8 @@ def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY, mtu: int = DEFAU
         lines = [
             header,
             *_replace_keeping_flows("netdev", _DEVICE_CHAINS, _ACL_SETS),
-            *_drop("inet"),
+            # A router turned client leaves its inet layout behind, and the reverse below.
+            *drop_table(TABLE, ("inet",)),
             f"table netdev {TABLE} {{",
             *acl_sets,
             "\tchain from_mesh {",
@@ -343,7 +345,7 @@ def render(netmap: Netmap, ifname: str, overlay: str = OVERLAY, mtu: int = DEFAU
 
     lines = [
         header,
-        *_drop("netdev"),
+        *drop_table(TABLE, ("netdev",)),
         *_replace_keeping_flows("inet", _CHAINS, _STATIC_SETS),
         f"table inet {TABLE} {{",
         *acl_sets,

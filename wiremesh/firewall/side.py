@@ -36,10 +36,10 @@ hooks in there: a base chain on the input hook in a table not ours (nftables, an
 which is nftables underneath), or a legacy iptables `filter` table (see `host_firewall`), and
 where nft cannot list the chains to tell. Those hosts pay for a chain on `input` as before: a
 second chain on a hook already in use is not free either (same runs: 0.896 with the ACL and
-this rule in two chains on `input`, 0.924 with the rule moved into the ACL's chain). What is
-not seen: a firewall that starts after the agent is noticed only when the underlay devices
-change (or at a restart), and one that hooks in elsewhere (prerouting, an eBPF program) is not
-looked for.
+this rule in two chains on `input`, 0.924 with the rule moved into the ACL's chain). A firewall
+that starts after the agent is noticed at the next look (agent/portside.py: at every link or
+address change, and every POLL_S without one); one that hooks in elsewhere (prerouting, an
+eBPF program) is not looked for.
 
 A packet is only seen if it arrives on a listed device: an answer arriving on a device without
 an address of its own (weak host model, asymmetric routes) or through loopback is not moved.
@@ -50,15 +50,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from wiremesh.firewall.render import IFNAME
+from wiremesh.firewall.render import IFNAME, drop_table
 
 TABLE = "wiremesh_side"
 # On `input`: after `filter` (0), so host firewalls (ufw, firewalld at filter + 10) see the
 # WireGuard port. On `ingress` the priority only orders it among other ingress chains.
 PRIORITY = 50
-# Both are replaced by every script: a switch between ingress and the input fallback (or a
-# crashed agent's leftover of either) never leaves two rules behind.
-FAMILIES = ("netdev", "inet")
 
 
 def _port(port: int, what: str) -> int:
@@ -89,10 +86,6 @@ def host_firewall(chains: Iterable[Mapping[str, Any]],
     return None
 
 
-def _drop() -> list[str]:
-    return [line for f in FAMILIES for line in (f"table {f} {TABLE}", f"delete table {f} {TABLE}")]
-
-
 def render(wg_port: int, side_port: int, devices: Sequence[str] | None) -> str:
     """The script for `nft -f` that (re)creates the table in one transaction: on the ingress
     hook of `devices` (a non-empty list of underlay interface names), or on the input hook
@@ -111,7 +104,9 @@ def render(wg_port: int, side_port: int, devices: Sequence[str] | None) -> str:
         chain = (f"type filter hook ingress devices = {{ {listed} }} priority {PRIORITY}; "
                  "policy accept;")
     return "\n".join([
-        *_drop(),
+        # Both families: a switch between ingress and the input fallback (or a crashed
+        # agent's leftover of either) never leaves two rules behind.
+        *drop_table(TABLE),
         f"table {family} {TABLE} {{",
         "\tchain input {",
         f"\t\t{chain}",
