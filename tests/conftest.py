@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from hypothesis import settings
 
-from wiremesh.lab.netns import missing_requirements
+from wiremesh.lab.netns import missing_requirements, unwind_on_sigterm
 from wiremesh.server.app import create_app
 
 PG_URL = os.environ.get("WIREMESH_TEST_PG_URL")
@@ -26,6 +26,13 @@ PG_URL = os.environ.get("WIREMESH_TEST_PG_URL")
 # 200 ms deadline per example made them fail on a busy machine (test_diff_then_apply_gives_new).
 settings.register_profile("wiremesh", deadline=None)
 settings.load_profile("wiremesh")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A run stopped with SIGTERM (a CI job cancelled, `timeout`) unwinds like Ctrl-C: the labs'
+    # context managers and fixtures tear their namespaces and processes down, where Python's
+    # default for SIGTERM would end the run and leave them all behind.
+    unwind_on_sigterm()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
