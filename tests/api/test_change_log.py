@@ -196,6 +196,57 @@ async def test_a_slow_full_load_does_not_hold_back_the_next_change(
         assert r.hub.full_loads == 1 and r.hub.rest() == pytest.approx(6.0)
 
 
+async def _wait_for(cond, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + 10
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("busy", [True, False])
+async def test_the_rest_after_a_refresh_counts_its_streams_when_changes_keep_coming(
+        db_url: str, monkeypatch, busy: bool) -> None:
+    """A refresh costs what reading and compiling the change took plus the lines the woken
+    streams send (at 10,000 streams these cost more than the refresh; left out, refreshes
+    took most of the process during an enrolment storm). The hub rests twice that only when
+    more changes came meanwhile: a change after a storm does not wait out its last rest."""
+    clock = [1000.0]
+    monkeypatch.setattr(hub_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    async with replicas(db_url, 1) as [r]:
+        key = await setup_key(r.store)
+        await enroll(r.store, key, "x", "y")
+        await r.hub.refresh()
+        load_since = r.store.mesh.load_since
+
+        async def slow_since(*a):  # type: ignore[no-untyped-def]
+            clock[0] += 1
+            got = await load_since(*a)
+            if busy and len(r.hub.current) == 2:  # a change commits while this one is read
+                await enroll(r.store, key, "w")
+            return got
+
+        monkeypatch.setattr(r.store.mesh, "load_since", slow_since)
+        ev = r.hub.subscribe(next(iter(r.hub.current)))
+
+        async def stream() -> None:
+            await ev.wait()
+            clock[0] += 5  # sending its line takes 5 s
+
+        sending = asyncio.create_task(stream())
+        runner = asyncio.create_task(r.hub.run(poll_interval=0.05))
+        try:
+            await enroll(r.store, key, "z")  # x and y now see z (the default policy)
+            r.hub.poke()
+            await asyncio.wait_for(sending, 10)
+            if busy:  # twice the 1 + 5 s, from the end of the sending
+                await _wait_for(lambda: r.hub.rest() == pytest.approx(12.0), "rest 12 s")
+            else:
+                await _wait_for(lambda: r.hub.rest() == hub_module.COALESCE_S, "no rest")
+        finally:
+            r.hub.stop()
+            await asyncio.wait_for(runner, 30)
+
+
 async def test_every_change_logs_its_revision(db_url: str) -> None:
     async with replicas(db_url, 1) as [r]:
         key = await setup_key(r.store, [])

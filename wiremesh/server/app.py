@@ -27,6 +27,7 @@ from wiremesh.server import (
 )
 from wiremesh.server.admission import MAX_OPENING, MAX_WAITING, Openings
 from wiremesh.server.bodylimit import BodyLimit
+from wiremesh.server.collector import Collector
 from wiremesh.server.enrolment import EnrolmentQueue
 from wiremesh.server.hub import NetmapHub
 from wiremesh.server.links import add_links
@@ -85,9 +86,11 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
         stun = await start_stun(*stun_listen) if stun_listen else None
         app.state.stun_port = stun_listen[1] if stun_listen else None
         checker = UserChecker(store.users, hub, app.state.oidc)
+        collector = Collector(hub.idle_s)
         tasks = [asyncio.create_task(hub.run(poll_interval)),
                  asyncio.create_task(hub.keepalives()),
-                 asyncio.create_task(enrolments.run()), asyncio.create_task(checker.run())]
+                 asyncio.create_task(enrolments.run()), asyncio.create_task(checker.run()),
+                 asyncio.create_task(collector.run())]
         # Changes committed through other replicas wake the hub at once (PostgreSQL);
         # the revision poll stays as the fallback.
         stop_listening = await store.changes.listen(hub.poke)
@@ -101,6 +104,7 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
             hub.stop()
             enrolments.stop()
             checker.stop()
+            collector.stop()
             _, pending = await asyncio.wait(tasks, timeout=10)
             for t in pending:
                 t.cancel()
