@@ -300,3 +300,43 @@ def test_endpoint_is_in_the_canonical_form_wireguard_configs_require(ip, port):
     endpoint = format_endpoint(ip.packed, port)
     assert check_endpoint(endpoint) == endpoint
     assert endpoint_host_port(endpoint) == (str(ip), port)
+
+
+def test_a_source_naming_strangers_spends_its_strikes_then_needs_a_cookie(
+        store: KnownPeerStore) -> None:
+    """A flood of fresh strangers from a few addresses costs a few DH per address, not one
+    per packet; clients elsewhere are not touched, and one behind that address gets in by
+    proving it (mac2)."""
+    adm = make(store, strikes_per_source=3.0, strike_forgiven_s=20.0)
+    gw_pub = noise.public_key(GW_PRIV)
+    verdicts = [adm.handle(noise.create_initiation(os.urandom(32), gw_pub), SRC, 1, now=1.0)
+                for _ in range(5)]
+    assert verdicts[:3] == [Drop("unknown_key")] * 3
+    assert [(type(v), v.reason) for v in verdicts[3:]] == [(CookieReply, "strikes")] * 2
+    assert adm.dh_operations == 3
+    assert isinstance(adm.handle(initiation(at=1.0), bytes([198, 51, 100, 8]), 1, now=1.0),
+                      Install)
+    first = initiation(at=2.0)
+    reply = adm.handle(first, SRC, 4000, now=1.1)
+    assert isinstance(reply, CookieReply) and reply.reason == "strikes"
+    assert isinstance(adm.handle(_prove(first, reply, initiation(at=3.0)), SRC, 4000, now=1.2),
+                      Install)
+    # A strike is forgiven every 20 s: one stranger more gets its DH, then cookies again.
+    assert adm.handle(noise.create_initiation(os.urandom(32), gw_pub), SRC, 1,
+                      now=21.5) == Drop("unknown_key")
+    assert isinstance(adm.handle(noise.create_initiation(os.urandom(32), gw_pub), SRC, 1,
+                                 now=21.6), CookieReply)
+
+
+def test_cookie_replies_to_one_source_are_limited_to_its_rate(store: KnownPeerStore) -> None:
+    adm = make(store, dh_per_second=1.0, dh_burst=1.0, rate_per_source=1.0,
+               burst_per_source=2.0)
+    gw_pub = noise.public_key(GW_PRIV)
+    assert adm.handle(noise.create_initiation(os.urandom(32), gw_pub), bytes([198, 51, 100, 9]),
+                      1, now=0.0) == Drop("unknown_key")  # the budget is empty now
+    verdicts = [adm.handle(noise.create_initiation(os.urandom(32), gw_pub), SRC, 1, now=0.0)
+                for _ in range(4)]
+    assert [type(v) for v in verdicts] == [CookieReply, CookieReply, Drop, Drop]
+    assert verdicts[2:] == [Drop("rate_limited")] * 2
+    # A second later its rate and the budget have refilled: the client there gets in.
+    assert isinstance(adm.handle(initiation(), SRC, 1, now=1.0), Install)

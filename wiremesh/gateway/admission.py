@@ -4,10 +4,15 @@ The checks run cheapest first, so what a stranger can make the gateway spend is 
   1. shape (148 bytes, type 1)                       - free
   2. mac1 keyed by the gateway's public key           - one BLAKE2s; random floods stop here
   3. negative cache of handshakes already refused     - replayed junk costs no DH
-  4. load: the source's token bucket, then the global DH budget - dict operations. When either
-     is empty the gateway is under load for this packet: without a valid mac2 it gets a cookie
-     reply (cookie.py) and no DH; with one (its source address is proven) it goes on, limited
-     by a second per-source bucket for proven sources only, so spoofed floods cannot use it up
+  4. load: the source's token bucket, its strikes, then the global DH budget - dict
+     operations. When one is empty the gateway is under load for this packet: without a valid
+     mac2 it gets a cookie reply (cookie.py; at most the source's rate of them) and no DH;
+     with one (its source address is proven) it goes on, limited by a second per-source
+     bucket for proven sources only, so spoofed floods cannot use it up. A source has spent
+     its strikes when a few of its initiations in a row named unknown keys or did not
+     decrypt: a flood of fresh strangers from a few addresses then costs a few DH per
+     address, not one per packet, and the DH budget and the admitting thread stay for the
+     clients, which never make strikes (their keys are known)
   5. first DH: decrypt the initiator's static key, look it up (negative cache, then SQLite,
      one query for all the initiations read in one go)
   6. second DH: decrypt the TAI64N timestamp; only this proves the sender holds the key
@@ -63,13 +68,17 @@ class Drop:
 @dataclass(frozen=True)
 class CookieReply:
     """Under load, no DH: send `packet` back to the initiation's source from the listen port.
-    `reason` is the limit that was hit: `dh_budget` or `rate_limited`."""
+    `reason` is the limit that was hit: `dh_budget`, `rate_limited` or `strikes`."""
 
     packet: bytes
     reason: str
 
 
 Verdict = Install | Seen | Drop | CookieReply
+# The verdicts a flood gets most, made once: one per packet cost a frozen dataclass's
+# __init__ each.
+_RATE_LIMITED = Drop("rate_limited")
+_MALFORMED, _BAD_MAC1, _REFUSED_AGAIN = Drop("malformed"), Drop("bad_mac1"), Drop("refused_again")
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,12 @@ class AdmissionLimits:
     sources_tracked: int = 65_536
     negative_cache_size: int = 65_536
     negative_cache_ttl: float = 60.0
+    # Initiations of one source that may fail (unknown key, no decrypt) before its next ones
+    # need a mac2; one is forgiven every `strike_forgiven_s`. A client retrying with a key
+    # revoked a moment ago makes one every 5 s; a flood of 10,000 strangers from 128
+    # addresses made one per packet and held real clients 2 s in the tap's queue.
+    strikes_per_source: float = 3.0
+    strike_forgiven_s: float = 20.0
     # Initiations given a Diffie-Hellman per second, all sources together. It must cover the
     # installs the gateway is to serve (3,000/s) and its active peers' rekeys (each one every
     # 2 minutes: 100,000 active -> 833/s), and stay below what the admitting thread verifies
@@ -132,6 +147,12 @@ class Admission:
             limits.rate_per_source, limits.burst_per_source, limits.sources_tracked
         )
         self.dh_budget = TokenBucket(limits.dh_per_second, limits.dh_burst)
+        self.strikes = TokenBucketTable(
+            1.0 / limits.strike_forgiven_s, limits.strikes_per_source, limits.sources_tracked
+        )
+        self.cookie_buckets = TokenBucketTable(
+            limits.rate_per_source, limits.burst_per_source, limits.sources_tracked
+        )
         self.cookies = CookieChecker(responder.public_key)
         # Plain counts, exported by the caller: X25519 operations done, and initiations let
         # through under load because their mac2 proved the source.
@@ -178,41 +199,48 @@ class Admission:
         try:
             msg = noise.parse_initiation(payload)
         except noise.MalformedPacket:
-            return Drop("malformed")
+            return _MALFORMED
         if not self.responder.check_mac1(payload):
-            return Drop("bad_mac1")
+            return _BAD_MAC1
         handshake_id = payload[8:88]  # ephemeral + encrypted static: unique per attempt
         if self.refused.fresh(handshake_id, now):
-            return Drop("refused_again")
+            return _REFUSED_AGAIN
         if not self.read_backoff.ready(now):
             return Drop("store_unavailable")
-        if (limit := self._load_limit(source_key(src_addr), now)) is not None:
+        source = source_key(src_addr)
+        if (limit := self._load_limit(source, now)) is not None:
             if not self.cookies.check_mac2(payload, src_addr, src_port, now):
+                if not self.cookie_buckets.allow(source, now):
+                    return _RATE_LIMITED
                 return CookieReply(self.cookies.reply(payload, src_addr, src_port, now), limit)
-            if not self.proven_buckets.allow(source_key(src_addr), now):
-                return Drop("rate_limited")
+            if not self.proven_buckets.allow(source, now):
+                return _RATE_LIMITED
             self.proven += 1
         self.dh_operations += 1
         try:
             pending = self.responder.open_static(msg)
         except noise.DecryptFailed:
-            self.refused.add(handshake_id, now)
-            return Drop("decrypt")
+            return self._refuse(handshake_id, source, "decrypt", now)
         return _Opened(pending, handshake_id, src_addr, src_port)
+
+    def _refuse(self, handshake_id: bytes, source: bytes, reason: str, now: float) -> Drop:
+        """An initiation that failed past its first DH: never again, and a strike for its
+        source."""
+        self.refused.add(handshake_id, now)
+        self.strikes.allow(source, now)
+        return Drop(reason)
 
     def _admit(self, o: _Opened, known: KnownPeer | None, now: float) -> Verdict:
         """The second DH and the replay check for a key the store knows."""
         key = o.pending.initiator_static
         if known is None:
             self.unknown_keys.add(key, now)
-            self.refused.add(o.handshake_id, now)
-            return Drop("unknown_key")
+            return self._refuse(o.handshake_id, source_key(o.src_addr), "unknown_key", now)
         self.dh_operations += 1
         try:
             ts = self.responder.open_timestamp(o.pending)
         except noise.DecryptFailed:
-            self.refused.add(o.handshake_id, now)
-            return Drop("decrypt")
+            return self._refuse(o.handshake_id, source_key(o.src_addr), "decrypt", now)
         newest = max(self._stamps.get(key, b""), known.last_timestamp or b"")
         if ts <= newest:
             return Drop("replay")
@@ -226,6 +254,8 @@ class Admission:
         """The limit this initiation hits, or None when it may have its DH."""
         if not self.buckets.allow(source, now):
             return "rate_limited"
+        if self.strikes.empty(source, now):
+            return "strikes"
         if not self.dh_budget.allow(now):
             return "dh_budget"
         return None

@@ -25,9 +25,9 @@ class GatewayMetrics:
             registry=r)
         self.cookie_replies = Counter(
             "wiremesh_gateway_cookie_replies",
-            "Cookie replies sent instead of a DH, by the limit hit (dh_budget, rate_limited)",
-            ["reason"], registry=r)
-        for reason in ("dh_budget", "rate_limited"):
+            "Cookie replies sent instead of a DH, by the limit hit (dh_budget, rate_limited, "
+            "strikes)", ["reason"], registry=r)
+        for reason in ("dh_budget", "rate_limited", "strikes"):
             self.cookie_replies.labels(reason)
         self.cookie_proven = Counter(
             "wiremesh_gateway_cookie_proven",

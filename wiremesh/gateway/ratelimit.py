@@ -89,5 +89,13 @@ class TokenBucketTable:
             self._buckets.popitem(last=False)
         return ok
 
+    def empty(self, source: Hashable, now: float) -> bool:
+        """Would `allow` refuse this source now? (Takes nothing.)"""
+        got = self._buckets.get(source)
+        if got is None:
+            return False
+        tokens, last = got
+        return min(self.burst, tokens + max(0.0, now - last) * self.rate) < 1.0
+
     def __len__(self) -> int:
         return len(self._buckets)

@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,19 +158,26 @@ def _sniff_loop(tap: InitiationTap, sender: UdpSender, port: int, admission: Adm
         stale_seen = tap.stale
         verdicts = admission.handle_batch(
             [(cap.payload, cap.src_addr, cap.src_port) for cap in captured], time.time())
+        # Counted per batch: a metric's labels() per packet was 4 % of the CPU under a flood.
+        drops: Counter[str] = Counter()
+        cookies: Counter[str] = Counter()
         for cap, verdict in zip(captured, verdicts, strict=True):
             if isinstance(verdict, Drop):
-                dropped.labels(verdict.reason).inc()
+                drops[verdict.reason] += 1
             elif isinstance(verdict, CookieReply):
                 try:
                     sender.send(verdict.packet, cap.dst_addr, port, cap.src_addr, cap.src_port)
                 except OSError as e:
-                    dropped.labels("cookie_send_failed").inc()
+                    drops["cookie_send_failed"] += 1
                     log.debug("event=cookie_send_failed error=%s", e)
                 else:
-                    metrics.cookie_replies.labels(verdict.reason).inc()
+                    cookies[verdict.reason] += 1
             elif not prov.submit(verdict):
-                dropped.labels("queue_full").inc()
+                drops["queue_full"] += 1
+        for reason, n in drops.items():
+            dropped.labels(reason).inc(n)
+        for reason, n in cookies.items():
+            metrics.cookie_replies.labels(reason).inc(n)
         metrics.dh_operations.inc(admission.dh_operations - dh_seen)
         metrics.cookie_proven.inc(admission.proven - proven_seen)
         dh_seen, proven_seen = admission.dh_operations, admission.proven
