@@ -51,7 +51,9 @@ def test_queue_delays_and_drops_survives_refused_verdicts_then_leaves_a_clean_pa
             a.run(["nft", "add", "table", "inet", "wmhook"])
             a.run(["nft", "add", "chain", "inet", "wmhook", "out",
                    "{ type filter hook output priority 0; }"])
-            flood = a.popen(["ping", "-n", "-i", "0.005", "-w", "2", b.ip])
+            # Long enough to be still running when the table goes, however slow the machine
+            # (a 2 s flood had ended under a loaded CI run: nothing held, no refusal).
+            flood = a.popen(["ping", "-n", "-i", "0.005", "-w", "5", b.ip])
             wait_until(lambda: held(a) > 0, 10, "packets held in a's queue")
             a.run(["nft", "delete", "table", "inet", "wmhook"])
             flood.wait(10)
