@@ -47,9 +47,14 @@ def _check_rate(rate: float, burst: float) -> None:
         raise ValueError("rate must be > 0 and burst >= 1")
 
 
+def _refill(tokens: float, last: float, now: float, rate: float, burst: float) -> float:
+    """A bucket's tokens at `now`, refilled since `last`."""
+    return min(burst, tokens + max(0.0, now - last) * rate)
+
+
 def _take(tokens: float, last: float, now: float, rate: float, burst: float) -> tuple[bool, float]:
     """Refill a bucket from `last` to `now`, then take one token if there is one."""
-    tokens = min(burst, tokens + max(0.0, now - last) * rate)
+    tokens = _refill(tokens, last, now, rate, burst)
     return (True, tokens - 1.0) if tokens >= 1.0 else (False, tokens)
 
 
@@ -94,8 +99,7 @@ class TokenBucketTable:
         got = self._buckets.get(source)
         if got is None:
             return False
-        tokens, last = got
-        return min(self.burst, tokens + max(0.0, now - last) * self.rate) < 1.0
+        return _refill(*got, now, self.rate, self.burst) < 1.0
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -2,9 +2,9 @@
 
 CPython finds reference cycles by walking every object it tracks, and runs a full pass when a
 quarter of its old generation is new: on a server that just grew to 10,000 streams, in the
-middle of the next burst of changes. Such a server tracks ~1.6 million objects (about 150 per
+middle of the next burst of changes. Such a server tracks ~2.3 million objects (about 150 per
 open stream: the ASGI stack's coroutines, the TLS objects, the stream's state), and a full
-pass holds the GIL for ~1.5 s: changes committed then reached their streams 1.5-3.5 s late
+pass holds the GIL for ~2.7 s: changes committed then reached their streams up to 3.5 s late
 (`bench/scale.py --agents 10000`).
 
 So what has lived through a tick is frozen (out of the collector's sight; freezing is O(1)),
