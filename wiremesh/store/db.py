@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
 from alembic import command
@@ -34,16 +36,35 @@ def async_url(url: str) -> str:
     raise BadDatabaseURL(f"unsupported database {backend!r}: use sqlite or postgresql")
 
 
+BUSY_TIMEOUT_S = 10.0
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     # We issue BEGIN ourselves (see _sqlite_begin), so the driver must not.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     # WAL lets readers (netmap streams) proceed while an admin change commits.
-    cur.execute("PRAGMA journal_mode=WAL")
+    _set_wal(cur)
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _set_wal(cur) -> None:  # type: ignore[no-untyped-def]
+    # Switching a new database to WAL fails at once with "database is locked" while another
+    # connection (a replica starting at the same moment) holds it, without waiting for the
+    # busy timeout, so wait here. It happens only until the first switch: WAL is stored in
+    # the file.
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 READ_ONLY = "wiremesh_read_only"
