@@ -109,6 +109,10 @@ async def test_revoked_invalid_and_expired_keys_refused(api: ApiEnv) -> None:
     ({"endpoints": ["192.0.2.1:51820\nendpoint=203.0.113.9:1"]}, "endpoints"),
     ({"hostname": "h\nremove=true"}, "hostname"),
     ({"hostname": "h\u0665"}, "hostname"),
+    # Names its peers could not resolve (a peer's name is also its DNS name).
+    ({"hostname": "box."}, "hostname"),
+    ({"hostname": "a..b"}, "hostname"),
+    ({"hostname": "box-"}, "hostname"),
     ({"surprise": 1}, "surprise"),
 ])
 async def test_bad_enrolment_bodies(api: ApiEnv, bad: dict, field: str) -> None:
@@ -180,7 +184,8 @@ async def test_bad_setup_key_requests(api: ApiEnv) -> None:
                         ({"name": "x", "usage_limit": 5}, "usage_limit"),
                         ({"name": "x y"}, "name"),
                         ({"name": "x", "expires_in_s": 0}, "expires_in_s"),
-                        ({"name": "x", "auto_groups": ["nosuch"]}, "auto_groups")]:
+                        ({"name": "x", "auto_groups": ["nosuch"]}, "auto_groups"),
+                        ({"name": "x", "peer_name": "web."}, "peer_name")]:
         r = await api.client.post("/api/v1/setup-keys", json=body, headers=api.admin)
         assert r.status_code in (400, 404, 422), r.text
         assert field in field_of(r), r.json()
@@ -212,6 +217,10 @@ async def test_peer_get_rename_delete(api: ApiEnv) -> None:
     assert "192.0.2.50" in r.json()["endpoints"]  # the address the request came from
     r = await api.client.patch("/api/v1/peers/a", json={"name": "b"}, headers=api.admin)
     assert r.status_code == 409 and field_of(r) == ["name"]
+    for bad in ("alpha.", "al..pha", "alpha-"):
+        r = await api.client.patch("/api/v1/peers/a", json={"name": bad}, headers=api.admin)
+        assert r.status_code == 422 and field_of(r) == ["name"], r.text
+        assert "DNS name" in r.text
     r = await api.client.patch("/api/v1/peers/a", json={"name": "alpha"}, headers=api.admin)
     assert r.json()["name"] == "alpha"
     assert (await api.client.get("/api/v1/peers/nosuch", headers=api.admin)).status_code == 404

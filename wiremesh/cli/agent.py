@@ -29,7 +29,7 @@ from wiremesh.cli.common import (
     setup_logging,
     split_listen,
 )
-from wiremesh.core.wire import MTU_MAX, MTU_MIN, describe, fingerprint
+from wiremesh.core.wire import MTU_MAX, MTU_MIN, check_peer_name, describe, fingerprint
 
 StateDirOpt = typer.Option(statefile.DEFAULT_STATE_DIR, "--state-dir",
                            help="Where the key pair and saved state live")
@@ -118,6 +118,11 @@ def up(
         fail(f"--interface {interface!r}: at most 15 characters")
     if (setup_key is None) == (not login):
         fail("give either --setup-key KEY or --login")
+    if name is not None:
+        try:
+            check_peer_name(name)
+        except ValueError as e:
+            fail(f"--name: {e}")
     try:
         saved = statefile.load(state_dir).config
     except statefile.StateError:

@@ -93,6 +93,17 @@ def check_name(v: Any) -> str:
     return s
 
 
+def check_peer_name(v: Any) -> str:
+    """A name for a new peer: a `Name` that is also a host name under the mesh domain
+    (`NAME.mesh.internal`), since peers answer each other's names."""
+    s = check_name(v)
+    if s.endswith(".") or not all(_LABEL.fullmatch(label) for label in s.lower().split(".")):
+        raise ValueError(f"bad peer name {s[:80]!r}: a peer's name is also its DNS name, so "
+                         "dot-separated labels of ASCII letters, digits, '_' or '-', each "
+                         "ending in a letter, digit or '_' (no trailing dot)")
+    return s
+
+
 def key_bytes(v: Any) -> bytes:
     """The 32 bytes of a WireGuard key written in canonical base64 (as `wg` prints it)."""
     s = _str(v, "key")
@@ -245,6 +256,11 @@ def parse_port_range(v: Any) -> PortRange:
 # while the JSON schema still says what is allowed.
 Name = Annotated[str, Strict(), AfterValidator(check_name),
                  WithJsonSchema({"type": "string", "pattern": NAME_PATTERN})]
+PEER_NAME_PATTERN = (r"^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+                     r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*$")
+PeerName = Annotated[str, Strict(), AfterValidator(check_peer_name),
+                     WithJsonSchema({"type": "string", "maxLength": 63,
+                                     "pattern": PEER_NAME_PATTERN})]
 WgKey = Annotated[str, Strict(), AfterValidator(check_key),
                   WithJsonSchema({"type": "string", "minLength": 44, "maxLength": 44})]
 Endpoint = Annotated[str, Strict(), AfterValidator(check_endpoint),

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
-from wiremesh.core.wire import Name
+from wiremesh.core.wire import PeerName
 from wiremesh.server.auth import SESSION_COOKIE, Principal, principal
 from wiremesh.server.oidc import LoginPending, LoginRefused, OidcClient, OidcError, Tokens
 from wiremesh.server.schemas import Strict
@@ -147,7 +147,7 @@ async def me(request: Request, who: Principal = Depends(principal)) -> MeOut:
 # --- device login (agents) -------------------------------------------------------------------
 
 class DeviceStart(Strict):
-    hostname: Name
+    hostname: PeerName
 
 
 class DeviceStartOut(BaseModel):

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 
 from wiremesh.core.posture import OsFamily
 from wiremesh.core.wire import NAME_PATTERN as NAME_RE
-from wiremesh.core.wire import Endpoint, Name, WgKey
+from wiremesh.core.wire import Endpoint, Name, PeerName, WgKey
 from wiremesh.store.common import MAX_ID
 
 # A name or a numeric id in a URL path; anything else is refused before it reaches the store.
@@ -50,7 +50,7 @@ class Strict(BaseModel):
 class EnrollRequest(Strict):
     setup_key: str = Field(min_length=1, max_length=200)
     public_key: WgKey
-    hostname: Name
+    hostname: PeerName
     listen_port: int = Field(51820, ge=1, le=65535)
     endpoints: list[Endpoint] = Field(default_factory=list, max_length=16)
 
@@ -114,7 +114,7 @@ class SetupKeyCreate(Strict):
     expires_in_s: ExpirySeconds | None = Field(
         None, description="seconds until expiry, at most 10 years; none = never")
     auto_groups: list[Name] = Field(default_factory=list)
-    peer_name: Name | None = Field(
+    peer_name: PeerName | None = Field(
         None, description="the name its peer gets (one-off keys); no other peer may take it")
     role: Literal["agent", "gateway"] = Field(
         "agent", description="gateway: its peers are JIT gateways and follow the known-peer "
@@ -184,7 +184,7 @@ class PeerOut(BaseModel):
 
 
 class PeerRename(Strict):
-    name: Name
+    name: PeerName
 
 
 class GroupCreate(Strict):
