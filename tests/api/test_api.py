@@ -130,6 +130,22 @@ async def test_not_json_body(api: ApiEnv) -> None:
     assert r.status_code == 422 and r.json()["title"] == "Invalid request"
 
 
+async def test_a_key_given_twice_is_refused_not_read_as_the_last(api: ApiEnv) -> None:
+    json_type = {"content-type": "application/json"}
+    r = await api.client.post("/api/v1/setup-keys", headers={**api.admin, **json_type},
+                              content=b'{"name": "k", "reusable": true, "name": "other"}')
+    assert r.status_code == 422, r.text
+    assert "duplicate key 'name'" in r.json()["detail"] and field_of(r) == ["body"]
+    assert (await api.client.get("/api/v1/setup-keys", headers=api.admin)).json() == []
+    k = await make_key(api, reusable=True)
+    body = ('{"setup_key": "%s", "public_key": "%s", "hostname": "h", '
+            '"endpoints": ["192.0.2.1:1"], "listen_port": 1, "listen_port": 2}')
+    r = await api.client.post("/api/v1/enroll", headers=json_type,
+                              content=(body % (k["key"], pub())).encode())
+    assert r.status_code == 422 and "duplicate key 'listen_port'" in r.text, r.text
+    assert (await api.client.get("/api/v1/peers", headers=api.admin)).json() == []
+
+
 async def test_duplicate_public_key_refused(api: ApiEnv) -> None:
     # The same key pair with the same setup key is a retry (test_enrolment); with another
     # setup key it is a second peer claiming an enrolled identity.

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 
 from wiremesh.core.policy import ALL_GROUP
 from wiremesh.server.auth import Principal, admin_actor, principal
+from wiremesh.server.jsonbody import JsonRoute
 from wiremesh.server.schemas import (
     GroupCreate,
     GroupOut,
@@ -26,7 +27,7 @@ from wiremesh.store.common import aware, now
 from wiremesh.store.errors import Invalid, NotFound
 from wiremesh.store.tables import Peer, SetupKey
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", route_class=JsonRoute)
 
 
 def _store(request: Request) -> Store:

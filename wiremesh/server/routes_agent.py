@@ -27,6 +27,7 @@ from wiremesh.server.admission import Opening, Openings
 from wiremesh.server.auth import current_peer, streaming_peer
 from wiremesh.server.errors import problem
 from wiremesh.server.hub import KEEPALIVE_S, TICK_S, NetmapHub
+from wiremesh.server.jsonbody import JsonRoute
 from wiremesh.server.schemas import (
     EndpointAnswer,
     EndpointReport,
@@ -38,7 +39,7 @@ from wiremesh.server.schemas import (
 from wiremesh.store.enrolment import NewPeer
 from wiremesh.store.tables import Peer
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", route_class=JsonRoute)
 
 
 def _client_address(request: Request) -> str | None:

@@ -16,13 +16,14 @@ from pydantic import BaseModel, Field
 
 from wiremesh.core.wire import PeerName
 from wiremesh.server.auth import SESSION_COOKIE, Principal, principal
+from wiremesh.server.jsonbody import JsonRoute
 from wiremesh.server.oidc import LoginPending, LoginRefused, OidcClient, OidcError, Tokens
 from wiremesh.server.schemas import Strict
 from wiremesh.store.tables import User
 from wiremesh.store.users import Users
 
 log = logging.getLogger(__name__)
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 LOGIN_COOKIE = "wm_login"  # binds a login's state to the browser that started it
 LOGIN_TTL = timedelta(minutes=10)
 BAD_GATEWAY: dict[int | str, dict[str, Any]] = {

@@ -19,11 +19,12 @@ from pydantic import BaseModel
 
 from wiremesh.core.wire import FEED_SIGNATURE_HEADER
 from wiremesh.server.auth import current_peer
+from wiremesh.server.jsonbody import JsonRoute
 from wiremesh.store import Store
 from wiremesh.store.common import MAX_ID, MAX_REVISION
 from wiremesh.store.tables import Peer
 
-router = APIRouter(prefix="/api/v1/gateway")
+router = APIRouter(prefix="/api/v1/gateway", route_class=JsonRoute)
 MAX_PAGE = 100_000
 # How often a waiting long poll looks at the store's revision: a revoked peer reaches the
 # gateways within about this much after the commit.

@@ -28,10 +28,11 @@ from wiremesh.core.policyfile import (
 from wiremesh.server.auth import admin_actor
 from wiremesh.server.errors import problem
 from wiremesh.server.hub import NetmapHub
+from wiremesh.server.jsonbody import JsonRoute
 from wiremesh.server.schemas import Name, NamePath, Strict
 from wiremesh.store import Store
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", route_class=JsonRoute)
 
 
 class PolicyText(Strict):

@@ -16,11 +16,12 @@ from wiremesh.relay.introspect import PATH, IntrospectRequest, IntrospectRespons
 from wiremesh.relay.switch import RELAY_PATH, RelaySwitch
 from wiremesh.server.auth import bearer_token
 from wiremesh.server.hub import NetmapHub
+from wiremesh.server.jsonbody import JsonRoute
 from wiremesh.store import Store
 from wiremesh.wg.keys import decode_key, encode_key
 
 ws_router = APIRouter()
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 @dataclass

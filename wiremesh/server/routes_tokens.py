@@ -9,11 +9,12 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from wiremesh.server.auth import admin_actor
+from wiremesh.server.jsonbody import JsonRoute
 from wiremesh.server.schemas import Name, NamePath, Strict
 from wiremesh.store.common import aware
 from wiremesh.store.tables import AdminToken
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", route_class=JsonRoute)
 
 
 class AdminTokenCreate(Strict):
