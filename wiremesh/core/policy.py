@@ -46,11 +46,13 @@ not rebuilt.
 
 from __future__ import annotations
 
+import functools
 import gc
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 from wiremesh.core.models import MeshState, PeerInfo, Policy, Route
 from wiremesh.core.posture import with_posture
@@ -60,6 +62,8 @@ ALL_GROUP = "all"
 _EMPTY: frozenset = frozenset()
 _SRC, _DST = 1, 2  # which side of a policy changed
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -194,6 +198,33 @@ class _Combo:
     ids: tuple[frozenset[int], ...]  # whose union is the peers of `peers`
 
 
+@contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """The build and each change allocate objects without cycles (millions, then thousands:
+    netmaps, patched tables and rule sets) that live as long as the mesh does. The cyclic
+    collector would scan them again and again for nothing: half the build at 100,000 peers,
+    and after a change, young collections walking its rule sets (each referring to thousands
+    of older objects) took 50-350 ms at once. So it is off meanwhile, and what was made is
+    frozen: out of every collection but an explicit full pass (server/collector.py)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.freeze()
+            gc.enable()
+
+
+def _changing(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A change, run `_without_cyclic_gc`."""
+    @functools.wraps(method)
+    def change(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with _without_cyclic_gc():
+            return method(*args, **kwargs)
+    return change
+
+
 class PolicyCompiler:
     """Compiled netmaps of a mesh, kept up to date change by change (see module docstring)."""
 
@@ -238,23 +269,13 @@ class PolicyCompiler:
         # combination nobody holds any more is dropped.
         self._key_of: dict[int, frozenset[str]] = {}
         self._key_users: dict[frozenset[str], int] = {}
-        # The build allocates millions of objects without cycles: the cyclic collector
-        # would scan them again and again (half the build at 100,000 peers) for nothing.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with _without_cyclic_gc():
             for r in state.routes:
                 self._index_route(r)
             for p in state.policies:
                 self._index_policy(p)
             self._netmaps: dict[int, Netmap] = {
                 pid: self._compile(pid, self._combo_of(pid)) for pid in self._peers}
-        finally:
-            if collecting:
-                # And they live as long as the mesh does: keep the collector from scanning
-                # them on its next full passes too (they hold no garbage cycles).
-                gc.freeze()
-                gc.enable()
 
     # --- reading -------------------------------------------------------------------------
 
@@ -276,6 +297,7 @@ class PolicyCompiler:
 
     # --- changes ---------------------------------------------------------------------------
 
+    @_changing
     def update(self, new: MeshState) -> set[int]:
         """Move to snapshot `new`; returns the ids of peers whose netmap changed or vanished.
 
@@ -334,6 +356,7 @@ class PolicyCompiler:
         self._routes = new_routes
         return self._recompute(todo)
 
+    @_changing
     def upsert_peer(self, peer: PeerInfo) -> set[int]:
         """Add a peer or change its name, key, overlay IP or endpoints."""
         if peer.gateway:
@@ -343,6 +366,7 @@ class PolicyCompiler:
         self._gateways.pop(peer.id, None)
         return self._recompute(self._upsert_peer(peer))
 
+    @_changing
     def remove_peer(self, peer_id: int) -> set[int]:
         """Remove a peer (its group memberships stay, as dangling ids that count for nothing)."""
         if self._gateways.pop(peer_id, None) is not None:
@@ -351,31 +375,37 @@ class PolicyCompiler:
             raise KeyError(f"no peer with id {peer_id}")
         return self._recompute(self._remove_peer(peer_id))
 
+    @_changing
     def set_group(self, name: str, members: Iterable[int]) -> set[int]:
         """Create a group or replace its members."""
         if name == ALL_GROUP:
             raise ValueError(f"group {ALL_GROUP!r} is built in and always holds every peer")
         return self._recompute(self._set_group(name, frozenset(members)))
 
+    @_changing
     def remove_group(self, name: str) -> set[int]:
         """Delete a group; policies naming it then match nobody through it."""
         if name not in self._raw:
             raise KeyError(f"no group named {name!r}")
         return self._recompute(self._set_group(name, None))
 
+    @_changing
     def upsert_policy(self, policy: Policy) -> set[int]:
         """Add a policy or replace the one with the same name."""
         return self._recompute(self._set_policy(policy.name, policy))
 
+    @_changing
     def remove_policy(self, name: str) -> set[int]:
         if name not in self._policies:
             raise KeyError(f"no policy named {name!r}")
         return self._recompute(self._set_policy(name, None))
 
+    @_changing
     def upsert_route(self, route: Route) -> set[int]:
         """Add a route or replace the one with the same name."""
         return self._recompute(self._set_route(route.name, route))
 
+    @_changing
     def remove_route(self, name: str) -> set[int]:
         if name not in self._routes:
             raise KeyError(f"no route named {name!r}")
