@@ -70,7 +70,9 @@ def up(
         False, "--login", help="Enrol as a user instead of with a setup key: log in at the "
         "server's OpenID provider with the URL and code shown. On an enrolled machine: log "
         "in again (a new key pair; the same peer)"),
-    name: str | None = typer.Option(None, "--name", help="Peer name (default: hostname)"),
+    name: str | None = typer.Option(
+        None, "--name", help="Peer name, also its DNS name under the mesh domain: letters, "
+        "digits, '-', '_' and dots between labels (default: the hostname)"),
     interface: str = typer.Option("wm0", "--interface", help="WireGuard interface name"),
     listen_port: int = typer.Option(51820, "--listen-port", min=1, max=65535,
                                     help="WireGuard UDP port"),
