@@ -250,3 +250,12 @@ def test_up_refuses_a_bad_metrics_address_before_enrolling(tmp_path: Path, odd_s
 def test_a_bad_exit_node_is_named_without_pydantic_s_prefix(tmp_path: Path) -> None:
     line = one_line_error(["set", "--state-dir", str(tmp_path), "--exit-node", "\u00fc"])
     assert line.startswith("error: exit_node: bad name '\u00fc': 1-63 ASCII letters"), line
+
+
+@pytest.mark.parametrize("name", ["web.", "a..b", "web-"])
+def test_up_refuses_a_name_dns_cannot_carry_before_enrolling(tmp_path: Path, odd_server,
+                                                             name: str) -> None:
+    url, _, asked = odd_server
+    line = one_line_error(["up", "--server", url, "--setup-key", "wmk_x", "--state-dir",
+                           str(tmp_path), "--name", name])
+    assert line.startswith(f"error: --name: bad peer name '{name}'") and asked == [], line
