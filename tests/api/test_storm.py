@@ -6,6 +6,7 @@ meanwhile the survivor keeps serving the streams it held."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import httpx
@@ -16,6 +17,7 @@ from wiremesh.agent.client import ServerBusy, ServerClient
 from wiremesh.agent.connection import Trust
 from wiremesh.agent.runner import BACKOFF_MIN, jittered, next_netmap
 from wiremesh.core.wire import Netmap, open_line, parse_message
+from wiremesh.server import routes_agent
 from wiremesh.server.app import create_app
 from wiremesh.wg.keys import generate_private_key, public_key_of
 
@@ -61,7 +63,20 @@ async def _until(pred, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-def test_reconnect_storm_is_admitted_and_the_survivor_keeps_serving(tmp_path) -> None:
+def test_reconnect_storm_is_admitted_and_the_survivor_keeps_serving(tmp_path, monkeypatch,
+                                                                   ) -> None:
+    # Openings admitted then hold until others queue behind them: a server that finishes
+    # each opening before the next client connects (a quick machine, or a slow one spacing
+    # the clients out) would otherwise never use admission control at all.
+    gate = threading.Event()
+    gate.set()
+    checked = routes_agent.streaming_peer
+
+    async def gated(request):  # type: ignore[no-untyped-def]
+        await asyncio.to_thread(gate.wait, DEADLINE_S)
+        return await checked(request)
+
+    monkeypatch.setattr(routes_agent, "streaming_peer", gated)
     tokens: list[str] = []
     app = create_app(f"sqlite:///{tmp_path}/s.db", on_admin_token=tokens.append,
                      poll_interval=0.1, max_openings=OPENING_LIMIT,
@@ -84,7 +99,11 @@ def test_reconnect_storm_is_admitted_and_the_survivor_keeps_serving(tmp_path) ->
             try:
                 await _until(lambda: held.held is not None and len(held.held.peers)
                              == AGENTS - 1, "the held stream's full map")
+                gate.clear()
                 tasks += [asyncio.create_task(a.follow()) for a in rest]
+                await _until(lambda: app.state.openings.waited > 0,
+                             "an opening to wait its turn")
+                gate.set()
                 # A change while the storm rages: a peer joins, so every netmap changes.
                 async with httpx.AsyncClient(base_url=url, timeout=30.0) as ac:
                     r = await ac.post("/api/v1/enroll", json={
