@@ -97,7 +97,7 @@ def check_peer_name(v: Any) -> str:
     """A name for a new peer: a `Name` that is also a host name under the mesh domain
     (`NAME.mesh.internal`), since peers answer each other's names."""
     s = check_name(v)
-    if s.endswith(".") or not all(_LABEL.fullmatch(label) for label in s.lower().split(".")):
+    if s.endswith(".") or not _is_dns_name(s.lower()):
         raise ValueError(f"bad peer name {s[:80]!r}: a peer's name is also its DNS name, so "
                          "dot-separated labels of ASCII letters, digits, '_' or '-', each "
                          "ending in a letter, digit or '_' (no trailing dot)")
@@ -232,12 +232,17 @@ def check_ipv4(v: Any) -> str:
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
+def _is_dns_name(canon: str) -> bool:
+    """`canon` (lower case, no trailing dot) is a domain name DNS can carry."""
+    return bool(canon) and len(canon) <= 253 and all(
+        _LABEL.fullmatch(label) for label in canon.split("."))
+
+
 def check_dns_name(v: Any) -> str:
     """A DNS domain in canonical form: ASCII labels, lower case, no trailing dot."""
     s = _str(v, "domain")
     canon = s.lower().removesuffix(".")
-    if (not s.isascii() or not canon or len(canon) > 253
-            or not all(_LABEL.fullmatch(label) for label in canon.split("."))):
+    if not s.isascii() or not _is_dns_name(canon):
         raise ValueError(f"bad domain {s[:80]!r}: expected dot-separated labels of ASCII "
                          "letters, digits, '-' or '_' (such as mesh.internal)")
     return canon
