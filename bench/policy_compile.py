@@ -7,9 +7,10 @@ changes applied incrementally.
 The mesh is `wiremesh.lab.org.org_mesh` (people in teams, servers in services, policies
 between teams and services, infrastructure per site of ~2,000 peers;
 about 240 groups and 650 policies at 10,000 peers, ten times that at 100,000). The changes are
-the everyday ones, each applied the way a change-log driven server applies it (the fine-grained
-compiler methods): a peer added to a team or service, a peer joining the mesh (with its
-groups), a peer leaving it, a policy's ports edited (`--changes` of each). The incremental
+the everyday ones, each applied the way the server's hub applies what its change log tells it
+(one `MeshChange` per refresh, `PolicyCompiler.apply`): a peer added to a team or service, a
+peer joining the mesh (with its groups), a peer leaving it (and its groups), a policy's ports
+edited (`--changes` of each). The incremental
 time of a change includes compiling every netmap it changed; times are wall clock and CPU
 time of the thread (on a shared machine the CPU time is the part that is ours). Every
 scenario ends checked against a full recompile.
@@ -41,7 +42,7 @@ from typing import Protocol
 from rich.console import Console
 from rich.table import Table
 
-from wiremesh.core.models import MeshState, PeerInfo, Policy, PortRange
+from wiremesh.core.models import MeshChange, MeshState, PeerInfo, PortRange
 from wiremesh.core.wire import Netmap
 from wiremesh.lab.org import org_mesh
 
@@ -72,10 +73,7 @@ class Compiler(Protocol):
     def netmaps(self) -> Mapping[int, Netmap]: ...
     def state(self) -> MeshState: ...
     def update(self, new: MeshState) -> set[int]: ...
-    def upsert_peer(self, peer: PeerInfo) -> set[int]: ...
-    def remove_peer(self, peer_id: int) -> set[int]: ...
-    def set_group(self, name: str, members: frozenset[int]) -> set[int]: ...
-    def upsert_policy(self, policy: Policy) -> set[int]: ...
+    def apply(self, change: MeshChange) -> set[int]: ...
 
 
 def load_compiler(path: str | None) -> type[Compiler]:
@@ -107,8 +105,8 @@ class Scenarios:
     def add_to_group(self, c: Compiler, rnd: random.Random, _i: int) -> Callable[[], set[int]]:
         st = c.state()
         g = rnd.choice(self.groups)
-        members = st.groups[g] | {rnd.choice(list(st.peers))}
-        return lambda: c.set_group(g, members)
+        change = MeshChange(groups={g: st.groups[g] | {rnd.choice(list(st.peers))}})
+        return lambda: c.apply(change)
 
     def peer_joins(self, c: Compiler, rnd: random.Random, _i: int) -> Callable[[], set[int]]:
         """A new peer enrols into a team or a service and its site (setup key auto-groups)."""
@@ -119,32 +117,23 @@ class Scenarios:
         sites = Counter(s for s, m in st.groups.items() if s.startswith("site")
                         for pid in st.groups[g] if pid in m)
         site = sites.most_common(1)[0][0]
-        groups = {g: st.groups[g] | {p.id}, site: st.groups[site] | {p.id}}
-
-        def change() -> set[int]:
-            out = set()
-            for name, m in groups.items():
-                out |= c.set_group(name, m)
-            return out | c.upsert_peer(p)
-        return change
+        change = MeshChange(peers={p.id: p},
+                            groups={g: st.groups[g] | {p.id}, site: st.groups[site] | {p.id}})
+        return lambda: c.apply(change)
 
     def peer_leaves(self, c: Compiler, rnd: random.Random, _i: int) -> Callable[[], set[int]]:
         st = c.state()
         pid = rnd.choice(list(st.peers))
-        groups = {g: m - {pid} for g, m in st.groups.items() if pid in m and g != "all"}
-
-        def change() -> set[int]:
-            out = c.remove_peer(pid)
-            for g, m in groups.items():
-                out |= c.set_group(g, m)
-            return out
-        return change
+        change = MeshChange(peers={pid: None}, groups={
+            g: m - {pid} for g, m in st.groups.items() if pid in m and g != "all"})
+        return lambda: c.apply(change)
 
     def edit_policy(self, c: Compiler, rnd: random.Random, _i: int) -> Callable[[], set[int]]:
         p = rnd.choice(self.policies)
         port = rnd.randint(1, 65535)
         edited = dataclasses.replace(p, protocol="tcp", ports=(PortRange(port, port),))
-        return lambda: c.upsert_policy(edited)
+        change = MeshChange(policies={p.name: edited})
+        return lambda: c.apply(change)
 
 
 class Clock:

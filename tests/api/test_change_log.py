@@ -12,20 +12,20 @@ from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from tests.api.test_api import pub
-from wiremesh.core.models import Policy, Route
+from wiremesh.core.models import Policy, PortRange, Route
 from wiremesh.core.policy import ALL_GROUP, compile_netmaps
 from wiremesh.core.wire import Signer
 from wiremesh.server import hub as hub_module
 from wiremesh.server.hub import NetmapHub
-from wiremesh.store import Store
-from wiremesh.store.changes import trim
+from wiremesh.store import Store, policies
+from wiremesh.store.changes import bump, trim
 from wiremesh.store.db import make_engine, migrate
 from wiremesh.store.enrolment import NewPeer
 from wiremesh.store.errors import StoreError
-from wiremesh.store.tables import ChangeRow
+from wiremesh.store.tables import ChangeRow, PolicyRow
 
 pytestmark = pytest.mark.timeout(300)
 SIGNER = Signer(Signer.generate())
@@ -166,6 +166,23 @@ async def test_a_hub_that_missed_trimmed_changes_reloads_whole(db_url: str) -> N
         await b.hub.refresh()
         assert b.hub.full_loads == 2
         await assert_as_fresh(b)
+
+
+async def test_a_policy_change_logged_without_names_reloads_whole(db_url: str) -> None:
+    """Earlier versions logged policy and route changes with no name: any of them."""
+    async with replicas(db_url, 1) as [r]:
+        await enroll(r.store, await setup_key(r.store), "x", "y")
+        await r.hub.refresh()
+        assert r.hub.full_loads == 1
+        async with r.store.db.tx() as s:
+            await s.execute(delete(PolicyRow))
+            s.add(PolicyRow(**policies.row_values(Policy("ssh", (ALL_GROUP,), (ALL_GROUP,),
+                                                          "tcp", (PortRange(22, 22),)))))
+            await bump(s, policies=[""])
+        await r.hub.refresh()
+        assert r.hub.full_loads == 2
+        await assert_as_fresh(r)
+        assert [p.name for p in r.hub.state.policies] == ["ssh"]
 
 
 async def test_a_slow_full_load_does_not_hold_back_the_next_change(

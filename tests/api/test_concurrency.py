@@ -61,9 +61,14 @@ async def test_concurrent_writers_never_share_a_revision(db_url: str) -> None:
         assert await stores[1].changes.revision() == r0 + n, "a change did not get its own revision"
         # Replace-everything writes too, which also must not trip over each other.
         revs = await asyncio.gather(*(
-            stores[i % 2].policies.replace("t", {}, [DEFAULT_POLICY], None, f"w{i}")
+            stores[i % 2].policies.replace(
+                "t", {}, [replace(DEFAULT_POLICY, description=f"w{i}")], None, f"w{i}")
             for i in range(n)))
         assert sorted(revs) == list(range(r0 + n + 1, r0 + 2 * n + 1))
+        # The same file again changes nothing: no revision, so no hub refreshes for it.
+        last = await stores[0].policies.all()
+        assert await stores[1].policies.replace("t", {}, last, None, "again") == r0 + 2 * n
+        assert await stores[0].changes.revision() == r0 + 2 * n
     finally:
         for e in engines:
             await e.dispose()

@@ -11,17 +11,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_policy_oracle import members, oracle_netmaps
 
-from wiremesh.core.models import PROTOS, MeshState, PeerInfo, Policy, PortRange, Route
+from wiremesh.core.models import (
+    PROTOS,
+    MeshChange,
+    MeshState,
+    PeerInfo,
+    Policy,
+    PortRange,
+    Route,
+)
 from wiremesh.core.policy import PolicyCompiler, compile_netmaps
-from wiremesh.core.wire import ForwardRule, InboundRule, RouteEntry
+from wiremesh.core.posture import Posture, compiled, passing, source_group
+from wiremesh.core.wire import ForwardRule, InboundRule, Netmap, RouteEntry
 
 GROUPS = ("g0", "g1", "g2", "g3")
+NEW_AGENTS = Posture(min_agent_version="0.2.0")
+VERSIONS = ("", "0.1.0", "0.3.0")  # as agents report them: none, too old, new enough
 ROUTES = ("r0", "r1")
 
 
-def peer(i: int, endpoint: str = "", name: str | None = None, ip: int | None = None) -> PeerInfo:
+def peer(i: int, endpoint: str = "", name: str | None = None, ip: int | None = None,
+         agent_version: str = "") -> PeerInfo:
     return PeerInfo(i, name or f"p{i}", f"key{i}", f"100.64.0.{ip or i}",
-                    (endpoint,) if endpoint else ())
+                    (endpoint,) if endpoint else (), agent_version=agent_version)
 
 
 def mesh(n: int, groups: dict[str, set[int]] | None = None, policies=(), routes=()) -> MeshState:
@@ -51,6 +63,7 @@ def policies(draw, name: str) -> Policy:
         enabled=draw(st.booleans().map(lambda b: b or draw(st.booleans()))),
         destination_routes=tuple(draw(st.lists(st.sampled_from((*ROUTES, "nowhere")),
                                                max_size=2, unique=True))),
+        posture=draw(st.sampled_from((None, None, NEW_AGENTS))),
     )
 
 
@@ -65,11 +78,12 @@ def routes(draw, name: str) -> Route:
 @st.composite
 def states(draw) -> MeshState:
     ids = draw(st.sets(peer_ids, max_size=8))
+    versions = {i: draw(st.sampled_from(VERSIONS)) for i in ids}
     groups = {g: frozenset(draw(st.sets(st.integers(1, 10), max_size=5)))
               for g in draw(st.sets(st.sampled_from(GROUPS)))}
     pols = tuple(draw(policies(f"pol{i}")) for i in range(draw(st.integers(0, 5))))
     rts = tuple(draw(routes(r)) for r in draw(st.sets(st.sampled_from(ROUTES))))
-    return MeshState({i: peer(i) for i in ids}, groups, pols, rts)
+    return MeshState({i: peer(i, agent_version=versions[i]) for i in ids}, groups, pols, rts)
 
 
 @st.composite
@@ -80,9 +94,10 @@ def change(draw, state: MeshState) -> tuple[str, object, MeshState]:
     if kind == "peer":
         i = draw(peer_ids)
         p = peer(i, draw(st.sampled_from(("", "192.0.2.1:51820"))),
-                 draw(st.sampled_from((None, "renamed", "p1"))), draw(st.sampled_from((None, 50))))
+                 draw(st.sampled_from((None, "renamed", "p1"))), draw(st.sampled_from((None, 50))),
+                 draw(st.sampled_from(VERSIONS)))
         if any(q.overlay_ip == p.overlay_ip for q in state.peers.values() if q.id != i):
-            p = peer(i)
+            p = dataclasses.replace(p, overlay_ip=peer(i).overlay_ip)
         # Now and then a JIT gateway (no peer to the compiler), or a peer again.
         p = dataclasses.replace(p, gateway=draw(st.sampled_from((False, False, True))))
         return "upsert_peer", p, dataclasses.replace(state, peers={**state.peers, i: p})
@@ -116,13 +131,42 @@ def change(draw, state: MeshState) -> tuple[str, object, MeshState]:
     return "update", state, state
 
 
+@st.composite
+def mesh_change(draw, state: MeshState) -> tuple[MeshChange, MeshState]:
+    """Several fine-grained changes at once, as the change log hands a refresh them."""
+    new = state
+    for _ in range(draw(st.integers(1, 4))):
+        new = draw(change(new))[2]
+    def moved(old: dict, now: dict) -> dict:
+        return {k: now.get(k) for k in old.keys() | now.keys() if old.get(k) != now.get(k)}
+
+    def named(xs: tuple) -> dict:
+        return {x.name: x for x in xs}
+
+    return MeshChange(moved(state.peers, new.peers), moved(state.groups, new.groups),
+                      moved(named(state.policies), named(new.policies)),
+                      moved(named(state.routes), named(new.routes))), new
+
+
+def reference(state: MeshState) -> dict[int, Netmap]:
+    """The oracle's netmaps, each posture-checked policy's sources narrowed to the peers
+    that pass (the oracle knows nothing of posture)."""
+    groups = dict(state.groups)
+    for p in state.policies:
+        if p.posture is not None:
+            groups[source_group(p.name)] = passing(
+                p, [state.peers[i] for i in members(state, p.sources)])
+    return oracle_netmaps(dataclasses.replace(
+        state, groups=groups, policies=tuple(compiled(p) for p in state.policies)))
+
+
 # --- the compiler against the oracle -------------------------------------------------------
 
 
 @settings(max_examples=300, deadline=None)
 @given(states())
 def test_full_compile_matches_oracle(state: MeshState) -> None:
-    assert compile_netmaps(state) == oracle_netmaps(state)
+    assert compile_netmaps(state) == reference(state)
 
 
 @settings(max_examples=200, deadline=None)
@@ -131,20 +175,25 @@ def test_incremental_equals_full(data) -> None:
     state = data.draw(states())
     fine, diffed = PolicyCompiler(state), PolicyCompiler(state)
     for _ in range(data.draw(st.integers(1, 8))):
-        method, arg, new = data.draw(change(state))
+        if data.draw(st.booleans()):
+            method, arg, new = data.draw(change(state))
+        else:
+            arg, new = data.draw(mesh_change(state))
+            method = "apply"
         before = dict(fine.netmaps)
         if method == "update":
             changed = fine.update(new)
         else:
             changed = getattr(fine, method)(*(arg if method == "set_group" else (arg,)))
-        expected = oracle_netmaps(new)
+        expected = reference(new)
         assert dict(fine.netmaps) == expected, method
         # The reported set is exactly the peers whose netmap differs (or vanished).
         assert changed == {k for k in before.keys() | expected.keys()
                            if before.get(k) != expected.get(k)}
         assert diffed.update(new) == changed
         assert dict(diffed.netmaps) == expected
-        assert diffed.state().policies == new.policies
+        assert set(diffed.state().policies) == set(new.policies)
+        assert fine.state() == diffed.state()
         state = new
 
 

@@ -9,7 +9,7 @@ import pytest
 from test_policy_compiler import mesh
 
 from wiremesh.core.explain import explain
-from wiremesh.core.models import MeshState, Policy
+from wiremesh.core.models import MeshChange, MeshState, Policy
 from wiremesh.core.policy import PolicyCompiler, compile_netmaps
 from wiremesh.core.policyfile import PolicyFileError, export, parse
 from wiremesh.core.posture import Posture
@@ -56,6 +56,36 @@ def test_unreported_or_wrong_os_fails_and_a_new_report_lets_the_peer_in() -> Non
     assert 3 in c.update(later)
     assert sources_at(later, 3, c.netmaps) == {ip[1]}
     assert c.netmaps == compile_netmaps(later)
+
+
+def test_reports_and_memberships_move_peers_in_and_out_change_by_change() -> None:
+    """What a refresh hands the compiler (MeshChange): each step against a full compile."""
+    pol = Policy("strict", ("devs",), ("servers",), posture=LINUX_02)
+    state = reported(mesh(4, {"devs": {1}, "servers": {4}}, [pol]), 2, "0.3.0", "linux")
+    c = PolicyCompiler(state)
+    ip = {i: state.peers[i].overlay_ip for i in state.peers}
+    steps = [
+        # p1 upgrades: in.
+        MeshChange(peers={1: reported(state, 1, "0.2.0", "linux").peers[1]}),
+        # p2 (passing) joins devs, and p3 with it (unreported), in one change.
+        MeshChange(groups={"devs": frozenset({1, 2, 3})}),
+        # p1 moves to windows: out; a new passing peer joins devs as it enrols.
+        MeshChange(peers={1: reported(state, 1, "0.2.0", "windows").peers[1],
+                          5: dataclasses.replace(state.peers[2], id=5, name="p5",
+                                                 public_key="key5", overlay_ip="100.64.0.5")},
+                   groups={"devs": frozenset({1, 2, 3, 5})}),
+        # p2 leaves the mesh.
+        MeshChange(peers={2: None}),
+    ]
+    want = [{ip[1]}, {ip[1], ip[2]}, {ip[2], "100.64.0.5"}, {"100.64.0.5"}]
+    for step, sources in zip(steps, want, strict=True):
+        c.apply(step)
+        assert sources_at(c.state(), 4, c.netmaps) == sources
+        assert c.netmaps == compile_netmaps(c.state())
+    # The posture lifted: every member of devs is a source again.
+    c.apply(MeshChange(policies={"strict": dataclasses.replace(pol, posture=None)}))
+    assert sources_at(c.state(), 4, c.netmaps) == {ip[1], ip[3], "100.64.0.5"}
+    assert c.state().groups.keys() == {"devs", "servers", "all"}
 
 
 def test_policy_file_round_trips_posture_and_names_bad_values() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from wiremesh.core.posture import Posture
@@ -99,3 +99,23 @@ class MeshState:
     groups: dict[str, frozenset[int]] = field(default_factory=dict)
     policies: tuple[Policy, ...] = ()
     routes: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True)
+class MeshChange:
+    """What moved in a mesh since a snapshot, as the change log tells it (store/mesh.py
+    `load_since`); `PolicyCompiler.apply` takes it in time proportional to the change."""
+
+    peers: dict[int, PeerInfo | None] = field(default_factory=dict)  # None: removed
+    groups: dict[str, frozenset[int] | None] = field(default_factory=dict)  # None: deleted
+    policies: dict[str, Policy | None] = field(default_factory=dict)  # by name; None: deleted
+    routes: dict[str, Route | None] = field(default_factory=dict)  # likewise
+
+
+class HeldMesh(Protocol):
+    """What reading a `MeshChange` from the change log needs of the mesh the reader holds
+    (the policy compiler has it): the groups naming a peer, and a group's members."""
+
+    def groups_of(self, peer_id: int) -> frozenset[str]: ...
+
+    def group(self, name: str) -> frozenset[int] | None: ...

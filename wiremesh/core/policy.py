@@ -24,12 +24,17 @@ Public API:
 
 - `compile_netmaps(state) -> dict[peer id, Netmap]`: the full compile (versions are 0).
 - `PolicyCompiler(state)`: holds the compiled netmaps (`netmaps`, `netmap(id)`, `state()`).
-  `update(new_state)` diffs the new snapshot against the held one and recompiles only the
-  peers the change can touch; the fine-grained `upsert_peer`, `remove_peer`, `set_group`,
-  `remove_group`, `upsert_policy`, `remove_policy`, `upsert_route`, `remove_route` do the same
-  for one change without diffing. Each returns the ids of peers whose netmap changed (a removed
-  peer counts: its netmap is gone). Results are identical to `compile_netmaps` of the same
-  state; the work is proportional to the netmaps touched, not to the mesh.
+  `apply(change)` takes a `MeshChange` (peers upserted or removed, groups set or deleted, the
+  policy or route list when it changed: what the store's change log tells a refresh) and
+  recompiles only the peers the change can touch; `update(new_state)` diffs a whole snapshot
+  against the held one and applies the difference the same way (a pass over the mesh). The
+  single-change helpers (`upsert_peer`, `remove_peer`, `set_group`, `remove_group`,
+  `upsert_policy`, `remove_policy`, `upsert_route`, `remove_route`) build a `MeshChange`.
+  Each returns the ids of peers whose netmap changed (a removed peer counts: its netmap is
+  gone). Results are identical to `compile_netmaps` of the same state; the work is
+  proportional to the netmaps touched, not to the mesh.
+- Posture: a posture-checked policy is indexed with a synthetic source group holding the
+  source peers that pass (core/posture.py), kept up to date from the changed peers only.
 
 How: each enabled policy holds its members' rules and peer tables; each group merges what
 its policies give its members (`_GroupParts`); each combination of groups that some peers
@@ -54,8 +59,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ParamSpec, TypeVar
 
-from wiremesh.core.models import MeshState, PeerInfo, Policy, Route
-from wiremesh.core.posture import with_posture
+from wiremesh.core.models import MeshChange, MeshState, PeerInfo, Policy, Route
+from wiremesh.core.posture import GROUP_PREFIX as POSTURE_PREFIX
+from wiremesh.core.posture import compiled, passing, source_group
 from wiremesh.core.wire import ForwardRule, InboundRule, Netmap, NetmapPeer, RouteEntry
 
 ALL_GROUP = "all"
@@ -64,6 +70,7 @@ _SRC, _DST = 1, 2  # which side of a policy changed
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_Named = TypeVar("_Named", Policy, Route)
 
 
 @dataclass
@@ -229,8 +236,8 @@ class PolicyCompiler:
     """Compiled netmaps of a mesh, kept up to date change by change (see module docstring)."""
 
     def __init__(self, state: MeshState) -> None:
-        state = with_posture(state)
-        _check_unique(state)
+        given = _by_name(state.policies, "policy")
+        routes = _by_name(state.routes, "route")
         # Gateways are kept aside: named in groups, present in nobody's netmap, given none.
         self._gateways: dict[int, PeerInfo] = {
             pid: p for pid, p in state.peers.items() if p.gateway}
@@ -249,7 +256,11 @@ class PolicyCompiler:
             g: m & self._all for g, m in self._raw.items()}
         self._np: dict[int, NetmapPeer] = {pid: _netmap_peer(p) for pid, p in self._peers.items()}
 
-        self._policies: dict[str, Policy] = {}
+        # The policies as given (what `state()` gives back); the compiled ones are indexed
+        # with a posture-checked policy's sources as its synthetic group (core/posture.py).
+        self._given: dict[str, Policy] = given
+        self._posture: dict[str, Policy] = {
+            n: p for n, p in given.items() if p.posture is not None}
         self._cpol: dict[str, _CompiledPolicy] = {}
         self._by_src: dict[str, set[str]] = {}
         self._by_dst: dict[str, set[str]] = {}
@@ -270,9 +281,11 @@ class PolicyCompiler:
         self._key_of: dict[int, frozenset[str]] = {}
         self._key_users: dict[frozenset[str], int] = {}
         with _without_cyclic_gc():
-            for r in state.routes:
+            for r in routes.values():
                 self._index_route(r)
-            for p in state.policies:
+            for p in self._posture.values():
+                self._set_group(source_group(p.name), self._passing(p))
+            for p in given.values():
                 self._index_policy(p)
             self._netmaps: dict[int, Netmap] = {
                 pid: self._compile(pid, self._combo_of(pid)) for pid in self._peers}
@@ -289,127 +302,190 @@ class PolicyCompiler:
 
     def state(self) -> MeshState:
         """A snapshot of the mesh as the compiler holds it (`all` is listed explicitly)."""
-        groups = dict(self._raw)
-        groups[ALL_GROUP] = self._group(ALL_GROUP)
-        return MeshState(peers=self._peers | self._gateways, groups=groups,
-                         policies=tuple(self._policies.values()),
-                         routes=tuple(self._routes.values()))
+        peers = self._peers | self._gateways
+        groups = {g: m for g, m in self._raw.items() if not g.startswith(POSTURE_PREFIX)}
+        groups[ALL_GROUP] = frozenset(peers)
+        return MeshState(peers=peers, groups=groups,
+                         policies=tuple(sorted(self._given.values(), key=_name)),
+                         routes=tuple(sorted(self._routes.values(), key=_name)))
+
+    def groups_of(self, peer_id: int) -> frozenset[str]:
+        """The groups naming `peer_id` (but `all`), as given."""
+        return frozenset(g for g in self._groups_of.get(peer_id, ())
+                         if not g.startswith(POSTURE_PREFIX))
+
+    def group(self, name: str) -> frozenset[int] | None:
+        """Group `name`'s members as given (ids of absent peers too); None: no such group."""
+        return None if name.startswith(POSTURE_PREFIX) else self._raw.get(name)
 
     # --- changes ---------------------------------------------------------------------------
+
+    @_changing
+    def apply(self, change: MeshChange) -> set[int]:
+        """Take `change`; returns the ids of peers whose netmap changed or vanished.
+
+        The work is proportional to what the change touches, not to the mesh.
+        """
+        return self._apply(change)
 
     @_changing
     def update(self, new: MeshState) -> set[int]:
         """Move to snapshot `new`; returns the ids of peers whose netmap changed or vanished.
 
         The diff compares objects (identity first, so a snapshot built from the previous one
-        by `dataclasses.replace` is diffed fastest); recompilation touches only the peers the
-        differences can affect.
+        by `dataclasses.replace` is diffed fastest), then applies what differs.
         """
-        new = with_posture(new)
-        _check_unique(new)
-        todo: set[int] = set()
         # One pass over the peers (550,000 behind a gateway: each pass costs 0.05-0.1 s).
-        old_peers = self._peers
-        gateways: dict[int, PeerInfo] = {}
-        upserts: list[PeerInfo] = []
+        old_peers, old_gateways = self._peers, self._gateways
+        peers: dict[int, PeerInfo | None] = {}
         kept = 0
         for pid, p in new.peers.items():
-            if p.gateway:
-                gateways[pid] = p
-                continue
-            old_p = old_peers.get(pid)
+            old_p = old_peers.get(pid) or old_gateways.get(pid)
             if old_p is None:
-                upserts.append(p)
+                peers[pid] = p
             else:
                 kept += 1
                 if old_p is not p and old_p != p:
-                    upserts.append(p)
-        self._gateways = gateways
-        if kept < len(old_peers):
-            for pid in [pid for pid in old_peers if pid not in new.peers or pid in gateways]:
-                todo |= self._remove_peer(pid)
-        new_raw = {g: m for g, m in new.groups.items() if g != ALL_GROUP}
-        for g in self._raw.keys() - new_raw.keys():
-            todo |= self._set_group(g, None)
-        for g, m in new_raw.items():
+                    peers[pid] = p
+        if kept < len(old_peers) + len(old_gateways):
+            for pid in (*old_peers, *old_gateways):
+                if pid not in new.peers:
+                    peers[pid] = None
+        groups: dict[str, frozenset[int] | None] = {
+            g: None for g in self._raw
+            if g not in new.groups and not g.startswith(POSTURE_PREFIX)}
+        for g, m in new.groups.items():
             old = self._raw.get(g)
-            if old is None or (old is not m and old != m):
-                todo |= self._set_group(g, frozenset(m))
-        for p in upserts:
-            todo |= self._upsert_peer(p)
-        new_routes = {r.name: r for r in new.routes}
-        for name in self._routes.keys() - new_routes.keys():
-            todo |= self._set_route(name, None)
-        for name, r in new_routes.items():
-            old_r = self._routes.get(name)
-            if old_r is None or (old_r is not r and old_r != r):
-                todo |= self._set_route(name, r)
-        new_pols = {p.name: p for p in new.policies}
-        for name in self._policies.keys() - new_pols.keys():
-            todo |= self._set_policy(name, None)
-        for name, pol in new_pols.items():
-            old_pol = self._policies.get(name)
-            if old_pol is None or (old_pol is not pol and old_pol != pol):
-                todo |= self._set_policy(name, pol)
-        # Keep the snapshot's policy and route order (it is what `state()` gives back).
-        self._policies = new_pols
-        self._routes = new_routes
-        return self._recompute(todo)
+            if g != ALL_GROUP and (old is None or (old is not m and old != m)):
+                groups[g] = frozenset(m)
+        return self._apply(MeshChange(
+            peers, groups, _changed(self._given, _by_name(new.policies, "policy")),
+            _changed(self._routes, _by_name(new.routes, "route"))))
 
-    @_changing
     def upsert_peer(self, peer: PeerInfo) -> set[int]:
-        """Add a peer or change its name, key, overlay IP or endpoints."""
-        if peer.gateway:
-            self._gateways[peer.id] = peer
-            return self._recompute(self._remove_peer(peer.id) if peer.id in self._peers
-                                   else ())
-        self._gateways.pop(peer.id, None)
-        return self._recompute(self._upsert_peer(peer))
+        """Add a peer or change its name, key, overlay IP, endpoints or posture report."""
+        return self.apply(MeshChange(peers={peer.id: peer}))
 
-    @_changing
     def remove_peer(self, peer_id: int) -> set[int]:
         """Remove a peer (its group memberships stay, as dangling ids that count for nothing)."""
-        if self._gateways.pop(peer_id, None) is not None:
-            return set()
-        if peer_id not in self._peers:
+        if peer_id not in self._peers and peer_id not in self._gateways:
             raise KeyError(f"no peer with id {peer_id}")
-        return self._recompute(self._remove_peer(peer_id))
+        return self.apply(MeshChange(peers={peer_id: None}))
 
-    @_changing
     def set_group(self, name: str, members: Iterable[int]) -> set[int]:
         """Create a group or replace its members."""
-        if name == ALL_GROUP:
-            raise ValueError(f"group {ALL_GROUP!r} is built in and always holds every peer")
-        return self._recompute(self._set_group(name, frozenset(members)))
+        return self.apply(MeshChange(groups={name: frozenset(members)}))
 
-    @_changing
     def remove_group(self, name: str) -> set[int]:
         """Delete a group; policies naming it then match nobody through it."""
-        if name not in self._raw:
+        if self.group(name) is None:
             raise KeyError(f"no group named {name!r}")
-        return self._recompute(self._set_group(name, None))
+        return self.apply(MeshChange(groups={name: None}))
 
-    @_changing
     def upsert_policy(self, policy: Policy) -> set[int]:
         """Add a policy or replace the one with the same name."""
-        return self._recompute(self._set_policy(policy.name, policy))
+        return self.apply(MeshChange(policies={policy.name: policy}))
 
-    @_changing
     def remove_policy(self, name: str) -> set[int]:
-        if name not in self._policies:
+        if name not in self._given:
             raise KeyError(f"no policy named {name!r}")
-        return self._recompute(self._set_policy(name, None))
+        return self.apply(MeshChange(policies={name: None}))
 
-    @_changing
     def upsert_route(self, route: Route) -> set[int]:
         """Add a route or replace the one with the same name."""
-        return self._recompute(self._set_route(route.name, route))
+        return self.apply(MeshChange(routes={route.name: route}))
 
-    @_changing
     def remove_route(self, name: str) -> set[int]:
         if name not in self._routes:
             raise KeyError(f"no route named {name!r}")
-        return self._recompute(self._set_route(name, None))
+        return self.apply(MeshChange(routes={name: None}))
+
+    def _apply(self, change: MeshChange) -> set[int]:
+        for g in change.groups:
+            if g == ALL_GROUP:
+                raise ValueError(f"group {ALL_GROUP!r} is built in and always holds every peer")
+            if g.startswith(POSTURE_PREFIX):
+                raise ValueError(f"group {g!r} is the compiler's own (posture)")
+        for kind, named in (("policy", change.policies), ("route", change.routes)):
+            for name, x in named.items():
+                if x is not None and x.name != name:
+                    raise ValueError(f"{kind} {x.name!r} given as {name!r}")
+        todo: set[int] = set()
+        upserts: list[PeerInfo] = []
+        for pid, p in change.peers.items():
+            if p is not None and not p.gateway:
+                self._gateways.pop(pid, None)
+                upserts.append(p)
+                continue
+            if p is None:
+                self._gateways.pop(pid, None)
+            else:
+                self._gateways[pid] = p
+            if pid in self._peers:
+                todo |= self._remove_peer(pid)
+        for g, m in change.groups.items():
+            todo |= self._set_group(g, m)
+        for p in upserts:
+            todo |= self._upsert_peer(p)
+        for name, r in change.routes.items():
+            old_r = self._routes.get(name)
+            if old_r is not r and old_r != r:  # None for an absent or deleted route
+                todo |= self._set_route(name, r)
+        if change.policies or self._posture:
+            todo |= self._set_policies(change)
+        return self._recompute(todo)
+
+    def _set_policies(self, change: MeshChange) -> set[int]:
+        """Take the change's policies, the synthetic groups of posture-checked ones first:
+        they follow their sources' members and the peers' reports (core/posture.py)."""
+        todo: set[int] = set()
+        given, posture = self._given, self._posture
+        if change.policies:
+            posture = dict(posture)
+            for name, pol in change.policies.items():
+                if pol is not None and pol.posture is not None:
+                    posture[name] = pol
+                else:
+                    posture.pop(name, None)
+        for name, p in posture.items():
+            g = source_group(name)
+            old = self._raw.get(g)
+            was = given.get(name)
+            if old is None or was is None or was.sources != p.sources \
+                    or was.posture != p.posture or any(s in change.groups for s in p.sources):
+                members = self._passing(p)
+            elif change.peers:
+                # Only the changed peers can have moved in or out (a report, a membership).
+                gone = {pid for pid in change.peers if pid in old}
+                came = passing(p, [self._peers[pid] for pid in change.peers if any(
+                    self._holds(s, pid) for s in p.sources)])
+                if gone == came:
+                    continue
+                members = old.difference(gone).union(came)
+            else:
+                continue
+            if members != old:
+                todo |= self._set_group(g, members)
+        for name, new in change.policies.items():
+            old_pol = given.get(name)
+            if old_pol is not new and old_pol != new:
+                todo |= self._set_policy(name, new)
+                if new is None:
+                    del given[name]
+                else:
+                    given[name] = new
+        for name in self._posture.keys() - posture.keys():
+            todo |= self._set_group(source_group(name), None)
+        self._posture = posture
+        return todo
+
+    def _passing(self, p: Policy) -> frozenset[int]:
+        """The members of posture-checked policy `p`'s synthetic group, worked out afresh."""
+        return passing(p, [self._peers[pid] for pid in self._union(p.sources)])
+
+    def _holds(self, g: str, pid: int) -> bool:
+        """Is present peer `pid` a member of group `g`?"""
+        return pid in self._all if g == ALL_GROUP else pid in self._members.get(g, _EMPTY)
 
     # --- change internals: each mutates the indexes and returns the peers to recompile -----
 
@@ -584,10 +660,10 @@ class PolicyCompiler:
         combination of its own: `_combo_key` names what its netmap is merged from)."""
         return self._union(p.sources)
 
-    def _index_policy(self, p: Policy) -> None:
-        self._policies[p.name] = p
-        if not p.enabled:
+    def _index_policy(self, given: Policy) -> None:
+        if not given.enabled:
             return
+        p = compiled(given)
         cp = _CompiledPolicy(p, self._sources(p), self._union(p.destinations))
         cp.fill(self._np)
         self._cpol[p.name] = cp
@@ -600,7 +676,6 @@ class PolicyCompiler:
             self._by_route.setdefault(r, set()).add(p.name)
 
     def _unindex_policy(self, name: str) -> None:
-        self._policies.pop(name, None)
         cp = self._cpol.pop(name, None)
         if cp is None:
             return
@@ -964,14 +1039,25 @@ def _netmap_peer(p: PeerInfo) -> NetmapPeer:
     return NetmapPeer(p.public_key, p.name, p.overlay_ip, p.endpoints)
 
 
-def _check_unique(state: MeshState) -> None:
-    for kind, names in (("policy", [p.name for p in state.policies]),
-                        ("route", [r.name for r in state.routes])):
-        seen: set[str] = set()
-        for n in names:
-            if n in seen:
-                raise ValueError(f"duplicate {kind} name {n!r}")
-            seen.add(n)
+def _name(x: Policy | Route) -> str:
+    return x.name
+
+
+def _changed(old: dict[str, _Named], new: dict[str, _Named]) -> dict[str, _Named | None]:
+    """What moved from `old` to `new` (by name; None: gone), identity first."""
+    out: dict[str, _Named | None] = {name: None for name in old.keys() - new.keys()}
+    out.update((name, x) for name, x in new.items() if old.get(name) is not x)
+    return out
+
+
+def _by_name(items: Iterable[_Named], kind: str) -> dict[str, _Named]:
+    """`items` by name, refusing a name given twice."""
+    out: dict[str, _Named] = {}
+    for x in items:
+        if x.name in out:
+            raise ValueError(f"duplicate {kind} name {x.name!r}")
+        out[x.name] = x
+    return out
 
 
 def compile_netmaps(state: MeshState) -> dict[int, Netmap]:

@@ -2,19 +2,20 @@
 report it (agent version, OS family), and the compiler's view of it.
 
 A peer that fails a policy's posture is out of that policy's source groups, and of nothing
-else: `with_posture(state)` rewrites each such policy's sources into one synthetic group
-holding the source peers that pass, so the compiler needs no notion of posture, and a peer
-whose report changes is an ordinary group-membership change for it.
+else: the compiler indexes each such policy with its sources rewritten into one synthetic
+group (`compiled`) holding the source peers that pass (`passing`), so a peer whose report
+changes is an ordinary group-membership change for it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 from packaging.version import InvalidVersion, Version
 
-from wiremesh.core.models import MeshState, PeerInfo
+from wiremesh.core.models import PeerInfo, Policy
 
 OsFamily = Literal["linux", "macos", "windows", "freebsd", "other"]
 OS_FAMILIES: tuple[str, ...] = get_args(OsFamily)
@@ -60,24 +61,18 @@ def source_group(policy_name: str) -> str:
     return GROUP_PREFIX + policy_name
 
 
-def with_posture(state: MeshState) -> MeshState:
-    """`state` with each posture-checked policy's sources narrowed to the peers that pass
-    (the same object when no policy checks posture)."""
-    if all(p.posture is None for p in state.policies):
-        return state
-    from wiremesh.core.policy import ALL_GROUP  # policy.py imports this module
+def compiled(policy: Policy) -> Policy:
+    """`policy` as the compiler indexes it: a posture-checked policy's sources are its
+    synthetic group (`source_group`), which holds the source peers that pass."""
+    if policy.posture is None:
+        return policy
+    return replace(policy, sources=(source_group(policy.name),))
 
-    groups = dict(state.groups)
-    policies = []
-    for p in state.policies:
-        if p.posture is None:
-            policies.append(p)
-            continue
-        members: set[int] = set()
-        for g in p.sources:
-            members |= state.peers.keys() if g == ALL_GROUP else state.groups.get(g, set())
-        groups[source_group(p.name)] = frozenset(
-            pid for pid in members
-            if pid in state.peers and p.posture.failure(state.peers[pid]) is None)
-        policies.append(replace(p, sources=(source_group(p.name),)))
-    return replace(state, groups=groups, policies=tuple(policies))
+
+def passing(policy: Policy, sources: Iterable[PeerInfo]) -> frozenset[int]:
+    """The ids of the peers among `sources` (the policy's source peers) that pass its
+    posture: the members of its synthetic group."""
+    posture = policy.posture
+    if posture is None:
+        raise ValueError(f"policy {policy.name!r} checks no posture")
+    return frozenset(p.id for p in sources if posture.failure(p) is None)

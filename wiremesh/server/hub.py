@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from wiremesh.core.models import MeshState
+from wiremesh.core.models import HeldMesh, MeshChange, MeshState
 from wiremesh.core.netmap import PeersDiff, SharedPeersDiff, diff, diff_peers, digest
 from wiremesh.core.policy import PolicyCompiler
 from wiremesh.core.wire import (
@@ -60,8 +60,8 @@ class MeshSource(Protocol):
 
     async def load_state(self) -> tuple[int, MeshState]: ...
 
-    async def load_since(self, revision: int, state: MeshState,
-                         ) -> tuple[int, MeshState] | None: ...
+    async def load_since(self, revision: int, held: HeldMesh,
+                         ) -> tuple[int, MeshChange] | None: ...
 
     async def revision(self) -> int: ...
 
@@ -79,8 +79,8 @@ class NetmapHub:
         self.dns = dns or DnsConfig()  # likewise
         self.mtu = mtu  # the mesh-wide WireGuard MTU, in every netmap
         self.revision = 0
-        self.state = MeshState()
         self.compiler: PolicyCompiler | None = None
+        self._state: tuple[int, MeshState] = (0, MeshState())  # `state` at a revision
         # Per peer, the delta from its previous version to its current one, encoded once per
         # change (not once per stream): (from version, to version, message).
         self.latest_delta: dict[int, tuple[int, int, bytes]] = {}
@@ -114,24 +114,39 @@ class NetmapHub:
             await self._refresh()
             yield self.state, self.compiler
 
+    @property
+    def state(self) -> MeshState:
+        """The mesh at `revision` (made from the compiler when first asked at a revision:
+        a pass over the mesh, which a refresh no longer makes)."""
+        at, state = self._state
+        if at != self.revision and self.compiler is not None:
+            self._state = (self.revision, state := self.compiler.state())
+        return state
+
     async def _refresh(self) -> set[int]:
         started = time.monotonic()
-        got = None
-        if self.compiler is not None:
-            got = await self.store.load_since(self.revision, self.state)
-        full = got is None
-        if got is None:
-            got = await self.store.load_state()
-            self.full_loads += 1
-        rev, state = got
-        if rev == self.revision:
-            return set()
+        compiler = self.compiler
+        since = None
+        if compiler is not None:
+            since = await self.store.load_since(self.revision, compiler)
+            if since is not None and since[0] == self.revision:
+                return set()
         t_loaded = time.monotonic()
-        if self.compiler is None:
-            self.compiler = await asyncio.to_thread(PolicyCompiler, state)
-            touched = set(self.compiler.netmaps)
+        if compiler is not None and since is not None:
+            rev = since[0]
+            touched = await asyncio.to_thread(compiler.apply, since[1])
         else:
-            touched = await asyncio.to_thread(self.compiler.update, state)
+            rev, state = await self.store.load_state()
+            self.full_loads += 1
+            if rev == self.revision and compiler is not None:
+                return set()
+            t_loaded = time.monotonic()
+            if compiler is None:
+                compiler = self.compiler = await asyncio.to_thread(PolicyCompiler, state)
+                touched = set(compiler.netmaps)
+            else:
+                touched = await asyncio.to_thread(compiler.update, state)
+            self._state = (rev, state)
         # The compiler reports only netmaps whose content changed (or that vanished),
         # so every one of them gets the new version. Streams read `current` while the
         # deltas are encoded: it changes only once they are ready.
@@ -139,7 +154,7 @@ class NetmapHub:
         gone: list[int] = []
         pairs: dict[int, tuple[Netmap, Netmap]] = {}
         for pid in touched:
-            nm = self.compiler.netmaps.get(pid)
+            nm = compiler.netmaps.get(pid)
             if nm is None:
                 gone.append(pid)
                 continue
@@ -157,7 +172,7 @@ class NetmapHub:
         for pid, (old, _) in pairs.items():
             self.history.setdefault(pid, deque(maxlen=HISTORY)).append(old)
         self.current.update(fresh)
-        self.state, self.revision = state, rev
+        self.revision = rev
         self._digest_memo.clear()
         for pid in touched:
             self.latest_delta.pop(pid, None)
@@ -165,7 +180,7 @@ class NetmapHub:
         self._last_end = time.monotonic()
         # A full read (start, a gap in the log) says nothing of what the next change costs:
         # resting twice its time held the first change after a restart at 550k peers 94 s.
-        self._last_cost = 0.0 if full else self._last_end - started
+        self._last_cost = 0.0 if since is None else self._last_end - started
         for pid in touched:
             for ev in self._waiters.get(pid, ()):
                 ev.set()

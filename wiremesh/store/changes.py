@@ -22,10 +22,11 @@ PEER, GROUP, POLICIES, ROUTES = "peer", "group", "policies", "routes"
 
 
 async def bump(s: AsyncSession, peers: Iterable[int] = (), groups: Iterable[str] = (),
-               policies: bool = False, routes: bool = False) -> int:
+               policies: Iterable[str] = (), routes: Iterable[str] = ()) -> int:
     """Give the transaction's change the next revision, and log what it changed: peers
-    (their rows or group memberships), groups (existence or members), the policies or the
-    routes. A change must log something, or hubs take its revision for a gap."""
+    (their rows or group memberships), groups (existence or members), policies and routes
+    (by name: added, edited or deleted). A change must log something, or hubs take its
+    revision for a gap."""
     # One statement, so no two changes can ever get the same revision (a hub that holds
     # a revision never loads a second change committed under it).
     rev = await s.scalar(
@@ -35,8 +36,8 @@ async def bump(s: AsyncSession, peers: Iterable[int] = (), groups: Iterable[str]
         raise RuntimeError("the store has no revision counter: was it bootstrapped?")
     logged = [{"revision": rev, "kind": PEER, "ref": str(p)} for p in set(peers)]
     logged += [{"revision": rev, "kind": GROUP, "ref": g} for g in set(groups)]
-    logged += [{"revision": rev, "kind": k, "ref": ""}
-               for k, on in ((POLICIES, policies), (ROUTES, routes)) if on]
+    logged += [{"revision": rev, "kind": POLICIES, "ref": p} for p in set(policies)]
+    logged += [{"revision": rev, "kind": ROUTES, "ref": r} for r in set(routes)]
     if not logged:
         raise ValueError("a change must say what it changed")
     await s.execute(insert(ChangeRow), logged)

@@ -1,5 +1,5 @@
 """The mesh as the policy compiler sees it, read from the store in one snapshot: whole, or
-as the changes logged since a revision applied to the mesh at that revision."""
+as the changes logged since a revision (what a refresh applies to the mesh it holds)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from wiremesh.core.models import MeshState, PeerInfo
+from wiremesh.core.models import HeldMesh, MeshChange, MeshState, PeerInfo, Policy, Route
 from wiremesh.core.policy import ALL_GROUP
 from wiremesh.core.wire import check_endpoint, endpoint_host_port
 from wiremesh.store import policies, routes
@@ -169,18 +169,18 @@ class MeshReader:
                 select(RouteRow).order_by(RouteRow.name)))
         return rev, MeshState(peers=peers, groups=frozen, policies=pols, routes=rts)
 
-    async def load_since(self, revision: int, state: MeshState,
-                         ) -> tuple[int, MeshState] | None:
-        """The mesh at the store's revision, made from `state` (the mesh at `revision`) and
-        the changes logged since; None when the log cannot tell them all (trimmed, written
-        before the log existed, a store moved back) or they are many: load it whole then.
+    async def load_since(self, revision: int, held: HeldMesh,
+                         ) -> tuple[int, MeshChange] | None:
+        """The store's revision and what changed since `revision`, as the changes logged
+        since then tell it, `held` being the mesh at `revision`; None when the log cannot
+        tell them all (trimmed, written before the log existed, a store moved back) or they
+        are many: load it whole then.
 
-        Unchanged peers, groups, policies and routes stay the very objects of `state`, so
-        the compiler's diff of the two passes over them by identity."""
+        The reads and the work are proportional to what changed, not to the mesh."""
         async with self.db.reads() as s, s.begin():
             rev = await counter(s, "revision")
             if rev == revision:
-                return rev, state
+                return rev, MeshChange()
             if rev < revision:
                 return None
             logged = (await s.execute(select(ChangeRow.revision, ChangeRow.kind, ChangeRow.ref)
@@ -189,37 +189,40 @@ class MeshReader:
                 return None
             peer_ids = {int(ref) for _, kind, ref in logged if kind == PEER}
             group_names = {ref for _, kind, ref in logged if kind == GROUP}
-            if len(peer_ids) + len(group_names) > MAX_CHANGED or any(
+            policy_names = {ref for _, kind, ref in logged if kind == POLICIES}
+            route_names = {ref for _, kind, ref in logged if kind == ROUTES}
+            if len(peer_ids) + len(group_names) + len(policy_names) + len(route_names) \
+                    > MAX_CHANGED or "" in policy_names or "" in route_names or any(
                     g.startswith(USER_GROUP_PREFIX) for g in group_names):
-                # An admin's group named like a provider group merges with it: whole load.
+                # Logged without names (by an earlier version), or an admin's group named
+                # like a provider group, which merges with it: whole load.
                 return None
-            peers, groups = dict(state.peers), dict(state.groups)
+            peers: dict[int, PeerInfo | None] = {}
+            groups: dict[str, frozenset[int] | None] = {}
             if peer_ids:
-                alive = set()
                 for row in await s.execute(_live_peers().where(Peer.id.in_(peer_ids))):
-                    info, old = _peer_info(row), peers.get(row[0])
-                    peers[row[0]] = old if old == info else info
-                    alive.add(row[0])
+                    peers[row[0]] = _peer_info(row)
                     self._hold_credential(row)
-                for gone in peer_ids - alive:
-                    peers.pop(gone, None)
+                for gone in peer_ids - peers.keys():
+                    peers[gone] = None
                     self._drop_credential(gone)
                 member_of: dict[str, set[int]] = {}
                 for pid, g in await s.execute(
                         select(GroupMember.peer_id, Group.name)
                         .join(Group, Group.id == GroupMember.group_id)
-                        .where(GroupMember.peer_id.in_(alive))):
+                        .where(GroupMember.peer_id.in_(peers.keys()))):
                     member_of.setdefault(g, set()).add(pid)
-                users_of = await _user_groups(s, alive)
-                if users_of.keys() - groups.keys():
+                users_of = await _user_groups(s, set(peers.keys()))
+                if any(held.group(g) is None for g in users_of):
                     return None  # a provider group's first member: whole load
                 for g, pids in users_of.items():
                     member_of.setdefault(g, set()).update(pids)
-                # A group this state does not know yet is read whole below.
-                group_names |= member_of.keys() - groups.keys()
-                for g, m in groups.items():
-                    if g == ALL_GROUP or g in group_names:
-                        continue
+                # A group the held mesh does not know yet is read whole below.
+                group_names |= {g for g in member_of if held.group(g) is None}
+                was_in = {g for pid in peer_ids for g in held.groups_of(pid)}
+                for g in (was_in | member_of.keys()) - group_names:
+                    m = held.group(g)
+                    assert m is not None  # it names a changed peer, or is known (above)
                     new = (m - peer_ids) | member_of.get(g, set())
                     if new != m:
                         groups[g] = frozenset(new)
@@ -233,17 +236,15 @@ class MeshReader:
                     found[g].add(pid)
                 for g in group_names:
                     if g not in found:
-                        groups.pop(g, None)
-                    elif groups.get(g) != (members := frozenset(found[g])):
+                        groups[g] = None
+                    elif held.group(g) != (members := frozenset(found[g])):
                         groups[g] = members
-            if peers.keys() != state.peers.keys():
-                groups[ALL_GROUP] = frozenset(peers)
-            pols, rts = state.policies, state.routes
-            kinds = {kind for _, kind, _ in logged}
-            if POLICIES in kinds:
-                pols = tuple(policies.from_row(r) for r in await s.scalars(
-                    select(PolicyRow).order_by(PolicyRow.name)))
-            if ROUTES in kinds:
-                rts = tuple(routes.from_row(r) for r in await s.scalars(
-                    select(RouteRow).order_by(RouteRow.name)))
-        return rev, MeshState(peers=peers, groups=groups, policies=pols, routes=rts)
+            pols: dict[str, Policy | None] = dict.fromkeys(policy_names)
+            if policy_names:
+                pols.update((r.name, policies.from_row(r)) for r in await s.scalars(
+                    select(PolicyRow).where(PolicyRow.name.in_(policy_names))))
+            rts: dict[str, Route | None] = dict.fromkeys(route_names)
+            if route_names:
+                rts.update((r.name, routes.from_row(r)) for r in await s.scalars(
+                    select(RouteRow).where(RouteRow.name.in_(route_names))))
+        return rev, MeshChange(peers, groups, pols, rts)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, select
 
@@ -11,9 +11,12 @@ from wiremesh.core.policy import ALL_GROUP
 from wiremesh.core.posture import Posture
 from wiremesh.store import audit, routes
 from wiremesh.store.changes import bump
+from wiremesh.store.common import counter
 from wiremesh.store.database import Database
 from wiremesh.store.errors import NotFound
 from wiremesh.store.tables import Group, GroupMember, Peer, PolicyRow, RouteRow
+
+_Named = TypeVar("_Named", Policy, Route)
 
 # Peer names looked up per statement (SQLite caps the parameters of one).
 MAX_NAMES = 500
@@ -42,6 +45,12 @@ def row_values(p: Policy) -> dict[str, Any]:
             "min_agent_version": p.posture.min_agent_version,
             "os": list(p.posture.os_families)},
     )
+
+
+def _moved(was: dict[str, _Named], now: list[_Named]) -> list[str]:
+    """The names added, edited or deleted from `was` to `now`."""
+    by_name = {x.name: x for x in now}
+    return [n for n in was.keys() | by_name.keys() if was.get(n) != by_name.get(n)]
 
 
 class Policies:
@@ -79,12 +88,21 @@ class Policies:
                     if m not in peers:
                         raise NotFound(f"no peer named {m!r}", f"groups.{name}")
                     s.add(GroupMember(group_id=grp.id, peer_id=peers[m]))
+            # Hubs read only the policies and routes that changed: log their names.
+            was = {p.name: p for p in map(from_row, await s.scalars(select(PolicyRow)))}
+            moved = _moved(was, policies)
             await s.execute(delete(PolicyRow))
             s.add_all(PolicyRow(**row_values(p)) for p in policies)
+            moved_routes: list[str] = []
             if new_routes is not None:
+                moved_routes = _moved({r.name: r for r in map(routes.from_row, await s.scalars(
+                    select(RouteRow)))}, new_routes)
                 await s.execute(delete(RouteRow))
                 s.add_all(RouteRow(**routes.row_values(r)) for r in new_routes)
-            rev = await bump(s, groups=groups, policies=True, routes=new_routes is not None)
+            if groups or moved or moved_routes:
+                rev = await bump(s, groups=groups, policies=moved, routes=moved_routes)
+            else:
+                rev = await counter(s, "revision")  # the same file again: nothing changed
             audit.record(s, actor, "policy.apply", source=source,
                          policies=[p.name for p in policies], groups=sorted(groups))
             return rev

@@ -45,7 +45,7 @@ class Routes:
             else:
                 for k, v in row_values(route).items():
                     setattr(row, k, v)
-            await bump(s, routes=True)
+            await bump(s, routes=[route.name])
             audit.record(s, actor, "route.upsert", name=route.name, prefix=route.prefix)
 
     async def delete(self, actor: str, name: str) -> None:
@@ -54,5 +54,5 @@ class Routes:
             if row is None:
                 raise NotFound(f"no route {name!r}", "name")
             await s.delete(row)
-            await bump(s, routes=True)
+            await bump(s, routes=[name])
             audit.record(s, actor, "route.delete", name=name)

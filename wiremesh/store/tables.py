@@ -187,7 +187,8 @@ class ServerKey(Base):
 class ChangeRow(Base):
     """What a revision changed (written in the change's transaction; store/changes.py):
     kind `peer` (ref: id; its row or its groups), `group` (ref: name; its existence or
-    members), `policies` or `routes` (ref empty: the whole table)."""
+    members), `policies` or `routes` (ref: the name of one added, edited or deleted; empty,
+    as earlier versions logged it: any of them)."""
 
     __tablename__ = "change_log"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
