@@ -43,6 +43,9 @@ async def test_login_expiry_and_relogin_rotate_the_key_of_the_same_peer(api: Api
     assert pid in api.hub.state.groups["idp.eng"]
     # Its login expires: out of the mesh (the server's expiry check pushes the change).
     await _until(api, lambda: pid not in api.hub.current, "the expired peer to leave")
+    # Out of its groups too, as a hub loading the whole store would have it.
+    assert pid not in api.hub.state.groups["idp.eng"]
+    assert api.hub.state == (await api.store.mesh.load_state())[1]
     # Alice logs in on it again: same peer and address, new key pair, back in the mesh.
     new_key = pub()
     again = await _enrol(api, await api.store.users.login_key(user, "laptop"), new_key)

@@ -71,6 +71,8 @@ _T = TypeVar("_T")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _Named = TypeVar("_Named", Policy, Route)
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 @dataclass
@@ -1043,11 +1045,24 @@ def _name(x: Policy | Route) -> str:
     return x.name
 
 
-def _changed(old: dict[str, _Named], new: dict[str, _Named]) -> dict[str, _Named | None]:
-    """What moved from `old` to `new` (by name; None: gone), identity first."""
-    out: dict[str, _Named | None] = {name: None for name in old.keys() - new.keys()}
-    out.update((name, x) for name, x in new.items() if old.get(name) is not x)
+def _changed(old: Mapping[_K, _V], new: Mapping[_K, _V]) -> dict[_K, _V | None]:
+    """The entries of `new` that are not the very objects of `old`, and None for each key
+    gone (`apply` compares the values themselves)."""
+    out: dict[_K, _V | None] = {k: None for k in old.keys() - new.keys()}
+    out.update((k, x) for k, x in new.items() if old.get(k) is not x)
     return out
+
+
+def mesh_change(old: MeshState, new: MeshState) -> MeshChange:
+    """What moved from snapshot `old` to `new`, found by identity: the peers are not even
+    looked at when both hold the same dict (as a policy file's `apply` gives)."""
+    groups = _changed(old.groups, new.groups)
+    groups.pop(ALL_GROUP, None)
+    return MeshChange(
+        {} if new.peers is old.peers else _changed(old.peers, new.peers),
+        {g: None if m is None else frozenset(m) for g, m in groups.items()},
+        _changed(_by_name(old.policies, "policy"), _by_name(new.policies, "policy")),
+        _changed(_by_name(old.routes, "route"), _by_name(new.routes, "route")))
 
 
 def _by_name(items: Iterable[_Named], kind: str) -> dict[str, _Named]:

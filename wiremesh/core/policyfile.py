@@ -56,7 +56,7 @@ from pydantic import (
 from wiremesh.core.explain import Explanation, explain
 from wiremesh.core.ipam import OVERLAY_NET
 from wiremesh.core.models import MeshState, Policy, PortRange, Route
-from wiremesh.core.policy import ALL_GROUP, PolicyCompiler
+from wiremesh.core.policy import ALL_GROUP, PolicyCompiler, mesh_change
 from wiremesh.core.posture import OsFamily, Posture
 from wiremesh.core.wire import Metric, Name, Netmap, PortRangeT, Prefix
 
@@ -621,17 +621,18 @@ def _peer_change(pid: int, name: str, a: Netmap | None, b: Netmap | None) -> Pee
 def plan(old: MeshState, new: MeshState, compiler: PolicyCompiler | None = None) -> Plan:
     """What moving from `old` to `new` changes. `compiler` holds `old` compiled (the hub's):
     it is moved to `new` and back, two incremental changes instead of a full compile of
-    `old` (at 550,000 peers 0.3 s of CPU instead of 13)."""
-    borrowed = compiler is not None
+    `old` (at 550,000 peers 0.3 s of CPU instead of 13), and no pass over the peers when
+    `new` shares `old`'s (a policy file changes none)."""
     if compiler is None:
         compiler = PolicyCompiler(old)
-    before = dict(compiler.netmaps)
     try:
-        changed = compiler.update(new)
+        changed = compiler.apply(mesh_change(old, new))
         after = {pid: compiler.netmaps.get(pid) for pid in changed}
-    finally:
-        if borrowed:
-            compiler.update(old)
+        compiler.apply(mesh_change(new, old))
+    except BaseException:
+        compiler.update(old)  # however far a change got: back by a whole diff
+        raise
+    before = {pid: compiler.netmaps.get(pid) for pid in changed}
     def name(pid: int) -> str:
         return (new.peers.get(pid) or old.peers[pid]).name
 

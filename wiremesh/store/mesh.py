@@ -203,16 +203,17 @@ class MeshReader:
                 for row in await s.execute(_live_peers().where(Peer.id.in_(peer_ids))):
                     peers[row[0]] = _peer_info(row)
                     self._hold_credential(row)
-                for gone in peer_ids - peers.keys():
+                alive = set(peers)
+                for gone in peer_ids - alive:
                     peers[gone] = None
                     self._drop_credential(gone)
                 member_of: dict[str, set[int]] = {}
                 for pid, g in await s.execute(
                         select(GroupMember.peer_id, Group.name)
                         .join(Group, Group.id == GroupMember.group_id)
-                        .where(GroupMember.peer_id.in_(peers.keys()))):
+                        .where(GroupMember.peer_id.in_(alive))):
                     member_of.setdefault(g, set()).add(pid)
-                users_of = await _user_groups(s, set(peers.keys()))
+                users_of = await _user_groups(s, alive)
                 if any(held.group(g) is None for g in users_of):
                     return None  # a provider group's first member: whole load
                 for g, pids in users_of.items():
@@ -223,9 +224,12 @@ class MeshReader:
                 for g in (was_in | member_of.keys()) - group_names:
                     m = held.group(g)
                     assert m is not None  # it names a changed peer, or is known (above)
-                    new = (m - peer_ids) | member_of.get(g, set())
-                    if new != m:
-                        groups[g] = frozenset(new)
+                    now_in = member_of.get(g, set())
+                    # Set operations on the changed peers only: `m` may hold 550,000.
+                    left = {pid for pid in peer_ids if pid in m and pid not in now_in}
+                    came = {pid for pid in now_in if pid not in m}
+                    if left or came:
+                        groups[g] = m.difference(left).union(came)
             if group_names:
                 found: dict[str, set[int]] = {g: set() for g in await s.scalars(
                     select(Group.name).where(Group.name.in_(group_names)))}
