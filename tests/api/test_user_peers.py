@@ -46,6 +46,11 @@ async def test_login_expiry_and_relogin_rotate_the_key_of_the_same_peer(api: Api
     # Out of its groups too, as a hub loading the whole store would have it.
     assert pid not in api.hub.state.groups["idp.eng"]
     assert api.hub.state == (await api.store.mesh.load_state())[1]
+    # A group read whole (created, here) counts only live members too.
+    await api.store.groups.create("t", "later", ["laptop"])
+    await api.hub.refresh()
+    assert api.hub.state.groups["later"] == frozenset()
+    assert api.hub.state == (await api.store.mesh.load_state())[1]
     # Alice logs in on it again: same peer and address, new key pair, back in the mesh.
     new_key = pub()
     again = await _enrol(api, await api.store.users.login_key(user, "laptop"), new_key)

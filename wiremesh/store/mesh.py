@@ -233,10 +233,13 @@ class MeshReader:
             if group_names:
                 found: dict[str, set[int]] = {g: set() for g in await s.scalars(
                     select(Group.name).where(Group.name.in_(group_names)))}
+                # Live members only, as a whole load counts them.
                 for g, pid in await s.execute(
                         select(Group.name, GroupMember.peer_id)
                         .join(GroupMember, GroupMember.group_id == Group.id)
-                        .where(Group.name.in_(group_names))):
+                        .join(Peer, Peer.id == GroupMember.peer_id)
+                        .outerjoin(User, User.id == Peer.user_id)
+                        .where(Group.name.in_(group_names), _live())):
                     found[g].add(pid)
                 for g in group_names:
                     if g not in found:
