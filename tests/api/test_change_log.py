@@ -168,6 +168,31 @@ async def test_a_hub_that_missed_trimmed_changes_reloads_whole(db_url: str) -> N
         await assert_as_fresh(b)
 
 
+async def test_a_policy_apply_logs_by_name_only_what_it_changed(db_url: str) -> None:
+    async with replicas(db_url, 1) as [r]:
+        ssh = Policy("ssh", (ALL_GROUP,), (ALL_GROUP,), "tcp", (PortRange(22, 22),))
+        dns = Policy("dns", (ALL_GROUP,), (ALL_GROUP,), "udp", (PortRange(53, 53),))
+
+        async def logged(rev: int) -> set[tuple[str, str]]:
+            async with r.store.db.reads() as s:
+                return set((await s.execute(select(ChangeRow.kind, ChangeRow.ref).where(
+                    ChangeRow.revision == rev))).all())
+
+        await r.store.policies.replace("t", {}, [ssh, dns], None, "t")
+        await r.hub.refresh()
+        rev = await r.store.policies.replace(
+            "t", {}, [ssh, replace(dns, ports=(PortRange(54, 54),))], None, "t")
+        assert await logged(rev) == {("policies", "dns")}
+        rev = await r.store.policies.replace("t", {}, [ssh], None, "t")
+        assert await logged(rev) == {("policies", "dns")}
+        # The same file again: nothing changed, no revision.
+        assert await r.store.policies.replace("t", {}, [ssh], None, "t") == rev
+        assert await r.store.changes.revision() == rev
+        await r.hub.refresh()
+        assert r.hub.full_loads == 1
+        await assert_as_fresh(r)
+
+
 async def test_a_policy_change_logged_without_names_reloads_whole(db_url: str) -> None:
     """Earlier versions logged policy and route changes with no name: any of them."""
     async with replicas(db_url, 1) as [r]:
