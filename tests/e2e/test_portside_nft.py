@@ -68,15 +68,14 @@ TRANSPORT = "04000000" + "00" * 28  # a WireGuard transport data message
 
 def _chains(host: Host) -> dict[str, list[str]]:
     """family of the side table -> the devices its chain is bound to ([] on the input hook).
-    From nft's text: its JSON leaves out the devices of a multi-device chain (1.0.6)."""
+    From nft's text: its JSON leaves out the devices of a multi-device chain (1.0.6). One
+    listing of the whole ruleset: the agent may move the table between two listings."""
     found = {}
-    for line in host.run(["nft", "list", "tables"]).stdout.splitlines():
-        family, name = line.split()[1:3]
-        if name == TABLE:
-            text = host.run(["nft", "list", "table", family, TABLE]).stdout
-            m = re.search(r"devices? = \{ ([^}]*) \}|device \"?([^\" ;]+)", text)
-            devs = (m.group(1) or m.group(2)).replace('"', "").split(", ") if m else []
-            found[family] = sorted(devs)
+    ruleset = host.run(["nft", "list", "ruleset"]).stdout
+    for table in re.finditer(rf"^table (\S+) {TABLE} \{{$(.*?)^\}}", ruleset, re.M | re.S):
+        m = re.search(r"devices? = \{ ([^}]*) \}|device \"?([^\" ;]+)", table.group(2))
+        devs = (m.group(1) or m.group(2)).replace('"', "").split(", ") if m else []
+        found[table.group(1)] = sorted(devs)
     return found
 
 
