@@ -126,15 +126,14 @@ class NetmapHub:
     async def _refresh(self) -> set[int]:
         started = time.monotonic()
         compiler = self.compiler
-        since = None
-        if compiler is not None:
-            since = await self.store.load_since(self.revision, compiler)
-            if since is not None and since[0] == self.revision:
-                return set()
-        t_loaded = time.monotonic()
+        since = None if compiler is None else await self.store.load_since(self.revision,
+                                                                          compiler)
         if compiler is not None and since is not None:
-            rev = since[0]
-            touched = await asyncio.to_thread(compiler.apply, since[1])
+            rev, change = since
+            if rev == self.revision:
+                return set()
+            t_loaded = time.monotonic()
+            touched = await asyncio.to_thread(compiler.apply, change)
         else:
             rev, state = await self.store.load_state()
             self.full_loads += 1
