@@ -57,8 +57,13 @@ class Discovery:
         self.misses = 0
 
     async def _stun_server(self) -> tuple[str, int] | None:
-        host = urlsplit(self.cfg.server).hostname
-        if self.side is None or self.stun_port is None or not host:
+        """The replica the agent talks to now (not the first one given: it may be the one
+        that died), at the next of its name's addresses after each unanswered measurement
+        (one name for several replicas: the first address may be the dead one's)."""
+        if self.side is None or self.stun_port is None:
+            return None
+        host = urlsplit(self.client.server).hostname
+        if not host:
             return None
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
@@ -66,7 +71,7 @@ class Discovery:
         except OSError as e:
             log.warning("cannot resolve the server %s for STUN: %s", host, e)
             return None
-        return str(infos[0][4][0]), self.stun_port
+        return str(infos[self.misses % len(infos)][4][0]), self.stun_port
 
     async def candidates(self) -> Candidates:
         port = self.cfg.listen_port
