@@ -66,6 +66,7 @@ from wiremesh.core.wire import (
     Netmap,
     PingMessage,
     agent_mac_key,
+    enroll_proof,
     open_line,
     parse_message,
     verify_stream_key,
@@ -179,8 +180,9 @@ class Sim:
 class Load:
     """One load process's agents, and what they saw (reported to the controller)."""
 
-    def __init__(self, urls: list[str], ca_file: str, expect_peers: int) -> None:
-        self.urls = urls
+    def __init__(self, urls: list[str], ca_file: str, expect_peers: int,
+                 stream_key: str) -> None:
+        self.urls, self.stream_key = urls, stream_key
         self.ctx = ssl.create_default_context(cafile=ca_file)
         self.expect_peers = expect_peers
         self.events: list[tuple[float, int, str]] = []  # (time, agent, full|delta|deleted|..)
@@ -193,12 +195,15 @@ class Load:
 
     async def enrol(self, sim: Sim) -> None:
         backoff = 0.5
+        # The proof of the private key that lets a retry (the answer lost) get its peer.
+        sim.mac_key = agent_mac_key(sim.private, self.stream_key)
+        proof = enroll_proof(sim.mac_key, sim.setup_key)
         while True:
             asked = time.time()
             try:
                 got = await post_json(self.urls[sim.home], self.ctx, "/api/v1/enroll", {
                     "setup_key": sim.setup_key, "public_key": sim.public,
-                    "hostname": f"s{sim.idx}",
+                    "hostname": f"s{sim.idx}", "proof": proof,
                     "endpoints": [f"192.0.2.{1 + sim.idx % 250}:{20000 + sim.idx % 40000}"]})
                 break
             except (OSError, HttpError, ValueError, asyncio.IncompleteReadError) as e:
@@ -209,7 +214,8 @@ class Load:
         sim.token, sim.server_key = got["token"], got["server_key"]["public_key"]
         verify_stream_key(sim.server_key, got["server_key"]["stream_key"],
                           got["server_key"]["stream_key_sig"])
-        sim.mac_key = agent_mac_key(sim.private, got["server_key"]["stream_key"])
+        if got["server_key"]["stream_key"] != self.stream_key:
+            raise SystemExit("a replica answered with another stream key than the first")
 
     async def follow(self, sim: Sim) -> None:
         """Hold the stream, moving to the next replica (after a jittered back-off) when it
@@ -301,7 +307,7 @@ def load_main(conf: dict[str, Any], out: Any) -> None:
     with contextlib.suppress(ImportError):
         import uvloop
         uvloop.install()
-    load = Load(conf["urls"], conf["ca_file"], conf["expect_peers"])
+    load = Load(conf["urls"], conf["ca_file"], conf["expect_peers"], conf["stream_key"])
     load.sims = [Sim(i, key, home) for i, key, home in conf["agents"]]
 
     async def report() -> None:
@@ -496,14 +502,15 @@ def _queue_worker(w: int, conf: dict[str, Any], q: Any) -> None:
     load_main(conf, Tagged())
 
 
-def start_load(urls: list[str], ca_file: Path, agents: list[tuple[int, str, int]],
-               workers: int, concurrency: int, expect_peers: int, procs: list[Any]) -> Feed:
+def start_load(urls: list[str], ca_file: Path, stream_key: str,
+               agents: list[tuple[int, str, int]], workers: int, concurrency: int,
+               expect_peers: int, procs: list[Any]) -> Feed:
     """Start the load processes, each put into `procs` as soon as it runs."""
     ctx = mp.get_context("fork")
     q, settled = ctx.Queue(), ctx.Event()
     for w in range(workers):
         conf = {"urls": urls, "ca_file": str(ca_file), "agents": agents[w::workers],
-                "settled": settled,
+                "settled": settled, "stream_key": stream_key,
                 "concurrency": max(1, concurrency // workers), "expect_peers": expect_peers}
         p = ctx.Process(target=_queue_worker, args=(w, conf, q), daemon=True)
         p.start()
@@ -721,7 +728,8 @@ def run_mesh(args: argparse.Namespace, work: Path, db_url: str, n: int, replicas
             agents = [(i, key, i % replicas_n) for i in range(n)]
         console.print(f"{replicas_n} server(s) up; {n} simulated agents enrol "
                       f"({args.workers} load processes) ...")
-        feed = start_load([r.url for r in replicas], ca_file, agents, args.workers,
+        stream_key = admin.get("/api/v1/server-key").json()["stream_key"]
+        feed = start_load([r.url for r in replicas], ca_file, stream_key, agents, args.workers,
                           args.concurrency, 0 if org is not None else n - 1, procs)
         cpu0 = _cpu(replicas, procs)
         enrol_all(feed, n, fig, timeout=max(600, n / 2))

@@ -9,12 +9,21 @@ import pytest
 from sqlalchemy import update
 
 from tests.conftest import ApiEnv
+from wiremesh.core.wire import agent_mac_key, enroll_proof
 from wiremesh.store.tables import SetupKey
 from wiremesh.wg.keys import generate_private_key, public_key_of
 
 
 def pub() -> str:
     return public_key_of(generate_private_key())
+
+
+async def proven_body(api: ApiEnv, setup_key: str, hostname: str = "h") -> dict[str, str]:
+    """An enrolment body with the proof that the caller holds the private key."""
+    private = generate_private_key()
+    stream_key = (await api.client.get("/api/v1/server-key")).json()["stream_key"]
+    return {"setup_key": setup_key, "public_key": public_key_of(private), "hostname": hostname,
+            "proof": enroll_proof(agent_mac_key(private, stream_key), setup_key)}
 
 
 async def make_key(api: ApiEnv, **kw) -> dict:

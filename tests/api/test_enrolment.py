@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from tests.api.test_api import enroll, field_of, make_key, pub
+from tests.api.test_api import enroll, field_of, make_key, proven_body, pub
 from tests.conftest import ApiEnv
 from wiremesh.core.ipam import address_at, index_of
 from wiremesh.store.common import now
@@ -19,7 +19,7 @@ async def test_retried_enrolment_returns_the_same_peer(api: ApiEnv) -> None:
     # A client that timed out after the server committed asks again: same peer, a fresh
     # token, and the one-off key is not spent twice.
     k = await make_key(api)
-    body = {"setup_key": k["key"], "public_key": pub(), "hostname": "h"}
+    body = await proven_body(api, k["key"])
     first = await api.client.post("/api/v1/enroll", json=body)
     again = await api.client.post("/api/v1/enroll", json={**body, "hostname": "other"})
     assert first.status_code == 201 and again.status_code == 201, again.text
@@ -38,9 +38,29 @@ async def test_retried_enrolment_returns_the_same_peer(api: ApiEnv) -> None:
     assert (await enroll(api, k["key"])).status_code == 403
 
 
+async def test_a_retry_without_the_private_key_takes_over_nothing(api: ApiEnv) -> None:
+    # Public keys are in every netmap: someone else holding the same shared setup key must
+    # not get the peer's credential by "retrying" its enrolment, with no proof or with a
+    # proof made for another setup key, and the peer's own token keeps working.
+    k, other = await make_key(api, reusable=True), await make_key(api, reusable=True)
+    body = await proven_body(api, k["key"], "bob")
+    first = await api.client.post("/api/v1/enroll", json=body)
+    assert first.status_code == 201, first.text
+    stolen = {**body, "hostname": "mallory"}
+    del stolen["proof"]
+    replayed = {**body, "setup_key": other["key"]}  # bob's proof is for the first key only
+    forged = {**body, "proof": (await proven_body(api, k["key"]))["proof"]}  # someone else's
+    for attempt in (stolen, replayed, forged):
+        r = await api.client.post("/api/v1/enroll", json=attempt)
+        assert r.status_code == 409 and field_of(r) == ["public_key"], r.text
+    assert await api.store.peers.for_token(first.json()["token"]) is not None
+    r = await api.client.post("/api/v1/enroll", json={**body, "proof": "not base64 at all!"})
+    assert r.status_code == 409
+
+
 async def test_retry_refused_with_another_key_or_too_late_or_revoked(api: ApiEnv) -> None:
     k1, k2 = await make_key(api, reusable=True), await make_key(api, reusable=True)
-    body = {"setup_key": k1["key"], "public_key": pub(), "hostname": "h"}
+    body = await proven_body(api, k1["key"])
     assert (await api.client.post("/api/v1/enroll", json=body)).status_code == 201
     r = await api.client.post("/api/v1/enroll", json={**body, "setup_key": k2["key"]})
     assert r.status_code == 409 and field_of(r) == ["public_key"]

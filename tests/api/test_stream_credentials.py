@@ -5,7 +5,7 @@ hub's next refresh. Admission comes before the credential check."""
 
 from __future__ import annotations
 
-from tests.api.test_api import make_key, pub
+from tests.api.test_api import make_key, proven_body
 from tests.conftest import ApiEnv
 from wiremesh.server.admission import Openings
 
@@ -14,7 +14,7 @@ STREAM = "/api/v1/agent/netmap"
 
 async def test_a_reissued_or_deleted_token_stops_opening_streams(api: ApiEnv) -> None:
     k = await make_key(api)
-    body = {"setup_key": k["key"], "public_key": pub(), "hostname": "h"}
+    body = await proven_body(api, k["key"])
     first = (await api.client.post("/api/v1/enroll", json=body)).json()
     await api.hub.refresh()
     assert api.hub.credential(first["token"]) == (first["peer_id"], body["public_key"])

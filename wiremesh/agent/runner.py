@@ -57,6 +57,7 @@ from wiremesh.core.wire import (
     Netmap,
     StreamMessage,
     agent_mac_key,
+    enroll_proof,
     fingerprint,
     open_line,
     parse_message,
@@ -108,6 +109,8 @@ async def enroll_peer(
         "endpoints": endpoints,
     }
     stream_key = _stream_key(identity, pinned)
+    if stream_key is not None:
+        body["proof"] = enroll_proof(agent_mac_key(private, stream_key), setup_key)
     got = await enroll(server, body, trust)
     if got.get("server_key", {}).get("public_key") != pinned:
         raise ServerRefused("the enrolment answer names another server key than the server "

@@ -562,6 +562,19 @@ def agent_mac_key(private_key: str, stream_key: str) -> bytes:
                     key_bytes(stream_key))
 
 
+# An enrolment carries `proof`: a MAC under the same agreed key over the setup key it
+# uses, which only the holder of the enrolled public key's private key can make. Public
+# keys are no secret (every netmap lists them), so without it anyone holding a shared setup
+# key could "retry" another peer's enrolment and be handed that peer's credential.
+ENROLL_PROOF_CONTEXT = b"wiremesh enroll proof v1\0"
+
+
+def enroll_proof(mac_key: bytes, setup_key: str) -> str:
+    """The proof (base64) an agent with MAC key `mac_key` sends with its enrolment."""
+    return base64.b64encode(hmac.digest(
+        mac_key, ENROLL_PROOF_CONTEXT + setup_key.encode(), "sha256")).decode()
+
+
 def verify_stream_key(server_key: str, stream_key: str, signature: str) -> None:
     """Raises BadMessage unless `stream_key` is bound to the signing key `server_key`."""
     try:
@@ -618,6 +631,14 @@ class Signer:
     def _agree_mac_key(self, peer_key: str) -> bytes:
         raw = key_bytes(peer_key)
         return _mac_key(self._stream, raw, raw, self._stream_raw)
+
+    def proves(self, peer_key: str, setup_key: str, proof: str) -> bool:
+        """Did the holder of `peer_key`'s private key make enrolment proof `proof`?"""
+        try:
+            expected = enroll_proof(self.mac_key(peer_key), setup_key)
+        except BadMessage:
+            return False
+        return hmac.compare_digest(expected.encode(), proof.encode())
 
     def seal_mac(self, peer_key: str, body: bytes) -> bytes:
         """Like `seal`, authenticated with the peer's MAC key instead of a signature."""

@@ -65,9 +65,12 @@ def _observed(request: Request, endpoints: list[str]) -> list[str]:
 
 @router.post("/enroll", status_code=201, response_model=EnrollResponse)
 async def enroll(body: EnrollRequest, request: Request) -> EnrollResponse:
+    signer = request.app.state.hub.signer
     got = await request.app.state.enrolments.submit(NewPeer(
         body.setup_key, body.public_key, body.hostname, body.listen_port,
-        _observed(request, body.endpoints)))
+        _observed(request, body.endpoints),
+        proven=body.proof is not None and signer.proves(body.public_key, body.setup_key,
+                                                        body.proof)))
     metrics.ENROLMENTS.inc()
     request.app.state.hub.poke()
     return EnrollResponse(peer_id=got.peer.id, name=got.peer.name,

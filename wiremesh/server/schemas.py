@@ -53,6 +53,11 @@ class EnrollRequest(Strict):
     hostname: PeerName
     listen_port: int = Field(51820, ge=1, le=65535)
     endpoints: list[Endpoint] = Field(default_factory=list, max_length=16)
+    proof: str | None = Field(
+        None, max_length=64,
+        description="base64 HMAC proving the private key of `public_key` (core/wire.py "
+                    "`enroll_proof`); without it, a retry of an enrolment that went through "
+                    "is refused")
 
 
 class ServerKeyOut(BaseModel):

@@ -39,6 +39,7 @@ class NewPeer:
     hostname: str
     listen_port: int
     endpoints: list[str]
+    proven: bool = False  # the request proved it holds the private key (a retry must)
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,11 @@ class Enrolled:
     note: str | None = None  # why the peer's name is not the one it asked for
 
 
-def _again(peer: Peer, key: SetupKey | None, key_hash: str) -> bool:
-    """Is this the retry of the enrolment that made `peer` (same key pair, same setup key)?"""
+def _again(peer: Peer, key: SetupKey | None, key_hash: str, proven: bool) -> bool:
+    """Is this the retry of the enrolment that made `peer` (same key pair, proven, same
+    setup key)?"""
     created = aware(peer.created_at)
-    return (key is not None and same_secret(key.key_hash, key_hash)
+    return (proven and key is not None and same_secret(key.key_hash, key_hash)
             and peer.setup_key_id == key.id and not key.revoked
             and created is not None and now() - created <= RETRY_WINDOW)
 
@@ -93,7 +95,7 @@ class Enrolment:
             for req, h in zip(reqs, hashes, strict=True):
                 key = keys.get(h)
                 before = existing.get(req.public_key)
-                if before is not None and _again(before, key, h):
+                if before is not None and _again(before, key, h, req.proven):
                     # Same peer, fresh token (the first one never reached the client); the
                     # key is not spent again.
                     token = new_secret("wmp")
