@@ -38,8 +38,13 @@ async def test_create_list_revoke_and_audit(api: ApiEnv) -> None:
     assert r.status_code == 200 and r.json()["revoked_at"] is not None
     r = await api.client.get("/api/v1/peers", headers=bearer(t["token"]))
     assert r.status_code == 401 and "revoked" in r.json()["detail"]
-    assert (await api.client.delete("/api/v1/admin-tokens/ci",
+    r = await api.client.delete("/api/v1/admin-tokens/ci", headers=api.admin)
+    assert r.status_code == 409 and "already revoked" in r.json()["detail"], r.text
+    assert (await api.client.delete("/api/v1/admin-tokens/nosuch",
                                     headers=api.admin)).status_code == 404
+    # A revoked token's name stays its own: the audit log's admin:ci names one token.
+    r = await api.client.post("/api/v1/admin-tokens", json={"name": "ci"}, headers=api.admin)
+    assert r.status_code == 409 and "never reused" in r.json()["detail"], r.text
     audit = (await api.client.get("/api/v1/audit", headers=api.admin)).json()
     seen = [(e["actor"], e["action"]) for e in audit]
     assert ("admin:initial", "admin_token.create") in seen

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wiremesh.store import audit
-from wiremesh.store.common import hash_secret, new_secret, now, same_secret
+from wiremesh.store.common import aware, hash_secret, new_secret, now, same_secret
 from wiremesh.store.database import Database
 from wiremesh.store.errors import Conflict, NotFound
 from wiremesh.store.tables import AdminToken, User
@@ -35,9 +35,15 @@ class AdminTokens:
 
     async def create(self, actor: str, name: str, role: str) -> tuple[AdminToken, str]:
         async with self.db.tx() as s:
-            if await s.scalar(select(AdminToken.id).where(
-                    AdminToken.name == name, AdminToken.revoked_at.is_(None))) is not None:
+            same = await s.scalar(select(AdminToken).where(AdminToken.name == name).limit(1))
+            if same is not None and same.revoked_at is None:
                 raise Conflict(f"an admin token named {name!r} already exists", "name")
+            if same is not None:
+                # The audit log names a token's actions `admin:NAME`: a name used again
+                # would make the revoked token's entries read as the new one's.
+                raise Conflict(f"an admin token named {name!r} existed (revoked): names "
+                               "are never reused, so the audit log's admin:NAME names one "
+                               "token; choose another name", "name")
             row, token = new_admin_token(name, role)
             s.add(row)
             audit.record(s, actor, "admin_token.create", name=name, role=role)
@@ -49,10 +55,13 @@ class AdminTokens:
 
     async def revoke(self, actor: str, name: str) -> AdminToken:
         async with self.db.tx() as s:
-            row = await s.scalar(select(AdminToken).where(
-                AdminToken.name == name, AdminToken.revoked_at.is_(None)))
+            row = await s.scalar(select(AdminToken).where(AdminToken.name == name).order_by(
+                AdminToken.revoked_at.is_(None).desc()).limit(1))
             if row is None:
                 raise NotFound(f"no admin token named {name!r}", "name")
+            if row.revoked_at is not None:
+                raise Conflict(f"admin token {name!r} is already revoked (at "
+                               f"{aware(row.revoked_at):%Y-%m-%d %H:%M:%S %Z})", "name")
             if row.role == "admin" and not await _other_admins(s, row.id):
                 # Nothing could administer the mesh any more: the initial token is printed
                 # only for an empty store.
