@@ -259,3 +259,52 @@ def test_up_refuses_a_name_dns_cannot_carry_before_enrolling(tmp_path: Path, odd
     line = one_line_error(["up", "--server", url, "--setup-key", "wmk_x", "--state-dir",
                            str(tmp_path), "--name", name])
     assert line.startswith(f"error: --name: bad peer name '{name}'") and asked == [], line
+
+
+def _problem(detail: str, *errors: dict) -> tuple[int, str, bytes]:
+    body = {"type": "about:blank", "title": "t", "status": 422, "detail": detail}
+    return 422, "application/problem+json", json.dumps({**body, "errors": list(errors)}).encode()
+
+
+def test_server_text_in_an_error_is_printed_as_given(odd_server) -> None:
+    # Brackets in what the server says are no markup: '[x]' and '[/]' come out intact.
+    url, answers, _ = odd_server
+    answers.append(_problem("no group '[x]' in [/] [bold]y", {"message": "no group '[x]'"}))
+    line = one_line_error(["groups", "list", "--server", url, "--token", "wma_x"])
+    assert line == "error: no group '[x]' in [/] [bold]y (HTTP 422)"
+
+
+def test_each_fault_of_an_error_answer_is_shown(odd_server) -> None:
+    # Only the detail was printed: "2 policy test(s) failed; nothing was changed", not which.
+    url, answers, _ = odd_server
+    answers.append(_problem(
+        "2 policy test(s) failed; nothing was changed",
+        {"line": 7, "field": "tests", "message": "line 7: a -> b tcp/22, got deny: [devs]"},
+        {"field": "name", "message": "bad\n  name"}))
+    res = runner.invoke(app, ["policy", "matrix", "--server", url, "--token", "wma_x"])
+    assert res.exit_code == 2 and res.stdout == ""
+    assert res.stderr.splitlines() == [
+        "error: 2 policy test(s) failed; nothing was changed (HTTP 422)",
+        "  line 7: tests: a -> b tcp/22, got deny: [devs]", "  name: bad name"]
+    # --json: the problem body on stdout too, for scripts.
+    res = runner.invoke(app, ["policy", "matrix", "--server", url, "--token", "wma_x",
+                              "--json"])
+    assert res.exit_code == 2 and len(json.loads(res.stdout)["errors"]) == 2
+
+
+def test_faults_the_detail_already_says_are_not_repeated(odd_server) -> None:
+    url, answers, _ = odd_server
+    answers.append(_problem("name: too long; role: bad", {"field": "name", "message": "too long"},
+                            {"field": "role", "message": "bad"}))
+    line = one_line_error(["tokens", "create", "t", "--server", url, "--token", "wma_x"])
+    assert line == "error: name: too long; role: bad (HTTP 422)"
+
+
+def test_server_text_in_a_table_is_printed_as_given(odd_server) -> None:
+    # Every console prints without markup: a '[web]' in a name or note stays (it vanished).
+    url, answers, _ = odd_server
+    entry = {"at": "t", "actor": "[admin]", "action": "x", "detail": "[bold]groups [web]"}
+    answers.append((200, "application/json", json.dumps([entry]).encode()))
+    res = runner.invoke(app, ["audit", "--server", url, "--token", "wma_x"])
+    assert res.exit_code == 0, res.output
+    assert "[admin]" in res.stdout and "[bold]groups [web]" in res.stdout

@@ -16,6 +16,7 @@ from wiremesh.cli.common import (
     console,
     print_json,
     print_table,
+    print_text,
     segment,
 )
 
@@ -43,16 +44,16 @@ def keys_create(
     ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Create a setup key; its secret is shown only now."""
-    k = Api(server, token, ca_file, insecure).call("POST", "/setup-keys", json={
+    k = Api(server, token, ca_file, insecure, as_json).call("POST", "/setup-keys", json={
         "name": name, "reusable": reusable, "usage_limit": usage_limit,
         "expires_in_s": expires_in, "auto_groups": group, "peer_name": peer_name,
         "role": role})
     if as_json:
         print_json(k)
     else:
-        console.print(f"setup key [bold]{k['name']}[/] (id {k['id']}): {k['key']}\n"
-                      f"server fingerprint: {k['server_fingerprint']}  (wiremesh up "
-                      f"--server-fingerprint {k['server_fingerprint']})", highlight=False)
+        print_text("setup key ", (k["name"], "bold"), f" (id {k['id']}): {k['key']}\n"
+                   f"server fingerprint: {k['server_fingerprint']}  (wiremesh up "
+                   f"--server-fingerprint {k['server_fingerprint']})")
 
 
 @keys_app.command("list")
@@ -60,7 +61,7 @@ def keys_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
               ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
               as_json: bool = JsonOpt) -> None:
     """List setup keys (secrets are never shown again, only their prefix)."""
-    keys = Api(server, token, ca_file, insecure).call("GET", "/setup-keys", expect=list)
+    keys = Api(server, token, ca_file, insecure, as_json).call("GET", "/setup-keys", expect=list)
     if as_json:
         print_json(keys)
         return
@@ -88,13 +89,12 @@ def tokens_create(
     ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Create an admin token; its secret is shown only now."""
-    t = Api(server, token, ca_file, insecure).call("POST", "/admin-tokens",
+    t = Api(server, token, ca_file, insecure, as_json).call("POST", "/admin-tokens",
                                                    json={"name": name, "role": role})
     if as_json:
         print_json(t)
     else:
-        console.print(f"admin token [bold]{t['name']}[/] ({t['role']}): {t['token']}",
-                      highlight=False)
+        print_text("admin token ", (t["name"], "bold"), f" ({t['role']}): {t['token']}")
 
 
 @tokens_app.command("list")
@@ -102,7 +102,8 @@ def tokens_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
                 ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
                 as_json: bool = JsonOpt) -> None:
     """List admin tokens (never their secrets)."""
-    tokens = Api(server, token, ca_file, insecure).call("GET", "/admin-tokens", expect=list)
+    tokens = Api(server, token, ca_file, insecure, as_json).call("GET", "/admin-tokens",
+                                                                 expect=list)
     if as_json:
         print_json(tokens)
         return
@@ -125,7 +126,7 @@ def peers_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
                ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
                as_json: bool = JsonOpt) -> None:
     """List peers."""
-    peers = Api(server, token, ca_file, insecure).call("GET", "/peers", expect=list)
+    peers = Api(server, token, ca_file, insecure, as_json).call("GET", "/peers", expect=list)
     if as_json:
         print_json(peers)
         return
@@ -176,7 +177,7 @@ def groups_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
                 ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
                 as_json: bool = JsonOpt) -> None:
     """List groups and their members."""
-    groups = Api(server, token, ca_file, insecure).call("GET", "/groups", expect=list)
+    groups = Api(server, token, ca_file, insecure, as_json).call("GET", "/groups", expect=list)
     if as_json:
         print_json(groups)
         return

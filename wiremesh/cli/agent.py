@@ -25,6 +25,7 @@ from wiremesh.cli.common import (
     InsecureOpt,
     console,
     fail,
+    print_text,
     server_trust,
     setup_logging,
     split_listen,
@@ -175,10 +176,9 @@ def _device_login(server: str, trust: Trust, name: str | None,
 
     def show(start: dict[str, object]) -> None:
         where = start.get("verification_uri_complete") or start.get("verification_uri")
-        # soft_wrap: a URL is never broken over lines (people and the lab copy it).
-        console.print(f"To connect this machine, open {where}\nand enter the code "
-                      f"[bold]{start.get('user_code')}[/] (waiting...)", highlight=False,
-                      soft_wrap=True)
+        # print_text never breaks a URL over lines (people and the lab copy it).
+        print_text(f"To connect this machine, open {where}\nand enter the code ",
+                   (str(start.get("user_code")), "bold"), " (waiting...)")
 
     hostname = name or socket.gethostname().split(".")[0]
     answer = asyncio.run(device_login(server, trust, hostname, show))

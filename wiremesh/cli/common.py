@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: admin API access, errors as one line with exit code 2, --json output."""
+"""Shared CLI plumbing: admin API access, errors as one line (then the server's faults, one a
+line) with exit code 2, --json output."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -14,8 +16,8 @@ from urllib.parse import quote
 import httpx
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from wiremesh.agent.connection import (
     INSECURE_HELP,
@@ -25,9 +27,11 @@ from wiremesh.agent.connection import (
     unreachable,
 )
 
-# No emoji codes: user input such as a fingerprint 'SHA256:abc:...' is printed as given.
-console = Console(emoji=False)
-err_console = Console(stderr=True, emoji=False)
+# Text is printed as given: no emoji codes (a fingerprint 'SHA256:abc:...' lost ':abc:') and no
+# markup, since most of what is printed comes from users or the server, where '[web]' is a
+# group list, not a style (it vanished). Style goes through print_text's (text, style) parts.
+console = Console(emoji=False, markup=False)
+err_console = Console(stderr=True, emoji=False, markup=False)
 
 ServerOpt = typer.Option(
     None, "--server", envvar="WIREMESH_SERVER", help="Server URL, e.g. https://mesh.example.org:8443"
@@ -44,10 +48,18 @@ InsecureOpt = typer.Option(False, "--insecure", help=INSECURE_HELP)
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table")
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    # soft_wrap: one line whatever the terminal width, so scripts and logs get it whole.
-    # The message often quotes user input; brackets in it (IPv6 URLs) are not markup.
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+def print_text(*parts: str | tuple[str, str], err: bool = False) -> None:
+    """Print `parts`, each plain text or a (text, style) pair, to stdout (stderr if `err`).
+    soft_wrap: each line whole whatever the terminal width, so scripts and logs get it."""
+    (err_console if err else console).print(Text.assemble(*parts), soft_wrap=True)
+
+
+def fail(message: str, code: int = 2, faults: Sequence[str] = ()) -> NoReturn:
+    """Print `message` as one error line, then each of `faults` on a line of its own, and
+    exit with `code`."""
+    print_text(("error:", "bold red"), " ", message, err=True)
+    for fault in faults:
+        print_text("  ", fault, err=True)
     raise typer.Exit(code)
 
 
@@ -85,8 +97,15 @@ def print_table(title: str, columns: list[str], rows: list[list[object]]) -> Non
     for c in columns:
         t.add_column(c)
     for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
+        t.add_row(*[_cell(v) for v in r])
     console.print(t)
+
+
+def _cell(value: object) -> str | Text:
+    """A table cell: styled Text as it is, None empty, anything else as plain text."""
+    if isinstance(value, Text):
+        return value
+    return "" if value is None else str(value)
 
 
 def _finite(obj: Any) -> Any:
@@ -124,8 +143,8 @@ def server_trust(server: str, ca_file: Path | None, insecure: bool) -> Trust:
     except TrustError as e:
         fail(str(e))
     if insecure:
-        err_console.print(f"[bold yellow]warning:[/] {INSECURE_WARNING.format(url=server)}",
-                          highlight=False, soft_wrap=True)
+        print_text(("warning:", "bold yellow"), " ", INSECURE_WARNING.format(url=server),
+                   err=True)
     return trust
 
 
@@ -139,10 +158,13 @@ def segment(value: str, what: str) -> str:
 
 
 class Api:
-    """Admin calls against a server; every failure becomes one clear line and exit code 2."""
+    """Admin calls against a server; every failure becomes one clear line and exit code 2.
+    With `as_json` (a command's --json) an error answer's problem body is also printed to
+    stdout as it came, faults (`errors`) and all, for scripts to read."""
 
     def __init__(self, server: str | None, token: str | None, ca_file: Path | None = None,
-                 insecure: bool = False) -> None:
+                 insecure: bool = False, as_json: bool = False) -> None:
+        self.as_json = as_json
         server = server or os.environ.get("WIREMESH_SERVER")
         if not server:
             fail("no server given: use --server URL or set WIREMESH_SERVER")
@@ -162,7 +184,7 @@ class Api:
         except httpx.HTTPError as e:
             fail(unreachable(url, e))
         if r.status_code >= 400:
-            fail(f"{_problem_detail(r)} (HTTP {r.status_code})")
+            self._refused(r)
         where = f"the answer of {url} to {method} /api/v1{path}"
         if 300 <= r.status_code < 400:  # its empty body is no success: nothing was done
             fail(f"{where} is a redirect to {r.headers.get('location', 'nowhere')} "
@@ -181,6 +203,13 @@ class Api:
                  "server?")
         return body
 
+    def _refused(self, r: httpx.Response) -> NoReturn:
+        problem = _problem(r)
+        if self.as_json and problem is not None:
+            print_json(problem)
+        detail = _problem_detail(r, problem)
+        fail(f"{detail} (HTTP {r.status_code})", faults=_faults(problem, detail))
+
 
 class _Answer(dict[str, Any]):
     """A JSON object the server answered; reading a field it lacks ends the command."""
@@ -193,14 +222,40 @@ class _Answer(dict[str, Any]):
         fail(f"{self.where} has no field {key!r}: is it a wiremesh server of this version?")
 
 
-def _problem_detail(r: httpx.Response) -> str:
-    """What an error answer says, on one line: its problem body's detail, else its text."""
+def _problem(r: httpx.Response) -> dict[str, Any] | None:
+    """An error answer's body, if it is a JSON object (a problem body, RFC 9457)."""
     try:
         body = r.json()
     except ValueError:
-        body = None
-    if isinstance(body, dict):
-        for key in ("detail", "title"):
-            if isinstance(body.get(key), str) and body[key]:
-                return str(body[key])
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _problem_detail(r: httpx.Response, problem: dict[str, Any] | None) -> str:
+    """What an error answer says, on one line: its problem body's detail, else its text."""
+    for key in ("detail", "title"):
+        if problem is not None and isinstance(problem.get(key), str) and problem[key]:
+            return str(problem[key])
     return " ".join(r.text.split())[:200] or r.reason_phrase
+
+
+def _faults(problem: dict[str, Any] | None, detail: str) -> list[str]:
+    """The problem body's `errors`, one line each ("line 3: field: message"); none when the
+    detail already says every one (the server joins a few faults into it, and names only
+    the first of many: "2 policy test(s) failed" said nothing of which)."""
+    errors = problem.get("errors") if problem is not None else None
+    if not isinstance(errors, list):
+        return []
+    faults = [e for e in errors if isinstance(e, dict)]
+    if all(str(e.get("message", "")) in detail for e in faults):
+        return []
+    return [_fault_line(e) for e in faults]
+
+
+def _fault_line(fault: dict[str, Any]) -> str:
+    message = " ".join(str(fault.get("message", "")).split())
+    where = f"line {fault['line']}: " if fault.get("line") is not None else ""
+    # A policy test's message names its line already: not "line 54: tests: line 54: ...".
+    message = message.removeprefix(where)
+    field = f"{fault['field']}: " if fault.get("field") else ""
+    return f"{where}{field}{message}"

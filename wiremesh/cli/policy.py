@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from wiremesh.cli.common import (
     Api,
@@ -17,6 +18,7 @@ from wiremesh.cli.common import (
     fail,
     print_json,
     print_table,
+    print_text,
     read_text,
     segment,
 )
@@ -37,7 +39,7 @@ def _print_plan(out: dict) -> None:
     if out["empty"]:
         console.print("no changes")
     for line in out["changes"]:
-        console.print(line, highlight=False)
+        print_text(line)
 
 
 @app.command("apply")
@@ -45,7 +47,8 @@ def apply(file: Path = FileArg, server: str | None = ServerOpt, token: str | Non
           ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
           as_json: bool = JsonOpt) -> None:
     """Validate FILE, run its tests, and replace the policy (all or nothing)."""
-    out = Api(server, token, ca_file, insecure).call("POST", "/policy/apply", json=_read(file))
+    out = Api(server, token, ca_file, insecure, as_json).call("POST", "/policy/apply",
+                                                             json=_read(file))
     if as_json:
         print_json(out)
         return
@@ -59,14 +62,24 @@ def apply(file: Path = FileArg, server: str | None = ServerOpt, token: str | Non
 def diff(file: Path = FileArg, server: str | None = ServerOpt, token: str | None = TokenOpt,
          ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
          as_json: bool = JsonOpt) -> None:
-    """Show what applying FILE would change and which peers it affects."""
-    out = Api(server, token, ca_file, insecure).call("POST", "/policy/diff", json=_read(file))
+    """Show what applying FILE would change, which peers it affects, and which of its tests
+    would fail.
+
+    Exit status: 0 if the file's tests pass, 1 if any would fail (apply would refuse the
+    file), 2 if it could not be checked (FILE unreadable or invalid, the server unreachable
+    or refusing).
+    """
+    out = Api(server, token, ca_file, insecure, as_json).call("POST", "/policy/diff",
+                                                             json=_read(file))
     if as_json:
         print_json(out)
-        return
-    _print_plan(out)
-    for f in out["test_failures"]:
-        console.print(f"[red]test would fail:[/] {f}", highlight=False)
+    else:
+        _print_plan(out)
+        for f in out["test_failures"]:
+            print_text(("test would fail:", "red"), " ", f)
+    # A failing test is a finding, not a failure to check: CI gates on it.
+    if out["test_failures"]:
+        raise typer.Exit(1)
 
 
 @app.command("export")
@@ -82,15 +95,16 @@ def matrix(server: str | None = ServerOpt, token: str | None = TokenOpt,
            ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
            as_json: bool = JsonOpt) -> None:
     """Who may open what to whom (rows: source, columns: destination)."""
-    out = Api(server, token, ca_file, insecure).call("GET", "/policy/matrix")
+    out = Api(server, token, ca_file, insecure, as_json).call("GET", "/policy/matrix")
     if as_json:
         print_json(out)
         return
     cell = {(p["src"], p["dst"]): ", ".join(
         a["proto"] + (":" + ",".join(a["ports"]) if a["ports"] else "") for a in p["allow"])
         for p in out["pairs"]}
+    deny = Text("deny", style="dim")
     print_table("reachability matrix (default deny)", ["from \\ to", *out["peers"]],
-                [[a, *["-" if a == b else cell.get((a, b), "[dim]deny[/]")
+                [[a, *["-" if a == b else cell.get((a, b), deny)
                        for b in out["peers"]]] for a in out["peers"]])
 
 
@@ -99,25 +113,61 @@ def explain(
     src: str = typer.Argument(..., help="Source peer (name or id)"),
     dst: str = typer.Argument(..., help="Destination peer (name or id), or an IPv4 address "
                               "outside the mesh (routes, exit nodes)"),
-    proto: str = typer.Option("all", "--proto", help="all, tcp, udp or icmp"),
-    port: int | None = typer.Option(None, "--port", min=1, max=65535),
+    proto: str = typer.Option(
+        "all", "--proto",
+        help="all (the default) asks whether SRC may open anything at all to DST: some "
+             "protocol on some port (with --port: tcp or udp to that port), so ALLOW does not "
+             "mean every protocol is; tcp, udp or icmp ask about that protocol only"),
+    port: int | None = typer.Option(
+        None, "--port", min=1, max=65535,
+        help="Destination port (tcp, udp, all); without it: some port, not every port"),
     server: str | None = ServerOpt, token: str | None = TokenOpt,
     ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Why can (or can't) SRC reach DST? Names the policies that allow it, or each reason."""
     if proto not in ("all", "tcp", "udp", "icmp"):
         fail(f"--proto {proto!r}: choose all, tcp, udp or icmp")
-    params: dict[str, str | int] = {"src": src, "dst": dst, "proto": proto}
+    api = Api(server, token, ca_file, insecure, as_json)
+    params: dict[str, str | int] = {"src": _peer_name(api, src), "dst": _peer_name(api, dst),
+                                    "proto": proto}
     if port is not None:
         params["port"] = port
-    out = Api(server, token, ca_file, insecure).call("GET", "/policy/explain", params=params)
+    out = api.call("GET", "/policy/explain", params=params)
     if as_json:
         print_json(out)
         return
-    console.print(("[green]ALLOW[/] " if out["allowed"] else "[red]DENY[/] ") + out["summary"],
-                  highlight=False)
+    print_text(("ALLOW", "green") if out["allowed"] else ("DENY", "red"),
+               f" {out['src']} -> {out['dst']} {_asked(proto, port)}: {_outcome(out)}")
     for v in out["verdicts"]:
-        console.print(f"  {v['policy']}: {v['verdict']} - {v['reason']}", highlight=False)
+        print_text(f"  {v['policy']}: {v['verdict']} - {v['reason']}")
+
+
+def _peer_name(api: Api, ref: str) -> str:
+    """The name of the peer `ref` names if it is an id, else `ref` as given: the server's
+    explain finds peers by name (or takes an address), where other commands take a name or
+    an id. Looked up as they do: by id first, then by name."""
+    if not (ref.isascii() and ref.isdigit()):
+        return ref
+    return str(api.call("GET", f"/peers/{segment(ref, 'PEER')}")["name"])
+
+
+def _asked(proto: str, port: int | None) -> str:
+    """What explain was asked, in words: "alice -> db1 all: allowed" read as "every
+    protocol", when an icmp-only policy was all that allowed it."""
+    if proto == "all":
+        return (f"tcp or udp port {port}" if port is not None
+                else "(anything: some protocol or port)")
+    if port is not None:
+        return f"{proto}/{port}"
+    return proto if proto == "icmp" else f"{proto} (some port)"
+
+
+def _outcome(out: dict) -> str:
+    if out["allowed"]:
+        return f"allowed by {', '.join(out['allowed_by'])}"
+    if not out["verdicts"]:
+        return "denied: there are no policies (default deny)"
+    return "denied: no policy allows it (default deny)"
 
 
 @routes_app.command("list")
@@ -125,7 +175,7 @@ def routes_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
                 ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
                 as_json: bool = JsonOpt) -> None:
     """List routes."""
-    routes = Api(server, token, ca_file, insecure).call("GET", "/routes", expect=list)
+    routes = Api(server, token, ca_file, insecure, as_json).call("GET", "/routes", expect=list)
     if as_json:
         print_json(routes)
         return
@@ -176,7 +226,7 @@ def audit(limit: int = typer.Option(50, "--limit", min=1), server: str | None = 
           ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
           as_json: bool = JsonOpt) -> None:
     """Show the audit log: who changed what, when (newest first)."""
-    entries = Api(server, token, ca_file, insecure).call(
+    entries = Api(server, token, ca_file, insecure, as_json).call(
             "GET", "/audit", expect=list, params={"limit": limit})
     if as_json:
         print_json(entries)

@@ -13,7 +13,7 @@ import typer
 from pydantic import ValidationError
 
 from wiremesh.agent.connection import reason
-from wiremesh.cli.common import console, fail, read_text, setup_logging, split_listen
+from wiremesh.cli.common import fail, print_text, read_text, setup_logging, split_listen
 from wiremesh.core.wire import (
     DEFAULT_MESH_DOMAIN,
     DEFAULT_MTU,
@@ -158,15 +158,15 @@ def server(
     secret = None if relay_secret_file is None else relay_secret(relay_secret_file)
 
     def show_token(token: str) -> None:
-        console.print(f"[bold]initial admin token (shown once):[/] {token}", highlight=False)
+        print_text(("initial admin token (shown once):", "bold"), f" {token}")
         if admin_token_file is not None:
             write_secret(admin_token_file, token)
 
     import uvicorn
 
     def show_fingerprint(fp: str) -> None:
-        console.print(f"[bold]server key fingerprint:[/] {fp}  (agents pin it: "
-                      "wiremesh up --server-fingerprint)", highlight=False)
+        print_text(("server key fingerprint:", "bold"),
+                   f" {fp}  (agents pin it: wiremesh up --server-fingerprint)")
 
     app = create_app(db, on_admin_token=show_token, on_fingerprint=show_fingerprint,
                      relay=not no_relay, relays=advertised,

@@ -26,7 +26,7 @@ def users_list(server: str | None = ServerOpt, token: str | None = TokenOpt,
                ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt,
                as_json: bool = JsonOpt) -> None:
     """List users, their role, groups and peers."""
-    users = Api(server, token, ca_file, insecure).call("GET", "/users", expect=list)
+    users = Api(server, token, ca_file, insecure, as_json).call("GET", "/users", expect=list)
     if as_json:
         print_json(users)
         return
