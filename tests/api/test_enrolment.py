@@ -138,3 +138,32 @@ async def test_peer_name_key_refusals(api: ApiEnv) -> None:
     held = await make_key(api, peer_name="free-again")
     await api.client.delete(f"/api/v1/setup-keys/{held['id']}", headers=api.admin)
     assert (await enroll(api, k["key"], "free-again")).json()["name"] == "free-again"
+
+
+async def test_names_differing_in_case_only_are_the_same_name(api: ApiEnv) -> None:
+    # DNS ignores case: a peer enrolled as WEB1 beside web1 would answer for web1's name.
+    k = await make_key(api, reusable=True)
+    a = (await enroll(api, k["key"], "web1")).json()
+    b = (await enroll(api, k["key"], "WEB1")).json()
+    assert a["name"] == "web1" and b["name"] == "web1-2" and "'web1' is taken" in b["note"]
+    c = (await enroll(api, k["key"], "Laptop")).json()
+    assert c["name"] == "laptop"
+    r = await api.client.patch("/api/v1/peers/laptop", json={"name": "WEB1"}, headers=api.admin)
+    assert r.status_code == 409 and field_of(r) == ["name"], r.text
+    r = await api.client.post("/api/v1/setup-keys", json={"name": "k2", "peer_name": "WEB1-2"},
+                              headers=api.admin)
+    assert r.status_code == 409, r.text  # web1-2 is taken
+    r = await api.client.post("/api/v1/setup-keys", json={"name": "k3", "peer_name": "WEB2"},
+                              headers=api.admin)
+    assert r.status_code == 201 and r.json()["peer_name"] == "web2", r.text
+
+
+async def test_an_all_digit_name_is_refused_it_would_read_as_a_peer_id(api: ApiEnv) -> None:
+    k = await make_key(api, reusable=True)
+    a = (await enroll(api, k["key"], "web")).json()
+    for bad in ("3", str(a["peer_id"])):
+        r = await enroll(api, k["key"], bad)
+        assert r.status_code == 422 and field_of(r) == ["hostname"] and "peer id" in r.text
+        r = await api.client.patch("/api/v1/peers/web", json={"name": bad}, headers=api.admin)
+        assert r.status_code == 422 and field_of(r) == ["name"], r.text
+    assert (await enroll(api, k["key"], "3com")).json()["name"] == "3com"

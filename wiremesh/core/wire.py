@@ -7,7 +7,10 @@ anything else with a message naming the bad value):
 - `WgKey`: a WireGuard public key as `wg` prints it. It must be the canonical base64 of its 32
   bytes, so the same key can never be stored twice written differently; all-zero is refused.
 - `Endpoint`: `IP`, `IP:PORT` or `[IPv6]:PORT`, ASCII only, in canonical form (`1.2.3.4:5`,
-  `[fd00::1]:5`); an IPv6 address without a port is written bare.
+  `[fd00::1]:5`); an IPv6 address without a port is written bare. Any address WireGuard
+  can be given (the agent's relay link gives it a loopback socket of its own).
+- `PeerEndpoint`: an `Endpoint` other peers can be sent to (`check_peer_endpoint`): what a
+  peer reports and a netmap lists. A bare address means the peer's listen port.
 - `Prefix`: an IP network with no host bits set, canonical (`198.18.0.0/16`).
 - `OverlayIP`: an IPv4 address (the overlay is IPv4).
 - `Ports`: port ranges, written `22` or `"8000-8100"`.
@@ -69,6 +72,7 @@ from pydantic import (
     model_validator,
 )
 
+from wiremesh.core.ipam import OVERLAY_NET
 from wiremesh.core.models import PortRange, Proto
 
 # --- value types ---------------------------------------------------------------------------
@@ -94,14 +98,18 @@ def check_name(v: Any) -> str:
 
 
 def check_peer_name(v: Any) -> str:
-    """A name for a new peer: a `Name` that is also a host name under the mesh domain
-    (`NAME.mesh.internal`), since peers answer each other's names."""
+    """A name for a new peer, in lower case: a `Name` that is also a host name under the
+    mesh domain (`NAME.mesh.internal`), since peers answer each other's names. DNS ignores
+    case, so `WEB1` is `web1`: kept as given, it could be a second peer answering for the
+    first one's name. All digits would read as a peer id wherever a peer is named."""
     s = check_name(v)
     if s.endswith(".") or not _is_dns_name(s.lower()):
         raise ValueError(f"bad peer name {s[:80]!r}: a peer's name is also its DNS name, so "
                          "dot-separated labels of ASCII letters, digits, '_' or '-', each "
                          "ending in a letter, digit or '_' (no trailing dot)")
-    return s
+    if s.isdigit():
+        raise ValueError(f"bad peer name {s!r}: all digits would read as a peer id")
+    return s.lower()
 
 
 def key_bytes(v: Any) -> bytes:
@@ -200,6 +208,73 @@ def endpoint_host_port(ep: str) -> tuple[str, int | None]:
     return ep, None
 
 
+# Addresses no peer can be reached at, whatever reports them: (network, prefix length, why).
+_UNUSABLE_V4 = tuple(
+    (int(ipaddress.IPv4Address(net)), plen, why) for net, plen, why in (
+        ("0.0.0.0", 8, "an unspecified address (0.0.0.0/8) is no destination"),
+        ("127.0.0.0", 8, "a loopback address (127.0.0.0/8): every other peer would send to "
+                         "itself"),
+        (str(OVERLAY_NET.network_address), OVERLAY_NET.prefixlen,
+         f"inside the overlay {OVERLAY_NET}: WireGuard would send the tunnel into itself"),
+        ("224.0.0.0", 4, "a multicast address (224.0.0.0/4)"),
+        ("255.255.255.255", 32, "the broadcast address"),
+    ))
+
+
+# First octets of those networks: every other address is decided by one set lookup (a
+# netmap of 100,000 peers lists some 200,000 endpoints).
+_SUSPECT_OCTETS = frozenset(o for net, plen, _ in _UNUSABLE_V4
+                            for o in range(net >> 24, (net >> 24) + (1 << max(8 - plen, 0))))
+
+
+def _ipv4_problem(n: int) -> str | None:
+    if n >> 24 not in _SUSPECT_OCTETS:
+        return None
+    for net, plen, why in _UNUSABLE_V4:
+        if n >> (32 - plen) == net >> (32 - plen):
+            return why
+    return None
+
+
+def endpoint_problem(ep: str) -> str | None:
+    """Why the canonical endpoint `ep` (as `check_endpoint` returns it) cannot be a peer's
+    endpoint for other peers, or None when it can: the one rule for what peers report and
+    what netmaps list."""
+    if not ep.startswith("[") and ep.count(":") <= 1:
+        return _ipv4_problem(int.from_bytes(socket.inet_aton(ep.partition(":")[0]), "big"))
+    ip = ipaddress.IPv6Address(endpoint_host_port(ep)[0])
+    if ip.ipv4_mapped is not None:
+        why = _ipv4_problem(int(ip.ipv4_mapped))
+        return None if why is None else f"IPv4-mapped, {why}"
+    if ip.is_unspecified:
+        return "an unspecified address (::) is no destination"
+    if ip.is_loopback:
+        return "a loopback address (::1): every other peer would send to itself"
+    if ip.is_multicast:
+        return "a multicast address (ff00::/8)"
+    if ip.is_link_local:
+        return "a link-local address (fe80::/10) needs an interface, which other peers lack"
+    return None
+
+
+def check_peer_endpoint(v: Any) -> str:
+    """An endpoint other peers can be sent to: `check_endpoint`, and not an unspecified,
+    loopback, multicast, broadcast, IPv6 link-local or overlay address. A bare address
+    (no port) stays allowed: it means the peer's listen port."""
+    s = check_endpoint(v)
+    why = endpoint_problem(s)
+    if why is not None:
+        raise ValueError(f"bad endpoint {v!r}: {why}")
+    return s
+
+
+def usable_endpoints(endpoints: tuple[str, ...]) -> tuple[str, ...]:
+    """Well-formed `endpoints` (canonical) less those `endpoint_problem` refuses."""
+    if all(endpoint_problem(e) is None for e in endpoints):
+        return endpoints
+    return tuple(e for e in endpoints if endpoint_problem(e) is None)
+
+
 def check_prefix(v: Any) -> str:
     """An IP network with no host bits set, canonical."""
     s = _str(v, "prefix")
@@ -270,6 +345,8 @@ WgKey = Annotated[str, Strict(), AfterValidator(check_key),
                   WithJsonSchema({"type": "string", "minLength": 44, "maxLength": 44})]
 Endpoint = Annotated[str, Strict(), AfterValidator(check_endpoint),
                      WithJsonSchema({"type": "string", "maxLength": 64})]
+PeerEndpoint = Annotated[str, Strict(), AfterValidator(check_peer_endpoint),
+                         WithJsonSchema({"type": "string", "maxLength": 64})]
 Prefix = Annotated[str, Strict(), AfterValidator(check_prefix),
                    WithJsonSchema({"type": "string", "maxLength": 64})]
 OverlayIP = Annotated[str, Strict(), AfterValidator(check_ipv4),
@@ -289,7 +366,10 @@ MTU_MIN, MTU_MAX = 1280 - 80, 9000
 # and WireGuard headers.
 DEFAULT_MTU = 1420
 Mtu = Annotated[int, Strict(), Field(ge=MTU_MIN, le=MTU_MAX)]
-Endpoints = tuple[Endpoint, ...]
+# A netmap peer's endpoints: a malformed one refuses the netmap (as any malformed value); a
+# well-formed one no peer can be sent to (`endpoint_problem`; what an older server stored
+# and still sends) is left out: refusing the netmap would cut this agent off every peer.
+Endpoints = Annotated[tuple[Endpoint, ...], AfterValidator(usable_endpoints)]
 Relay = Annotated[str, Strict(), AfterValidator(check_relay),
                   WithJsonSchema({"type": "string", "maxLength": 512})]
 DnsName = Annotated[str, Strict(), AfterValidator(check_dns_name),

@@ -18,7 +18,7 @@ from wiremesh.core.wire import (
     Netmap,
     PingMessage,
     StreamMessage,
-    check_endpoint,
+    check_peer_endpoint,
     encode_message,
     endpoint_host_port,
 )
@@ -44,12 +44,14 @@ router = APIRouter(prefix="/api/v1", route_class=JsonRoute)
 
 def _client_address(request: Request) -> str | None:
     """The address the request came from, when it is one peers can be sent to. It is not
-    always: behind a proxy it is what X-Forwarded-For says, and a link-local client is
-    `fe80::1%eth0`. Kept, an endpoint the wire contract refuses would make every netmap
-    that lists this peer invalid, and agents would drop them all."""
+    always: behind a proxy it is what X-Forwarded-For says, a link-local client is
+    `fe80::1%eth0`, an agent on the server's host or behind a proxy there comes from
+    loopback, one through the mesh from its overlay address. Such an address is skipped
+    (the report itself stands): kept, it would be sent to every other peer as this one's
+    endpoint."""
     host = request.client.host if request.client else None
     try:
-        return None if host is None else check_endpoint(host)
+        return None if host is None else check_peer_endpoint(host)
     except ValueError:
         return None
 

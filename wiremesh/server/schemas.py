@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 
 from wiremesh.core.posture import OsFamily
 from wiremesh.core.wire import NAME_PATTERN as NAME_RE
-from wiremesh.core.wire import Endpoint, Name, PeerName, WgKey
+from wiremesh.core.wire import Endpoint, Name, PeerEndpoint, PeerName, WgKey, endpoint_problem
 from wiremesh.store.common import MAX_ID
 
 # A name or a numeric id in a URL path; anything else is refused before it reaches the store.
@@ -52,7 +52,7 @@ class EnrollRequest(Strict):
     public_key: WgKey
     hostname: PeerName
     listen_port: int = Field(51820, ge=1, le=65535)
-    endpoints: list[Endpoint] = Field(default_factory=list, max_length=16)
+    endpoints: list[PeerEndpoint] = Field(default_factory=list, max_length=16)
     proof: str | None = Field(
         None, max_length=64,
         description="base64 HMAC proving the private key of `public_key` (core/wire.py "
@@ -81,7 +81,9 @@ class EnrollResponse(BaseModel):
 
 
 class Candidate(Strict):
-    """An address a peer may be reached at, and how the agent learnt it."""
+    """An address a peer may be reached at, and how the agent learnt it. Found by the agent
+    (any address of its interfaces: a VPN's in 100.64.0.0/10 too), so one no peer can be sent
+    to is left out (`EndpointReport.ordered`) rather than refusing the report."""
 
     endpoint: Endpoint
     kind: Literal["local", "mapped"] = Field(
@@ -90,8 +92,9 @@ class Candidate(Strict):
 
 class EndpointReport(Strict):
     listen_port: int = Field(ge=1, le=65535)
-    endpoints: list[Endpoint] = Field(default_factory=list, max_length=16,
-                                      description="fixed endpoints the operator configured")
+    endpoints: list[PeerEndpoint] = Field(default_factory=list, max_length=16,
+                                          description="fixed endpoints the operator "
+                                                      "configured")
     candidates: list[Candidate] = Field(default_factory=list, max_length=16)
     # Posture (core/posture.py); older agents send neither.
     agent_version: str | None = Field(None, pattern=r"^[0-9A-Za-z.+-]{1,32}$")
@@ -99,10 +102,12 @@ class EndpointReport(Strict):
 
     def ordered(self) -> list[str]:
         """Everything reported, best first: configured, mapped (works across NATs that
-        keep the mapping), then local addresses (peers on the same LAN); no duplicates."""
+        keep the mapping), then local addresses (peers on the same LAN); no duplicates,
+        no candidate other peers cannot be sent to."""
         rank = {"mapped": 0, "local": 1}
         picked = [*self.endpoints,
-                  *(c.endpoint for c in sorted(self.candidates, key=lambda c: rank[c.kind]))]
+                  *(c.endpoint for c in sorted(self.candidates, key=lambda c: rank[c.kind])
+                    if endpoint_problem(c.endpoint) is None)]
         return list(dict.fromkeys(picked))
 
 

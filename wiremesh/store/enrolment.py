@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from wiremesh.core.ipam import OVERLAY_NET, address_at, index_of, indexes_from
 from wiremesh.store import audit
@@ -109,7 +109,8 @@ class Enrolment:
                 if refused is None and key is not None and key.user_id is not None and (
                         req.public_key not in taken_keys):
                     mine = await s.scalar(select(Peer).where(
-                        Peer.user_id == key.user_id, Peer.name == req.hostname))
+                        # Names are lower case now; one from before may not be.
+                        Peer.user_id == key.user_id, func.lower(Peer.name) == req.hostname))
                     if mine is not None:
                         # The user logged in again on a machine they had: the same peer
                         # (address, groups) with the new key pair.

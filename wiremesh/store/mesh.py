@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from wiremesh.core.models import HeldMesh, MeshChange, MeshState, PeerInfo, Policy, Route
 from wiremesh.core.policy import ALL_GROUP
-from wiremesh.core.wire import check_endpoint, endpoint_host_port
+from wiremesh.core.wire import check_peer_endpoint, endpoint_host_port
 from wiremesh.store import policies, routes
 from wiremesh.store.changes import GROUP, PEER, POLICIES, ROUTES, Changes
 from wiremesh.store.common import counter, hash_secret, now
@@ -32,12 +32,12 @@ from wiremesh.store.users import USER_GROUP_PREFIX, user_group
 def _endpoints_with_port(endpoints: list[str], port: int) -> list[str]:
     """Endpoints are stored as reported; a bare address gets the peer's listen port. One the
     wire contract refuses is left out (an older server stored what a proxy's
-    X-Forwarded-For said, or a link-local client's scoped address): agents would refuse
-    every netmap that lists the peer."""
+    X-Forwarded-For said, a link-local client's scoped address, a loopback or overlay
+    address): agents would refuse every netmap that lists the peer, or send to it."""
     out = []
     for e in endpoints:
         try:
-            host, given = endpoint_host_port(check_endpoint(e))
+            host, given = endpoint_host_port(check_peer_endpoint(e))
         except ValueError:
             continue
         out.append(f"[{host}]:{given or port}" if ":" in host else f"{host}:{given or port}")
