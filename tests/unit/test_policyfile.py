@@ -157,11 +157,15 @@ def valid_for_a_file(state: MeshState) -> MeshState:
     """The random state, with the references a policy file refuses replaced by valid ones."""
     groups = {g: m & state.peers.keys() for g, m in state.groups.items()}
     known = {*groups, "all"}
-    names = {p.name for p in state.peers.values()}
-    routes = tuple(dataclasses.replace(
-        r, router_group=r.router_group if r.router_group in known else "all",
-        router_metrics=tuple(x for x in r.router_metrics if x[0] in names))
-        for r in state.routes)
+    def routers(group: str) -> set[str]:  # per-router metrics are for a route's routers
+        members = state.peers.keys() if group == "all" else groups[group]
+        return {state.peers[pid].name for pid in members}
+
+    routes = []
+    for r in state.routes:
+        group = r.router_group if r.router_group in known else "all"
+        routes.append(dataclasses.replace(r, router_group=group, router_metrics=tuple(
+            x for x in r.router_metrics if x[0] in routers(group))))
     route_names = {r.name for r in routes}
     policies = []
     for p in state.policies:
@@ -170,7 +174,7 @@ def valid_for_a_file(state: MeshState) -> MeshState:
         via = tuple(r for r in p.destination_routes if r in route_names)
         policies.append(dataclasses.replace(p, sources=sources, destinations=dests or (
             () if via else ("all",)), destination_routes=via))
-    return MeshState(state.peers, groups, tuple(policies), routes)
+    return MeshState(state.peers, groups, tuple(policies), tuple(routes))
 
 
 @settings(max_examples=100, deadline=None)

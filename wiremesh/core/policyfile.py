@@ -7,7 +7,10 @@ Format (see examples/policy.yaml)::
     routes:                       # optional; when present it replaces every route
       - {name: lab, prefix: 198.18.1.0/24, routers: routers, metric: 100,
          router_metrics: {r1: 50}, masquerade: true, enabled: true}
-    policies:                     # replaces every policy
+                                  # metrics 0..1000000, lower wins; router_metrics name
+                                  # members of the `routers` group
+    policies:                     # optional; when present it replaces every policy
+                                  # (`policies: []` removes them all)
       - name: devs-ssh
         sources: [devs]           # groups; `all` is every peer
         destinations: [servers]
@@ -19,16 +22,20 @@ Format (see examples/policy.yaml)::
         posture: {min_agent_version: 0.2.0, os: [linux, macos]}  # sources that fail it
                                   # are out of this policy's sources (core/posture.py)
         description: ...
-    tests:                        # checked by `run_tests`
-      - {src: alice, dst: web1, proto: tcp, port: 22, expect: allow}
+    tests:                        # checked by `run_tests`, against the policies in force
+      - {src: alice, dst: web1, proto: tcp, port: 22, expect: allow}   # once the file applies
+
+Integers are plain decimal (`22`, not YAML 1.1's base-60 `22:22`, octal `010`, `0x16`,
+`0b11` or `1_000`, which are errors naming their line and field).
 
 API:
 
 - `parse(text, state=None, source="policy") -> PolicyFile`, raising `PolicyFileError` whose
   `issues` each name the line and field (`str(err)` is one line for a CLI, `err.lines()` all).
-  With `state`, peer names, group names and route names are checked against it too.
-- `PolicyFile.apply(state) -> MeshState`: the state with the file's groups, policies and
-  (when given) routes.
+  With `state`, peer names, group names and route names are checked against it too, and
+  what the file keeps from it (policies, routes) against what the file changes.
+- `PolicyFile.apply(state) -> MeshState`: the state with the file's groups, and its policies
+  and routes when given.
 - `run_tests(state, tests) -> list[TestFailure]`.
 - `export(state, tests=()) -> str`: YAML that `parse` reads back to the same state.
 - `plan(old, new) -> Plan`: what a change adds/removes/edits and which peers' netmaps change.
@@ -38,9 +45,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -146,7 +154,7 @@ class _RouteIn(_Model):
     name: Name
     prefix: Prefix
     routers: Name
-    metric: int = Field(100, ge=0, le=1_000_000)
+    metric: Metric = 100
     router_metrics: dict[Name, Metric] = {}
     masquerade: bool = True
     enabled: bool = True
@@ -187,7 +195,7 @@ class _TestIn(_Model):
 class _FileIn(_Model):
     groups: dict[Name, list[Name]] = {}
     routes: list[_RouteIn] | None = None
-    policies: list[_PolicyIn] = []
+    policies: list[_PolicyIn] | None = None
     tests: list[_TestIn] = []
 
 
@@ -211,12 +219,13 @@ class PolicyTest:
 @dataclass(frozen=True)
 class PolicyFile:
     groups: dict[str, tuple[str, ...]]  # group -> peer names
-    policies: tuple[Policy, ...]
+    policies: tuple[Policy, ...] | None  # None: the file has no policies section
     routes: tuple[Route, ...] | None  # None: the file has no routes section
     tests: tuple[PolicyTest, ...]
 
     def apply(self, state: MeshState) -> MeshState:
-        """`state` with this file's groups, policies and routes (peer names must resolve)."""
+        """`state` with this file's groups, and its policies and routes where it has those
+        sections (peer names must resolve)."""
         # Only the names the file uses are indexed: most files name a few peers of many.
         wanted = {n for names in self.groups.values() for n in names}
         ids: dict[str, list[int]] = {}
@@ -237,8 +246,10 @@ class PolicyFile:
             groups[g] = frozenset(members)
         if issues:
             raise PolicyFileError("policy", issues)
-        return MeshState(peers=state.peers, groups=groups, policies=self.policies,
-                         routes=self.routes if self.routes is not None else state.routes)
+        return MeshState(
+            peers=state.peers, groups=groups,
+            policies=self.policies if self.policies is not None else state.policies,
+            routes=self.routes if self.routes is not None else state.routes)
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -254,7 +265,26 @@ MAX_NODES = 100_000
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+_INT = "tag:yaml.org,2002:int"
+# Integers are plain decimal: YAML 1.1 also reads `22:22` as base 60 (1342), `010` as octal,
+# `0b11`, `0x1f` and `1_000`, so a typo became a valid but different port or metric. Those
+# stay strings here and get the field's own error; a leading zero (octal in YAML 1.1, decimal
+# in YAML 1.2) is an issue of its own (`_load`).
+_DECIMAL = re.compile(r"[-+]?[0-9]+")
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9]+")
+
+
 class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]
+    yaml_implicit_resolvers: ClassVar[dict[str, list[tuple[str, re.Pattern[str]]]]] = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != _INT]
+        for first, resolvers in _SafeLoader.yaml_implicit_resolvers.items()}
+
+    def construct_decimal(self, node: yaml.ScalarNode) -> int:
+        text = self.construct_scalar(node)
+        if not _DECIMAL.fullmatch(text):  # an explicit `!!int 0x1f`
+            raise ValueError("an integer is plain decimal digits")
+        return int(text)
+
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         # A scalar YAML resolves to a type its value does not fit (an integer of 5,000
         # digits, a date in month 13) raises ValueError: a bad value at this node's line.
@@ -266,6 +296,10 @@ class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read {shown!r}: {str(e).partition(';')[0]}",
                 node.start_mark) from None
+
+
+_Loader.add_implicit_resolver(_INT, re.compile(rf"{_DECIMAL.pattern}\Z"), list("-+0123456789"))
+_Loader.add_constructor(_INT, _Loader.construct_decimal)
 
 
 def _check_limits(text: str) -> None:
@@ -346,6 +380,10 @@ def _load(text: str) -> tuple[Any, dict[Path, int], list[Issue]]:
 
     def walk(n: yaml.Node, path: Path) -> None:
         lines[path] = n.start_mark.line + 1
+        if n.tag == _INT and _LEADING_ZERO.fullmatch(n.value):
+            dups.append(Issue(n.start_mark.line + 1, _field(path), f"{n.value}: a leading "
+                              "zero is octal in YAML 1.1 and decimal elsewhere: write the "
+                              "number without it"))
         if isinstance(n, yaml.MappingNode):
             seen: set[Any] = set()
             for k, v in n.value:
@@ -400,7 +438,7 @@ def parse(text: str, state: MeshState | None = None, source: str = "policy") -> 
         raise PolicyFileError(source, sorted(issues, key=lambda i: i.line or 0))
     return PolicyFile(
         groups={g: tuple(m) for g, m in f.groups.items()},
-        policies=tuple(
+        policies=None if f.policies is None else tuple(
             Policy(name=p.name, sources=tuple(p.sources), destinations=tuple(p.destinations),
                    protocol=p.proto, ports=tuple(p.ports), bidirectional=p.bidirectional,
                    enabled=p.enabled, destination_routes=tuple(p.routes),
@@ -419,21 +457,46 @@ def parse(text: str, state: MeshState | None = None, source: str = "policy") -> 
     )
 
 
+class _Names:
+    """What a file's names refer to once it applies: its own groups and routes, else
+    `state`'s (None: nothing to check against)."""
+
+    def __init__(self, f: _FileIn, state: MeshState | None) -> None:
+        self.f, self.state = f, state
+        self.groups = {ALL_GROUP, *f.groups, *(state.groups if state else ())}
+        self.routes = {r.name for r in f.routes} if f.routes is not None else (
+            {r.name for r in state.routes} if state is not None else None)
+        self._peers: set[str] | None = None  # every peer's name, read once one is checked
+
+    def _every_peer(self, state: MeshState) -> set[str]:
+        if self._peers is None:
+            self._peers = {p.name for p in state.peers.values()}
+        return self._peers
+
+    def peer_known(self, name: str) -> bool:
+        return self.state is None or name in self._every_peer(self.state)
+
+    def members(self, group: str) -> set[str] | None:
+        """The names of `group`'s peers once the file applies."""
+        if group in self.f.groups:
+            return set(self.f.groups[group])
+        if self.state is None:
+            return None
+        if group == ALL_GROUP:
+            return self._every_peer(self.state)
+        peers = self.state.peers
+        return {peers[pid].name for pid in self.state.groups.get(group, ()) if pid in peers}
+
+
 def _check_names(f: _FileIn, state: MeshState | None,
                  issue: Callable[[Path, str], None]) -> None:
-    groups = {ALL_GROUP, *f.groups, *(state.groups if state else ())}
-    routes = {r.name for r in f.routes} if f.routes is not None else (
-        {r.name for r in state.routes} if state is not None else None)
-    peers: set[str] | None = None  # every peer's name, read once a name is to be checked
+    names = _Names(f, state)
 
-    def peer(path: Path, name: str) -> None:
-        nonlocal peers
-        if state is None:
-            return
-        if peers is None:
-            peers = {p.name for p in state.peers.values()}
-        if name not in peers:
+    def peer(path: Path, name: str) -> bool:
+        known = names.peer_known(name)
+        if not known:
             issue(path, f"unknown peer {name!r}")
+        return known
 
     for g, members in f.groups.items():
         if g == ALL_GROUP:
@@ -441,32 +504,76 @@ def _check_names(f: _FileIn, state: MeshState | None,
                                  "it cannot be defined")
         for i, m in enumerate(members):
             peer(("groups", g, i), m)
-    seen: set[str] = set()
-    for i, r in enumerate(f.routes or ()):
-        if r.name in seen:
-            issue(("routes", i, "name"), f"duplicate route name {r.name!r}")
-        seen.add(r.name)
-        if r.routers not in groups:
-            issue(("routes", i, "routers"), f"unknown group {r.routers!r}")
-        for name in r.router_metrics:
-            peer(("routes", i, "router_metrics", name), name)
-    seen = set()
-    for i, p in enumerate(f.policies):
-        if p.name in seen:
-            issue(("policies", i, "name"), f"duplicate policy name {p.name!r}")
-        seen.add(p.name)
-        for key in ("sources", "destinations"):
-            for j, g in enumerate(getattr(p, key)):
-                if g not in groups:
-                    issue(("policies", i, key, j), f"unknown group {g!r}")
-        for j, rname in enumerate(p.routes):
-            if routes is not None and rname not in routes:
-                issue(("policies", i, "routes", j), f"unknown route {rname!r}")
+    _check_routes(f, names, peer, issue)
+    _check_policies(f, names, issue)
+    _check_kept(f, names, issue)
     for i, t in enumerate(f.tests):
         peer(("tests", i, "src"), t.src)
         peer(("tests", i, "dst"), t.dst)
         if t.src == t.dst:
             issue(("tests", i, "dst"), "source and destination are the same peer")
+
+
+def _not_a_router(peer: str, route: str, group: str) -> str:
+    return (f"{peer!r} is not a router of route {route!r} (not in its router group "
+            f"{group!r}): a per-router metric is for the route's routers")
+
+
+def _check_routes(f: _FileIn, names: _Names, peer: Callable[[Path, str], bool],
+                  issue: Callable[[Path, str], None]) -> None:
+    seen: set[str] = set()
+    for i, r in enumerate(f.routes or ()):
+        if r.name in seen:
+            issue(("routes", i, "name"), f"duplicate route name {r.name!r}")
+        seen.add(r.name)
+        if r.routers not in names.groups:
+            issue(("routes", i, "routers"), f"unknown group {r.routers!r}")
+            continue
+        routers = names.members(r.routers) if r.router_metrics else None
+        for name in r.router_metrics:
+            path: Path = ("routes", i, "router_metrics", name)
+            if peer(path, name) and routers is not None and name not in routers:
+                issue(path, _not_a_router(name, r.name, r.routers))
+
+
+def _check_policies(f: _FileIn, names: _Names, issue: Callable[[Path, str], None]) -> None:
+    seen: set[str] = set()
+    for i, p in enumerate(f.policies or ()):
+        if p.name in seen:
+            issue(("policies", i, "name"), f"duplicate policy name {p.name!r}")
+        seen.add(p.name)
+        for key in ("sources", "destinations"):
+            for j, g in enumerate(getattr(p, key)):
+                if g not in names.groups:
+                    issue(("policies", i, key, j), f"unknown group {g!r}")
+        for j, rname in enumerate(p.routes):
+            if names.routes is not None and rname not in names.routes:
+                issue(("policies", i, "routes", j), f"unknown route {rname!r}")
+
+
+def _check_kept(f: _FileIn, names: _Names, issue: Callable[[Path, str], None]) -> None:
+    """What `state` keeps (the policies or routes of a file without those sections) must
+    still hold with what the file changes: every route a kept policy uses, every per-router
+    metric of a kept route on a router of it."""
+    state = names.state
+    if state is None:
+        return
+    if f.policies is None and names.routes is not None:
+        for p in state.policies:
+            for rname in p.destination_routes:
+                if rname not in names.routes:
+                    issue(("routes",), f"route {rname!r} is used by policy {p.name!r}, which "
+                                       "stays (the file has no policies section)")
+    if f.routes is None:
+        for r in state.routes:
+            if r.router_group not in f.groups:
+                continue  # membership unchanged: nothing this file does
+            routers = names.members(r.router_group) or set()
+            for name, _ in r.router_metrics:
+                if name not in routers:
+                    issue(("groups", r.router_group),
+                          f"drops {name!r}, which route {r.name!r} gives a per-router "
+                          "metric: take it out of the route's router_metrics first")
 
 
 # --- tests, export, plan ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ from wiremesh.core.policyfile import (
     plan,
     run_tests,
 )
+from wiremesh.core.wire import Metric
 from wiremesh.server.auth import admin_actor
 from wiremesh.server.errors import problem
 from wiremesh.server.hub import NetmapHub
@@ -43,9 +44,10 @@ class PolicyText(Strict):
 class RouteIn(Strict):
     prefix: str = Field(description="IPv4 network, e.g. 198.18.1.0/24")
     router_group: Name
-    metric: int = Field(100, ge=0, le=65535)
-    router_metrics: dict[str, int] = Field(default_factory=dict,
-                                           description="per-router metric by peer name")
+    metric: Metric = 100
+    router_metrics: dict[str, Metric] = Field(
+        default_factory=dict, description="per-router metric by peer name (a router of the "
+                                          "route: a member of router_group)")
     masquerade: bool = True
     enabled: bool = True
 
@@ -66,6 +68,7 @@ async def _mesh(request: Request) -> MeshState:
 @dataclass(frozen=True)
 class _Evaluated:
     pf: PolicyFile
+    new: MeshState  # the mesh with the file applied
     plan: Plan
     failures: list[TestFailure]
 
@@ -74,7 +77,7 @@ def _evaluate(text: str, source: str, state: MeshState,
               compiler: PolicyCompiler | None) -> _Evaluated:
     pf = parse(text, state, source=source)
     new = pf.apply(state)
-    return _Evaluated(pf, plan(state, new, compiler), run_tests(new, pf.tests))
+    return _Evaluated(pf, new, plan(state, new, compiler), run_tests(new, pf.tests))
 
 
 async def _evaluated(request: Request, body: PolicyText) -> _Evaluated:
@@ -110,7 +113,8 @@ async def policy_diff(body: PolicyText, request: Request,
 @router.post("/policy/apply")
 async def policy_apply(body: PolicyText, request: Request,
                        actor: str = Depends(admin_actor)) -> Any:
-    """Validate, run the file's tests, then replace policies (all or nothing)."""
+    """Validate, run the file's tests, then replace policies (all or nothing; a file without
+    a policies section keeps them, as one without routes keeps the routes)."""
     ev = await _evaluated(request, body)
     pf, failures = ev.pf, ev.failures
     if failures:
@@ -118,8 +122,9 @@ async def policy_apply(body: PolicyText, request: Request,
                   for f in failures]
         return problem(422, "Policy tests failed",
                        f"{len(failures)} policy test(s) failed; nothing was changed", errors)
+    # The policies the tests ran against: the file's, or those it keeps.
     rev = await _store(request).policies.replace(
-        actor, {g: list(m) for g, m in pf.groups.items()}, list(pf.policies),
+        actor, {g: list(m) for g, m in pf.groups.items()}, list(ev.new.policies),
         list(pf.routes) if pf.routes is not None else None, body.source)
     request.app.state.hub.poke()
     return {"revision": rev, "tests_passed": len(pf.tests), **_plan_json(ev.plan)}
@@ -198,6 +203,7 @@ async def put_route(name: NamePath, body: RouteIn, request: Request,
 
 @router.delete("/routes/{name}", status_code=204)
 async def delete_route(name: NamePath, request: Request, actor: str = Depends(admin_actor)) -> None:
+    """Delete a route no policy uses (409 naming the policies that do)."""
     await _store(request).routes.delete(actor, name)
     request.app.state.hub.poke()
 

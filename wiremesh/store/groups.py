@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from wiremesh.core.policy import ALL_GROUP
-from wiremesh.store import audit, lookup
+from wiremesh.store import audit, lookup, setup_keys
 from wiremesh.store.changes import bump
 from wiremesh.store.database import Database
 from wiremesh.store.errors import Conflict
 from wiremesh.store.tables import Group, GroupMember, Peer, PolicyRow, RouteRow
+
+
+async def policies_using(s: AsyncSession, uses: Callable[[PolicyRow], bool]) -> list[str]:
+    return [p.name for p in await s.scalars(select(PolicyRow)) if uses(p)]
+
+
+def refuse_in_use(what: str, users: dict[str, list[str]], field: str = "name") -> None:
+    """Conflict naming, by kind, whatever still refers to `what`: a name left dangling would
+    change meaning when the name is made again (a route re-created wider, a group re-created
+    filling itself from a setup key), and an exported policy file could not be applied."""
+    named = [f"{kind} {', '.join(sorted(names))}" for kind, names in users.items() if names]
+    if named:
+        raise Conflict(f"{what} is used by {'; '.join(named)}", field)
 
 
 class Groups:
@@ -59,6 +75,12 @@ class Groups:
             if member and exists is None:
                 s.add(GroupMember(group_id=grp.id, peer_id=peer.id))
             elif not member and exists is not None:
+                # A per-router metric is for a router of its route (core/policyfile.py).
+                refuse_in_use(f"router {peer.name!r} of group {group!r}", {
+                    "the per-router metric of routes": [
+                        r.name for r in await s.scalars(select(RouteRow).where(
+                            RouteRow.router_group == group)) if peer.name in r.router_metrics]},
+                    "peer")
                 await s.delete(exists)
             else:
                 return
@@ -69,12 +91,13 @@ class Groups:
     async def delete(self, actor: str, name: str) -> None:
         async with self.db.tx() as s:
             grp = await lookup.group(s, name)
-            users = [
-                p.name for p in await s.scalars(select(PolicyRow))
-                if name in p.sources or name in p.destinations
-            ] + [r.name for r in await s.scalars(select(RouteRow)) if r.router_group == name]
-            if users:
-                raise Conflict(f"group {name!r} is used by {', '.join(sorted(users))}", "name")
+            refuse_in_use(f"group {name!r}", {
+                "policies": await policies_using(
+                    s, lambda p: name in p.sources or name in p.destinations),
+                "routes": [r.name for r in await s.scalars(select(RouteRow).where(
+                    RouteRow.router_group == name))],
+                "setup keys": await setup_keys.naming_group(s, name),
+            })
             await s.delete(grp)
             await bump(s, groups=[name])
             audit.record(s, actor, "group.delete", name=name)

@@ -11,6 +11,7 @@ from wiremesh.store import audit
 from wiremesh.store.changes import bump
 from wiremesh.store.database import Database
 from wiremesh.store.errors import NotFound
+from wiremesh.store.groups import policies_using, refuse_in_use
 from wiremesh.store.tables import RouteRow
 
 
@@ -53,6 +54,8 @@ class Routes:
             row = await s.scalar(select(RouteRow).where(RouteRow.name == name))
             if row is None:
                 raise NotFound(f"no route {name!r}", "name")
+            refuse_in_use(f"route {name!r}", {"policies": await policies_using(
+                s, lambda p: name in p.destination_routes)})
             await s.delete(row)
             await bump(s, routes=[name])
             audit.record(s, actor, "route.delete", name=name)

@@ -34,6 +34,14 @@ def reservations(keys: list[SetupKey]) -> dict[str, SetupKey]:
     return {k.peer_name: k for k in keys if k.peer_name and refusal(k, k.key_hash) is None}
 
 
+async def naming_group(s: AsyncSession, group: str) -> list[str]:
+    """The setup keys that can still enrol a peer into `group`: a key that never can again
+    (revoked, expired, used up) is inert, and as keys are only ever revoked, never deleted,
+    counting it would keep its groups forever."""
+    return [f"{k.name} (id {k.id})" for k in await s.scalars(select(SetupKey))
+            if group in k.auto_groups and refusal(k, k.key_hash) is None]
+
+
 async def check_name_free(s: AsyncSession, name: str, field: str) -> None:
     """Refuse a name another peer has, or a usable setup key holds for its peer."""
     if await s.scalar(select(Peer.id).where(Peer.name == name)) is not None:
