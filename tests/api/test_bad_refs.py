@@ -6,9 +6,11 @@ datetime can hold used to reach the database or the clock arithmetic unchecked."
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import update
 
 from tests.api.test_api import enroll, make_key
 from tests.conftest import ApiEnv
+from wiremesh.store.tables import Peer
 
 BAD_REFS = ["99999999999999999999", "9223372036854775808", "2147483648", "-1",
             "\u0661\u0662", "\u00b2",  # Arabic-Indic digits, superscript two
@@ -47,7 +49,10 @@ async def test_named_routes_never_500(api: ApiEnv, ref: str) -> None:
 async def test_peer_found_by_id_and_by_digit_name(api: ApiEnv) -> None:
     k = await make_key(api, reusable=True)
     a = (await enroll(api, k["key"], "a")).json()
-    b = (await enroll(api, k["key"], "123")).json()
+    b = (await enroll(api, k["key"], "b")).json()
+    # New names are never all digits; one from before still names its peer.
+    async with api.store.db.tx() as s:
+        await s.execute(update(Peer).where(Peer.id == b["peer_id"]).values(name="123"))
     r = await api.client.get(f"/api/v1/peers/{a['peer_id']}", headers=api.admin)
     assert r.json()["name"] == "a"
     r = await api.client.get("/api/v1/peers/123", headers=api.admin)

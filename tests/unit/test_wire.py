@@ -198,6 +198,14 @@ def test_prefix_and_key_checks() -> None:
                 "fd00::%1/8", "fe80::%eth0/64"]:  # the scoped ones passed
         with pytest.raises(ValueError):
             check_prefix(bad)
+    # ipaddress reads these as networks; each was stored as another text than given (a
+    # forgotten length passed as one host).
+    for bad in ["198.18.0.0", "fd00::", "198.18.0.0/016", "198.18.0.0/255.255.0.0",
+                "198.18.0.0/0.0.255.255", "fd00::/08"]:
+        with pytest.raises(ValueError, match="ADDRESS/LENGTH"):
+            check_prefix(bad)
+    assert check_prefix("0.0.0.0/0") == "0.0.0.0/0"
+    assert check_prefix("fd00:0::/8") == "fd00::/8"
     with pytest.raises(ValueError, match="canonical"):
         check_key(KEYS[0][:42] + "B=")
 
@@ -253,7 +261,9 @@ def test_ipv4_fast_paths_agree_with_ipaddress(ip, length, port):
     """check_prefix/check_endpoint take a shortcut for canonical IPv4; it must say exactly
     what ipaddress says (same canonical text, same refusals)."""
     net = ipaddress.ip_network(f"{ip}/{length}", strict=False)
-    for text in (str(net), f"{ip}/{length}", f"{net.network_address}/0{length}"):
+    with pytest.raises(ValueError):  # a padded length is not the form shown back
+        check_prefix(f"{net.network_address}/0{length}")
+    for text in (str(net), f"{ip}/{length}"):
         try:
             expected = str(ipaddress.ip_network(text))
         except ValueError:

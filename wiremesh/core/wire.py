@@ -288,6 +288,11 @@ def check_prefix(v: Any) -> str:
             return s
     if "%" in s:  # ip_network keeps a scope (fd00::%1/8): no route, UAPI or nft takes one
         raise ValueError(f"bad prefix {s!r}: scoped IPv6 networks are not supported")
+    if not length.isdigit() or length != str(int(length)):
+        # ip_network would take a bare address as /32 (a forgotten length passing as one
+        # host), a netmask or hostmask, and a padded length: none is the form shown back.
+        raise ValueError(f"bad prefix {s!r}: expected ADDRESS/LENGTH with a decimal length, "
+                         "such as 198.18.0.0/16 (one address: /32)")
     try:
         return str(ipaddress.ip_network(s))
     except ValueError as e:
