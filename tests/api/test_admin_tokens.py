@@ -4,6 +4,8 @@ auditor token reads but never writes."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import httpx
 
 from tests.conftest import ApiEnv
@@ -46,6 +48,8 @@ async def test_create_list_revoke_and_audit(api: ApiEnv) -> None:
     r = await api.client.post("/api/v1/admin-tokens", json={"name": "ci"}, headers=api.admin)
     assert r.status_code == 409 and "never reused" in r.json()["detail"], r.text
     audit = (await api.client.get("/api/v1/audit", headers=api.admin)).json()
+    # Times say their zone, as every other time the API gives (SQLite keeps them naive).
+    assert all(datetime.fromisoformat(e["at"]).utcoffset() == timedelta(0) for e in audit)
     seen = [(e["actor"], e["action"]) for e in audit]
     assert ("admin:initial", "admin_token.create") in seen
     assert ("admin:ci", "group.create") in seen

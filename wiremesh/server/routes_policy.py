@@ -31,6 +31,7 @@ from wiremesh.server.errors import problem
 from wiremesh.server.hub import NetmapHub
 from wiremesh.server.jsonbody import JsonRoute
 from wiremesh.server.schemas import Name, NamePath, Strict
+from wiremesh.store.common import aware
 from wiremesh.store import Store
 
 router = APIRouter(prefix="/api/v1", route_class=JsonRoute)
@@ -211,5 +212,6 @@ async def delete_route(name: NamePath, request: Request, actor: str = Depends(ad
 @router.get("/audit")
 async def audit(request: Request, limit: int = Query(100, ge=1, le=10000),
                 _: str = Depends(admin_actor)) -> Any:
-    return [{"at": e.at, "actor": e.actor, "action": e.action, "detail": e.detail}
+    # SQLite hands back naive times (stored as UTC): said so, like every other time here.
+    return [{"at": aware(e.at), "actor": e.actor, "action": e.action, "detail": e.detail}
             for e in await _store(request).audit.recent(limit)]
