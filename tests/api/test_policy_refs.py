@@ -145,3 +145,24 @@ async def test_ports_yaml_1_1_reads_as_numbers_are_refused(api: ApiEnv) -> None:
         assert (err["line"], err["field"]) == (3, "policies[0].ports[0]"), (port, err)
     assert await _export(api) == before
 
+
+
+async def test_a_router_metric_follows_its_router_renamed_or_deleted(api: ApiEnv) -> None:
+    # Metrics are kept by router name: one left on the old name would make the exported file
+    # name an unknown peer, or apply to whoever takes the name next.
+    await _mesh(api)
+    assert (await _apply(api, EXAMPLE)).status_code == 200
+    [lab] = [r for r in await _routes(api) if r["name"] == "lab-net"]
+    assert lab["router_metrics"] == {"r1": 50}
+    r = await api.client.patch("/api/v1/peers/r1", json={"name": "r1b"}, headers=api.admin)
+    assert r.status_code == 200, r.text
+    [lab] = [r for r in await _routes(api) if r["name"] == "lab-net"]
+    assert lab["router_metrics"] == {"r1b": 50}
+    assert (await _apply(api, await _export(api))).status_code == 200
+    assert (await api.client.delete("/api/v1/peers/r1b", headers=api.admin)).status_code == 204
+    [lab] = [r for r in await _routes(api) if r["name"] == "lab-net"]
+    assert lab["router_metrics"] == {}
+    r = await _apply(api, await _export(api))
+    assert r.status_code == 200, r.text
+    await api.hub.refresh()  # the hub read the routes the log named
+    assert [x.router_metrics for x in api.hub.state.routes if x.name == "lab-net"] == [()]

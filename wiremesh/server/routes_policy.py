@@ -31,8 +31,8 @@ from wiremesh.server.errors import problem
 from wiremesh.server.hub import NetmapHub
 from wiremesh.server.jsonbody import JsonRoute
 from wiremesh.server.schemas import Name, NamePath, Strict
-from wiremesh.store.common import aware
 from wiremesh.store import Store
+from wiremesh.store.common import aware
 
 router = APIRouter(prefix="/api/v1", route_class=JsonRoute)
 

@@ -11,6 +11,7 @@ from wiremesh.store.changes import bump
 from wiremesh.store.common import hash_secret, now, same_secret
 from wiremesh.store.database import Database
 from wiremesh.store.errors import Conflict, NotFound
+from wiremesh.store.routes import follow_routers
 from wiremesh.store.setup_keys import check_name_free
 from wiremesh.store.tables import Group, GroupMember, Peer
 
@@ -81,7 +82,7 @@ class Peers:
                 await check_name_free(s, name, "name")
                 peer.name = name
                 await s.flush()
-                await bump(s, peers=[peer.id])
+                await bump(s, peers=[peer.id], routes=await follow_routers(s, {old: name}))
                 audit.record(s, actor, "peer.rename", id=peer.id, old=old, new=name)
                 return peer
         except IntegrityError:
@@ -92,6 +93,6 @@ class Peers:
             peer = await lookup.peer(s, ref)
             await s.execute(delete(GroupMember).where(GroupMember.peer_id == peer.id))
             await s.delete(peer)
-            await bump(s, peers=[peer.id])
+            await bump(s, peers=[peer.id], routes=await follow_routers(s, {peer.name: None}))
             audit.record(s, actor, "peer.delete", id=peer.id, name=peer.name)
             return peer

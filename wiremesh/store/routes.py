@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from wiremesh.core.models import Route
 from wiremesh.store import audit
@@ -27,6 +29,25 @@ def row_values(r: Route) -> dict[str, Any]:
     return dict(name=r.name, prefix=r.prefix, router_group=r.router_group, metric=r.metric,
                 router_metrics=dict(r.router_metrics), masquerade=r.masquerade,
                 enabled=r.enabled)
+
+
+async def follow_routers(s: AsyncSession, renamed: Mapping[str, str | None]) -> list[str]:
+    """Move per-router metrics to routers' new names (None: the router is gone, its metric
+    too); returns the routes changed. Keyed by name, a metric would otherwise be left on a
+    name nobody has (an exported policy file then names an unknown peer) or on a peer that
+    takes the name later."""
+    changed = []
+    for row in await s.scalars(select(RouteRow)):
+        hit = [n for n in row.router_metrics if n in renamed]
+        if hit:
+            metrics = dict(row.router_metrics)
+            for n in hit:
+                metric, new = metrics.pop(n), renamed[n]
+                if new is not None:
+                    metrics[new] = metric
+            row.router_metrics = metrics
+            changed.append(row.name)
+    return changed
 
 
 class Routes:

@@ -17,6 +17,7 @@ from wiremesh.store.changes import bump
 from wiremesh.store.common import aware, hash_secret, new_secret, now
 from wiremesh.store.database import Database
 from wiremesh.store.errors import NotFound
+from wiremesh.store.routes import follow_routers
 from wiremesh.store.tables import GroupMember, LoginFlow, LoginSession, Peer, SetupKey, User
 
 ROLES = ("admin", "auditor", "user")
@@ -105,7 +106,8 @@ class Users:
             audit.record(s, actor, "user.delete", id=user_id, sub=user.sub,
                          peers=sorted(peers.values()))
             if peers:
-                await bump(s, peers=peers)
+                await bump(s, peers=peers, routes=await follow_routers(
+                    s, dict.fromkeys(peers.values())))
             return user
 
     async def disable(self, user_id: int, reason: str) -> None:
