@@ -10,7 +10,7 @@ from sqlalchemy import select
 from tests.api.test_api import field_of, make_key
 from tests.api.test_policy_api import EXAMPLE, _export, _mesh
 from tests.conftest import ApiEnv
-from wiremesh.store.tables import ChangeRow
+from wiremesh.store.tables import ChangeRow, PolicyRow
 
 
 async def _apply(api: ApiEnv, text: str):
@@ -121,11 +121,14 @@ async def test_a_file_of_groups_only_keeps_the_policies(api: ApiEnv) -> None:
                                headers=api.admin)).json()
     assert [c for c in d["changes"] if not c.startswith("  netmap")] == ["~ group devs"]
     assert "bob" in d["peers_affected"]
+    async with api.store.db.reads() as s:
+        rows = set(await s.scalars(select(PolicyRow.id)))
     r = await _apply(api, text.replace("expect: allow", "expect: deny"))
     assert r.status_code == 200, r.text
-    async with api.store.db.reads() as s:  # written back as they were: no hub rereads them
+    async with api.store.db.reads() as s:  # not even written again: no hub rereads them
         assert set(await s.scalars(select(ChangeRow.kind).where(
             ChangeRow.revision == r.json()["revision"]))) == {"group"}
+        assert set(await s.scalars(select(PolicyRow.id))) == rows
     after = yaml.safe_load(await _export(api))
     assert after["policies"] == before["policies"] and after["groups"]["devs"] == ["alice"]
     # An explicit empty list still removes them all.

@@ -69,7 +69,6 @@ async def _mesh(request: Request) -> MeshState:
 @dataclass(frozen=True)
 class _Evaluated:
     pf: PolicyFile
-    new: MeshState  # the mesh with the file applied
     plan: Plan
     failures: list[TestFailure]
 
@@ -78,7 +77,7 @@ def _evaluate(text: str, source: str, state: MeshState,
               compiler: PolicyCompiler | None) -> _Evaluated:
     pf = parse(text, state, source=source)
     new = pf.apply(state)
-    return _Evaluated(pf, new, plan(state, new, compiler), run_tests(new, pf.tests))
+    return _Evaluated(pf, plan(state, new, compiler), run_tests(new, pf.tests))
 
 
 async def _evaluated(request: Request, body: PolicyText) -> _Evaluated:
@@ -123,9 +122,9 @@ async def policy_apply(body: PolicyText, request: Request,
                   for f in failures]
         return problem(422, "Policy tests failed",
                        f"{len(failures)} policy test(s) failed; nothing was changed", errors)
-    # The policies the tests ran against: the file's, or those it keeps.
     rev = await _store(request).policies.replace(
-        actor, {g: list(m) for g, m in pf.groups.items()}, list(ev.new.policies),
+        actor, {g: list(m) for g, m in pf.groups.items()},
+        list(pf.policies) if pf.policies is not None else None,
         list(pf.routes) if pf.routes is not None else None, body.source)
     request.app.state.hub.poke()
     return {"revision": rev, "tests_passed": len(pf.tests), **_plan_json(ev.plan)}

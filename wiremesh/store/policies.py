@@ -63,11 +63,12 @@ class Policies:
                 PolicyRow.name))]
 
     async def replace(
-        self, actor: str, groups: dict[str, list[str]], policies: list[Policy],
+        self, actor: str, groups: dict[str, list[str]], policies: list[Policy] | None,
         new_routes: list[Route] | None, source: str,
     ) -> int:
-        """Set the listed groups' members and replace every policy (and every route, when
-        given) in one transaction; groups not listed keep their members."""
+        """Set the listed groups' members and replace every policy and every route, each
+        when given (None: they stay as they are), in one transaction; groups not listed keep
+        their members."""
         async with self.db.tx() as s:
             # Only the peers the file names, as plain rows: not every peer as an object.
             named = sorted({m for members in groups.values() for m in members})
@@ -89,10 +90,12 @@ class Policies:
                         raise NotFound(f"no peer named {m!r}", f"groups.{name}")
                     s.add(GroupMember(group_id=grp.id, peer_id=peers[m]))
             # Hubs read only the policies and routes that changed: log their names.
-            was = {p.name: p for p in map(from_row, await s.scalars(select(PolicyRow)))}
-            moved = _moved(was, policies)
-            await s.execute(delete(PolicyRow))
-            s.add_all(PolicyRow(**row_values(p)) for p in policies)
+            moved: list[str] = []
+            if policies is not None:
+                moved = _moved({p.name: p for p in map(from_row, await s.scalars(
+                    select(PolicyRow)))}, policies)
+                await s.execute(delete(PolicyRow))
+                s.add_all(PolicyRow(**row_values(p)) for p in policies)
             moved_routes: list[str] = []
             if new_routes is not None:
                 moved_routes = _moved({r.name: r for r in map(routes.from_row, await s.scalars(
@@ -104,5 +107,6 @@ class Policies:
             else:
                 rev = await counter(s, "revision")  # the same file again: nothing changed
             audit.record(s, actor, "policy.apply", source=source,
-                         policies=[p.name for p in policies], groups=sorted(groups))
+                         policies=None if policies is None else [p.name for p in policies],
+                         groups=sorted(groups))
             return rev
