@@ -1,7 +1,7 @@
 """The web console in Debian's chromium against a real lab (`wiremesh lab console`): SSO
 login, a device login done in the browser, every page, a policy applied from the editor and
 enforced by the agents, no browser console error; an auditor gets no write control and is
-refused a write, a user sees only their own peers."""
+refused a write, a user sees only their own peers, a refused delete says why on the page."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def test_console_in_a_real_browser(tmp_path: Path) -> None:
     assert r["matrix_cells"] == 3 * 2, r  # srv1, srv2, laptop: every ordered pair
     assert r["auditor_read_only"] and r["auditor_write_refused"], r
     assert r["user_sees_only_own_peers"], r
+    assert r["refusal_shown"], r  # a refused delete says why on the page
     assert r["screenshots"] >= r["pages_checked"], r
     assert all(p.stat().st_size > 1000 for p in shots.rglob("*.png"))
 

@@ -68,7 +68,8 @@ WALK_TIMEOUT_S = 240
 
 def summary_ok(r: dict[str, Any]) -> bool:
     return bool(r["login_ok"] and r["device_login_ok"] and r["pages_checked"] >= 7
-                and r["policy_applied_from_ui"] and r["console_errors"] == 0)
+                and r["policy_applied_from_ui"] and r["console_errors"] == 0
+                and bool(r["refusal_shown"]))
 
 
 def run_console_scenario(console: Console, shots_dir: Path | None = None,
@@ -105,7 +106,7 @@ def _scenario(mesh: MeshLab, desk: Host, shots: Path, console: Console) -> dict[
         admin=_login(ADMIN), auditor=_login(AUDITOR), user=_login(USER),
         user_peers=[LAPTOP], device_url=device_url,
         policy_append=POLICY_APPEND, tests_append=TESTS_APPEND, new_policy=NEW_POLICY,
-        explain=(LAPTOP, "srv1"), routers=list(SERVERS))
+        explain=(LAPTOP, "srv1"), routers=list(SERVERS), used_group="servers")
     device = _walk(mesh, desk, plan, "device")
     device_ok = device["device_login_browser_ok"]
     if device_ok:
@@ -140,6 +141,7 @@ def _scenario(mesh: MeshLab, desk: Host, shots: Path, console: Console) -> dict[
         "auditor_read_only": walk["auditor_read_only"],
         "auditor_write_refused": walk["auditor_write_refused"],
         "user_sees_only_own_peers": walk["user_sees_only_own_peers"],
+        "refusal_shown": walk["refusal_shown"],
         "failure": failure,
     }
 

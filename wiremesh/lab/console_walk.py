@@ -46,6 +46,7 @@ class WalkPlan:
     new_policy: str = ""  # the name of the policy the edit adds
     explain: tuple[str, str] = ("", "")  # the matrix cell to explain (src, dst)
     routers: list[str] = field(default_factory=list)  # the routes page must show them online
+    used_group: str = ""  # a group policies use: the admin's delete must show the refusal
 
     @classmethod
     def from_json(cls, text: str) -> WalkPlan:
@@ -72,6 +73,7 @@ class WalkResult:
     auditor_read_only: bool | None = None
     auditor_write_refused: bool | None = None
     user_sees_only_own_peers: bool | None = None
+    refusal_shown: bool | None = None
     failure: str | None = None
 
 
@@ -265,6 +267,21 @@ def auditor_walk(run: BrowserRun, plan: WalkPlan, res: WalkResult) -> None:
     log_out(run)
 
 
+def refusal_walk(run: BrowserRun, plan: WalkPlan, res: WalkResult) -> None:
+    """An admin deletes a group a policy and a route use: the server's refusal, naming them,
+    must be on the page (it was only in the browser's console) and the group still listed."""
+    base, page = plan.base_url, run.page
+    log_in(run, base, plan.admin)
+    open_page(run, res, base, "groups", shot=False)
+    page.get_by_role("button", name=f"Delete group {plan.used_group}").click()
+    page.wait_for_selector("#status.bad", timeout=TIMEOUT_MS)
+    said = page.inner_text("#status")
+    res.screenshots.append(str(run.shot("refusal")))
+    names = page.locator("main tbody tr td:first-child").all_inner_texts()
+    res.refusal_shown = "is used by" in said and plan.used_group in names
+    log_out(run)
+
+
 def user_walk(run: BrowserRun, plan: WalkPlan, res: WalkResult) -> None:
     assert plan.user
     base, page = plan.base_url, run.page
@@ -297,7 +314,9 @@ def walk(plan: WalkPlan, steps: str) -> WalkResult:
         # their own, so they cannot hide or add errors in the walk above; one each, as the
         # provider remembers who logged in last.
         for role, role_walk, who in (("auditor", auditor_walk, plan.auditor),
-                                     ("user", user_walk, plan.user)):
+                                     ("user", user_walk, plan.user),
+                                     ("refusal", refusal_walk,
+                                      plan.admin if plan.used_group else None)):
             if steps == "console" and who is not None:
                 with chromium(Path(plan.shots_dir) / role, certs) as run:
                     run.page.set_default_timeout(TIMEOUT_MS)

@@ -59,6 +59,19 @@ export function say(message, kind = "ok") {
   status.textContent = message;
 }
 
+// A button's action: when the server refuses it (a group a policy uses, the last admin), its
+// reason goes on the status line; unguarded, the refusal was only an unhandled rejection in
+// the browser's console and the button seemed to do nothing.
+export function guarded(action) {
+  return async () => {
+    try {
+      await action();
+    } catch (err) {
+      say(err.message || String(err), "bad");
+    }
+  };
+}
+
 // A labelled form field.
 export function field(label, input, hint) {
   const id = input.id || `f-${Math.random().toString(36).slice(2)}`;

@@ -1,5 +1,5 @@
 import { api } from "./api.js";
-import { errorBox, field, h, list, table } from "./dom.js";
+import { errorBox, field, guarded, h, list, table } from "./dom.js";
 
 export async function groupsPage(ctx) {
   const groups = await api.get("/groups");
@@ -18,10 +18,10 @@ function removeButton(ctx, group) {
     type: "button",
     class: "danger",
     "aria-label": `Delete group ${group.name}`,
-    onclick: async () => {
+    onclick: guarded(async () => {
       await api.del(`/groups/${encodeURIComponent(group.name)}`);
       await ctx.reload();
-    },
+    }),
   }, "Delete");
 }
 

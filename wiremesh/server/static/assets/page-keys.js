@@ -1,5 +1,5 @@
 import { api } from "./api.js";
-import { badge, errorBox, field, h, list, table, when } from "./dom.js";
+import { badge, errorBox, field, guarded, h, list, table, when } from "./dom.js";
 
 export async function keysPage(ctx) {
   const keys = await api.get("/setup-keys");
@@ -21,10 +21,10 @@ function revokeButton(ctx, key) {
     type: "button",
     class: "danger",
     "aria-label": `Revoke setup key ${key.name}`,
-    onclick: async () => {
+    onclick: guarded(async () => {
       await api.del(`/setup-keys/${key.id}`);
       await ctx.reload();
-    },
+    }),
   }, "Revoke");
 }
 

@@ -1,5 +1,5 @@
 import { api } from "./api.js";
-import { badge, h, list, table, when } from "./dom.js";
+import { badge, guarded, h, list, table, when } from "./dom.js";
 
 function paths(peer) {
   if (!peer.paths || !peer.paths.length) return h("span", { class: "muted" }, "—");
@@ -45,10 +45,10 @@ function deleteButton(ctx, peer) {
     type: "button",
     class: "danger",
     "aria-label": `Delete peer ${peer.name}`,
-    onclick: async () => {
+    onclick: guarded(async () => {
       if (!confirm(`Delete peer ${peer.name}? It loses access at once.`)) return;
       await api.del(`/peers/${encodeURIComponent(peer.name)}`);
       await ctx.reload();
-    },
+    }),
   }, "Delete");
 }

@@ -2,7 +2,7 @@
 // scripts and the CLI use.
 
 import { api } from "./api.js";
-import { badge, h, list, say, table, when } from "./dom.js";
+import { badge, guarded, h, list, say, table, when } from "./dom.js";
 
 export async function usersPage(ctx) {
   const [users, tokens] = await Promise.all([api.get("/users"), api.get("/admin-tokens")]);
@@ -31,11 +31,11 @@ function removeButton(ctx, user) {
     type: "button",
     class: "danger",
     "aria-label": `Remove user ${who}`,
-    onclick: async () => {
+    onclick: guarded(async () => {
       if (!confirm(`Remove ${who}? Their sessions end and their peers leave the mesh.`)) return;
       await api.del(`/users/${user.id}`);
       say(`Removed ${who}.`);
       await ctx.reload();
-    },
+    }),
   }, "Remove");
 }
