@@ -276,9 +276,14 @@ async def test_groups(api: ApiEnv) -> None:
     assert r.status_code == 404 and field_of(r) == ["members"]
     assert (await api.client.get("/api/v1/groups", headers=h)).json()[1]["name"] == "dev"
     r = await api.client.post("/api/v1/groups/dev/members", json={"peer": "b"}, headers=h)
-    assert r.json()["members"] == ["a", "b"]
+    assert r.json()["members"] == ["a", "b"] and r.json()["changed"] is True
     r = await api.client.delete("/api/v1/groups/dev/members/a", headers=h)
-    assert r.json()["members"] == ["b"]
+    assert r.json()["members"] == ["b"] and r.json()["changed"] is True
+    # Doing it again changes nothing, and says so (the CLI said "removed a from dev").
+    r = await api.client.delete("/api/v1/groups/dev/members/a", headers=h)
+    assert r.json()["members"] == ["b"] and r.json()["changed"] is False
+    r = await api.client.post("/api/v1/groups/dev/members", json={"peer": "b"}, headers=h)
+    assert r.json()["changed"] is False
     r = await api.client.post("/api/v1/groups/all/members", json={"peer": "b"}, headers=h)
     assert r.status_code == 409
     r = await api.client.post("/api/v1/groups/nope/members", json={"peer": "b"}, headers=h)

@@ -202,9 +202,10 @@ def groups_add(group: str = typer.Argument(...), peer: str = typer.Argument(...)
                server: str | None = ServerOpt, token: str | None = TokenOpt,
                ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Add a peer to a group."""
-    Api(server, token, ca_file, insecure).call("POST", f"/groups/{segment(group, 'GROUP')}/members",
-                                               json={"peer": peer})
-    console.print(f"added {peer} to {group}")
+    got = Api(server, token, ca_file, insecure).call(
+        "POST", f"/groups/{segment(group, 'GROUP')}/members", json={"peer": peer})
+    console.print(f"added {peer} to {group}" if got.get("changed", True)
+                  else f"{peer} is in {group} already: nothing to add")
 
 
 @groups_app.command("remove")
@@ -212,9 +213,10 @@ def groups_remove(group: str = typer.Argument(...), peer: str = typer.Argument(.
                   server: str | None = ServerOpt, token: str | None = TokenOpt,
                   ca_file: Path | None = CaFileOpt, insecure: bool = InsecureOpt) -> None:
     """Remove a peer from a group."""
-    Api(server, token, ca_file, insecure).call(
+    got = Api(server, token, ca_file, insecure).call(
         "DELETE", f"/groups/{segment(group, 'GROUP')}/members/{segment(peer, 'PEER')}")
-    console.print(f"removed {peer} from {group}")
+    console.print(f"removed {peer} from {group}" if got.get("changed", True)
+                  else f"{peer} is not in {group}: nothing to remove")
 
 
 @groups_app.command("delete")

@@ -14,6 +14,7 @@ from wiremesh.server.schemas import (
     GroupOut,
     IdPath,
     MemberRef,
+    MembershipOut,
     NamePath,
     PeerOut,
     PeerPathOut,
@@ -174,20 +175,24 @@ async def create_group(body: GroupCreate, request: Request,
     return await _group_out(request, body.name)
 
 
-@router.post("/groups/{name}/members", response_model=GroupOut)
+@router.post("/groups/{name}/members", response_model=MembershipOut)
 async def add_member(name: NamePath, body: MemberRef, request: Request,
-                     actor: str = Depends(admin_actor)) -> GroupOut:
-    await _store(request).groups.set_membership(actor, name, body.peer, True)
-    request.app.state.hub.poke()
-    return await _group_out(request, name)
+                     actor: str = Depends(admin_actor)) -> MembershipOut:
+    return await _membership(request, actor, name, body.peer, True)
 
 
-@router.delete("/groups/{name}/members/{peer}", response_model=GroupOut)
+@router.delete("/groups/{name}/members/{peer}", response_model=MembershipOut)
 async def remove_member(name: NamePath, peer: PeerRefPath, request: Request,
-                        actor: str = Depends(admin_actor)) -> GroupOut:
-    await _store(request).groups.set_membership(actor, name, peer, False)
+                        actor: str = Depends(admin_actor)) -> MembershipOut:
+    return await _membership(request, actor, name, peer, False)
+
+
+async def _membership(request: Request, actor: str, group: str, peer: str,
+                      member: bool) -> MembershipOut:
+    changed = await _store(request).groups.set_membership(actor, group, peer, member)
     request.app.state.hub.poke()
-    return await _group_out(request, name)
+    out = await _group_out(request, group)
+    return MembershipOut(name=out.name, members=out.members, changed=changed)
 
 
 @router.delete("/groups/{name}", status_code=204)

@@ -208,5 +208,9 @@ class GroupOut(BaseModel):
     builtin: bool = False
 
 
+class MembershipOut(GroupOut):
+    changed: bool = Field(description="false: the peer was already in (or not in) the group")
+
+
 class MemberRef(Strict):
     peer: PeerRef

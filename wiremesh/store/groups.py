@@ -67,7 +67,8 @@ class Groups:
                 out[g].append(p)
             return out
 
-    async def set_membership(self, actor: str, group: str, peer_ref: str, member: bool) -> None:
+    async def set_membership(self, actor: str, group: str, peer_ref: str, member: bool) -> bool:
+        """Put the peer in the group or take it out; whether that changed anything."""
         async with self.db.tx() as s:
             grp = await lookup.group(s, group)
             peer = await lookup.peer(s, peer_ref)
@@ -83,10 +84,11 @@ class Groups:
                     "peer")
                 await s.delete(exists)
             else:
-                return
+                return False
             await bump(s, peers=[peer.id])
             audit.record(s, actor, "group.add" if member else "group.remove",
                          group=group, peer=peer.name)
+            return True
 
     async def delete(self, actor: str, name: str) -> None:
         async with self.db.tx() as s:
