@@ -205,6 +205,16 @@ def test_json_output_stays_json_when_a_metric_is_nan(odd_server) -> None:
     assert json.loads(res.stdout, parse_constant=pytest.fail)["known"] is None
 
 
+def test_gateway_status_of_metrics_that_are_no_gateway_s(odd_server) -> None:
+    # The control server's own /metrics read as a gateway knowing nothing, and exit 0.
+    url, answers, _ = odd_server
+    answers.append((200, "text/plain", b"wiremesh_server_streams 3\n"))
+    res = runner.invoke(app, ["gateway", "status", "--metrics", f"{url}/metrics",
+                              "--interval", "0.1"])
+    assert res.exit_code == 1, res.output  # a runtime error, as for a gateway not there
+    assert "not a wiremesh gateway's metrics" in res.output, res.output
+
+
 def test_gateway_status_malformed_metrics_url() -> None:
     res = runner.invoke(app, ["gateway", "status", "--metrics", "http://[::1"])
     assert res.exit_code == 1, res.exception  # a runtime error: the gateway is not there

@@ -90,3 +90,13 @@ def test_run_rejects_bad_arguments_before_touching_anything(tmp_path: Path) -> N
     res = runner.invoke(app, ["gateway", "run", "--private-key-file", str(key), "--db", str(db),
                               "--address", "100.64.0.1/10", "--metrics-listen", "nope"])
     assert res.exit_code == 2 and "--metrics-listen" in res.output
+
+
+def test_import_takes_a_file_starting_with_a_byte_order_mark(tmp_path: Path) -> None:
+    key = base64.b64encode(os.urandom(32)).decode()
+    src = tmp_path / "peers.txt"
+    src.write_bytes(b"\xef\xbb\xbf" + f"{key} 100.64.1.1/32\n".encode())
+    db = tmp_path / "peers.db"
+    res = runner.invoke(app, ["gateway", "import", str(src), "--db", str(db), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["known_peers"] == 1

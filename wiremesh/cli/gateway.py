@@ -81,7 +81,8 @@ def _rows(f: BinaryIO, progress: Progress, task: object) -> Iterator[tuple[bytes
             progress.advance(task, pending)  # type: ignore[arg-type]
             pending = 0
         try:
-            line = raw.decode()
+            # A byte order mark (editors on Windows write one) is no part of the first key.
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
         except UnicodeDecodeError:
             raise StoreError(f"line {n}: not UTF-8 text") from None
         row = parse_peer_line(line, n)

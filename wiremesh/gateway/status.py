@@ -19,6 +19,10 @@ def scrape(url: str) -> dict[str, float]:
         for s in fam.samples:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
             out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    if P + "known_peers" not in out:
+        # Another exporter (the control server's /metrics, say) would read as a gateway
+        # with nothing known, active or installed.
+        raise ValueError(f"no {P}known_peers there: not a wiremesh gateway's metrics")
     return out
 
 
