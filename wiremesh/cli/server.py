@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,10 @@ from wiremesh.core.wire import (
 
 
 def server(
-    db: str = typer.Option("sqlite:///var/lib/wiremesh/server.db", "--db", envvar="WIREMESH_DB",
-                           help="sqlite:///PATH (embedded, default) or postgresql://USER@HOST/DB"),
+    db: str = typer.Option(
+        "sqlite:////var/lib/wiremesh/server.db", "--db", envvar="WIREMESH_DB",
+        help="sqlite:////ABSOLUTE/PATH (embedded, default; sqlite:///PATH is relative to the "
+             "working directory) or postgresql://USER@HOST/DB"),
     listen: str = typer.Option("0.0.0.0:8080", "--listen", help="HOST:PORT to serve the API on"),
     admin_token_file: Path | None = typer.Option(
         None, "--admin-token-file",
@@ -126,9 +130,6 @@ def server(
         async_url(db)
     except BadDatabaseURL as e:
         fail(str(e))
-    database_reachable(db)
-    if stun is not None:
-        udp_port_free(*stun)
 
     oidc = None
     if oidc_issuer is not None:
@@ -155,14 +156,27 @@ def server(
 
     advertised = [relay_url(u) for u in relay]
     dns = dns_config(dns_domain, dns_zone)
+    # Everything that can fail is checked before the app's start-up touches the store: the
+    # first start bootstraps it and prints the initial admin token once, so a failure after
+    # that (a token file or port refused) lost the token for good.
+    if admin_token_file is not None:
+        token_file_writable(admin_token_file)
     secret = None if relay_secret_file is None else relay_secret(relay_secret_file)
+    database_reachable(db)
+    if stun is not None:
+        udp_port_free(*stun)
+    sockets = listening_sockets(host, port)
+    show_database(db)
 
     def show_token(token: str) -> None:
         print_text(("initial admin token (shown once):", "bold"), f" {token}")
         if admin_token_file is not None:
-            write_secret(admin_token_file, token)
-
-    import uvicorn
+            try:
+                write_secret(admin_token_file, token)
+            except OSError as e:  # checked at start: only a change since then gets here
+                print_text(("error:", "bold red"), f" --admin-token-file {admin_token_file}: "
+                           f"cannot write it: {reason(e)}; the token is the one above",
+                           err=True)
 
     def show_fingerprint(fp: str) -> None:
         print_text(("server key fingerprint:", "bold"),
@@ -171,10 +185,35 @@ def server(
     app = create_app(db, on_admin_token=show_token, on_fingerprint=show_fingerprint,
                      relay=not no_relay, relays=advertised,
                      relay_secret=secret, stun_listen=stun, dns=dns, mtu=mtu, oidc=oidc)
-    uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning",
-                timeout_graceful_shutdown=2,
-                ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None,
-                **RELAY_WS_OPTIONS)
+    serve(app, sockets, tls, verbose)
+
+
+def serve(app: Any, sockets: list[socket.socket], tls: tuple[str, str] | None,
+          verbose: bool) -> None:
+    """Run uvicorn on `sockets`, bound before start-up (see listening_sockets); exit code 3,
+    as uvicorn.run's, when the app's start-up fails (uvicorn logged why)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="debug" if verbose else "warning",
+                            timeout_graceful_shutdown=2,
+                            ssl_certfile=tls[0] if tls else None,
+                            ssl_keyfile=tls[1] if tls else None, **RELAY_WS_OPTIONS)
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C is no traceback
+        server.run(sockets=sockets)
+    if not server.started:
+        raise typer.Exit(3)
+
+
+def show_database(db: str) -> None:
+    """Name the SQLite file in use, absolute: a relative --db path is relative to the working
+    directory (a systemd unit's, say), where a wrong one silently started an empty mesh with
+    a new signing key and a new admin token, refusing every agent's token."""
+    from wiremesh.store.db import sqlite_file
+
+    path = sqlite_file(db)
+    if path is not None:
+        print_text(("database:", "bold"), f" {path}")
 
 
 def dns_config(domain: str, zones: list[str]) -> DnsConfig:
@@ -233,14 +272,49 @@ def database_reachable(db: str) -> None:
 
 def udp_port_free(host: str, port: int) -> None:
     """Bind the STUN responder's address now, so one in use is a line, not a traceback."""
-    import socket
-
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.bind((host, port))
+        for sock in bound_sockets(host, port, socket.SOCK_DGRAM):
+            sock.close()
     except OSError as e:
         fail(f"--stun-listen {host}:{port}: {reason(e) or e}")
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """The API's listening sockets, bound now and handed to uvicorn: an address in use was
+    uvicorn's error after start-up had bootstrapped the store and printed the initial admin
+    token, which was then lost."""
+    try:
+        return bound_sockets(host, port, socket.SOCK_STREAM)
+    except OSError as e:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        fail(f"cannot listen on {where}: {reason(e)}")
+
+
+def bound_sockets(host: str, port: int, kind: socket.SocketKind) -> list[socket.socket]:
+    """Sockets bound to each address `host` resolves to, as asyncio binds them for uvicorn
+    (TCP) and the STUN responder (UDP); raises OSError, with none left open."""
+    stream = kind == socket.SOCK_STREAM
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)
+        for family, _, proto, _, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            if stream:
+                # As asyncio's create_server did for uvicorn: a port our last run left in
+                # TIME_WAIT is free, and "::" stays IPv6 only.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            if stream:
+                # On Linux two SO_REUSEADDR sockets may bind one port: only one can listen.
+                sock.listen()
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 # Relay frames are at most 32 + 65535 bytes; encrypted packets do not compress.
@@ -248,10 +322,30 @@ RELAY_WS_OPTIONS: dict[str, Any] = {"ws_max_size": 1 << 17, "ws_per_message_defl
 
 
 def write_secret(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
+    """Write `text` to `path` readable by our user only (mode 0600, also when the file was
+    there already, looser), creating missing directories with mode 0700."""
+    from wiremesh.store.db import make_private_dirs
+    from wiremesh.wg.keys import write_private_key
+
+    make_private_dirs(path.parent)
+    write_private_key(path, text)
+
+
+def token_file_writable(path: Path) -> None:
+    """Exit 2 now unless the initial admin token can be written to `path` (creating its
+    directory): the app writes it only after bootstrapping the store, which makes the token
+    once and never again."""
+    from wiremesh.store.db import make_private_dirs
+
+    if path.is_dir():
+        fail(f"--admin-token-file {path}: is a directory")
+    try:
+        make_private_dirs(path.parent)
+    except OSError as e:
+        fail(f"--admin-token-file {path}: cannot create its directory: {reason(e)}")
+    # The file is written beside it and renamed over it: only the directory must be writable.
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        fail(f"--admin-token-file {path}: cannot write in {path.parent}")
 
 
 def relay_secret(path: Path, create: bool = True) -> str:
@@ -260,7 +354,10 @@ def relay_secret(path: Path, create: bool = True) -> str:
         secret = read_text(path, "relay secret file").strip()
     elif create:
         secret = secrets.token_urlsafe(32)
-        write_secret(path, secret)
+        try:
+            write_secret(path, secret)
+        except OSError as e:
+            fail(f"--relay-secret-file {path}: cannot write it: {reason(e)}")
     else:
         fail(f"--secret-file {path}: no such file (the server's --relay-secret-file)")
     if len(secret) < 16:

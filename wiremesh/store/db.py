@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
@@ -14,6 +17,8 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+log = logging.getLogger(__name__)
 
 
 class BadDatabaseURL(ValueError):
@@ -79,12 +84,67 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The absolute path of the file a sqlite URL names (relative ones are relative to the
+    working directory); None for other databases, in-memory ones and URI filenames."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return None
+    if str(u.query.get("uri", "")).lower() in ("true", "1"):
+        return None
+    return Path(u.database).absolute()
+
+
+def make_private_dirs(path: Path) -> None:
+    """Create `path` and its missing parents, each readable by our user only (mode 0700).
+    Path.mkdir(parents=True) gives the parents it creates the default mode (0755)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)  # exist_ok: a replica starting at the same time
+
+
+# A database file and what SQLite keeps beside it (a rollback journal or the WAL files).
+SQLITE_SIBLINGS = ("", "-journal", "-wal", "-shm")
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Create the database file with mode 0600 before SQLite opens it (SQLite makes it 0644
+    under the usual umask): it holds the netmap signing key and users' refresh tokens, so
+    any local user who could read it could forge netmaps. SQLite gives its -wal and -shm
+    files the database file's mode. A file left readable by an older version is tightened,
+    with a warning: refusing to start would break every existing install, and nobody but
+    the server's user has any business reading it."""
+    make_private_dirs(path.parent)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+    for f in (path.with_name(path.name + suffix) for suffix in SQLITE_SIBLINGS):
+        try:
+            mode = stat.S_IMODE(f.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            _tighten(f, mode)
+
+
+def _tighten(f: Path, mode: int) -> None:
+    try:
+        f.chmod(0o600)
+    except OSError as e:  # not ours (it then is someone's deliberate choice): say so, go on
+        log.warning("database file %s is readable by other users (mode %04o) and could "
+                    "not be made 0600: %s", f, mode, e.strerror or e)
+        return
+    log.warning("database file %s was readable by other users (mode %04o): made it 0600, "
+                "as it holds the server's signing key", f, mode)
+
+
 def make_engine(url: str) -> AsyncEngine:
     aurl = async_url(url)
     if aurl.startswith("sqlite"):
-        path = make_url(aurl).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_file(aurl)
+        if path is not None:
+            private_sqlite_file(path)
         # A fixed pool: every aiosqlite connection is a thread, and overflow connections
         # (opened and closed under load) would start and stop one per burst of requests.
         engine = create_async_engine(aurl, pool_size=32, max_overflow=0)
