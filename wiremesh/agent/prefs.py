@@ -6,7 +6,6 @@ changes without taking the mesh down.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +13,7 @@ from typing import Annotated
 import pydantic
 from pydantic import Field, TypeAdapter, ValidationError
 
-from wiremesh.agent.state import write_private_json
+from wiremesh.agent.state import read_json, write_private_json
 from wiremesh.core.wire import Name, describe
 
 AUTO = "auto"  # the exit node: the best live one the netmap offers, failing over
@@ -47,14 +46,20 @@ def path(state_dir: Path) -> Path:
 def load(state_dir: Path) -> Prefs:
     p = path(state_dir)
     try:
-        return _PREFS.validate_python(json.loads(p.read_text()))
+        return _PREFS.validate_python(read_json(p))
     except FileNotFoundError:
         return Prefs()
     except ValidationError as e:
         raise PrefsError(f"{p}: {describe(e)}") from None
-    except (OSError, ValueError) as e:
-        raise PrefsError(f"{p}: {e}") from None
+    except OSError as e:
+        raise PrefsError(f"{p} cannot be read: {e.strerror or e}") from None
+    except ValueError as e:
+        raise PrefsError(f"{p} is unreadable: {e}") from None
 
 
 def save(state_dir: Path, prefs: Prefs) -> None:
-    write_private_json(path(state_dir), asdict(prefs))
+    p = path(state_dir)
+    try:
+        write_private_json(p, asdict(prefs))
+    except OSError as e:
+        raise PrefsError(f"cannot save {p}: {e.strerror or e}") from None

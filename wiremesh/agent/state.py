@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from stat import S_IMODE, S_ISDIR, S_IWGRP, S_IWOTH
 from typing import Annotated, Any
 
 import pydantic
@@ -27,6 +28,7 @@ from wiremesh.core.wire import (
     WgKey,
     describe,
 )
+from wiremesh.wg.keys import write_private_file
 
 DEFAULT_STATE_DIR = Path("/var/lib/wiremesh")
 log = logging.getLogger("wiremesh.agent.state")
@@ -34,6 +36,11 @@ log = logging.getLogger("wiremesh.agent.state")
 
 class StateError(RuntimeError):
     pass
+
+
+class StateDirError(StateError):
+    """The state dir itself is unusable (no directory, or others could write to it): unlike a
+    missing or damaged state file, never a reason to enrol afresh or carry on without it."""
 
 
 @pydantic.dataclasses.dataclass
@@ -92,14 +99,42 @@ def private_key_path(state_dir: Path) -> Path:
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_private_file(path, json.dumps(data, separators=(",", ":")).encode())
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in the file `path`: OSError when it cannot be read, ValueError when it
+    is not JSON in UTF-8. Nesting too deep for the parser is a ValueError too: json raised
+    RecursionError on `[[[...]]]`, which ended commands in a traceback."""
+    data = path.read_bytes()
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("its JSON nests too deeply") from None
+
+
+def check_dir(state_dir: Path) -> None:
+    """Refuse a state dir that someone other than us (or root) could write to. Whoever can
+    replace files in it can swap the private key, or the saved server, pinned server key and
+    CA, and so take this peer's place in the mesh or steer an agent that runs as root; or
+    leave a locked pid file that makes `wiremesh down` signal a process of their choice.
+    A missing dir passes: it is made 0700 when first written."""
+    try:
+        st = state_dir.stat()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise StateDirError(f"state dir {state_dir} cannot be read: {e.strerror or e}") from None
+    if not S_ISDIR(st.st_mode):
+        raise StateDirError(f"state dir {state_dir} is not a directory")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise StateDirError(f"state dir {state_dir} belongs to another user (uid {st.st_uid}), "
+                            "who could replace its private key or saved state; "
+                            f"`chown` it to {os.geteuid()}")
+    if st.st_mode & (S_IWGRP | S_IWOTH):
+        raise StateDirError(f"state dir {state_dir} is writable by others (mode "
+                            f"{S_IMODE(st.st_mode):04o}), who could replace its private key or "
+                            f"saved state; `chmod go-w {state_dir}`")
 
 
 def save(state_dir: Path, state: AgentState) -> None:
@@ -110,9 +145,10 @@ def save(state_dir: Path, state: AgentState) -> None:
 
 
 def load(state_dir: Path) -> AgentState:
+    check_dir(state_dir)
     path = files(state_dir)[0]
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
         if not isinstance(data, dict) or "config" not in data:
             raise ValueError("it holds no agent configuration ('config')")
         cfg = _CONFIG.validate_python(data["config"])

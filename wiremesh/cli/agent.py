@@ -126,10 +126,7 @@ def up(
             check_peer_name(name)
         except ValueError as e:
             fail(f"--name: {e}")
-    try:
-        saved = statefile.load(state_dir).config
-    except statefile.StateError:
-        saved = None
+    saved = _saved_config(state_dir)
     if saved is not None and saved.server != server:
         fail(f"{state_dir} holds an enrolment with {saved.server}; use another --state-dir")
     _save_prefs(state_dir, exit_node=exit_node, exit_allow_lan=exit_node_allow_lan, dns=dns,
@@ -195,9 +192,28 @@ def agent(state_dir: Path = StateDirOpt, backend: str = BackendOpt,
     listen = _listen(metrics_listen)
     try:
         statefile.load(state_dir)
-    except statefile.StateError as e:
+        prefs.load(state_dir)  # read again as the agent starts, where an error was a traceback
+    except (statefile.StateError, prefs.PrefsError) as e:
         fail(str(e))
     _run(state_dir, backend, listen)
+
+
+def _saved_config(state_dir: Path) -> statefile.AgentConfig | None:
+    """The saved enrolment, or None when there is none or it cannot be read (`up` enrols
+    afresh, `down` still stops the agent); exit 2 when the state dir itself is unusable."""
+    try:
+        return statefile.load(state_dir).config
+    except statefile.StateDirError as e:
+        fail(str(e))
+    except statefile.StateError:
+        return None
+
+
+def _running_pid(state_dir: Path) -> int | None:
+    try:
+        return pidfile.running_pid(state_dir)
+    except pidfile.PidFileError as e:
+        fail(str(e))
 
 
 def set_prefs(
@@ -208,10 +224,11 @@ def set_prefs(
     """Change this agent's choices (the exit node) and tell the running agent at once."""
     if exit_node is None and exit_node_allow_lan is None:
         fail("nothing to set: give --exit-node or --exit-node-allow-lan")
-    new = _save_prefs(state_dir, exit_node=exit_node, exit_allow_lan=exit_node_allow_lan)
+    new = _save_prefs(state_dir, enrolled=True, exit_node=exit_node,
+                      exit_allow_lan=exit_node_allow_lan)
     what = f"exit node {new.exit_node or 'none'}" + (
         " (local networks outside the tunnel)" if new.exit_node and new.exit_allow_lan else "")
-    pid = pidfile.running_pid(state_dir)
+    pid = _running_pid(state_dir)
     if pid is None:
         console.print(f"saved {what}; no agent runs from {state_dir}", highlight=False)
         return
@@ -225,20 +242,29 @@ def set_prefs(
     console.print(f"{what}: told the running agent (pid {pid})", highlight=False)
 
 
-def _save_prefs(state_dir: Path, **changes: object) -> prefs.Prefs:
-    """Saved choices with the given ones (None: unchanged) replaced; exit 2 naming a bad one."""
+def _save_prefs(state_dir: Path, enrolled: bool = False, **changes: object) -> prefs.Prefs:
+    """Saved choices with the given ones (None: unchanged) replaced; exit 2 naming a bad one.
+    With `enrolled`, also exit 2 (saving nothing) unless `state_dir` holds an enrolment: a
+    mistyped --state-dir was made, with a prefs.json no agent reads. Checked after the
+    choices, so a bad one is named even there."""
     given = {k: v for k, v in changes.items() if v is not None}
     if given.get("exit_node") == "none":
         given["exit_node"] = None
     try:
+        statefile.check_dir(state_dir)  # first: for a file given as dir, prefs.json was named
         current = prefs.load(state_dir)
         new = prefs.Prefs(**{**asdict(current), **given})
-    except prefs.PrefsError as e:
+    except (statefile.StateError, prefs.PrefsError) as e:
         fail(str(e))
     except ValidationError as e:
         fail(describe(e))
-    if new != current:
-        prefs.save(state_dir, new)
+    try:
+        if enrolled:
+            statefile.load(state_dir)
+        if new != current:
+            prefs.save(state_dir, new)
+    except (statefile.StateError, prefs.PrefsError) as e:
+        fail(str(e))
     return new
 
 
@@ -248,7 +274,7 @@ def _run(state_dir: Path, backend: str, listen: tuple[str, int] | None) -> NoRet
     try:
         with pidfile.hold(state_dir):
             code = run_forever(state_dir, backend, listen)
-    except pidfile.AlreadyRunning as e:
+    except pidfile.PidFileError as e:
         fail(str(e))
     raise typer.Exit(code)
 
@@ -266,11 +292,8 @@ def down(
     a server restored from an old backup or started on an empty database cannot take the
     mesh down.
     """
-    try:
-        cfg: statefile.AgentConfig | None = statefile.load(state_dir).config
-    except statefile.StateError:
-        cfg = None
-    pid = pidfile.running_pid(state_dir)
+    cfg = _saved_config(state_dir)
+    pid = _running_pid(state_dir)
     if pid is None:
         console.print(f"no agent runs from {state_dir}")
     else:
@@ -289,7 +312,7 @@ def _stop(pid: int, state_dir: Path, timeout: float = 30.0) -> None:
     except PermissionError:
         fail(f"not allowed to stop the agent (pid {pid}); run as its user (root)")
     deadline = time.monotonic() + timeout
-    while pidfile.running_pid(state_dir) is not None:  # the agent unlocks it as it exits
+    while _running_pid(state_dir) is not None:  # the agent unlocks it as it exits
         if time.monotonic() > deadline:
             fail(f"the agent (pid {pid}) did not stop within {timeout:.0f} s")
         time.sleep(0.1)

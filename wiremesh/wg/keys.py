@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -44,24 +46,32 @@ def public_key_of(private_b64: str) -> str:
     return encode_key(priv.public_key().public_bytes_raw())
 
 
-def write_private_key(path: Path, private_b64: str) -> None:
-    """Write a private key readable only by its owner, never briefly world-readable, and
-    whole or not at all: it goes to a new file that then replaces `path`, so a reader (or a
-    restart after a crash) never finds an empty or half-written key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write `data` readable only by its owner, never briefly readable by others, and whole
+    or not at all: it goes to a new file that then replaces `path`, so a reader (or a restart
+    after a crash) never finds an empty or half-written file.
+
+    The new file is made by mkstemp (O_CREAT|O_EXCL|O_NOFOLLOW, 0600, a random name): a file
+    or symlink already waiting at a predictable temp name was written through as root,
+    or kept its own mode (a 0644 `prefs.json.tmp` left prefs.json 0644)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, (private_b64 + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with os.fdopen(fd, "wb") as f:
+            # A default ACL on the directory can widen mkstemp's 0600 through the ACL mask.
+            os.fchmod(f.fileno(), 0o600)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
+
+
+def write_private_key(path: Path, private_b64: str) -> None:
+    write_private_file(path, (private_b64 + "\n").encode())
 
 
 def load_or_create_private_key(path: Path) -> str:
