@@ -112,3 +112,15 @@ def test_a_state_dir_of_another_user_is_refused(tmp_path: Path, command: list[st
     assert line.startswith(f"error: state dir {state_dir} belongs to another user "
                            f"(uid {owner}), who could replace"), line
     assert not (state_dir / "prefs.json").exists()
+
+
+@pytest.mark.parametrize("bad", ["dir", "binary", "junk"])
+def test_agent_with_an_unusable_private_key_is_one_line(tmp_path: Path, bad: str) -> None:
+    state_dir = enrolled(tmp_path / "s")
+    key = state_dir / "private.key"
+    if bad == "dir":
+        key.mkdir()
+    else:
+        key.write_bytes(b"\xff\xfe" if bad == "binary" else b"not a key\n")
+    line = one_line_error(["agent", "--state-dir", str(state_dir)])
+    assert f"the private key {key} cannot be used" in line, line

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from wiremesh.agent.state import write_private_json
+from wiremesh.agent.state import read_json, write_private_json
 
 log = logging.getLogger("wiremesh.agent.sysdns")
 DEFAULT_RESOLV_CONF = Path("/etc/resolv.conf")
@@ -90,7 +89,7 @@ class ResolvConfFile:
 
     def restore(self) -> None:
         try:
-            saved = json.loads(self.backup.read_text())
+            saved = read_json(self.backup)
         except FileNotFoundError:
             return
         except (OSError, ValueError) as e:

@@ -31,6 +31,7 @@ from wiremesh.cli.common import (
     split_listen,
 )
 from wiremesh.core.wire import MTU_MAX, MTU_MIN, check_peer_name, describe, fingerprint
+from wiremesh.wg.keys import BadKey, load_or_create_private_key
 
 StateDirOpt = typer.Option(statefile.DEFAULT_STATE_DIR, "--state-dir",
                            help="Where the key pair and saved state live")
@@ -147,7 +148,7 @@ def up(
             st = asyncio.run(enroll_peer(state_dir, server, setup_key, name, interface,
                                          listen_port, endpoint, trust, server_fingerprint,
                                          replicas))
-        except ServerRefused as e:
+        except (ServerRefused, BadKey) as e:
             fail(str(e))
         except (OSError, httpx.HTTPError) as e:
             fail(unreachable(server, e))
@@ -193,7 +194,8 @@ def agent(state_dir: Path = StateDirOpt, backend: str = BackendOpt,
     try:
         statefile.load(state_dir)
         prefs.load(state_dir)  # read again as the agent starts, where an error was a traceback
-    except (statefile.StateError, prefs.PrefsError) as e:
+        load_or_create_private_key(statefile.private_key_path(state_dir))
+    except (statefile.StateError, prefs.PrefsError, BadKey) as e:
         fail(str(e))
     _run(state_dir, backend, listen)
 

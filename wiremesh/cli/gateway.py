@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import signal
 import socket
 import sys
@@ -20,7 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from wiremesh.agent import client
 from wiremesh.agent.connection import Trust, TrustError
-from wiremesh.agent.state import write_private_json
+from wiremesh.agent.state import read_json, write_private_json
 from wiremesh.cli.common import (
     CaFileOpt,
     InsecureOpt,
@@ -146,7 +145,7 @@ def _read_private_key(path: Path) -> str:
 
 def _server_state(path: Path, private_key: str) -> SyncConfig:
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
         if not isinstance(data.get("server_key"), str):
             fail(f"--server-state: {path} pins no server key (written by an older version): "
                  "enrol again with `gateway enrol`")

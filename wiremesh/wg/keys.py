@@ -75,9 +75,15 @@ def write_private_key(path: Path, private_b64: str) -> None:
 
 
 def load_or_create_private_key(path: Path) -> str:
+    """The key saved at `path`, or a new one saved there; BadKey naming the file when what
+    is there is no key (a directory, not text, not a key)."""
     if path.exists():
-        key = path.read_text().strip()
-        decode_key(key)
+        try:
+            key = path.read_text().strip()
+            decode_key(key)
+        except (OSError, ValueError) as e:  # UnicodeDecodeError and BadKey are ValueErrors
+            why = e.strerror if isinstance(e, OSError) else e
+            raise BadKey(f"the private key {path} cannot be used: {why}") from None
         return key
     key = generate_private_key()
     write_private_key(path, key)
