@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.unit.test_relay_refusals import upgrade_with_a_big_header
 from wiremesh.cli.server import server
 
 
@@ -128,3 +129,21 @@ def up(port: int) -> bool:
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_an_upgrade_with_an_oversized_header_is_answered_at_once(tmp_path: Path) -> None:
+    # uvicorn's own WebSocket protocol left it unanswered for as long as the client waited,
+    # on any path and before any authentication.
+    port = free_port()
+    proc = subprocess.Popen(command(port, f"sqlite:///{tmp_path}/s.db"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not up(port):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.1)
+        answer = upgrade_with_a_big_header(f"http://127.0.0.1:{port}")
+        assert answer.startswith(b"HTTP/1.1 431 "), answer
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import typer
 
-from wiremesh.cli.common import CaFileOpt, InsecureOpt, server_trust, setup_logging, split_listen
+from wiremesh.cli.common import (
+    CaFileOpt,
+    InsecureOpt,
+    fail,
+    print_text,
+    server_trust,
+    setup_logging,
+    split_listen,
+)
 from wiremesh.cli.server import RELAY_WS_OPTIONS, relay_secret, tls_files
 
 
@@ -36,6 +45,7 @@ def relay(
     trust = server_trust(server, ca_file, insecure)
     tls = tls_files(tls_cert, tls_key)
     secret = relay_secret(secret_file, create=False)
+    secret_accepted(server, secret, trust.verify(), secret_file)
 
     import uvicorn
 
@@ -43,3 +53,27 @@ def relay(
                 log_level="debug" if verbose else "warning", timeout_graceful_shutdown=2,
                 ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None,
                 **RELAY_WS_OPTIONS)
+
+
+def secret_accepted(server: str, secret: str, verify: ssl.SSLContext | bool,
+                    secret_file: Path) -> None:
+    """Ask the server once now, so a wrong secret is one line at start (exit 2) rather than
+    every peer refused later. A server that cannot be asked now may answer later: warn."""
+    import asyncio
+
+    from wiremesh.relay.standalone import CredentialRefused, IntrospectionFailed, Introspector
+
+    async def ask() -> None:
+        introspector = Introspector(server, secret, verify)
+        try:
+            await introspector.check_credential()
+        finally:
+            await introspector.close()
+
+    try:
+        asyncio.run(ask())
+    except CredentialRefused as e:
+        fail(f"--secret-file {secret_file}: {e}")
+    except IntrospectionFailed as e:
+        print_text(("warning:", "bold yellow"), " ", f"{e}: starting anyway; peers get 503 "
+                   "until the server answers", err=True)

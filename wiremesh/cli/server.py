@@ -317,8 +317,11 @@ def bound_sockets(host: str, port: int, kind: socket.SocketKind) -> list[socket.
     return sockets
 
 
-# Relay frames are at most 32 + 65535 bytes; encrypted packets do not compress.
-RELAY_WS_OPTIONS: dict[str, Any] = {"ws_max_size": 1 << 17, "ws_per_message_deflate": False}
+# Relay frames are at most 32 + 65535 bytes; encrypted packets do not compress. uvicorn's
+# own protocol left an upgrade request with an oversized header unanswered, forever
+# (wiremesh/relay/uvicorn_ws.py).
+RELAY_WS_OPTIONS: dict[str, Any] = {"ws_max_size": 1 << 17, "ws_per_message_deflate": False,
+                                    "ws": "wiremesh.relay.uvicorn_ws:WebSocketProtocol"}
 
 
 def write_secret(path: Path, text: str) -> None:

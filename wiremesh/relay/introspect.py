@@ -13,11 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 PATH = "/api/v1/relay/introspect"
 MAX_WAIT_S = 30.0
+MAX_TOKEN_LEN = 512  # longer than any token the server issues
 
 
 class IntrospectRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # `false` is not 0 seconds
-    token: str = Field(min_length=1, max_length=512, description="the peer's bearer token")
+    token: str = Field(min_length=1, max_length=MAX_TOKEN_LEN,
+                       description="the peer's bearer token")
     since: int = Field(0, ge=0, description="netmap version the relay holds (0 = none)")
     wait: float = Field(0.0, ge=0.0, le=MAX_WAIT_S,
                         description="seconds to wait for a version other than `since`")

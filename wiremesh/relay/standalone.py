@@ -28,8 +28,14 @@ import httpx
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
-from wiremesh.relay.introspect import PATH, IntrospectRequest, IntrospectResponse
+from wiremesh.relay.introspect import (
+    MAX_TOKEN_LEN,
+    PATH,
+    IntrospectRequest,
+    IntrospectResponse,
+)
 from wiremesh.relay.switch import RELAY_PATH, RelaySwitch
 from wiremesh.server.auth import bearer_token
 from wiremesh.wg.keys import decode_key, encode_key
@@ -39,7 +45,20 @@ WAIT_S = 15.0
 
 
 class IntrospectionFailed(RuntimeError):
-    pass
+    """The server could not be asked, or would not answer: the token is neither valid nor
+    invalid, as far as the relay knows."""
+
+
+class CredentialRefused(IntrospectionFailed):
+    """The server refused the relay's own credential (a wrong secret), or serves no
+    standalone relays at all."""
+
+
+_REFUSALS = {
+    401: "refuses this relay secret (it is not the server's --relay-secret-file)",
+    404: "introspects no tokens for relays (a wiremesh server started without "
+         "--relay-secret-file?)",
+}
 
 
 class Introspector:
@@ -59,17 +78,29 @@ class Introspector:
         except httpx.HTTPError as e:
             raise IntrospectionFailed(f"cannot reach the server at {self.http.base_url}: "
                                       f"{e or e.__class__.__name__}") from None
+        if r.status_code in _REFUSALS:
+            raise CredentialRefused(f"the server at {self.http.base_url} "
+                                    f"{_REFUSALS[r.status_code]}")
         if r.status_code != 200:
             raise IntrospectionFailed(f"the server refused introspection (HTTP "
                                       f"{r.status_code}): {r.text.strip()[:200]}")
-        return IntrospectResponse.model_validate_json(r.content)
+        try:
+            return IntrospectResponse.model_validate_json(r.content)
+        except ValidationError:  # --server names something that is not a wiremesh server
+            raise IntrospectionFailed(f"the server at {self.http.base_url} answered "
+                                      f"introspection with something else") from None
+
+    async def check_credential(self) -> None:
+        """Raise CredentialRefused if the server turns the relay's secret down (asking about
+        a token no peer holds), IntrospectionFailed if it cannot be asked."""
+        await self.ask("wm_relay_start-up_check")
 
     async def authenticate(self, token: str) -> RemoteGrant | None:
-        try:
-            got = await self.ask(token)
-        except IntrospectionFailed as e:
-            log.warning("refusing a peer: %s", e)
-            return None
+        """Raises IntrospectionFailed when the server cannot vouch either way: the peer
+        then hears "try again later" (503), not that its token is bad (401)."""
+        if len(token) > MAX_TOKEN_LEN:
+            return None  # no peer holds one; the server would not even take the question
+        got = await self.ask(token)
         if not got.active:
             return None
         return RemoteGrant(self, token, decode_key(got.public_key), got.name,

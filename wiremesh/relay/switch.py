@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,6 +31,7 @@ RELAY_PATH = "/api/v1/relay"  # the same on the server (embedded) and on a stand
 QUEUE_FRAMES = 1024
 CLOSE_REPLACED = 4000  # the same peer connected again; the older connection goes
 CLOSE_REVOKED = 4001  # the peer's credential is no longer valid (peer deleted)
+RETRY_AFTER_S = 5  # when credentials cannot be checked: the server is down or refuses us
 
 
 class Grant(Protocol):
@@ -48,7 +50,36 @@ class Grant(Protocol):
 
 
 class Authority(Protocol):
-    async def authenticate(self, token: str) -> Grant | None: ...
+    async def authenticate(self, token: str) -> Grant | None:
+        """The grant of the peer holding `token`, None when it holds none; raises when the
+        token cannot be checked (the peer then gets 503, not 401)."""
+        ...
+
+
+# uvicorn's websockets-sansio protocol (0.54) logs "ASGI callable returned without completing
+# handshake." at ERROR after every denial response, although the client got it: anyone could
+# fill the log with refused handshakes. Those of our own denials are dropped; any other stays.
+# Upstream: https://github.com/Kludex/uvicorn/pull/3138 (remove this once it is released).
+_UVICORN_NO_HANDSHAKE = "ASGI callable returned without completing handshake."
+_denied: ContextVar[bool] = ContextVar("relay_denied", default=False)
+
+
+class _DenialNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        # The server logs it in the connection's task, after the app returned in it, so
+        # the flag set while denying is visible here and in no other connection.
+        return not (_denied.get() and record.getMessage() == _UVICORN_NO_HANDSHAKE)
+
+
+def _quiet_uvicorn_denials() -> None:
+    server_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DenialNoise) for f in server_log.filters):
+        server_log.addFilter(_DenialNoise())
+
+
+async def _deny(ws: WebSocket, response: JSONResponse) -> None:
+    _denied.set(True)
+    await ws.send_denial_response(response)
 
 
 @dataclass(eq=False)
@@ -62,6 +93,7 @@ class _Client:
 class RelaySwitch:
     def __init__(self, authority: Authority) -> None:
         self.authority = authority
+        _quiet_uvicorn_denials()
         self.clients: dict[bytes, _Client] = {}
         self.counts: Counter[str] = Counter()  # outcome -> frames (plus "refused" connections)
 
@@ -75,13 +107,14 @@ class RelaySwitch:
             grant = await self.authority.authenticate(token) if token else None
         except Exception as e:  # the store or the server failed us, not the peer
             log.error("relay: cannot check a peer's credential: %r", e)
-            await ws.send_denial_response(JSONResponse(
-                {"detail": "the relay cannot check credentials right now"}, status_code=503))
+            await _deny(ws, JSONResponse(
+                {"detail": "the relay cannot check credentials right now"}, status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)}))
             return
         if grant is None:
             self.counts["refused"] += 1
             metrics.REFUSED.inc()
-            await ws.send_denial_response(JSONResponse(
+            await _deny(ws, JSONResponse(
                 {"detail": "an enrolled peer's bearer token is required"}, status_code=401,
                 headers={"WWW-Authenticate": "Bearer"}))
             return

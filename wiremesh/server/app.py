@@ -110,10 +110,16 @@ def create_app(db_url: str, on_admin_token: Callable[[str], None] | None = None,
                 t.cancel()
             await engine.dispose()
 
+    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, and a script
+    # from there would run as the console's origin (session cookie, CSRF header and all).
+    # The spec stays at /openapi.json for tools.
     app = FastAPI(title="wiremesh", version="0.1.0", lifespan=lifespan,
-                  description="Control plane of a WireGuard mesh overlay.")
+                  description="Control plane of a WireGuard mesh overlay.",
+                  docs_url=None, redoc_url=None)
     errors.install(app)
     app.add_middleware(BodyLimit)
+    # Added last, so it is outside BodyLimit and its 413s get the headers too.
+    app.add_middleware(console.SecurityHeaders)
     for r in (routes_admin.router, routes_agent.router, routes_auth.router,
               routes_gateway.router,
               routes_policy.router, routes_relay.router, routes_tokens.router,

@@ -30,29 +30,51 @@ CSP = "; ".join((
     "require-trusted-types-for 'script'",
     "trusted-types 'none'",
 ))
-HEADERS = [
-    (b"content-security-policy", CSP.encode()),
+# Every response, API answers included: a text/plain policy export can hold HTML from a
+# policy's description, so no MIME sniffing; no page of ours may be framed or leak its URL.
+COMMON_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
+]
+CONSOLE_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
+# Nothing but the console is meant to run in a browser: JSON, the policy export and the
+# login callback's page (a meta refresh and a link) need no script, style or fetch.
+OTHER_HEADERS = [(b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")]
 
 
-class ConsoleHeaders:
-    """Adds the console's security headers to the pages and assets it serves."""
+def _is_console(path: str) -> bool:
+    return path == "/" or path.startswith(ASSETS + "/")
+
+
+def _add_missing(headers: list[tuple[bytes, bytes]],
+                 extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """`headers` plus those of `extra` it does not set itself (a route's own choice wins)."""
+    present = {name.lower() for name, _ in headers}
+    return [*headers, *((n, v) for n, v in extra if n not in present)]
+
+
+class SecurityHeaders:
+    """Adds the security headers to every HTTP response: the console's strict CSP to its
+    pages and assets, a CSP that allows nothing to everything else. WebSockets pass as they
+    are, and streamed bodies are untouched (only the response start is rewritten)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not (path == "/" or path.startswith(ASSETS + "/")):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        extra = [*COMMON_HEADERS,
+                 *(CONSOLE_HEADERS if _is_console(scope["path"]) else OTHER_HEADERS)]
 
         async def with_headers(msg: Message) -> None:
             if msg["type"] == "http.response.start":
-                msg["headers"] = [*msg.get("headers", []), *HEADERS]
+                msg["headers"] = _add_missing(list(msg.get("headers", [])), extra)
             await send(msg)
 
         await self.app(scope, receive, with_headers)
@@ -75,7 +97,6 @@ async def session(request: Request) -> dict[str, Any]:
 
 
 def install(app: FastAPI) -> None:
-    app.add_middleware(ConsoleHeaders)
     app.mount(ASSETS, StaticFiles(directory=STATIC / "assets"), name="console-assets")
     app.add_api_route("/console/session", session, methods=["GET"], include_in_schema=False)
 
