@@ -91,6 +91,16 @@ async def test_a_relay_that_cannot_check_tokens_answers_503(server: str, case: s
     assert b"cannot check credentials" in r.body
 
 
+async def test_credentials_that_cannot_be_checked_log_one_line_not_one_each(
+        errors: pytest.LogCaptureFixture) -> None:
+    with standalone(dead_url()) as base:
+        for _ in range(5):
+            assert (await refusal(base, "wm_peer_some-token")).status_code == 503
+        await asyncio.sleep(0.2)  # the server logs once the app has returned
+    said = [r.getMessage() for r in errors.records]
+    assert len(said) == 1 and "cannot check peers' credentials" in said[0], said
+
+
 def one_line_error(args: list[str]) -> str:
     """The one error line of a relay start that must stop before serving. It is told to
     listen where something listens already, so a start that goes on ends at once too."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ QUEUE_FRAMES = 1024
 CLOSE_REPLACED = 4000  # the same peer connected again; the older connection goes
 CLOSE_REVOKED = 4001  # the peer's credential is no longer valid (peer deleted)
 RETRY_AFTER_S = 5  # when credentials cannot be checked: the server is down or refuses us
+# While they cannot be checked, one log line this often: a line per attempt let anyone with a
+# bearer token (any text) fill the log.
+UNCHECKED_LOG_S = 10.0
 
 
 class Grant(Protocol):
@@ -96,6 +100,8 @@ class RelaySwitch:
         _quiet_uvicorn_denials()
         self.clients: dict[bytes, _Client] = {}
         self.counts: Counter[str] = Counter()  # outcome -> frames (plus "refused" connections)
+        self._unchecked = 0  # connections refused unchecked since the last log line
+        self._unchecked_logged = -UNCHECKED_LOG_S
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] += 1
@@ -106,7 +112,12 @@ class RelaySwitch:
         try:
             grant = await self.authority.authenticate(token) if token else None
         except Exception as e:  # the store or the server failed us, not the peer
-            log.error("relay: cannot check a peer's credential: %r", e)
+            self._unchecked += 1
+            now = time.monotonic()
+            if now - self._unchecked_logged >= UNCHECKED_LOG_S:
+                log.error("relay: cannot check peers' credentials (%d refused since the last "
+                          "such line): %r", self._unchecked, e)
+                self._unchecked, self._unchecked_logged = 0, now
             await _deny(ws, JSONResponse(
                 {"detail": "the relay cannot check credentials right now"}, status_code=503,
                 headers={"Retry-After": str(RETRY_AFTER_S)}))
