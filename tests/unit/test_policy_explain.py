@@ -61,6 +61,14 @@ def test_allowed_names_the_policy() -> None:
     assert ex.summary() == "p1 -> p2 tcp/8080: allowed by ssh"
 
 
+def test_peers_are_named_by_id_as_text_too() -> None:
+    # The API's query parameters are text: "name or id" held for names only.
+    state = mesh(2, {"devs": {1}, "servers": {2}}, [SSH])
+    assert explain(state, "1", "2", "tcp", 22).summary() == "p1 -> p2 tcp/22: allowed by ssh"
+    with pytest.raises(ValueError, match="no peer named '7'"):
+        explain(state, "7", "p2", "tcp", 22)
+
+
 @pytest.mark.parametrize(("src", "dst", "proto", "port", "verdict", "text"), [
     ("p3", "p2", "tcp", 22, "source", "p3 is in none of its source groups [devs]"),
     ("p1", "p3", "tcp", 22, "destination", "p3 is in none of its destination groups [servers]"),

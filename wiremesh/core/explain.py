@@ -65,11 +65,15 @@ class Explanation:
 
 
 def find_peer(state: MeshState, ref: int | str) -> PeerInfo:
-    """A peer by id or by name; ValueError naming the reference when there is none."""
+    """A peer by id or by name; ValueError naming the reference when there is none. Text of
+    ASCII digits is an id when a peer has it, else a name (as the admin API reads a peer
+    reference; names are never all digits now, older ones may be)."""
     if isinstance(ref, int) and not isinstance(ref, bool):
         if ref in state.peers:
             return state.peers[ref]
         raise ValueError(f"no peer with id {ref}")
+    if isinstance(ref, str) and ref.isascii() and ref.isdigit() and int(ref) in state.peers:
+        return state.peers[int(ref)]
     for p in state.peers.values():
         if p.name == ref:
             return p
