@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from wiremesh.wg.keys import make_private_dirs
+
 PID_MAX_LIMIT = 1 << 22  # Linux's highest pid_max
 
 
@@ -82,7 +84,7 @@ def _open(state_dir: Path, flags: int, create_dir: bool = False) -> int:
     path = _path(state_dir)
     try:
         if create_dir:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(state_dir)
         return os.open(path, flags | os.O_NOFOLLOW, 0o644)
     except FileNotFoundError:
         raise

@@ -25,6 +25,7 @@ from wiremesh.core.wire import (
     DnsConfig,
     describe,
 )
+from wiremesh.wg.keys import make_private_dirs, write_private_key
 
 
 def server(
@@ -172,7 +173,7 @@ def server(
         print_text(("initial admin token (shown once):", "bold"), f" {token}")
         if admin_token_file is not None:
             try:
-                write_secret(admin_token_file, token)
+                write_private_key(admin_token_file, token)
             except OSError as e:  # checked at start: only a change since then gets here
                 print_text(("error:", "bold red"), f" --admin-token-file {admin_token_file}: "
                            f"cannot write it: {reason(e)}; the token is the one above",
@@ -324,22 +325,10 @@ RELAY_WS_OPTIONS: dict[str, Any] = {"ws_max_size": 1 << 17, "ws_per_message_defl
                                     "ws": "wiremesh.relay.uvicorn_ws:WebSocketProtocol"}
 
 
-def write_secret(path: Path, text: str) -> None:
-    """Write `text` to `path` readable by our user only (mode 0600, also when the file was
-    there already, looser), creating missing directories with mode 0700."""
-    from wiremesh.store.db import make_private_dirs
-    from wiremesh.wg.keys import write_private_key
-
-    make_private_dirs(path.parent)
-    write_private_key(path, text)
-
-
 def token_file_writable(path: Path) -> None:
     """Exit 2 now unless the initial admin token can be written to `path` (creating its
     directory): the app writes it only after bootstrapping the store, which makes the token
     once and never again."""
-    from wiremesh.store.db import make_private_dirs
-
     if path.is_dir():
         fail(f"--admin-token-file {path}: is a directory")
     try:
@@ -358,7 +347,7 @@ def relay_secret(path: Path, create: bool = True) -> str:
     elif create:
         secret = secrets.token_urlsafe(32)
         try:
-            write_secret(path, secret)
+            write_private_key(path, secret)
         except OSError as e:
             fail(f"--relay-secret-file {path}: cannot write it: {reason(e)}")
     else:

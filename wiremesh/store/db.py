@@ -16,6 +16,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from wiremesh.wg.keys import make_private_dirs
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 log = logging.getLogger(__name__)
@@ -93,17 +95,6 @@ def sqlite_file(url: str) -> Path | None:
     if str(u.query.get("uri", "")).lower() in ("true", "1"):
         return None
     return Path(u.database).absolute()
-
-
-def make_private_dirs(path: Path) -> None:
-    """Create `path` and its missing parents, each readable by our user only (mode 0700).
-    Path.mkdir(parents=True) gives the parents it creates the default mode (0755)."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for d in reversed(missing):
-        d.mkdir(mode=0o700, exist_ok=True)  # exist_ok: a replica starting at the same time
 
 
 # A database file and what SQLite keeps beside it (a rollback journal or the WAL files).

@@ -46,6 +46,17 @@ def public_key_of(private_b64: str) -> str:
     return encode_key(priv.public_key().public_bytes_raw())
 
 
+def make_private_dirs(path: Path) -> None:
+    """Create `path` and its missing parents, each readable by our user only (mode 0700).
+    Path.mkdir(parents=True) gives the parents it creates the default mode (0755)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)  # exist_ok: another process making it meanwhile
+
+
 def write_private_file(path: Path, data: bytes) -> None:
     """Write `data` readable only by its owner, never briefly readable by others, and whole
     or not at all: it goes to a new file that then replaces `path`, so a reader (or a restart
@@ -54,7 +65,7 @@ def write_private_file(path: Path, data: bytes) -> None:
     The new file is made by mkstemp (O_CREAT|O_EXCL|O_NOFOLLOW, 0600, a random name): a file
     or symlink already waiting at a predictable temp name was written through as root,
     or kept its own mode (a 0644 `prefs.json.tmp` left prefs.json 0644)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
