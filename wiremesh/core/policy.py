@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import functools
 import gc
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -108,39 +108,63 @@ class _CompiledPolicy:
         self.src_peers = {np[s].public_key: np[s] for s in self.src}
         self.dst_peers = {np[d].public_key: np[d] for d in self.dst}
 
-    def shift_src(self, gone: list[NetmapPeer], came: list[NetmapPeer]) -> None:
-        """Sources `gone` left and `came` joined (an edited peer is both): patch."""
-        self.src_rules = self.src_rules.difference(
-            self.in_rule(p.overlay_ip) for p in gone).union(
-            self.in_rule(p.overlay_ip) for p in came)
+    def shift_src(self, gone: list[NetmapPeer], came: list[NetmapPeer], log: _Shifts) -> None:
+        """Sources `gone` left and `came` joined (an edited peer is both): patch, and note
+        what moved in `log`."""
+        self.src_rules = _shifted(self.src_rules, [self.in_rule(p.overlay_ip) for p in gone],
+                                  [self.in_rule(p.overlay_ip) for p in came], log.inbound)
         for prefix, rules in self.fwd.items():
-            self.fwd[prefix] = rules.difference(
-                self.fwd_rule(p.overlay_ip, prefix) for p in gone).union(
-                self.fwd_rule(p.overlay_ip, prefix) for p in came)
-        _shift_table(self.src_peers, gone, came)
+            self.fwd[prefix] = _shifted(
+                rules, [self.fwd_rule(p.overlay_ip, prefix) for p in gone],
+                [self.fwd_rule(p.overlay_ip, prefix) for p in came], log.forward)
+        _shift_table(self.src_peers, gone, came, log.keys)
 
-    def shift_dst(self, gone: list[NetmapPeer], came: list[NetmapPeer]) -> None:
+    def shift_dst(self, gone: list[NetmapPeer], came: list[NetmapPeer], log: _Shifts) -> None:
         if self.policy.bidirectional:
-            self.dst_rules = self.dst_rules.difference(
-                self.in_rule(p.overlay_ip) for p in gone).union(
-                self.in_rule(p.overlay_ip) for p in came)
-        _shift_table(self.dst_peers, gone, came)
+            self.dst_rules = _shifted(
+                self.dst_rules, [self.in_rule(p.overlay_ip) for p in gone],
+                [self.in_rule(p.overlay_ip) for p in came], log.inbound)
+        _shift_table(self.dst_peers, gone, came, log.keys)
 
-    def fwd_rules(self, prefix: str) -> frozenset[ForwardRule]:
+    def fwd_rules(self, prefix: str, log: _Shifts) -> frozenset[ForwardRule]:
+        """The forward rules into `prefix`, made when first asked (noted in `log`: parts
+        merged before held none of them)."""
         rules = self.fwd.get(prefix)
         if rules is None:
             rules = frozenset(self.fwd_rule(p.overlay_ip, prefix)
                               for p in self.src_peers.values())
             self.fwd[prefix] = rules
+            log.forward.update(rules)
         return rules
 
 
 def _shift_table(table: dict[str, NetmapPeer], gone: list[NetmapPeer],
-                 came: list[NetmapPeer]) -> None:
+                 came: list[NetmapPeer], log: set[str]) -> None:
     for p in gone:
         del table[p.public_key]
+        log.add(p.public_key)
     for p in came:
         table[p.public_key] = p
+        log.add(p.public_key)
+
+
+def _shifted(rules: frozenset[_T], lost: list[_T], won: list[_T], log: set[_T]) -> frozenset[_T]:
+    log.update(lost)
+    log.update(won)
+    return rules.difference(lost).union(won)
+
+
+@dataclass
+class _Shifts:
+    """What moved in the policies' tables and rule sets within one change. While nothing but
+    members moved (no policy or route indexed afresh: not `reshaped`), these are the only
+    entries by which a group's parts can differ from what they were before the change, so
+    its delta looks them up instead of diffing tables of thousands of entries."""
+
+    keys: set[str] = field(default_factory=set)  # public keys
+    inbound: set[InboundRule] = field(default_factory=set)
+    forward: set[ForwardRule] = field(default_factory=set)
+    reshaped: bool = False
 
 
 @dataclass(frozen=True)
@@ -200,11 +224,22 @@ class _Combo:
     routes: dict[str, RouteEntry]
     forward: frozenset[ForwardRule]
     masquerade: frozenset[str]
-    as_dst: tuple[_CompiledPolicy, ...]
-    bidir_as_src: tuple[_CompiledPolicy, ...]
     used_routes: tuple[_CompiledRoute, ...]  # with at least one router
     served: tuple[tuple[Route, _CompiledPolicy], ...]  # as router, with at least one source
-    ids: tuple[frozenset[int], ...]  # whose union is the peers of `peers`
+    # The netmap of a peer sharing these objects, but for its id, name and overlay IP.
+    template: Netmap
+
+    def netmap(self, peer_id: int, name: str, overlay_ip: str) -> Netmap:
+        """`template` stamped for one peer. Copying its fields costs a quarter of the
+        frozen dataclass's __init__ (a guarded setattr per field), and a change touching a
+        large team builds a thousand of these."""
+        nm = object.__new__(Netmap)
+        fields = nm.__dict__
+        fields.update(self.template.__dict__)
+        fields["peer_id"] = peer_id
+        fields["name"] = name
+        fields["overlay_ip"] = overlay_ip
+        return nm
 
 
 @contextmanager
@@ -277,10 +312,13 @@ class PolicyCompiler:
         self._stale: dict[str, _GroupParts] = {}
         self._deltas: dict[str, _PartsDelta] = {}
         self._moved: set[str] = set()
+        self._shifts = _Shifts()
         self._combos: dict[frozenset[str], _Combo] = {}
         # Each peer's combination (its groups) and how many peers hold each, so a
-        # combination nobody holds any more is dropped.
+        # combination nobody holds any more is dropped; within a change, the peers whose
+        # groups changed (the others keep their key).
         self._key_of: dict[int, frozenset[str]] = {}
+        self._regrouped: set[int] = set()
         self._key_users: dict[frozenset[str], int] = {}
         with _without_cyclic_gc():
             for r in routes.values():
@@ -290,7 +328,8 @@ class PolicyCompiler:
             for p in given.values():
                 self._index_policy(p)
             self._netmaps: dict[int, Netmap] = {
-                pid: self._compile(pid, self._combo_of(pid)) for pid in self._peers}
+                pid: self._compile(p, self._combo_of(pid)) for pid, p in self._peers.items()}
+            self._end_change()
 
     # --- reading -------------------------------------------------------------------------
 
@@ -503,7 +542,7 @@ class PolicyCompiler:
             self._all.add(p.id)
             todo = {p.id}
             for g in groups:
-                todo |= self._refresh_group(g)
+                todo |= self._refresh_group(g, (p.id,))
             return todo
         todo = {p.id} | self._known(p.id)
         # The peer is in every policy its groups are named by; a policy naming several of
@@ -512,7 +551,7 @@ class PolicyCompiler:
                                    (self._by_dst, _CompiledPolicy.shift_dst, _DST)):
             for name in set().union(*(index.get(g, ()) for g in groups)):
                 cp = self._cpol[name]
-                shift(cp, [old_np], [new_np])
+                shift(cp, [old_np], [new_np], self._shifts)
                 self._touch(cp, side)
         # Names order routers and key metric overrides; keys identify them in route entries.
         for g in groups:
@@ -524,7 +563,7 @@ class PolicyCompiler:
         todo = {pid} | self._known(pid)
         self._all.discard(pid)
         for g in (*self._groups_of.get(pid, ()), ALL_GROUP):
-            self._refresh_group(g)
+            self._refresh_group(g, (pid,))
         del self._peers[pid]
         del self._np[pid]
         return todo
@@ -533,10 +572,13 @@ class PolicyCompiler:
         """Replace group `g`'s members; None deletes the group."""
         old = self._raw.get(g, _EMPTY)
         new = _EMPTY if members is None else members
-        for pid in old - new:
+        left, joined = old - new, new - old
+        for pid in left:
             self._groups_of[pid].discard(g)
-        for pid in new - old:
+        for pid in joined:
             self._groups_of.setdefault(pid, set()).add(g)
+        self._regrouped |= left
+        self._regrouped |= joined
         if members is None:
             self._raw.pop(g, None)
         else:
@@ -548,13 +590,15 @@ class PolicyCompiler:
             self._members[g] = new_eff
             todo: set[int] = set()
         else:
-            todo = self._refresh_group(g) | (old_eff ^ new_eff)
+            moved = old_eff ^ new_eff
+            todo = self._refresh_group(g, moved) | moved
         if members is None:
             self._members.pop(g, None)
         return todo
 
-    def _refresh_group(self, g: str) -> set[int]:
-        """Recompute group `g`'s members and patch what depends on them.
+    def _refresh_group(self, g: str, moved: Collection[int]) -> set[int]:
+        """Recompute group `g`'s members, which only the peers `moved` joined or left, and
+        patch what depends on them (looking at those peers only, not at every member).
 
         A peer being removed is already out of `_all` but still in `_np`, so what it
         contributed can be taken out. Returns the peers whose netmap may depend on membership
@@ -567,17 +611,21 @@ class PolicyCompiler:
         np = self._np
         for name in self._by_src.get(g, ()):
             cp = self._cpol[name]
-            new_src = self._sources(cp.policy)
-            if new_src != cp.src:
-                cp.shift_src([np[i] for i in cp.src - new_src], [np[i] for i in new_src - cp.src])
-                cp.src = new_src
+            new_src, src = self._sources(cp.policy), cp.src
+            gone = [np[i] for i in moved if i in src and i not in new_src]
+            came = [np[i] for i in moved if i in new_src and i not in src]
+            cp.src = new_src
+            if gone or came:
+                cp.shift_src(gone, came, self._shifts)
                 self._touch(cp, _SRC)
         for name in self._by_dst.get(g, ()):
             cp = self._cpol[name]
-            new_dst = self._union(cp.policy.destinations)
-            if new_dst != cp.dst:
-                cp.shift_dst([np[i] for i in cp.dst - new_dst], [np[i] for i in new_dst - cp.dst])
-                cp.dst = new_dst
+            new_dst, dst = self._union(cp.policy.destinations), cp.dst
+            gone = [np[i] for i in moved if i in dst and i not in new_dst]
+            came = [np[i] for i in moved if i in new_dst and i not in dst]
+            cp.dst = new_dst
+            if gone or came:
+                cp.shift_dst(gone, came, self._shifts)
                 self._touch(cp, _DST)
         for rname in self._routes_by_group.get(g, ()):
             self._drop_route(rname)
@@ -631,6 +679,7 @@ class PolicyCompiler:
             self._drop_route(name)
         for pname in self._by_route.get(name, ()):
             self._cpol[pname].fwd.clear()
+        self._shifts.reshaped = True
         return todo | self._route_reach(name)
 
     def _route_reach(self, name: str) -> set[int]:
@@ -653,13 +702,15 @@ class PolicyCompiler:
             members = self._members[g] = frozenset(self._all)
         return members
 
-    def _union(self, groups: Iterable[str]) -> frozenset[int]:
+    def _union(self, groups: Sequence[str]) -> frozenset[int]:
+        if len(groups) == 1:
+            return self._group(groups[0])  # most policies name one group: no copy
         return _EMPTY.union(*(self._group(g) for g in groups))
 
     def _sources(self, p: Policy) -> frozenset[int]:
         """The peers `p` lets open connections: the one place a per-policy filter of its
         source groups' members belongs (a peer filtered out must then also get a
-        combination of its own: `_combo_key` names what its netmap is merged from)."""
+        combination of its own: `_enter` names what its netmap is merged from)."""
         return self._union(p.sources)
 
     def _index_policy(self, given: Policy) -> None:
@@ -669,6 +720,7 @@ class PolicyCompiler:
         cp = _CompiledPolicy(p, self._sources(p), self._union(p.destinations))
         cp.fill(self._np)
         self._cpol[p.name] = cp
+        self._shifts.reshaped = True
         self._touch(cp, _SRC | _DST)
         for g in set(p.sources):
             self._by_src.setdefault(g, set()).add(p.name)
@@ -681,6 +733,7 @@ class PolicyCompiler:
         cp = self._cpol.pop(name, None)
         if cp is None:
             return
+        self._shifts.reshaped = True
         self._touch(cp, _SRC | _DST)
         for index, keys in ((self._by_src, cp.policy.sources),
                             (self._by_dst, cp.policy.destinations),
@@ -739,7 +792,7 @@ class PolicyCompiler:
                 cp = self._cpol[name]
                 if cp.src:
                     served.append((route, cp))
-                    forward.append(cp.fwd_rules(route.prefix))
+                    forward.append(cp.fwd_rules(route.prefix, self._shifts))
                     tables.append(cp.src_peers)
                     ids.append(cp.src)
         gp = _GroupParts(
@@ -759,9 +812,9 @@ class PolicyCompiler:
         ) and all(self._croutes.get(cr.route.name) is cr for cr in old.used_routes):
             return old
         groups = (*key, ALL_GROUP) if old is None else old.groups
-        gps = tuple(self._group_parts(g) for g in groups)
+        gparts = self._gparts
+        gps = tuple(gparts.get(g) or self._group_parts(g) for g in groups)
         tables = [gp.peers for gp in gps]
-        ids = [i for gp in gps for i in gp.ids]
         routes: dict[str, RouteEntry] = {}
         used: list[_CompiledRoute] = []
         for gp in gps:
@@ -772,7 +825,6 @@ class PolicyCompiler:
                         routes[rname] = cr.entry
                         used.append(cr)
                         tables.append(cr.router_peers)
-                        ids.append(cr.routers)
         served = tuple(rc for gp in gps for rc in gp.served)
         masquerade = frozenset(r.prefix for r, _ in served if r.masquerade)
         patched = None if old is None else self._patched(old, gps, tables, used)
@@ -793,10 +845,10 @@ class PolicyCompiler:
             masquerade = _kept(old.masquerade, masquerade)
         combo = _Combo(
             groups=groups, gps=gps, peers=peers, inbound=inbound, routes=routes,
-            forward=forward, masquerade=masquerade,
-            as_dst=tuple(cp for gp in gps for cp in gp.as_dst),
-            bidir_as_src=tuple(cp for gp in gps for cp in gp.bidir_as_src),
-            used_routes=tuple(used), served=served, ids=tuple(ids))
+            forward=forward, masquerade=masquerade, used_routes=tuple(used), served=served,
+            template=Netmap(version=0, peer_id=0, name="", overlay_ip="", peers=peers,
+                            inbound=inbound, routes=routes, forward=forward,
+                            masquerade=masquerade))
         self._combos[key] = combo
         return combo
 
@@ -850,12 +902,17 @@ class PolicyCompiler:
         if self._stale.get(g) is not old or self._gparts.get(g) is not new:
             return None  # `old` is older than this change (its combination went unused)
         was, now = old.peers, new.peers
-        came = now.keys() - was.keys()
-        came.update(k for k in self._moved if k in now and was.get(k) is not now[k])
-        d = _PartsDelta(
-            old, new, frozenset(was.keys() - now.keys()), tuple(came),
-            old.inbound - new.inbound, new.inbound - old.inbound,
-            old.forward - new.forward, new.forward - old.forward)
+        s = self._shifts
+        if s.reshaped or len(s.keys) > len(was) + len(now):
+            gone = frozenset(was.keys() - now.keys())
+            came = now.keys() - was.keys()
+            came.update(k for k in self._moved if k in now and was.get(k) is not now[k])
+        else:
+            gone = frozenset(k for k in s.keys if k in was and k not in now)
+            came = {k for k in s.keys | self._moved if k in now and was.get(k) is not now[k]}
+        inbound = _moved_between(old.inbound, new.inbound, None if s.reshaped else s.inbound)
+        forward = _moved_between(old.forward, new.forward, None if s.reshaped else s.forward)
+        d = _PartsDelta(old, new, gone, tuple(came), *inbound, *forward)
         self._deltas[g] = d
         return d
 
@@ -896,16 +953,15 @@ class PolicyCompiler:
 
     # --- compiling one peer ------------------------------------------------------------------
 
-    def _combo_key(self, x: int) -> frozenset[str]:
-        return frozenset(self._groups_of.get(x, ()))
-
     def _combo_of(self, x: int) -> _Combo:
         return self._combo(self._enter(x))
 
     def _enter(self, x: int) -> frozenset[str]:
         """x's combination key, counted as x's (and x no longer counted for its old one)."""
-        key = self._combo_key(x)
         old = self._key_of.get(x)
+        if old is not None and x not in self._regrouped:
+            return old
+        key = frozenset(self._groups_of.get(x, ()))
         if old != key:
             self._key_of[x] = key
             self._key_users[key] = self._key_users.get(key, 0) + 1
@@ -923,22 +979,21 @@ class PolicyCompiler:
 
     def _known(self, x: int) -> frozenset[int]:
         """The peers in x's netmap, by id: the only peers whose netmaps mention x."""
-        return _union(list(self._combo_of(x).ids)) - {x}
+        c = self._combo_of(x)
+        return _union([i for gp in c.gps for i in gp.ids]
+                      + [cr.routers for cr in c.used_routes]) - {x}
 
-    def _compile(self, x: int, c: _Combo) -> Netmap:
-        """x's netmap, from its combination `c`."""
-        me = self._peers[x]
-        ip = me.overlay_ip
+    def _compile(self, me: PeerInfo, c: _Combo) -> Netmap:
+        """Peer `me`'s netmap, from its combination `c`."""
+        x, ip = me.id, me.overlay_ip
         if me.public_key not in c.peers:
-            return Netmap(version=0, peer_id=x, name=me.name, overlay_ip=ip, peers=c.peers,
-                          inbound=c.inbound, routes=c.routes, forward=c.forward,
-                          masquerade=c.masquerade)
+            return c.netmap(x, me.name, ip)
         # x is a counterpart, router or source in its own combination: leave out whatever
         # names x itself (a rule from x's own address exists only through these policies).
         peers = c.peers.copy()
         del peers[me.public_key]
-        own = {cp.in_rule(ip) for cp in c.as_dst if x in cp.src}
-        own.update(cp.in_rule(ip) for cp in c.bidir_as_src if x in cp.dst)
+        own = {cp.in_rule(ip) for gp in c.gps for cp in gp.as_dst if x in cp.src}
+        own.update(cp.in_rule(ip) for gp in c.gps for cp in gp.bidir_as_src if x in cp.dst)
         routes = c.routes
         mine = [cr for cr in c.used_routes if x in cr.routers]
         if mine:
@@ -963,39 +1018,49 @@ class PolicyCompiler:
 
     def _recompute(self, todo: Iterable[int]) -> set[int]:
         changed: set[int] = set()
-        by_key: dict[frozenset[str], list[int]] = {}
+        by_key: dict[frozenset[str], list[PeerInfo]] = {}
+        # Each lookup in these maps of every peer is a few cache misses (a peer's data is
+        # scattered over a heap of gigabytes): each peer is looked up once.
+        netmaps, peers = self._netmaps, self._peers
         for x in todo:
-            if x not in self._peers:
-                if self._netmaps.pop(x, None) is not None:
+            me = peers.get(x)
+            if me is None:
+                if netmaps.pop(x, None) is not None:
                     changed.add(x)
                 key = self._key_of.pop(x, None)
                 if key is not None:
                     self._release(key)
                 continue
-            by_key.setdefault(self._enter(x), []).append(x)
+            by_key.setdefault(self._enter(x), []).append(me)
         # One combination serves all its peers (hundreds in a change): bring it up to date
         # once, and skip the peers whose netmap still shares every object with it.
-        netmaps, peers = self._netmaps, self._peers
-        for key, xs in by_key.items():
+        for key, mes in by_key.items():
             c = self._combo(key)
-            for x in xs:
+            for me in mes:
+                x = me.id
                 old = netmaps.get(x)
                 if old is not None and old.peers is c.peers and old.inbound is c.inbound \
                         and old.routes is c.routes and old.forward is c.forward \
-                        and old.masquerade is c.masquerade:
-                    me = peers[x]
-                    if me.name == old.name and me.overlay_ip == old.overlay_ip \
-                            and me.public_key not in c.peers:
-                        continue
-                nm = self._compile(x, c)
-                if old != nm:
+                        and old.masquerade is c.masquerade \
+                        and me.name == old.name and me.overlay_ip == old.overlay_ip \
+                        and me.public_key not in c.peers:
+                    continue
+                nm = self._compile(me, c)
+                # Tables of different sizes differ: most changes add or drop a peer.
+                if old is None or len(old.peers) != len(nm.peers) or old != nm:
                     netmaps[x] = nm
                     changed.add(x)
-        # Combinations not refreshed by now merge afresh when next needed.
+        self._end_change()
+        return changed
+
+    def _end_change(self) -> None:
+        """Forget what held only within a change: combinations not refreshed by now merge
+        afresh when next needed."""
         self._stale.clear()
         self._deltas.clear()
         self._moved.clear()
-        return changed
+        self._regrouped.clear()
+        self._shifts = _Shifts()
 
 
 def _kept(old: _T, new: _T) -> _T:
@@ -1006,12 +1071,23 @@ def _patch_set(old: frozenset[_T], gone: list[frozenset[_T]], came: list[frozens
                parts: list[frozenset[_T]]) -> frozenset[_T]:
     """The union of `parts`, given `old` (their union before) and each changed part's lost
     and gained elements."""
-    lost = _EMPTY.union(*gone).difference(*parts)
+    # Not `difference(*parts)`: past its first argument it walks every part whole.
+    lost = [x for x in _EMPTY.union(*gone) if not any(x in p for p in parts)]
     added = _EMPTY.union(*came).difference(old)
     # Each operation copies `old` (tens of thousands of rules for a site's servers): one.
     if lost and added:
         return old.difference(lost).union(added)
     return old.difference(lost) if lost else old.union(added) if added else old
+
+
+def _moved_between(old: frozenset[_T], new: frozenset[_T], suspects: set[_T] | None,
+                   ) -> tuple[frozenset[_T], frozenset[_T]]:
+    """(old - new, new - old), looking only at `suspects` (all that can differ; None: not
+    known) when there are fewer of them than elements."""
+    if suspects is None or len(suspects) > len(old) + len(new):
+        return old - new, new - old
+    return (frozenset(x for x in suspects if x in old and x not in new),
+            frozenset(x for x in suspects if x in new and x not in old))
 
 
 def _union(sets: list[frozenset]) -> frozenset:
