@@ -159,12 +159,16 @@ class _Shifts:
     """What moved in the policies' tables and rule sets within one change. While nothing but
     members moved (no policy or route indexed afresh: not `reshaped`), these are the only
     entries by which a group's parts can differ from what they were before the change, so
-    its delta looks them up instead of diffing tables of thousands of entries."""
+    the parts are patched with them instead of merged again from tables of thousands of
+    entries (when they are fewer than the parts hold)."""
 
     keys: set[str] = field(default_factory=set)  # public keys
     inbound: set[InboundRule] = field(default_factory=set)
     forward: set[ForwardRule] = field(default_factory=set)
     reshaped: bool = False
+
+    def size(self) -> int:
+        return len(self.keys) + len(self.inbound) + len(self.forward)
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,9 @@ class _GroupParts:
     # As the router group of routes: forward rules for their policies' sources.
     forward: frozenset[ForwardRule]
     served: tuple[tuple[Route, _CompiledPolicy], ...]  # with at least one source
+
+    def size(self) -> int:
+        return len(self.peers) + len(self.inbound) + len(self.forward)
 
 
 @dataclass(frozen=True)
@@ -795,13 +802,36 @@ class PolicyCompiler:
                     forward.append(cp.fwd_rules(route.prefix, self._shifts))
                     tables.append(cp.src_peers)
                     ids.append(cp.src)
+        inbound = [cp.src_rules for cp in as_dst] + [cp.dst_rules for cp in bidir]
+        old, s = self._stale.get(g), self._shifts
+        if old is None or s.reshaped or s.size() > old.size() or len(served) != len(
+                old.served) or any(a[1] is not b[1] for a, b in zip(served, old.served,
+                                                                     strict=True)):
+            delta = None
+            merged = _merge_tables(tables), _union(inbound), _union(forward)
+        else:
+            # Only members moved since `old` was merged: patch it with what moved (the
+            # delta every combination holding the group then applies) instead of merging
+            # tables and rule sets of thousands of entries again.
+            gone, came = _table_moves(s.keys | self._moved, old.peers, tables)
+            in_moves = _set_moves(s.inbound, old.inbound, inbound)
+            fwd_moves = _set_moves(s.forward, old.forward, forward)
+            peers = old.peers
+            if gone or came:
+                peers = peers.copy()
+                for k in gone:
+                    del peers[k]
+                peers.update(came)
+            delta = gone, tuple(came), *in_moves, *fwd_moves
+            merged = peers, _toggled(old.inbound, *in_moves), _toggled(old.forward, *fwd_moves)
         gp = _GroupParts(
-            peers=_merge_tables(tables),
-            inbound=_union([cp.src_rules for cp in as_dst] + [cp.dst_rules for cp in bidir]),
-            ids=tuple(ids), as_dst=as_dst, bidir_as_src=bidir,
+            peers=merged[0], inbound=merged[1], ids=tuple(ids), as_dst=as_dst,
+            bidir_as_src=bidir,
             with_routes=tuple(cp for cp in as_src if cp.policy.destination_routes),
-            forward=_union(forward), served=tuple(served))
+            forward=merged[2], served=tuple(served))
         self._gparts[g] = gp
+        if old is not None and delta is not None:
+            self._deltas[g] = _PartsDelta(old, gp, *delta)
         return gp
 
     def _combo(self, key: frozenset[str]) -> _Combo:
@@ -901,18 +931,15 @@ class PolicyCompiler:
             return d
         if self._stale.get(g) is not old or self._gparts.get(g) is not new:
             return None  # `old` is older than this change (its combination went unused)
+        # Merged afresh (policies or routes were indexed again, a route's sources emptied, or
+        # more moved than the parts hold): what moved is found by diffing.
         was, now = old.peers, new.peers
-        s = self._shifts
-        if s.reshaped or len(s.keys) > len(was) + len(now):
-            gone = frozenset(was.keys() - now.keys())
-            came = now.keys() - was.keys()
-            came.update(k for k in self._moved if k in now and was.get(k) is not now[k])
-        else:
-            gone = frozenset(k for k in s.keys if k in was and k not in now)
-            came = {k for k in s.keys | self._moved if k in now and was.get(k) is not now[k]}
-        inbound = _moved_between(old.inbound, new.inbound, None if s.reshaped else s.inbound)
-        forward = _moved_between(old.forward, new.forward, None if s.reshaped else s.forward)
-        d = _PartsDelta(old, new, gone, tuple(came), *inbound, *forward)
+        came = now.keys() - was.keys()
+        came.update(k for k in self._moved if k in now and was.get(k) is not now[k])
+        d = _PartsDelta(
+            old, new, frozenset(was.keys() - now.keys()), tuple(came),
+            old.inbound - new.inbound, new.inbound - old.inbound,
+            old.forward - new.forward, new.forward - old.forward)
         self._deltas[g] = d
         return d
 
@@ -1073,21 +1100,51 @@ def _patch_set(old: frozenset[_T], gone: list[frozenset[_T]], came: list[frozens
     and gained elements."""
     # Not `difference(*parts)`: past its first argument it walks every part whole.
     lost = [x for x in _EMPTY.union(*gone) if not any(x in p for p in parts)]
-    added = _EMPTY.union(*came).difference(old)
+    return _toggled(old, lost, _EMPTY.union(*came).difference(old))
+
+
+def _toggled(old: frozenset[_T], lost: Collection[_T], added: Collection[_T]) -> frozenset[_T]:
+    """`old` without `lost` (elements of it) and with `added` (new to it)."""
     # Each operation copies `old` (tens of thousands of rules for a site's servers): one.
     if lost and added:
         return old.difference(lost).union(added)
     return old.difference(lost) if lost else old.union(added) if added else old
 
 
-def _moved_between(old: frozenset[_T], new: frozenset[_T], suspects: set[_T] | None,
-                   ) -> tuple[frozenset[_T], frozenset[_T]]:
-    """(old - new, new - old), looking only at `suspects` (all that can differ; None: not
-    known) when there are fewer of them than elements."""
-    if suspects is None or len(suspects) > len(old) + len(new):
-        return old - new, new - old
-    return (frozenset(x for x in suspects if x in old and x not in new),
-            frozenset(x for x in suspects if x in new and x not in old))
+def _table_moves(suspects: Iterable[str], was: Mapping[str, NetmapPeer],
+                 tables: list[dict[str, NetmapPeer]],
+                 ) -> tuple[frozenset[str], dict[str, NetmapPeer]]:
+    """How the merge of `tables` differs from `was`, which it can only by keys in
+    `suspects`: (the keys it lost, the entries it gained or replaced). Every table holding
+    a peer holds the same entry for it."""
+    gone: list[str] = []
+    came: dict[str, NetmapPeer] = {}
+    for k in suspects:
+        for t in tables:
+            v = t.get(k)
+            if v is not None:
+                if was.get(k) is not v:
+                    came[k] = v
+                break
+        else:
+            if k in was:
+                gone.append(k)
+    return frozenset(gone), came
+
+
+def _set_moves(suspects: Iterable[_T], was: frozenset[_T], parts: list[frozenset[_T]],
+               ) -> tuple[frozenset[_T], frozenset[_T]]:
+    """How the union of `parts` differs from `was`, which it can only by elements in
+    `suspects`: (the elements it lost, those it gained)."""
+    gone: list[_T] = []
+    came: list[_T] = []
+    for x in suspects:
+        if any(x in p for p in parts):
+            if x not in was:
+                came.append(x)
+        elif x in was:
+            gone.append(x)
+    return frozenset(gone), frozenset(came)
 
 
 def _union(sets: list[frozenset]) -> frozenset:
