@@ -44,9 +44,11 @@ much memory as their ~13,000 combinations). A change drops the parts it touches;
 combination notices by identity that its parts moved on and is patched with each changed
 part's delta (`_PartsDelta`, computed once per change and shared by every combination holding
 the group), so a change costs the combinations it touches, each once, whatever the number of
-their peers. Objects whose content did not change are kept, so unchanged netmaps stay
-identical objects, and a peer whose netmap still shares every object with its combination is
-not rebuilt.
+their peers. Within a change every member that joins or leaves a policy's side is noted
+(`_Shifts`); while nothing else moved, a group's parts are patched with those few entries
+(and their delta comes out of the patch) instead of merged again from the policies' tables.
+Objects whose content did not change are kept, so unchanged netmaps stay identical objects,
+and a peer whose netmap still shares every object with its combination is not rebuilt.
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ def _shift_table(table: dict[str, NetmapPeer], gone: list[NetmapPeer],
 
 
 def _shifted(rules: frozenset[_T], lost: list[_T], won: list[_T], log: set[_T]) -> frozenset[_T]:
+    """`rules` without `lost` and with `won`, both noted in `log`."""
     log.update(lost)
     log.update(won)
     return rules.difference(lost).union(won)
@@ -233,8 +236,14 @@ class _Combo:
     masquerade: frozenset[str]
     used_routes: tuple[_CompiledRoute, ...]  # with at least one router
     served: tuple[tuple[Route, _CompiledPolicy], ...]  # as router, with at least one source
-    # The netmap of a peer sharing these objects, but for its id, name and overlay IP.
-    template: Netmap
+
+    @functools.cached_property
+    def template(self) -> Netmap:
+        """The netmap of a peer sharing these objects, but for its id, name and overlay IP
+        (made when a first peer needs it: one in its own table builds its netmap itself)."""
+        return Netmap(version=0, peer_id=0, name="", overlay_ip="", peers=self.peers,
+                      inbound=self.inbound, routes=self.routes, forward=self.forward,
+                      masquerade=self.masquerade)
 
     def netmap(self, peer_id: int, name: str, overlay_ip: str) -> Netmap:
         """`template` stamped for one peer. Copying its fields costs a quarter of the
@@ -804,9 +813,8 @@ class PolicyCompiler:
                     ids.append(cp.src)
         inbound = [cp.src_rules for cp in as_dst] + [cp.dst_rules for cp in bidir]
         old, s = self._stale.get(g), self._shifts
-        if old is None or s.reshaped or s.size() > old.size() or len(served) != len(
-                old.served) or any(a[1] is not b[1] for a, b in zip(served, old.served,
-                                                                     strict=True)):
+        if old is None or s.reshaped or s.size() > old.size() or not _same_cps(
+                served, old.served):
             delta = None
             merged = _merge_tables(tables), _union(inbound), _union(forward)
         else:
@@ -875,10 +883,7 @@ class PolicyCompiler:
             masquerade = _kept(old.masquerade, masquerade)
         combo = _Combo(
             groups=groups, gps=gps, peers=peers, inbound=inbound, routes=routes,
-            forward=forward, masquerade=masquerade, used_routes=tuple(used), served=served,
-            template=Netmap(version=0, peer_id=0, name="", overlay_ip="", peers=peers,
-                            inbound=inbound, routes=routes, forward=forward,
-                            masquerade=masquerade))
+            forward=forward, masquerade=masquerade, used_routes=tuple(used), served=served)
         self._combos[key] = combo
         return combo
 
@@ -1090,6 +1095,12 @@ class PolicyCompiler:
         self._shifts = _Shifts()
 
 
+def _same_cps(a: Sequence[tuple[Route, _CompiledPolicy]],
+              b: Sequence[tuple[Route, _CompiledPolicy]]) -> bool:
+    """Do `a` and `b` pair the very same compiled policies, in order?"""
+    return len(a) == len(b) and all(x[1] is y[1] for x, y in zip(a, b, strict=True))
+
+
 def _kept(old: _T, new: _T) -> _T:
     return old if old == new else new
 
@@ -1098,8 +1109,13 @@ def _patch_set(old: frozenset[_T], gone: list[frozenset[_T]], came: list[frozens
                parts: list[frozenset[_T]]) -> frozenset[_T]:
     """The union of `parts`, given `old` (their union before) and each changed part's lost
     and gained elements."""
-    # Not `difference(*parts)`: past its first argument it walks every part whole.
-    lost = [x for x in _EMPTY.union(*gone) if not any(x in p for p in parts)]
+    # One part at a time: `difference(*parts)` walks every part past the first whole, and
+    # looking elements up from Python hashes each rule again (rules do not keep theirs).
+    lost = _EMPTY.union(*gone)
+    for p in parts:
+        if not lost:
+            break
+        lost = lost.difference(p)
     return _toggled(old, lost, _EMPTY.union(*came).difference(old))
 
 
@@ -1132,19 +1148,13 @@ def _table_moves(suspects: Iterable[str], was: Mapping[str, NetmapPeer],
     return frozenset(gone), came
 
 
-def _set_moves(suspects: Iterable[_T], was: frozenset[_T], parts: list[frozenset[_T]],
+def _set_moves(suspects: set[_T], was: frozenset[_T], parts: list[frozenset[_T]],
                ) -> tuple[frozenset[_T], frozenset[_T]]:
     """How the union of `parts` differs from `was`, which it can only by elements in
-    `suspects`: (the elements it lost, those it gained)."""
-    gone: list[_T] = []
-    came: list[_T] = []
-    for x in suspects:
-        if any(x in p for p in parts):
-            if x not in was:
-                came.append(x)
-        elif x in was:
-            gone.append(x)
-    return frozenset(gone), frozenset(came)
+    `suspects`: (the elements it lost, those it gained). Set operations, not lookups from
+    Python: they use the hashes the sets keep."""
+    held = _EMPTY.union(*[suspects & p for p in parts])
+    return frozenset((suspects & was) - held), held - was
 
 
 def _union(sets: list[frozenset]) -> frozenset:
