@@ -137,15 +137,20 @@ def mesh_change(draw, state: MeshState) -> tuple[MeshChange, MeshState]:
     new = state
     for _ in range(draw(st.integers(1, 4))):
         new = draw(change(new))[2]
-    def moved(old: dict, now: dict) -> dict:
-        return {k: now.get(k) for k in old.keys() | now.keys() if old.get(k) != now.get(k)}
+    return mesh_change_between(state, new), new
+
+
+def mesh_change_between(old: MeshState, new: MeshState) -> MeshChange:
+    """What the change log would tell a refresh moving from `old` to `new`."""
+    def moved(a: dict, b: dict) -> dict:
+        return {k: b.get(k) for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
 
     def named(xs: tuple) -> dict:
         return {x.name: x for x in xs}
 
-    return MeshChange(moved(state.peers, new.peers), moved(state.groups, new.groups),
-                      moved(named(state.policies), named(new.policies)),
-                      moved(named(state.routes), named(new.routes))), new
+    return MeshChange(moved(old.peers, new.peers), moved(old.groups, new.groups),
+                      moved(named(old.policies), named(new.policies)),
+                      moved(named(old.routes), named(new.routes)))
 
 
 def reference(state: MeshState) -> dict[int, Netmap]:
@@ -194,6 +199,50 @@ def test_incremental_equals_full(data) -> None:
         assert dict(diffed.netmaps) == expected
         assert set(diffed.state().policies) == set(new.policies)
         assert fine.state() == diffed.state()
+        state = new
+
+
+@st.composite
+def member_moves(draw, state: MeshState) -> MeshState:
+    """A few peers join or leave a group, leave the mesh, come (back) or change endpoint:
+    the everyday changes, which the compiler patches by the members that moved."""
+    new = state
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(("join", "leave", "unpeer", "peer", "endpoint")))
+        i = draw(st.integers(1, 30))
+        g = draw(st.sampled_from(GROUPS))
+        m = new.groups.get(g, frozenset())
+        if kind in ("join", "leave"):
+            new = dataclasses.replace(new, groups={
+                **new.groups, g: m | {i} if kind == "join" else m - {i}})
+        elif kind == "unpeer":
+            new = dataclasses.replace(
+                new, peers={k: v for k, v in new.peers.items() if k != i})
+        else:
+            p = peer(i, "192.0.2.7:51820" if kind == "endpoint" else "")
+            new = dataclasses.replace(new, peers={**new.peers, i: p})
+    return new
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_member_moves_in_larger_groups_equal_full(data) -> None:
+    """Groups large enough that a change is patched by its moved members (not merged again)."""
+    state = MeshState(
+        {i: peer(i) for i in range(1, 31)},
+        {g: frozenset(data.draw(st.sets(st.integers(1, 30), min_size=4, max_size=16)))
+         for g in GROUPS},
+        tuple(data.draw(policies(f"pol{i}")) for i in range(data.draw(st.integers(1, 5)))),
+        tuple(data.draw(routes(r)) for r in data.draw(st.sets(st.sampled_from(ROUTES)))))
+    compiler = PolicyCompiler(state)
+    for _ in range(data.draw(st.integers(1, 6))):
+        new = data.draw(member_moves(state))
+        before = dict(compiler.netmaps)
+        changed = compiler.apply(mesh_change_between(state, new))
+        expected = reference(new)
+        assert dict(compiler.netmaps) == expected
+        assert changed == {k for k in before.keys() | expected.keys()
+                           if before.get(k) != expected.get(k)}
         state = new
 
 
