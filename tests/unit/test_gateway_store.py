@@ -50,6 +50,10 @@ def test_parse_line_normalises_networks() -> None:
     (f"{B64_A[:-2]}\u00e9= 100.64.0.1/32", "line 4: public key"),
     (f"{B64_A} fe80::1%eth0/64", "line 4: allowed ips: 'fe80::1%eth0/64': a scoped"),
     (f"{B64_A} 100.64.0.1/32,fd00::%1/8", "line 4: allowed ips: .*a scoped"),
+    # A peer holding the default route would draw every other peer's replies.
+    (f"{B64_A} 0.0.0.0/0", "line 4: allowed ips: 0.0.0.0/0 is every address"),
+    (f"{B64_A} 100.64.0.1/32,::/0", "line 4: allowed ips: ::/0 is every address"),
+    (f"{B64_A} 198.51.100.3/0", "line 4: allowed ips: 0.0.0.0/0 is every address"),
 ])
 def test_parse_line_errors_name_line_and_field(line: str, field: str) -> None:
     with pytest.raises(StoreError, match=field):

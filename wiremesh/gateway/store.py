@@ -92,10 +92,16 @@ def parse_peer_line(line: str, lineno: int) -> tuple[bytes, str] | None:
         raise StoreError(f"line {lineno}: allowed ips: {ips_text[:80]!r}: a scoped address "
                          "(with %) is no network")
     try:
-        nets = [str(ipaddress.ip_network(ip, strict=False)) for ip in ips_text.split(",")]
+        nets = [ipaddress.ip_network(ip, strict=False) for ip in ips_text.split(",")]
     except ValueError as e:
         raise StoreError(f"line {lineno}: allowed ips: {e}") from None
-    return key, ",".join(nets)
+    for net in nets:
+        if net.prefixlen == 0:
+            # WireGuard sends each destination to the peer whose allowed IPs hold it: a
+            # peer holding every address would draw the replies meant for all the others.
+            raise StoreError(f"line {lineno}: allowed ips: {net} is every address, not one "
+                             "peer's: a gateway's peers hold their own addresses")
+    return key, ",".join(map(str, nets))
 
 
 def parse_peer_lines(lines: Iterable[str]) -> Iterator[tuple[bytes, str]]:
