@@ -31,7 +31,7 @@ def test_keygen_writes_private_key_0600_and_prints_public(tmp_path: Path) -> Non
 def test_import_counts_and_reimports(tmp_path: Path) -> None:
     keys = [base64.b64encode(os.urandom(32)).decode() for _ in range(300)]
     src = tmp_path / "peers.txt"
-    src.write_text("# known peers\n" + "".join(f"{k} 100.64.1.{i % 250}/32\n"
+    src.write_text("# known peers\n" + "".join(f"{k} 100.64.{1 + i // 250}.{i % 250}/32\n"
                                                for i, k in enumerate(keys)))
     db = tmp_path / "peers.db"
     res = runner.invoke(app, ["gateway", "import", str(src), "--db", str(db), "--json"])
@@ -70,6 +70,25 @@ def test_import_bad_line_is_one_line_error_and_nothing_imported(tmp_path: Path) 
     store = KnownPeerStore(db)
     assert store.count() == 0
     store.close()
+
+
+def test_import_refuses_an_address_two_keys_claim_and_imports_nothing(tmp_path: Path) -> None:
+    a, b = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+    src = tmp_path / "peers.txt"
+    src.write_text(f"{a} 100.64.0.2/32,198.18.1.0/24\n# b\n{b} 100.64.0.3/32,198.18.1.9/24\n")
+    db = tmp_path / "peers.db"
+    res = runner.invoke(app, ["gateway", "import", str(src), "--db", str(db)])
+    assert res.exit_code == 2
+    said = " ".join(res.output.split())
+    assert "line 3: allowed ips: 198.18.1.0/24 is line 1's too" in said, res.output
+    store = KnownPeerStore(db)
+    assert store.count() == 0
+    store.close()
+    # The same key named again keeps its first line (not a clash).
+    src.write_text(f"{a} 100.64.0.2/32\n{a} 100.64.0.2/32\n{b} 100.64.0.3/32\n")
+    res = runner.invoke(app, ["gateway", "import", str(src), "--db", str(db), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["known_peers"] == 2
 
 
 def test_run_rejects_bad_arguments_before_touching_anything(tmp_path: Path) -> None:

@@ -74,6 +74,9 @@ def keygen(
 
 def _rows(f: BinaryIO, progress: Progress, task: object) -> Iterator[tuple[bytes, str]]:
     pending = 0
+    # Each network with the key and line that named it first: WireGuard gives an address to
+    # one peer only (the one installed last would take it from the other).
+    owners: dict[str, tuple[bytes, int]] = {}
     for n, raw in enumerate(f, 1):
         pending += len(raw)
         if pending >= 1 << 20:
@@ -86,6 +89,11 @@ def _rows(f: BinaryIO, progress: Progress, task: object) -> Iterator[tuple[bytes
             raise StoreError(f"line {n}: not UTF-8 text") from None
         row = parse_peer_line(line, n)
         if row is not None:
+            for net in row[1].split(","):
+                key, first = owners.setdefault(net, (row[0], n))
+                if key != row[0]:
+                    raise StoreError(f"line {n}: allowed ips: {net} is line {first}'s too, under "
+                                     "another key: an address belongs to one peer")
             yield row
     progress.advance(task, pending)  # type: ignore[arg-type]
 
