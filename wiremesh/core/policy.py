@@ -624,28 +624,32 @@ class PolicyCompiler:
             self._members.pop(g, None)
         else:
             self._members[g] = self._raw.get(g, _EMPTY) & self._all
-        np = self._np
         for name in self._by_src.get(g, ()):
             cp = self._cpol[name]
             new_src, src = self._sources(cp.policy), cp.src
-            gone = [np[i] for i in moved if i in src and i not in new_src]
-            came = [np[i] for i in moved if i in new_src and i not in src]
             cp.src = new_src
+            gone, came = self._moved_peers(moved, src, new_src)
             if gone or came:
                 cp.shift_src(gone, came, self._shifts)
                 self._touch(cp, _SRC)
         for name in self._by_dst.get(g, ()):
             cp = self._cpol[name]
             new_dst, dst = self._union(cp.policy.destinations), cp.dst
-            gone = [np[i] for i in moved if i in dst and i not in new_dst]
-            came = [np[i] for i in moved if i in new_dst and i not in dst]
             cp.dst = new_dst
+            gone, came = self._moved_peers(moved, dst, new_dst)
             if gone or came:
                 cp.shift_dst(gone, came, self._shifts)
                 self._touch(cp, _DST)
         for rname in self._routes_by_group.get(g, ()):
             self._drop_route(rname)
         return self._counterparts(g)
+
+    def _moved_peers(self, moved: Collection[int], was: frozenset[int], now: frozenset[int],
+                     ) -> tuple[list[NetmapPeer], list[NetmapPeer]]:
+        """Of the peers `moved`, those that left `was` for `now` and those that joined."""
+        np = self._np
+        return ([np[i] for i in moved if i in was and i not in now],
+                [np[i] for i in moved if i in now and i not in was])
 
     def _counterparts(self, g: str) -> set[int]:
         """Peers whose netmap can change when a peer joins or leaves group `g`."""
@@ -811,32 +815,32 @@ class PolicyCompiler:
                     forward.append(cp.fwd_rules(route.prefix, self._shifts))
                     tables.append(cp.src_peers)
                     ids.append(cp.src)
-        inbound = [cp.src_rules for cp in as_dst] + [cp.dst_rules for cp in bidir]
+        rule_sets = [cp.src_rules for cp in as_dst] + [cp.dst_rules for cp in bidir]
         old, s = self._stale.get(g), self._shifts
         if old is None or s.reshaped or s.size() > old.size() or not _same_cps(
                 served, old.served):
             delta = None
-            merged = _merge_tables(tables), _union(inbound), _union(forward)
+            peers = _merge_tables(tables)
+            inbound, fwd = _union(rule_sets), _union(forward)
         else:
             # Only members moved since `old` was merged: patch it with what moved (the
             # delta every combination holding the group then applies) instead of merging
             # tables and rule sets of thousands of entries again.
             gone, came = _table_moves(s.keys | self._moved, old.peers, tables)
-            in_moves = _set_moves(s.inbound, old.inbound, inbound)
+            in_moves = _set_moves(s.inbound, old.inbound, rule_sets)
             fwd_moves = _set_moves(s.forward, old.forward, forward)
+            delta = gone, tuple(came), *in_moves, *fwd_moves
             peers = old.peers
             if gone or came:
                 peers = peers.copy()
                 for k in gone:
                     del peers[k]
                 peers.update(came)
-            delta = gone, tuple(came), *in_moves, *fwd_moves
-            merged = peers, _toggled(old.inbound, *in_moves), _toggled(old.forward, *fwd_moves)
+            inbound, fwd = _toggled(old.inbound, *in_moves), _toggled(old.forward, *fwd_moves)
         gp = _GroupParts(
-            peers=merged[0], inbound=merged[1], ids=tuple(ids), as_dst=as_dst,
-            bidir_as_src=bidir,
+            peers=peers, inbound=inbound, ids=tuple(ids), as_dst=as_dst, bidir_as_src=bidir,
             with_routes=tuple(cp for cp in as_src if cp.policy.destination_routes),
-            forward=merged[2], served=tuple(served))
+            forward=fwd, served=tuple(served))
         self._gparts[g] = gp
         if old is not None and delta is not None:
             self._deltas[g] = _PartsDelta(old, gp, *delta)
@@ -1153,6 +1157,8 @@ def _set_moves(suspects: set[_T], was: frozenset[_T], parts: list[frozenset[_T]]
     """How the union of `parts` differs from `was`, which it can only by elements in
     `suspects`: (the elements it lost, those it gained). Set operations, not lookups from
     Python: they use the hashes the sets keep."""
+    if not suspects:
+        return _EMPTY, _EMPTY
     held = _EMPTY.union(*[suspects & p for p in parts])
     return frozenset((suspects & was) - held), held - was
 
